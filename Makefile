@@ -1,0 +1,30 @@
+# geopsp developer entry points. Every target creates .venv itself when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.geopsp-installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint demo bench docs clean system-deps
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install geopsp with its dev tools
+
+system-deps:  ## Debian packages the tests use (QGIS for the real-client check)
+	@bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps  ## set everything up and run the test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check geopsp tests bench
+	$(BIN)/ruff format --check geopsp tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

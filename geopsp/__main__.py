@@ -1,0 +1,6 @@
+"""``python -m geopsp``."""
+
+from geopsp.cli.main import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ``geopsp`` command-line interface (click). Heavy libraries are imported inside commands."""

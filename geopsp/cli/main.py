@@ -1,0 +1,155 @@
+"""The ``geopsp`` click group: logging, error handling, lazily loaded subcommands, plugins."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import warnings
+from importlib.metadata import entry_points
+from typing import Any
+
+import click
+
+from geopsp import __version__
+from geopsp.errors import GeopspError
+
+__all__ = ["cli", "main"]
+
+# name -> "module:attribute". Modules are imported only when the command runs or its help is shown.
+COMMANDS: dict[str, str] = {
+    "predict": "geopsp.cli.predict:predict",
+    "vectorize": "geopsp.cli.vectorize:vectorize",
+    "preview": "geopsp.cli.preview:preview",
+    "train": "geopsp.cli.train:train",
+    "evaluate": "geopsp.cli.evaluate:evaluate",
+    "batch": "geopsp.cli.batch:batch",
+    "model": "geopsp.cli.model:model",
+    "sample-scene": "geopsp.cli.sample:sample_scene",
+    "config": "geopsp.cli.config:config",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "predict": "Segment scenes into class rasters (tiled, blended, streamed).",
+    "vectorize": "Turn a class raster into clean land-use polygons.",
+    "preview": "Render a scene with its classes blended over it to PNG.",
+    "train": "Train a PSPNet from a YAML config.",
+    "evaluate": "Score a prediction against reference labels.",
+    "batch": "Run predict over many scenes on a dask cluster.",
+    "model": "Create and inspect model bundles.",
+    "sample-scene": "Write a synthetic labelled scene for demos and tests.",
+    "config": "Show or validate the resolved configuration.",
+}
+
+logger = logging.getLogger("geopsp")
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each subcommand only when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx)) | set(_available())
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            return cmd
+        target = _available().get(cmd_name)
+        if target is None:
+            return None
+        return _load(cmd_name, target)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from a static table keeps `geopsp --help` instant (no torch import).
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _plugins() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ep in entry_points(group="geopsp.commands"):
+        out[ep.name] = ep.value
+    return out
+
+
+def _available() -> dict[str, str]:
+    avail: dict[str, str] = {}
+    for name, target in COMMANDS.items():
+        module = target.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            avail[name] = target
+    for name, target in _plugins().items():
+        avail.setdefault(name, target)
+    return avail
+
+
+def _load(name: str, target: str) -> click.Command | None:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # a broken plugin must not break the CLI
+        warnings.warn(f"geopsp: cannot load command {name!r} from {target}: {exc}", stacklevel=2)
+        return None
+    return obj if isinstance(obj, click.Command) else None
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send geopsp's log records to stderr at a level set by ``-v``/``-q``."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    if verbosity < 0:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 1 else "%(message)s"))
+    root = logging.getLogger("geopsp")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    warn_logger = logging.getLogger("py.warnings")
+    warn_logger.handlers[:] = [handler]
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="geopsp")
+@click.option("-v", "--verbose", count=True, help="More output; -v info with tracebacks on error, -vv debug.")
+@click.option("-q", "--quiet", count=True, help="Less output.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """geopsp: PSPNet segmentation of large geospatial rasters.
+
+    Scenes in, georeferenced class maps, clean polygons and QGIS styles out.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbosity"] = verbose - quiet
+    configure_logging(verbose - quiet)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Run the CLI; a :class:`GeopspError` becomes one line on stderr and exit code 1."""
+    try:
+        return cli.main(args=argv, prog_name="geopsp", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; no partial outputs were left under final names.", err=True)
+        sys.exit(130)
+    except GeopspError as exc:
+        if _verbosity() > 0:
+            logger.exception("geopsp failed")
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _verbosity() -> int:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and isinstance(ctx.obj, dict):
+        return int(ctx.obj.get("verbosity", 0))
+    return sum(1 for a in sys.argv if a.startswith("-v") and not a.startswith("--v")) or 0

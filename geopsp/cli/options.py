@@ -1,0 +1,55 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["config_options", "load_cli_config", "overwrite_option"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def overwrite_option(f: F) -> F:
+    """``--overwrite``: replace existing outputs."""
+    return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(f)
+
+
+def config_options(f: F) -> F:
+    """``--config FILE`` and repeatable ``--set key.path=value``."""
+    f = click.option(
+        "--set",
+        "set_items",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config key, e.g. --set predict.tile_size=256 (repeatable).",
+    )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="YAML config file (see `geopsp config show`).",
+    )(f)
+    return f
+
+
+def load_cli_config(config_path: str | None, set_items: tuple[str, ...], **extra: Any) -> Any:
+    """Resolve the config from ``--config``, ``--set`` and explicit CLI options.
+
+    ``extra`` maps dotted keys to values from dedicated options; ``None`` values are ignored,
+    so options left unset fall back to the file and defaults.
+    """
+    from geopsp.config import load_config
+
+    items = list(set_items)
+    overrides = [f"{k}={_yaml_scalar(v)}" for k, v in extra.items() if v is not None]
+    return load_config(config_path, overrides=items + overrides)
+
+
+def _yaml_scalar(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else value

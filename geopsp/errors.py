@@ -1,0 +1,112 @@
+"""Exceptions and warnings raised by geopsp.
+
+Every error subclasses both :class:`GeopspError` and the builtin that fits, so callers can
+catch either::
+
+    GeopspError
+    ├── ConfigError(ValueError)          a config file, key or value is wrong
+    ├── InputRasterError(OSError)        a scene is missing, unreadable or unsuitable
+    ├── InputVectorError(OSError)        a vector file is missing, unreadable or unsuitable
+    ├── TilingError(ValueError)          tile size / overlap cannot work
+    ├── CRSMismatchError(ValueError)     two inputs disagree on their CRS
+    ├── CheckpointError(ValueError)      a model bundle is damaged or incompatible
+    ├── ModelError(RuntimeError)         a model cannot be built (e.g. weights unavailable offline)
+    ├── OutputExistsError(FileExistsError)  an output exists and ``overwrite`` is off
+    └── OutputError(OSError)             an output cannot be written
+
+    GeopspWarning(UserWarning)
+    ├── NotGeoreferencedWarning          an input has no CRS/transform; outputs will have none
+    └── NodataWarning                    nodata handling fell back to a default
+
+Messages are one line: what went wrong, with which file or value, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CRSMismatchError",
+    "CheckpointError",
+    "ConfigError",
+    "GeopspError",
+    "GeopspWarning",
+    "InputRasterError",
+    "InputVectorError",
+    "ModelError",
+    "NodataWarning",
+    "NotGeoreferencedWarning",
+    "OutputError",
+    "OutputExistsError",
+    "TilingError",
+]
+
+
+class GeopspError(Exception):
+    """Root of every error geopsp raises on purpose."""
+
+
+class ConfigError(GeopspError, ValueError):
+    """A configuration file, key or value is invalid.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and how to fix it.
+    path : str, optional
+        The config file involved, if any.
+    key : str, optional
+        The dotted key involved, if any (``predict.tile_size``).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        prefix = ""
+        if path:
+            prefix += f"{path}: "
+        if key:
+            prefix += f"{key}: "
+        super().__init__(prefix + message)
+
+
+class InputRasterError(GeopspError, OSError):
+    """A raster input is missing, unreadable, or does not fit what is asked of it."""
+
+
+class InputVectorError(GeopspError, OSError):
+    """A vector input is missing, unreadable, or does not fit what is asked of it."""
+
+
+class TilingError(GeopspError, ValueError):
+    """A tile size or overlap cannot work for this model or scene."""
+
+
+class CRSMismatchError(GeopspError, ValueError):
+    """Two inputs are in different coordinate reference systems and cannot be reconciled."""
+
+
+class CheckpointError(GeopspError, ValueError):
+    """A model bundle is truncated, tampered with, or incompatible."""
+
+
+class ModelError(GeopspError, RuntimeError):
+    """A model cannot be built or run (for example, pretrained weights are unavailable offline)."""
+
+
+class OutputExistsError(GeopspError, FileExistsError):
+    """An output already exists and ``overwrite`` was not requested."""
+
+
+class OutputError(GeopspError, OSError):
+    """An output cannot be written (permissions, disk full, output equals input)."""
+
+
+class GeopspWarning(UserWarning):
+    """Root of geopsp's warnings."""
+
+
+class NotGeoreferencedWarning(GeopspWarning):
+    """An input has no CRS or geotransform; outputs are written in pixel coordinates."""
+
+
+class NodataWarning(GeopspWarning):
+    """Nodata handling fell back to a default."""

@@ -1,0 +1,139 @@
+"""Write outputs under a temporary name and rename them into place when complete.
+
+A failure at any point (an exception, Ctrl-C, a full disk) leaves nothing under the final
+name; an existing output is only replaced with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from geopsp.errors import GeopspError, OutputError, OutputExistsError
+
+__all__ = ["atomic_output", "check_output_path", "temp_name"]
+
+logger = logging.getLogger(__name__)
+
+TEMP_MARKER = ".geopsp-tmp-"
+
+
+def temp_name(path: Path) -> Path:
+    """Return a unique temporary sibling of ``path`` that keeps its suffix.
+
+    The suffix is kept so format drivers chosen by extension (GDAL, OGR) still work.
+    """
+    return path.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+def check_output_path(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Validate an output path before any work is done.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output file.
+    overwrite : bool, default False
+        Whether an existing file may be replaced.
+    inputs : sequence of path
+        Input files; the output may never be one of them.
+
+    Returns
+    -------
+    Path
+        The output path.
+
+    Raises
+    ------
+    OutputExistsError
+        If the file exists and ``overwrite`` is False.
+    OutputError
+        If the output is an input, or its directory cannot be created or written.
+    """
+    out = Path(path)
+    for src in inputs:
+        with contextlib.suppress(OSError):
+            if out.resolve() == Path(src).resolve():
+                raise OutputError(f"{out}: output path equals input {src}; choose another output path")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory; give a file name")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot create output directory ({exc.strerror}); choose a writable location") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{parent}: output directory is not writable; choose a writable location")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    sidecars: Sequence[str] = (),
+) -> Iterator[Path]:
+    """Yield a temporary path to write to; rename it to ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final output path.
+    overwrite : bool, default False
+        Replace an existing output.
+    inputs : sequence of path
+        Inputs that the output must not equal.
+    sidecars : sequence of str
+        Suffixes of files GDAL writes next to the main file (``".aux.xml"``, ``".ovr"``);
+        they are renamed along with it.
+
+    Yields
+    ------
+    Path
+        Temporary path in the output's directory.
+
+    Raises
+    ------
+    OutputExistsError, OutputError
+        See :func:`check_output_path`; ``OutputError`` also for a full disk.
+    """
+    final = check_output_path(path, overwrite=overwrite, inputs=inputs)
+    tmp = temp_name(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputError(f"{final}: the writer produced no file")
+        if final.exists() and not overwrite:
+            # Someone else finished the same output while we worked.
+            raise OutputExistsError(f"{final}: was created by another process meanwhile; pass --overwrite to replace it")
+        for suffix in sidecars:
+            side = Path(str(tmp) + suffix)
+            if side.exists():
+                os.replace(side, Path(str(final) + suffix))
+        os.replace(tmp, final)
+        logger.debug("wrote %s", final)
+    except BaseException as exc:
+        _cleanup(tmp, sidecars)
+        if isinstance(exc, OSError) and not isinstance(exc, GeopspError) and exc.errno == errno.ENOSPC:
+            raise OutputError(f"{final}: disk full while writing; free space and run again") from exc
+        raise
+
+
+def _cleanup(tmp: Path, sidecars: Sequence[str]) -> None:
+    for p in [tmp, *(Path(str(tmp) + s) for s in sidecars)]:
+        with contextlib.suppress(OSError):
+            p.unlink()
