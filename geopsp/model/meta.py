@@ -146,7 +146,7 @@ class Normalization:
 
     @classmethod
     def for_dtype(cls, dtype: str, bands: int) -> Normalization:
-        """A neutral default scaling from a dtype's range (uint8: /255; uint16: /10000 reflectance).
+        """Return a neutral default scaling from a dtype's range (uint8: /255; uint16: /10000 reflectance).
 
         Used only by untrained bundles; trained bundles store statistics of their training data.
         """
@@ -311,7 +311,9 @@ class BundleMeta:
         required = ("spec", "classes", "bands", "band_names", "input_dtype", "normalization")
         missing = [k for k in required if k not in data]
         if missing:
-            raise CheckpointError(f"{source}: metadata lacks {', '.join(missing)}; the bundle is damaged or not a geopsp bundle")
+            raise CheckpointError(
+                f"{source}: metadata lacks {', '.join(missing)}; the bundle is damaged or not a geopsp bundle"
+            )
         try:
             return cls(
                 spec=ModelSpec.from_dict(data["spec"]),
