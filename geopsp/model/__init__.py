@@ -1,0 +1,62 @@
+"""Models: the PSPNet, the architecture registry and presets, FLOP counts, and model bundles.
+
+The metadata classes (:mod:`geopsp.model.meta`) are plain Python; everything that needs torch
+is imported lazily on first use, so ``from geopsp.model.meta import BundleMeta`` (and reading a
+bundle's header) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from geopsp.model.meta import FORMAT_VERSION, BundleMeta, ModelSpec, Normalization
+
+_LAZY: dict[str, str] = {
+    "ARCHITECTURES": "geopsp.model.registry",
+    "PRESETS": "geopsp.model.registry",
+    "build_model": "geopsp.model.registry",
+    "spec_from_preset": "geopsp.model.registry",
+    "PSPNet": "geopsp.model.pspnet",
+    "count_parameters": "geopsp.model.flops",
+    "flops_per_pixel": "geopsp.model.flops",
+    "model_flops": "geopsp.model.flops",
+    "Bundle": "geopsp.model.bundle",
+    "inspect_bundle": "geopsp.model.bundle",
+    "load_bundle": "geopsp.model.bundle",
+    "read_bundle_meta": "geopsp.model.bundle",
+    "save_bundle": "geopsp.model.bundle",
+}
+
+__all__ = [
+    "ARCHITECTURES",
+    "FORMAT_VERSION",
+    "PRESETS",
+    "PSPNet",
+    "Bundle",
+    "BundleMeta",
+    "ModelSpec",
+    "Normalization",
+    "build_model",
+    "count_parameters",
+    "flops_per_pixel",
+    "inspect_bundle",
+    "load_bundle",
+    "model_flops",
+    "read_bundle_meta",
+    "save_bundle",
+    "spec_from_preset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geopsp.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
