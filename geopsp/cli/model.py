@@ -1,0 +1,174 @@
+"""``geopsp model create|info``: write untrained bundles and inspect bundles."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from geopsp.cli.options import overwrite_option
+
+__all__ = ["model"]
+
+_DTYPES = ("uint8", "uint16", "int16", "float32")
+
+
+@click.group()
+def model() -> None:
+    """Create and inspect model bundles (one .safetensors file: weights + metadata)."""
+
+
+@model.command("create")
+@click.option("--preset", type=click.Choice(["fast", "paper"]), default="fast", show_default=True, help="Model preset.")
+@click.option("--encoder", default=None, metavar="NAME", help="smp encoder name (default: the preset's).")
+@click.option("--bands", type=click.IntRange(min=1), required=True, help="Number of input bands.")
+@click.option(
+    "--classes", "classes_arg", required=True, metavar="N|FILE", help="Number of classes, or a class table YAML/JSON."
+)
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Bundle to write (.safetensors).")
+@click.option("--dtype", type=click.Choice(_DTYPES), default="uint8", show_default=True, help="Input raster dtype.")
+@click.option("--band-names", default=None, metavar="A,B,C", help="Comma-separated band names (default: band_1 ...).")
+@click.option("--tile", type=click.IntRange(min=32), default=512, show_default=True, help="Default tile edge in px.")
+@click.option(
+    "--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Default tile overlap in px."
+)
+@click.option(
+    "--output-stride", type=click.Choice(["8", "16", "32"]), default=None, help="Override the preset's stride."
+)
+@click.option(
+    "--encoder-weights",
+    type=click.Choice(["none", "imagenet"]),
+    default="none",
+    show_default=True,
+    help="Encoder init; imagenet weights must be cached locally (nothing is downloaded).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialization.")
+@overwrite_option
+def create(
+    preset: str,
+    encoder: str | None,
+    bands: int,
+    classes_arg: str,
+    out: str,
+    dtype: str,
+    band_names: str | None,
+    tile: int,
+    overlap: int,
+    output_stride: str | None,
+    encoder_weights: str,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Write an untrained bundle (for smoke runs and benchmarks) and print its path."""
+    from datetime import UTC, datetime
+
+    import torch
+
+    from geopsp import __version__
+    from geopsp.classes import ClassTable
+    from geopsp.io.atomic import check_output_path
+    from geopsp.model.bundle import save_bundle
+    from geopsp.model.meta import BundleMeta, Normalization
+    from geopsp.model.registry import build_model, spec_from_preset
+
+    names = _band_names(band_names, bands)
+    if overlap * 2 >= tile:
+        raise click.BadParameter(f"{overlap} must be less than half of --tile {tile}", param_hint="--overlap")
+    table = _class_table(classes_arg, ClassTable)
+    check_output_path(out, overwrite=overwrite)  # fail before building the model
+    overrides: dict[str, Any] = {"encoder_weights": None if encoder_weights == "none" else encoder_weights}
+    if output_stride is not None:
+        overrides["output_stride"] = int(output_stride)
+    spec = spec_from_preset(preset, encoder=encoder, in_channels=bands, num_classes=len(table), **overrides)
+    nodata = 255 if 255 not in table.ids else 65535
+    meta = BundleMeta(
+        spec=spec,
+        classes=table,
+        bands=tuple(range(1, bands + 1)),
+        band_names=names,
+        input_dtype=dtype,
+        normalization=Normalization.for_dtype(dtype, bands),
+        tile_size=tile,
+        overlap=overlap,
+        nodata=nodata,
+        provenance={
+            "trained": False,
+            "preset": preset,
+            "seed": seed,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "geopsp_version": __version__,
+        },
+    )
+    torch.manual_seed(seed)
+    net = build_model(spec)
+    path = save_bundle(net, meta, out, overwrite=overwrite)
+    click.echo(str(path))
+
+
+@model.command("info")
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info(bundle: str, as_json: bool) -> None:
+    """Print a bundle's metadata (read from its header; the weights are not loaded)."""
+    from geopsp.model.bundle import inspect_bundle
+
+    summary = inspect_bundle(bundle)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(_format_info(summary))
+
+
+def _band_names(arg: str | None, bands: int) -> tuple[str, ...]:
+    if arg is None:
+        return tuple(f"band_{i}" for i in range(1, bands + 1))
+    names = tuple(n.strip() for n in arg.split(","))
+    if len(names) != bands or any(not n for n in names):
+        raise click.BadParameter(f"got {len(names)} names for {bands} bands: {arg!r}", param_hint="--band-names")
+    return names
+
+
+def _class_table(arg: str, table_cls: Any) -> Any:
+    try:
+        n = int(arg)
+    except ValueError:
+        return table_cls.from_file(arg)
+    if n < 1:
+        raise click.BadParameter(f"need at least 1 class, got {n}", param_hint="--classes")
+    return table_cls.default(n)
+
+
+def _format_info(s: dict[str, Any]) -> str:
+    m = s["meta"]
+    spec = m["spec"]
+    norm = m["normalization"]
+    lines = [
+        f"bundle:        {s['path']} ({s['size_bytes'] / 1e6:.1f} MB)",
+        f"format:        geopsp-bundle v{s['format_version']} (written by geopsp {s['geopsp_version'] or '?'})",
+        f"architecture:  {spec['arch']}, encoder {spec['encoder']} (depth {spec['encoder_depth']}, "
+        f"output stride {spec['output_stride']}, aux {'on' if spec['aux'] else 'off'}), "
+        f"{s['parameters'] / 1e6:.2f} M parameters",
+        f"pyramid:       bins {tuple(spec['ppm_bins'])}, {spec['decoder_channels']} channels, "
+        f"dropout {spec['dropout']}",
+        f"input:         {len(m['bands'])} bands {m['bands']} ({', '.join(m['band_names'])}), dtype {m['input_dtype']}",
+        f"normalization: {norm['method']}, offset {_short(norm['offset'])}, scale {_short(norm['scale'])}"
+        + (f", clip {norm['clip']}" if norm["clip"] is not None else ""),
+        f"pixel size:    {m['pixel_size'] if m['pixel_size'] is not None else 'unknown'}",
+        f"tiles:         {m['tile_size']} px, overlap {m['overlap']} px",
+        f"nodata:        {m['nodata']} (ignore index {m['ignore_index']})",
+        f"classes:       {len(m['classes'])}",
+    ]
+    for c in m["classes"]:
+        r, g, b = c["color"]
+        lines.append(f"  {c['id']:>5}  {c['name']:<24} #{r:02x}{g:02x}{b:02x}")
+    if m["provenance"]:
+        lines.append("provenance:")
+        for k, v in m["provenance"].items():
+            lines.append(f"  {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    return "\n".join(lines)
+
+
+def _short(values: list[float], limit: int = 6) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
