@@ -1,0 +1,464 @@
+"""Scenes (input rasters): inspect them, check them against a model, read full-width row strips.
+
+The tiler reads a scene as strips of full-width rows, one strip per row of internal blocks, so
+every compressed block is decoded once; tiles are then cut from the strips in memory. Reading
+overlapping tile windows directly decodes each block several times over (see
+``bench/read_pattern.py``).
+
+Validity (nodata) comes from one of, in GDAL's order of precedence:
+
+``"nodata"``
+    the bands' nodata values: a pixel is invalid where *every* band read equals its nodata
+    value (a dark pixel with one zero band stays valid);
+``"alpha"``
+    an alpha band: invalid where alpha is 0;
+``"mask"``
+    a GDAL mask band (internal or ``.msk``): invalid where the mask is 0;
+``"none"``
+    every pixel is valid.
+
+In float scenes NaN and ±inf are invalid in addition, whatever the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from geopsp.errors import InputRasterError, NotGeoreferencedWarning
+
+if TYPE_CHECKING:
+    import affine
+    import rasterio
+    import rasterio.crs
+
+    from geopsp.model.meta import BundleMeta
+
+__all__ = ["SceneInfo", "check_scene_for_model", "inspect_scene", "open_scene", "read_rows"]
+
+logger = logging.getLogger(__name__)
+
+MaskSource = Literal["nodata", "mask", "alpha", "none"]
+
+_FLOAT_BUNDLE_ACCEPTS = ("float32", "float64")
+
+
+@dataclass(frozen=True, slots=True)
+class SceneInfo:
+    """What geopsp needs to know about a scene before reading pixels.
+
+    Attributes
+    ----------
+    path : Path
+        The scene file.
+    width, height, count : int
+        Columns, rows and bands.
+    dtype : str
+        NumPy dtype name shared by all bands.
+    crs : rasterio.crs.CRS or None
+        Coordinate reference system; ``None`` when the scene has none.
+    transform : affine.Affine
+        Pixel-to-map transform (identity when not georeferenced); always north-up.
+    res : tuple of float
+        Pixel size ``(x, y)`` in CRS units.
+    nodata : float or None
+        Nodata value of band 1, if any.
+    mask_source : {"nodata", "mask", "alpha", "none"}
+        Where the validity mask comes from (see the module docstring).
+    alpha_band : int or None
+        1-based index of the alpha band, if any; it is never a data band.
+    georeferenced : bool
+        False when the scene has no CRS (a PNG, a JPEG, a plain TIFF); outputs then have none.
+    block_shape : tuple of int
+        ``(rows, cols)`` of band 1's internal blocks (strips or tiles).
+    band_descriptions : tuple of (str or None)
+        Band descriptions, ``None`` where unset.
+    """
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: rasterio.crs.CRS | None
+    transform: affine.Affine
+    res: tuple[float, float]
+    nodata: float | None
+    mask_source: MaskSource
+    alpha_band: int | None
+    georeferenced: bool
+    block_shape: tuple[int, int]
+    band_descriptions: tuple[str | None, ...]
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """1-based indices of all bands except the alpha band."""
+        return tuple(b for b in range(1, self.count + 1) if b != self.alpha_band)
+
+
+@contextlib.contextmanager
+def _quiet_open(path: Path) -> Iterator[rasterio.DatasetReader]:
+    """Open with rasterio, without its NotGeoreferencedWarning (we emit our own, once)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RioNotGeoreferenced)
+        src = rasterio.open(path)
+    with src:
+        yield src
+
+
+def inspect_scene(path: str | os.PathLike[str]) -> SceneInfo:
+    """Open a scene, check that it can be processed and describe it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A raster GDAL can read (GeoTIFF, COG, PNG, JPEG, JPEG2000 ...).
+
+    Returns
+    -------
+    SceneInfo
+
+    Raises
+    ------
+    InputRasterError
+        With a one-line message naming the file and the fix, when the path is missing, a
+        directory, empty, not a raster, truncated, has bands of mixed types, or is rotated,
+        sheared or georeferenced only by GCPs/RPCs.
+
+    Warns
+    -----
+    NotGeoreferencedWarning
+        When the scene has no CRS; the scene is still accepted and outputs have no CRS.
+    """
+    from rasterio.errors import RasterioError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputRasterError(f"{p}: no such file; check the path")
+    if p.is_dir():
+        raise InputRasterError(f"{p}: is a directory, not a raster; give the path of an image (GeoTIFF, PNG, JPEG)")
+    size = p.stat().st_size
+    if size == 0:
+        raise InputRasterError(f"{p}: is empty (0 bytes); re-download or re-export it")
+    try:
+        with _quiet_open(p) as src:
+            info = _describe(p, src, size)
+    except RasterioError as exc:
+        raise InputRasterError(_open_failure_message(p, exc)) from exc
+    if not info.georeferenced:
+        what = "a geotransform but no CRS" if not info.transform.is_identity else "no CRS or geotransform"
+        warnings.warn(
+            f"{p}: has {what}; output will have no CRS (pixel coordinates)",
+            NotGeoreferencedWarning,
+            stacklevel=2,
+        )
+    logger.debug("scene %s: %dx%dx%d %s, mask %s", p, info.width, info.height, info.count, info.dtype, info.mask_source)
+    return info
+
+
+def _open_failure_message(p: Path, exc: Exception) -> str:
+    detail = str(exc).replace(str(p), "").strip(" :'\"")
+    if detail.startswith(f"{p.name}:"):
+        detail = detail[len(p.name) + 1 :].strip()
+    if "not recognized as being in a supported file format" in detail:
+        with contextlib.suppress(OSError):
+            head = p.read_bytes()[:512]
+            if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+                return f"{p}: is a text file, not a raster; give a GeoTIFF, PNG or JPEG image"
+        return f"{p}: is not in a raster format GDAL can read; convert it to GeoTIFF (gdal_translate in out.tif)"
+    if "TIFF" in detail or "truncat" in detail.lower() or "read" in detail.lower():
+        return f"{p}: cannot be read, the file is truncated or corrupt ({detail}); re-download or re-export it"
+    return f"{p}: cannot be opened as a raster ({detail}); check that it is a complete GeoTIFF, PNG or JPEG"
+
+
+def _describe(p: Path, src: rasterio.DatasetReader, size: int) -> SceneInfo:
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    if src.count < 1:
+        raise InputRasterError(
+            f"{p}: has no raster bands (it may hold subdatasets); open a subdataset or convert it with gdal_translate"
+        )
+    dtypes = list(dict.fromkeys(src.dtypes))
+    if len(dtypes) > 1:
+        raise InputRasterError(
+            f"{p}: bands have different data types ({', '.join(dtypes)}); convert them to one type, "
+            f"e.g. gdal_translate -ot Float32 {p.name} same_type.tif"
+        )
+    t = src.transform
+    if t.b != 0 or t.d != 0:
+        raise InputRasterError(
+            f"{p}: has a rotated or sheared geotransform, which geopsp cannot tile; "
+            f"warp it north-up first: gdalwarp {p.name} north_up.tif"
+        )
+    crs = src.crs
+    if crs is None and t.is_identity:
+        if src.gcps[0]:
+            raise InputRasterError(
+                f"{p}: is georeferenced only by ground control points; warp it first: gdalwarp {p.name} warped.tif"
+            )
+        if src.rpcs is not None:
+            raise InputRasterError(
+                f"{p}: is georeferenced only by RPCs; orthorectify it first: gdalwarp -rpc {p.name} ortho.tif"
+            )
+    alpha_band = next((i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha), None)
+    flags = src.mask_flag_enums[0]
+    mask_source: MaskSource
+    if MaskFlags.nodata in flags:
+        mask_source = "nodata"
+    elif MaskFlags.alpha in flags and alpha_band is not None:
+        mask_source = "alpha"
+    elif MaskFlags.all_valid in flags:
+        mask_source = "none"
+    else:
+        mask_source = "mask"
+    rows, cols = src.block_shapes[0]
+    if src.driver == "GTiff":
+        _check_not_truncated(p, src, size, (rows, cols))
+    return SceneInfo(
+        path=p,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=str(np.dtype(dtypes[0])),
+        crs=crs,
+        transform=t,
+        res=(float(src.res[0]), float(src.res[1])),
+        nodata=None if src.nodata is None else float(src.nodata),
+        mask_source=mask_source,
+        alpha_band=alpha_band,
+        georeferenced=crs is not None,
+        block_shape=(int(rows), int(cols)),
+        band_descriptions=tuple(d if d else None for d in src.descriptions),
+    )
+
+
+def _check_not_truncated(p: Path, src: rasterio.DatasetReader, size: int, block: tuple[int, int]) -> None:
+    """Refuse a GeoTIFF whose last blocks lie past the end of the file (cut short in transit).
+
+    Writers lay blocks out in index order, so the last block of the last band is (nearly
+    always) the one furthest into the file; checking it and the first one is cheap.
+    """
+    ny = -(-src.height // block[0])
+    nx = -(-src.width // block[1])
+    for band in dict.fromkeys((1, src.count)):
+        for x, y in ((0, 0), (nx - 1, ny - 1)):
+            offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+            nbytes = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+            if offset is None or nbytes is None:
+                return
+            if int(offset) + int(nbytes) > size:
+                raise InputRasterError(
+                    f"{p}: is truncated: its pixel data runs to byte {int(offset) + int(nbytes)} but the file "
+                    f"has {size} (pixels fail to decode); re-download or re-export it"
+                )
+
+
+def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:
+    """Check that a model bundle can run on a scene, before any pixels are read.
+
+    Parameters
+    ----------
+    info : SceneInfo
+        From :func:`inspect_scene`.
+    meta : BundleMeta
+        The model bundle's metadata.
+
+    Raises
+    ------
+    InputRasterError
+        When the scene lacks a band the model reads, a model band is the alpha band, or the
+        scene's data type differs from the training data's (a float32/float64 bundle accepts
+        float32 and float64 scenes; integer bundles need the same type).
+    """
+    names = ", ".join(f"{b} ({n})" for b, n in zip(meta.bands, meta.band_names, strict=True))
+    missing = [b for b in meta.bands if b > info.count]
+    if missing:
+        raise InputRasterError(
+            f"{info.path}: the model reads bands {names} but the scene has only {info.count} band(s); "
+            f"use a scene with those bands or a model trained on this band layout"
+        )
+    if info.alpha_band is not None and info.alpha_band in meta.bands:
+        raise InputRasterError(
+            f"{info.path}: band {info.alpha_band} is the scene's alpha (transparency) band, but the model reads it "
+            f"as data (bands {names}); use a scene whose data bands are {list(meta.bands)} or a model trained "
+            f"on bands {list(info.data_bands)}"
+        )
+    want, got = meta.input_dtype, info.dtype
+    if want == got or (want in _FLOAT_BUNDLE_ACCEPTS and got in _FLOAT_BUNDLE_ACCEPTS):
+        return
+    if want == "uint8":
+        fix = (
+            f"rescale it to 0..255 (e.g. gdal_translate -ot Byte -scale {info.path.name} scaled.tif) "
+            f"or use a model trained on {got} data"
+        )
+    elif want in _FLOAT_BUNDLE_ACCEPTS:
+        fix = f"convert it to float32 with the training data's scaling, or use a model trained on {got} data"
+    else:
+        fix = f"convert it to {want} in the same units as the training data, or use a model trained on {got} data"
+    raise InputRasterError(f"{info.path}: the model was trained on {want} scenes but this scene is {got}; {fix}")
+
+
+def read_rows(
+    src: rasterio.DatasetReader,
+    info: SceneInfo,
+    row_off: int,
+    height: int,
+    bands: Sequence[int],
+) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+    """Read full-width rows of some bands, with their validity mask.
+
+    The rows are read in one call, so GDAL decodes each block they touch once (and, with
+    ``GDAL_NUM_THREADS``, in parallel). Reading block-row aligned strips (``row_off`` a
+    multiple of ``info.block_shape[0]``) decodes every block of the scene exactly once.
+
+    Parameters
+    ----------
+    src : rasterio.DatasetReader
+        The open scene (from :func:`open_scene`). Not thread-safe: one reader per thread.
+    info : SceneInfo
+        The scene's description.
+    row_off : int
+        First row, 0-based.
+    height : int
+        Number of rows, ``>= 1``; ``row_off + height <= info.height``.
+    bands : sequence of int
+        1-based band indices, in the order wanted.
+
+    Returns
+    -------
+    data : ndarray
+        ``(len(bands), height, info.width)`` in the scene's dtype (raw values).
+    valid : ndarray of bool
+        ``(height, info.width)``; False where the pixel is nodata, masked, transparent or
+        (float scenes) not finite.
+
+    Raises
+    ------
+    ValueError
+        If the rows or bands are out of range.
+    InputRasterError
+        If pixels fail to decode (a corrupt or truncated file).
+    """
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    if height < 1 or row_off < 0 or row_off + height > info.height:
+        raise ValueError(f"rows {row_off}..{row_off + height - 1} are outside the scene's 0..{info.height - 1}")
+    idx = [int(b) for b in bands]
+    if not idx or any(not 1 <= b <= info.count for b in idx):
+        raise ValueError(f"bands {list(bands)} must be 1-based indices in 1..{info.count}")
+    extra_alpha = info.mask_source == "alpha" and info.alpha_band is not None and info.alpha_band not in idx
+    read_idx = [*idx, info.alpha_band] if extra_alpha and info.alpha_band is not None else idx
+    window = Window(0, row_off, info.width, height)
+    try:
+        arr = src.read(read_idx, window=window)
+        mask = _read_mask(src, info, idx, window) if info.mask_source == "mask" else None
+    except RasterioError as exc:
+        raise InputRasterError(
+            f"{info.path}: pixels fail to decode at rows {row_off}-{row_off + height - 1} "
+            f"(file is corrupt or truncated); re-download or re-export it"
+        ) from exc
+    data = arr[: len(idx)]
+    if info.mask_source == "alpha" and info.alpha_band is not None:
+        valid = arr[read_idx.index(info.alpha_band)] > 0
+    elif mask is not None:
+        valid = mask
+    elif info.mask_source == "nodata":
+        valid = _valid_from_nodata(data, [src.nodatavals[b - 1] for b in idx])
+    else:
+        valid = np.ones((height, info.width), dtype=np.bool_)
+    if data.dtype.kind in "fc":
+        valid &= np.isfinite(data).all(axis=0)
+    return data, valid
+
+
+def _read_mask(src: rasterio.DatasetReader, info: SceneInfo, idx: Sequence[int], window: Any) -> NDArray[np.bool_]:
+    from rasterio.enums import MaskFlags
+
+    if MaskFlags.per_dataset in src.mask_flag_enums[0]:
+        return np.asarray(src.read_masks(1, window=window) > 0)
+    valid = np.ones((int(window.height), info.width), dtype=np.bool_)
+    for b in idx:
+        valid &= src.read_masks(b, window=window) > 0
+    return valid
+
+
+def _valid_from_nodata(data: NDArray[Any], nodatavals: Sequence[float | None]) -> NDArray[np.bool_]:
+    """Mark pixels valid unless every band equals its nodata value (NaN nodata matches NaN)."""
+    invalid = np.ones(data.shape[1:], dtype=np.bool_)
+    for band, nd in zip(data, nodatavals, strict=True):
+        if nd is None:
+            return np.ones(data.shape[1:], dtype=np.bool_)
+        if np.isnan(nd):
+            hit = np.isnan(band) if band.dtype.kind in "fc" else np.zeros(band.shape, dtype=np.bool_)
+        elif not _representable(nd, band.dtype):
+            hit = np.zeros(band.shape, dtype=np.bool_)
+        else:
+            hit = band == np.asarray(nd).astype(band.dtype)
+        invalid &= hit
+    return ~invalid
+
+
+def _representable(value: float, dtype: np.dtype[Any]) -> bool:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
+
+
+def _default_cache_bytes(info: SceneInfo, n_bands: int) -> int:
+    """Room for two block-rows of the bands read (so overlapping strips hit the cache), bounded."""
+    import psutil
+
+    itemsize = np.dtype(info.dtype).itemsize
+    block_row = info.width * info.block_shape[0] * max(n_bands, 1) * itemsize
+    floor, ceiling = 64 << 20, max(64 << 20, psutil.virtual_memory().total // 4)
+    return int(min(max(2 * block_row + (16 << 20), floor), ceiling))
+
+
+@contextlib.contextmanager
+def open_scene(
+    path: str | os.PathLike[str],
+    *,
+    cache_bytes: int | None = None,
+    threads: int | Literal["ALL_CPUS"] = "ALL_CPUS",
+) -> Iterator[tuple[rasterio.DatasetReader, SceneInfo]]:
+    """Inspect a scene and open it for strip reading, in a GDAL environment tuned for that.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The scene.
+    cache_bytes : int, optional
+        GDAL block cache size; default: two block-rows of all bands, at least 64 MiB and at
+        most a quarter of the machine's memory.
+    threads : int or "ALL_CPUS", default "ALL_CPUS"
+        Threads GDAL may use to decode the blocks of one read (``GDAL_NUM_THREADS``).
+
+    Yields
+    ------
+    tuple of (rasterio.DatasetReader, SceneInfo)
+
+    Raises
+    ------
+    InputRasterError
+        See :func:`inspect_scene`.
+    """
+    import rasterio
+
+    info = inspect_scene(path)
+    cache = cache_bytes if cache_bytes is not None else _default_cache_bytes(info, info.count)
+    with rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_NUM_THREADS=str(threads)), _quiet_open(info.path) as src:
+        yield src, info
