@@ -1,0 +1,204 @@
+"""The batch manifest: one JSON line per scene outcome in ``OUT_DIR/manifest.jsonl``.
+
+Only the batch client writes it. Each record is appended with a single ``write`` on a file
+opened with ``O_APPEND`` under an exclusive ``flock``, then fsynced, so concurrent batches
+on the same folder never interleave lines and a crash leaves at most one torn last line,
+which readers skip. The newest record of a scene wins.
+
+Output paths in records are relative to the output folder and informational only: geopsp
+never writes to a path read from a manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from geopsp.errors import OutputError
+
+__all__ = ["MANIFEST_NAME", "Manifest", "SceneRecord", "Status"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+
+Status = Literal["done", "failed", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class SceneRecord:
+    """The outcome of one scene in one batch run.
+
+    Parameters
+    ----------
+    id : str
+        The job's relative name (its key in the manifest).
+    scene : str
+        Input path.
+    status : {"done", "failed", "skipped"}
+        ``skipped``: complete outputs from an earlier run were kept.
+    outputs : tuple of str
+        Output files, relative to the output folder.
+    seconds : float
+        Wall time of the scene (0 when skipped).
+    error : str or None
+        One-line error message of a failed scene.
+    error_type : str or None
+        Exception class name of a failed scene.
+    strips : int
+        Number of row strips the scene was split into (1: whole scene).
+    fingerprint : str or None
+        Model and settings the outputs were made with.
+    time : float
+        Unix time the record was written.
+    """
+
+    id: str
+    scene: str
+    status: Status
+    outputs: tuple[str, ...] = ()
+    seconds: float = 0.0
+    error: str | None = None
+    error_type: str | None = None
+    strips: int = 1
+    fingerprint: str | None = None
+    time: float = field(default_factory=time.time)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the record says the scene's outputs are finished."""
+        return self.status in ("done", "skipped") and bool(self.outputs)
+
+    def to_json(self) -> str:
+        """Return the record as one JSON line (no newline)."""
+        data = asdict(self)
+        data["outputs"] = list(self.outputs)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SceneRecord:
+        """Build from a parsed JSON line; raises ``KeyError``/``TypeError``/``ValueError`` if malformed."""
+        status = str(data["status"])
+        if status not in ("done", "failed", "skipped"):
+            raise ValueError(f"unknown status {status!r}")
+        return cls(
+            id=str(data["id"]),
+            scene=str(data.get("scene", "")),
+            status=status,  # type: ignore[arg-type]
+            outputs=tuple(str(o) for o in data.get("outputs") or ()),
+            seconds=float(data.get("seconds") or 0.0),
+            error=None if data.get("error") is None else str(data["error"]),
+            error_type=None if data.get("error_type") is None else str(data["error_type"]),
+            strips=int(data.get("strips") or 1),
+            fingerprint=None if data.get("fingerprint") is None else str(data["fingerprint"]),
+            time=float(data.get("time") or 0.0),
+        )
+
+
+class Manifest:
+    """Append-only JSON-lines record of a batch output folder.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The batch output folder; the manifest is ``out_dir / "manifest.jsonl"``.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / MANIFEST_NAME
+
+    def records(self) -> Iterator[SceneRecord]:
+        """Yield every readable record in file order; torn or malformed lines are skipped."""
+        try:
+            fh = self.path.open("r", encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot read the manifest ({exc.strerror}); check permissions") from exc
+        with fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield SceneRecord.from_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    logger.warning("%s:%d: skipping unreadable manifest line (%s)", self.path, lineno, exc)
+
+    def latest(self) -> dict[str, SceneRecord]:
+        """Return the newest record per scene id."""
+        out: dict[str, SceneRecord] = {}
+        for rec in self.records():
+            out[rec.id] = rec
+        return out
+
+    def is_complete(self, record: SceneRecord | None) -> bool:
+        """Whether ``record`` says complete and all its outputs still exist in the folder."""
+        if record is None or not record.complete:
+            return False
+        root = self.out_dir.resolve()
+        for rel in record.outputs:
+            p = (root / rel).resolve()
+            if root not in p.parents or not p.is_file():
+                return False
+        return True
+
+    def append(self, records: SceneRecord | Sequence[SceneRecord]) -> None:
+        """Append records atomically (one ``write`` per call, under an exclusive lock).
+
+        Raises
+        ------
+        OutputError
+            If the manifest cannot be written.
+        """
+        recs = [records] if isinstance(records, SceneRecord) else list(records)
+        if not recs:
+            return
+        payload = "".join(r.to_json() + "\n" for r in recs).encode("utf-8")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write the manifest ({exc.strerror}); check permissions") from exc
+        try:
+            with _locked(fd):
+                _repair_torn_tail(fd)
+                view = memoryview(payload)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write the manifest ({exc.strerror}); free space and rerun") from exc
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: O_APPEND alone
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _repair_torn_tail(fd: int) -> None:
+    """Terminate a last line left without newline by a crash, so new records start clean."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    if os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
