@@ -1,5 +1,28 @@
 """Input and output: rasters, vectors, and safe (atomic) output files."""
 
 from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.raster import (
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    ClassRasterWriter,
+    probability_to_uint8,
+    read_class_table,
+    write_class_raster,
+)
+from geopsp.io.scene import SceneInfo, check_scene_for_model, inspect_scene, open_scene, read_rows
 
-__all__ = ["atomic_output", "check_output_path"]
+__all__ = [
+    "PROBABILITY_NODATA",
+    "PROBABILITY_SCALE",
+    "ClassRasterWriter",
+    "SceneInfo",
+    "atomic_output",
+    "check_output_path",
+    "check_scene_for_model",
+    "inspect_scene",
+    "open_scene",
+    "probability_to_uint8",
+    "read_class_table",
+    "read_rows",
+    "write_class_raster",
+]

@@ -1,0 +1,638 @@
+"""Class rasters (outputs): streamed, atomic, Cloud-Optimized GeoTIFFs that open styled in QGIS.
+
+:class:`ClassRasterWriter` takes full-width row strips in any order and keeps memory
+independent of the scene's height: rows go into a tiled staging GeoTIFF, and :meth:`close`
+turns it into a COG (internal overviews built by MODE resampling, so every overview pixel is
+a class id) next to the final path and renames everything into place at once.
+
+Each class raster carries:
+
+- the input's CRS and transform (none when the input was not georeferenced) and nodata;
+- an embedded colour table (class colours, nodata transparent);
+- class names for GDAL and QGIS: GDAL has no place for category names or a raster attribute
+  table (RAT) inside a GeoTIFF, so they live in the standard PAM sidecar
+  ``<name>.tif.aux.xml`` (``<CategoryNames>`` and a thematic ``<GDALRasterAttributeTable>``
+  with Value, Class, Red, Green, Blue, Alpha), which every GDAL reader, QGIS included, loads;
+- the class table as JSON in the ``GEOPSP_CLASSES`` dataset tag (:func:`read_class_table`);
+- a QGIS style ``<name>.qml`` (paletted renderer; QGIS loads it as the default style).
+
+The optional probability raster stores the winning class's probability as uint8:
+``round(p * 254)`` in 0..254, and 255 (:data:`PROBABILITY_NODATA`) where the class raster is
+nodata. Its band scale is ``1/254``, so GDAL and QGIS can show ``p`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from geopsp.classes import ClassTable
+from geopsp.errors import GeopspError, OutputError, OutputExistsError
+from geopsp.io.atomic import TEMP_MARKER, check_output_path
+from geopsp.io.scene import SceneInfo, check_scene_for_model, inspect_scene, open_scene, read_rows
+from geopsp.style.raster import qml_path_for, raster_qml
+
+if TYPE_CHECKING:
+    import affine
+    import rasterio
+
+__all__ = [
+    "PROBABILITY_NODATA",
+    "PROBABILITY_SCALE",
+    "ClassRasterWriter",
+    "SceneInfo",
+    "check_scene_for_model",
+    "inspect_scene",
+    "open_scene",
+    "pam_xml",
+    "probability_to_uint8",
+    "read_class_table",
+    "read_rows",
+    "write_class_raster",
+]
+
+logger = logging.getLogger(__name__)
+
+Compression = Literal["deflate", "zstd", "lzw"]
+
+PROBABILITY_SCALE = 254
+"""A probability ``p`` is stored as ``round(p * PROBABILITY_SCALE)``."""
+
+PROBABILITY_NODATA = 255
+"""Stored where there is no probability (the class raster is nodata there)."""
+
+CLASSES_TAG = "GEOPSP_CLASSES"
+"""Dataset tag holding the class table as JSON."""
+
+_COMPRESSIONS = ("deflate", "zstd", "lzw")
+_STALE_SIDECARS = (".aux.xml", ".ovr", ".msk")
+
+
+def probability_to_uint8(prob: NDArray[np.floating[Any]], valid: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
+    """Scale probabilities in 0..1 to the probability raster's uint8 encoding.
+
+    Parameters
+    ----------
+    prob : ndarray of float
+        Probabilities, any shape; values are clipped to 0..1.
+    valid : ndarray of bool, optional
+        Same shape; False marks nodata.
+
+    Returns
+    -------
+    ndarray of uint8
+        ``round(p * 254)``; 255 where ``valid`` is False or ``p`` is NaN.
+
+    Examples
+    --------
+    >>> probability_to_uint8(np.array([0.0, 0.5, 1.0, np.nan])).tolist()
+    [0, 127, 254, 255]
+    """
+    p = np.asarray(prob, dtype=np.float32)
+    bad = np.isnan(p)
+    out = np.rint(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
+    out[bad] = PROBABILITY_NODATA
+    if valid is not None:
+        out[~np.asarray(valid, dtype=np.bool_)] = PROBABILITY_NODATA
+    return out
+
+
+def pam_xml(classes: ClassTable, *, nodata: int | None) -> str:
+    """Return a GDAL PAM document (``.aux.xml``) with category names and a thematic RAT for band 1.
+
+    ``<CategoryNames>`` lists one name per value from 0 to the largest class id (empty for
+    values that are no class); the RAT has one row per class with its value, name and colour.
+
+    Examples
+    --------
+    >>> from geopsp.classes import ClassTable
+    >>> xml = pam_xml(ClassTable.from_names(["forest", "water"], start=1), nodata=0)
+    >>> "<Category>forest</Category>" in xml and "<F>water</F>" in xml
+    True
+    """
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", {"band": "1"})
+    names = ET.SubElement(band, "CategoryNames")
+    by_id = {c.id: c.name for c in classes}
+    for value in range(classes.max_id + 1):
+        ET.SubElement(names, "Category").text = by_id.get(value, "")
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", {"tableType": "thematic"})
+    # GDALRATFieldType: 0 integer, 2 string; GDALRATFieldUsage: 5 MinMax (the value), 2 Name, 6-9 RGBA.
+    columns = (("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9))
+    for i, (name, ftype, usage) in enumerate(columns):
+        field = ET.SubElement(rat, "FieldDefn", {"index": str(i)})
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(ftype)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for row, c in enumerate(sorted(classes, key=lambda c: c.id)):
+        r = ET.SubElement(rat, "Row", {"index": str(row)})
+        for cell in (c.id, c.name, *c.color, 255):
+            ET.SubElement(r, "F").text = str(cell)
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def read_class_table(path: str | os.PathLike[str]) -> ClassTable | None:
+    """Return the class table stored in a class raster by geopsp, or None if it has none."""
+    with _quiet_rasterio():
+        import rasterio
+
+        with rasterio.open(path) as src:
+            text = src.tags().get(CLASSES_TAG)
+    if not text:
+        return None
+    return ClassTable.from_list(json.loads(text))
+
+
+@contextlib.contextmanager
+def _quiet_rasterio() -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning: outputs of non-georeferenced scenes have no CRS on purpose."""
+    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RioNotGeoreferenced)
+        yield
+
+
+def _disk_full(exc: BaseException, directory: Path) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        text = str(seen).lower()
+        if "no space" in text or "disk space" in text or "disk full" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(directory).free < (1 << 20)
+    return False
+
+
+def _output_error(path: Path, exc: BaseException, what: str) -> OutputError:
+    if _disk_full(exc, path.parent):
+        return OutputError(f"{path}: disk full while {what}; free space (or write elsewhere) and run again")
+    return OutputError(f"{path}: failed while {what} ({exc}); check the disk and the folder's permissions")
+
+
+class ClassRasterWriter:
+    """Stream a class raster (and optionally a probability raster) to an atomic, styled COG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final class raster path (``.tif``). Sidecars: ``<path>.aux.xml`` (category names, RAT)
+        and ``<stem>.qml`` (QGIS style).
+    width, height : int
+        Raster size in pixels.
+    crs : rasterio.crs.CRS, str or None
+        The input's CRS; None for a scene that is not georeferenced.
+    transform : affine.Affine or None
+        The input's transform; None (or identity) writes no geotransform.
+    classes : ClassTable
+        Class ids, names and colours.
+    nodata : int
+        Value written where the input is nodata; must not be a class id.
+    dtype : {"uint8", "uint16"}, default "uint8"
+        Pixel type (:attr:`geopsp.model.meta.BundleMeta.output_dtype`).
+    compress : {"deflate", "zstd", "lzw"}, default "deflate"
+        Compression of the COG(s).
+    overwrite : bool, default False
+        Replace existing outputs (and their sidecars).
+    inputs : sequence of path
+        Input files the outputs must not overwrite.
+    probability_path : str or os.PathLike, optional
+        Also write a uint8 probability raster here (see the module docstring).
+    blocksize : int, default 512
+        Tile edge of the COG (multiple of 16). Strips of this many rows, at row offsets that
+        are multiples of it, are written fastest.
+    tags : mapping of str to str, optional
+        Extra dataset tags (provenance).
+
+    Raises
+    ------
+    OutputExistsError
+        If an output or one of its sidecars exists and ``overwrite`` is False.
+    OutputError
+        If an output equals an input or its folder cannot be written.
+    ValueError
+        If sizes, dtype, nodata, class ids, compression or blocksize are invalid.
+
+    Notes
+    -----
+    Use it as a context manager: leaving the block normally calls :meth:`close`, leaving it
+    by an exception (including ``KeyboardInterrupt``) calls :meth:`abort`, so nothing is ever
+    left under the final names unless complete, and no temporary files remain.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        width: int,
+        height: int,
+        crs: Any,
+        transform: affine.Affine | None,
+        classes: ClassTable,
+        nodata: int,
+        dtype: str = "uint8",
+        compress: str = "deflate",
+        overwrite: bool = False,
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        probability_path: str | os.PathLike[str] | None = None,
+        blocksize: int = 512,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"raster size must be positive, got {width} x {height}")
+        if dtype not in ("uint8", "uint16"):
+            raise ValueError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
+        top = np.iinfo(dtype).max
+        if not 0 <= nodata <= top:
+            raise ValueError(f"nodata {nodata} does not fit {dtype} (0..{top}); use dtype='uint16' or another nodata")
+        if classes.max_id > top:
+            raise ValueError(f"class id {classes.max_id} does not fit {dtype} (0..{top}); use dtype='uint16'")
+        if nodata in classes.ids:
+            raise ValueError(
+                f"nodata {nodata} is also a class id ({classes.by_id(nodata).name}); choose another nodata"
+            )
+        if compress.lower() not in _COMPRESSIONS:
+            raise ValueError(f"compress must be one of {', '.join(_COMPRESSIONS)}, got {compress!r}")
+        if blocksize < 16 or blocksize % 16:
+            raise ValueError(f"blocksize must be a positive multiple of 16, got {blocksize}")
+        self.width, self.height, self.dtype, self.nodata = int(width), int(height), dtype, int(nodata)
+        self.classes = classes
+        self.compress = compress.lower()
+        self.blocksize = int(blocksize)
+        self.overwrite = overwrite
+        self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
+        self.qml_path = qml_path_for(self.path)
+        self.aux_path = Path(f"{self.path}.aux.xml")
+        self.probability_path: Path | None = None
+        if probability_path is not None:
+            self.probability_path = check_output_path(probability_path, overwrite=overwrite, inputs=inputs)
+            if self.probability_path.resolve() == self.path.resolve():
+                raise OutputError(f"{self.path}: the probability raster needs a path of its own")
+        for side in (self.qml_path, self.aux_path):
+            check_output_path(side, overwrite=overwrite, inputs=inputs)
+        self._crs = crs
+        self._transform = None if transform is None or transform.is_identity else transform
+        self._tags = {CLASSES_TAG: classes.to_json(), **dict(tags or {})}
+        self._prefix = f"{TEMP_MARKER}{uuid.uuid4().hex[:12]}-"
+        self._rows = np.zeros(self.height, dtype=np.bool_)
+        self._state: Literal["open", "closed", "aborted"] = "open"
+        self._final: list[Path] = []
+        self._dst: rasterio.io.DatasetWriter | None = None
+        self._pdst: rasterio.io.DatasetWriter | None = None
+        try:
+            self._dst = self._open_stage(self.path, dtype, nodata, colormap=True, description="class")
+            if self.probability_path is not None:
+                self._pdst = self._open_stage(
+                    self.probability_path, "uint8", PROBABILITY_NODATA, colormap=False, description="probability"
+                )
+                self._pdst.scales = (1.0 / PROBABILITY_SCALE,)
+                self._pdst.offsets = (0.0,)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
+                raise
+            raise _output_error(self.path, exc, "creating the output") from exc
+        logger.debug("writing %s (%d x %d %s) via %s*", self.path, width, height, dtype, self._prefix)
+
+    # -- temporaries -------------------------------------------------------------------------
+
+    def _temp(self, final: Path, tag: str = "") -> Path:
+        return final.with_name(f"{self._prefix}{tag}{final.name}")
+
+    def _open_stage(
+        self, final: Path, dtype: str, nodata: int, *, colormap: bool, description: str
+    ) -> rasterio.io.DatasetWriter:
+        import rasterio
+
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": self.width,
+            "height": self.height,
+            "count": 1,
+            "dtype": dtype,
+            "nodata": nodata,
+            "tiled": True,
+            "blockxsize": self.blocksize,
+            "blockysize": self.blocksize,
+            # Fast, light compression: the staging file is read once and deleted.
+            "compress": "zstd",
+            "zstd_level": 1,
+            # Blocks never written read back as nodata.
+            "sparse_ok": True,
+            "bigtiff": "IF_SAFER",
+        }
+        if self._crs is not None:
+            profile["crs"] = self._crs
+        if self._transform is not None:
+            profile["transform"] = self._transform
+        with _quiet_rasterio():
+            dst = rasterio.open(self._temp(final, "stage-"), "w", **profile)
+        if colormap:
+            cmap = {c.id: (*c.color, 255) for c in self.classes}
+            cmap[nodata] = (0, 0, 0, 0)
+            dst.write_colormap(1, cmap)
+        dst.set_band_description(1, description)
+        dst.update_tags(**self._tags)
+        return dst
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_rows(
+        self,
+        row_off: int,
+        class_rows: NDArray[np.integer[Any]],
+        probability_rows: NDArray[Any] | None = None,
+    ) -> None:
+        """Write full-width rows ``[row_off, row_off + h)``; strips may come in any order.
+
+        Parameters
+        ----------
+        row_off : int
+            First row, 0-based.
+        class_rows : ndarray of int
+            ``(h, width)`` class ids (or nodata); any integer dtype whose values fit.
+        probability_rows : ndarray, optional
+            ``(h, width)``: uint8 already encoded (:func:`probability_to_uint8`) or floats in
+            0..1 (encoded here). Needs ``probability_path``. Pixels where the class is nodata
+            are stored as nodata.
+
+        Raises
+        ------
+        ValueError
+            On a wrong shape, an out-of-range row or value, or probabilities without
+            ``probability_path``.
+        OutputError
+            If the write fails (``"disk full"`` when the disk is full).
+        """
+        from rasterio.errors import RasterioError
+        from rasterio.windows import Window
+
+        if self._state != "open" or self._dst is None:
+            raise OutputError(f"{self.path}: the writer is already {self._state}; open a new one")
+        arr = np.asarray(class_rows)
+        if arr.ndim != 2 or arr.shape[1] != self.width:
+            raise ValueError(f"class rows must have shape (h, {self.width}), got {arr.shape}")
+        h = arr.shape[0]
+        if h < 1 or row_off < 0 or row_off + h > self.height:
+            raise ValueError(f"rows {row_off}..{row_off + h - 1} are outside the raster's 0..{self.height - 1}")
+        arr = self._as_dtype(arr)
+        prob = None
+        if probability_rows is not None:
+            if self._pdst is None:
+                raise ValueError("probabilities were given but the writer has no probability_path")
+            prob = np.asarray(probability_rows)
+            if prob.shape != arr.shape:
+                raise ValueError(f"probability rows must have shape {arr.shape}, got {prob.shape}")
+            if prob.dtype != np.uint8:
+                if prob.dtype.kind != "f":
+                    raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
+                prob = probability_to_uint8(prob)
+            else:
+                prob = prob.copy()
+            prob[arr == self.nodata] = PROBABILITY_NODATA
+        window = Window(0, row_off, self.width, h)
+        try:
+            self._dst.write(arr, 1, window=window)
+            if prob is not None and self._pdst is not None:
+                self._pdst.write(prob, 1, window=window)
+        except (RasterioError, OSError) as exc:
+            raise _output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
+        self._rows[row_off : row_off + h] = True
+
+    def _as_dtype(self, arr: NDArray[Any]) -> NDArray[Any]:
+        if arr.dtype == np.dtype(self.dtype):
+            return arr
+        if arr.dtype.kind not in "iub":
+            raise ValueError(f"class rows must be integers, got {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        top = np.iinfo(self.dtype).max
+        if lo < 0 or hi > top:
+            raise ValueError(f"class values {lo}..{hi} do not fit the output's {self.dtype} (0..{top})")
+        return arr.astype(self.dtype)
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def close(self) -> list[Path]:
+        """Finish: build the COG(s) and sidecars, then rename everything into place.
+
+        Returns
+        -------
+        list of Path
+            The class raster, the probability raster (if any), the ``.qml`` style and the
+            ``.aux.xml`` (category names, RAT), in that order.
+
+        Raises
+        ------
+        OutputError
+            If some rows were never written, or finishing fails (``"disk full"`` when the disk
+            is full); nothing is left under the final names and the temporaries are removed.
+        OutputExistsError
+            If another process created an output meanwhile and ``overwrite`` is False.
+        """
+        if self._state == "closed":
+            return list(self._final)
+        if self._state == "aborted":
+            raise OutputError(f"{self.path}: the writer was aborted; nothing was written")
+        try:
+            missing = np.flatnonzero(~self._rows)
+            if missing.size:
+                raise OutputError(
+                    f"{self.path}: rows {missing[0]}-{missing[-1]} ({missing.size} rows) were never written; "
+                    f"the output is incomplete and was not saved"
+                )
+            self._close_stages()
+            moves = self._finish()
+            self._commit(moves)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
+                raise
+            raise _output_error(self.path, exc, "finishing the output") from exc
+        self._state = "closed"
+        self._final = [final for _, final in moves]
+        order = [self.path, self.probability_path, self.qml_path, self.aux_path]
+        self._final = [p for p in order if p is not None and p in self._final]
+        logger.info("wrote %s", self.path)
+        return list(self._final)
+
+    def _close_stages(self) -> None:
+        for name in ("_dst", "_pdst"):
+            dst = getattr(self, name)
+            if dst is not None:
+                setattr(self, name, None)
+                dst.close()
+
+    def _finish(self) -> list[tuple[Path, Path]]:
+        """Build every output under a temporary name; return (temporary, final) pairs, main file last."""
+        moves: list[tuple[Path, Path]] = []
+        qml_tmp = self._temp(self.qml_path)
+        qml_tmp.write_text(raster_qml(self.classes, nodata=self.nodata), encoding="utf-8")
+        moves.append((qml_tmp, self.qml_path))
+        cog_tmp = self._temp(self.path)
+        self._to_cog(self._temp(self.path, "stage-"), cog_tmp, resampling="MODE")
+        aux_tmp = Path(f"{cog_tmp}.aux.xml")
+        aux_tmp.write_text(pam_xml(self.classes, nodata=self.nodata), encoding="utf-8")
+        moves.append((aux_tmp, self.aux_path))
+        if self.probability_path is not None:
+            prob_tmp = self._temp(self.probability_path)
+            self._to_cog(self._temp(self.probability_path, "stage-"), prob_tmp, resampling="AVERAGE")
+            moves.append((prob_tmp, self.probability_path))
+        moves.append((cog_tmp, self.path))
+        return moves
+
+    def _to_cog(self, stage: Path, out: Path, *, resampling: str) -> None:
+        import rasterio.shutil
+
+        with _quiet_rasterio():
+            rasterio.shutil.copy(
+                stage,
+                out,
+                driver="COG",
+                COMPRESS=self.compress.upper(),
+                BLOCKSIZE=self.blocksize,
+                OVERVIEW_RESAMPLING=resampling,
+                BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",
+            )
+        stage.unlink()
+        # GDAL may leave a PAM file for the staging dataset (e.g. statistics); it is ours to drop.
+        with contextlib.suppress(OSError):
+            Path(f"{stage}.aux.xml").unlink()
+
+    def _commit(self, moves: list[tuple[Path, Path]]) -> None:
+        finals = [final for _, final in moves]
+        if not self.overwrite:
+            taken = [p for p in finals if p.exists()]
+            if taken:
+                raise OutputExistsError(f"{taken[0]}: was created meanwhile by another process; pass --overwrite")
+        else:
+            # Sidecars of a previous output (external overviews, masks, PAM) would apply to the new one.
+            for raster in (self.path, self.probability_path):
+                for suffix in _STALE_SIDECARS if raster is not None else ():
+                    stale = Path(f"{raster}{suffix}")
+                    if stale not in finals:
+                        with contextlib.suppress(FileNotFoundError):
+                            stale.unlink()
+        done: list[Path] = []
+        try:
+            for tmp, final in moves:
+                os.replace(tmp, final)
+                done.append(final)
+        except BaseException:
+            for final in done:
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            raise
+
+    def abort(self) -> None:
+        """Drop everything written so far: close the staging files and remove all temporaries.
+
+        Safe to call more than once, and after a failed :meth:`close`.
+        """
+        if self._state == "closed":
+            return
+        self._state = "aborted"
+        for name in ("_dst", "_pdst"):
+            dst = getattr(self, name, None)
+            if dst is not None:
+                setattr(self, name, None)
+                with contextlib.suppress(Exception):
+                    dst.close()
+        folders = {self.path.parent}
+        if self.probability_path is not None:
+            folders.add(self.probability_path.parent)
+        for folder in folders:
+            for tmp in folder.glob(f"{self._prefix}*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+    def __enter__(self) -> ClassRasterWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_class_raster(
+    path: str | os.PathLike[str],
+    array: NDArray[np.integer[Any]],
+    *,
+    crs: Any,
+    transform: affine.Affine | None,
+    classes: ClassTable,
+    nodata: int,
+    dtype: str | None = None,
+    probability: NDArray[Any] | None = None,
+    probability_path: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Path:
+    """Write an in-memory class array as a styled COG (for small rasters and tests).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output path.
+    array : ndarray of int
+        ``(height, width)`` class ids (or ``nodata``).
+    crs, transform, classes, nodata
+        As for :class:`ClassRasterWriter`.
+    dtype : {"uint8", "uint16"}, optional
+        Default: uint8 when the class ids and nodata fit, else uint16.
+    probability : ndarray, optional
+        ``(height, width)`` probabilities (float 0..1 or encoded uint8); needs ``probability_path``.
+    probability_path : str or os.PathLike, optional
+        Where to write them.
+    **options
+        Other :class:`ClassRasterWriter` keywords (``compress``, ``overwrite``, ``inputs``,
+        ``blocksize``, ``tags``).
+
+    Returns
+    -------
+    Path
+        The class raster.
+    """
+    arr = np.asarray(array)
+    if arr.ndim != 2:
+        raise ValueError(f"array must be 2-D (height, width), got shape {arr.shape}")
+    if dtype is None:
+        dtype = "uint8" if max(classes.max_id, nodata) <= 255 else "uint16"
+    with ClassRasterWriter(
+        path,
+        width=arr.shape[1],
+        height=arr.shape[0],
+        crs=crs,
+        transform=transform,
+        classes=classes,
+        nodata=nodata,
+        dtype=dtype,
+        probability_path=probability_path,
+        **options,
+    ) as writer:
+        step = writer.blocksize
+        for row in range(0, arr.shape[0], step):
+            prob = None if probability is None else probability[row : row + step]
+            writer.write_rows(row, arr[row : row + step], prob)
+    return writer.path
