@@ -1,0 +1,219 @@
+"""The tile grid: which windows of a scene are run through the model, in what order.
+
+Tiles are ``tile_size`` square and step by ``tile_size - overlap`` along each axis; the last row
+and column are snapped inward so they end exactly at the scene edge (their overlap with the
+previous tile is then larger than ``overlap``). An axis shorter than one tile gets a single tile
+that covers all of it; the reader pads it to ``tile_size`` by reflection and the mosaic crops
+it back.
+
+The grid is global: a run over a strip of rows (``row_range``) uses the same windows as a run
+over the whole scene, so strips stitched together equal the whole-scene result bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from geopsp.errors import TilingError
+
+__all__ = ["Tile", "TileGrid", "axis_offsets"]
+
+
+def axis_offsets(length: int, tile_size: int, overlap: int) -> tuple[int, ...]:
+    """Start offsets of the tiles along one axis.
+
+    Parameters
+    ----------
+    length : int
+        Scene size along the axis (pixels, >= 1).
+    tile_size : int
+        Tile edge in pixels.
+    overlap : int
+        Overlap between neighbouring tiles (``0 <= 2 * overlap < tile_size``).
+
+    Returns
+    -------
+    tuple of int
+        Strictly increasing offsets; the first is 0 and the last tile ends at ``length``
+        (or starts at 0 when ``length <= tile_size``).
+
+    Examples
+    --------
+    >>> axis_offsets(1000, 512, 64)
+    (0, 448, 488)
+    >>> axis_offsets(300, 512, 64)
+    (0,)
+    """
+    if length < 1:
+        raise TilingError(f"scene axis of {length} pixels cannot be tiled; the scene is empty")
+    if length <= tile_size:
+        return (0,)
+    stride = tile_size - overlap
+    offsets = list(range(0, length - tile_size, stride))
+    offsets.append(length - tile_size)
+    return tuple(offsets)
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One window of the grid.
+
+    Parameters
+    ----------
+    index : int
+        Position in the grid's row-major order.
+    grid_row, grid_col : int
+        Row and column of the tile in the grid.
+    row, col : int
+        Top-left pixel of the window in the scene.
+    height, width : int
+        Size of the window inside the scene (``<= size``; smaller only when the scene is).
+    size : int
+        Edge of the square the model sees (the window padded by reflection when smaller).
+    """
+
+    index: int
+    grid_row: int
+    grid_col: int
+    row: int
+    col: int
+    height: int
+    width: int
+    size: int
+
+    @property
+    def padded(self) -> bool:
+        """Whether the window is smaller than the model input and needs padding."""
+        return self.height < self.size or self.width < self.size
+
+    @property
+    def row_end(self) -> int:
+        """One past the last scene row of the window."""
+        return self.row + self.height
+
+    @property
+    def col_end(self) -> int:
+        """One past the last scene column of the window."""
+        return self.col + self.width
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The window grid of a ``height`` x ``width`` scene.
+
+    Parameters
+    ----------
+    height, width : int
+        Scene size in pixels.
+    tile_size : int
+        Model input edge.
+    overlap : int
+        Overlap between neighbouring tiles; ``2 * overlap < tile_size``.
+
+    Raises
+    ------
+    TilingError
+        If the tile size or overlap cannot work.
+
+    Examples
+    --------
+    >>> g = TileGrid(1000, 700, 512, 64)
+    >>> g.row_offsets, g.col_offsets, len(g)
+    ((0, 448, 488), (0, 188), 6)
+    """
+
+    height: int
+    width: int
+    tile_size: int
+    overlap: int
+    row_offsets: tuple[int, ...] = field(init=False)
+    col_offsets: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1:
+            raise TilingError(f"tile size must be >= 1, got {self.tile_size}")
+        if self.overlap < 0:
+            raise TilingError(f"overlap must be >= 0, got {self.overlap}")
+        if 2 * self.overlap >= self.tile_size:
+            raise TilingError(
+                f"overlap ({self.overlap}) must be less than half the tile size ({self.tile_size}); "
+                f"use at most {(self.tile_size - 1) // 2}"
+            )
+        object.__setattr__(self, "row_offsets", axis_offsets(self.height, self.tile_size, self.overlap))
+        object.__setattr__(self, "col_offsets", axis_offsets(self.width, self.tile_size, self.overlap))
+
+    def __len__(self) -> int:
+        return len(self.row_offsets) * len(self.col_offsets)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of tile rows and columns."""
+        return len(self.row_offsets), len(self.col_offsets)
+
+    def tile(self, grid_row: int, grid_col: int) -> Tile:
+        """Return the tile at a grid position."""
+        r = self.row_offsets[grid_row]
+        c = self.col_offsets[grid_col]
+        return Tile(
+            index=grid_row * len(self.col_offsets) + grid_col,
+            grid_row=grid_row,
+            grid_col=grid_col,
+            row=r,
+            col=c,
+            height=min(self.tile_size, self.height - r),
+            width=min(self.tile_size, self.width - c),
+            size=self.tile_size,
+        )
+
+    def grid_rows(self, row_range: tuple[int, int] | None = None) -> range:
+        """Grid rows whose windows overlap scene rows ``[r0, r1)`` (all rows by default)."""
+        r0, r1 = self.check_row_range(row_range)
+        first = None
+        last = -1
+        for i, off in enumerate(self.row_offsets):
+            end = min(off + self.tile_size, self.height)
+            if off < r1 and end > r0:
+                if first is None:
+                    first = i
+                last = i
+        if first is None:
+            return range(0)
+        return range(first, last + 1)
+
+    def row_tiles(self, grid_row: int) -> list[Tile]:
+        """All tiles of one grid row, left to right."""
+        return [self.tile(grid_row, j) for j in range(len(self.col_offsets))]
+
+    def tiles(self, row_range: tuple[int, int] | None = None) -> Iterator[Tile]:
+        """Tiles overlapping scene rows ``[r0, r1)``, in row-major order."""
+        for i in self.grid_rows(row_range):
+            yield from self.row_tiles(i)
+
+    def count(self, row_range: tuple[int, int] | None = None) -> int:
+        """Count the tiles :meth:`tiles` yields."""
+        return len(self.grid_rows(row_range)) * len(self.col_offsets)
+
+    def final_row(self, grid_row: int) -> int:
+        """Scene rows above this one are complete once grid rows ``<= grid_row`` are blended.
+
+        No tile of a later grid row touches them.
+        """
+        if grid_row + 1 < len(self.row_offsets):
+            return self.row_offsets[grid_row + 1]
+        return self.height
+
+    def check_row_range(self, row_range: tuple[int, int] | None) -> tuple[int, int]:
+        """Validate a row range, returning ``(r0, r1)`` (the whole scene for ``None``).
+
+        Raises
+        ------
+        TilingError
+            If the range is empty or outside the scene.
+        """
+        if row_range is None:
+            return 0, self.height
+        r0, r1 = (int(v) for v in row_range)
+        if not 0 <= r0 < r1 <= self.height:
+            raise TilingError(f"row range ({r0}, {r1}) must satisfy 0 <= start < stop <= scene height {self.height}")
+        return r0, r1

@@ -1,0 +1,209 @@
+"""Blend kernels and the streaming strip mosaic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geopsp.errors import ConfigError
+from geopsp.inference.blend import KERNELS, tile_weights
+from geopsp.inference.mosaic import PROBABILITY_SCALE, Mosaicker
+from geopsp.tiling import TileGrid
+
+
+@st.composite
+def grids(draw, max_side=200):
+    tile = draw(st.integers(4, 64))
+    overlap = draw(st.integers(0, (tile - 1) // 2))
+    return TileGrid(draw(st.integers(1, max_side)), draw(st.integers(1, max_side)), tile, overlap)
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 512])
+def test_kernels_positive_bounded_symmetric(name, n):
+    w = tile_weights(n, kernel=name, floor=0.05)
+    assert w.shape == (n, n) and w.dtype == np.float32
+    assert w.min() >= 0.05**2 - 1e-7 and w.max() <= 1.0
+    np.testing.assert_allclose(w, w[::-1, ::-1])
+    np.testing.assert_allclose(w, w.T)
+
+
+def test_cosine_is_smallest_at_borders():
+    w = tile_weights(64, kernel="cosine", floor=0.1)
+    assert w[0, 0] < w[0, 32] < w[32, 32]
+    assert w[0, 0] == pytest.approx(0.1**2, rel=0.05)
+
+
+def test_unknown_kernel_and_bad_floor():
+    with pytest.raises(ConfigError, match="unknown blend kernel"):
+        tile_weights(8, kernel="triangle")
+    with pytest.raises(ConfigError, match="floor"):
+        tile_weights(8, floor=0.0)
+
+
+@given(grids(), st.sampled_from(sorted(KERNELS)), st.floats(0.01, 1.0))
+@settings(max_examples=80, deadline=None)
+def test_normalized_blend_weights_sum_to_one_everywhere(grid, kernel, floor):
+    w = tile_weights(grid.tile_size, kernel=kernel, floor=floor).astype(np.float64)
+    total = np.zeros((grid.height, grid.width))
+    for t in grid.tiles():
+        total[t.row : t.row_end, t.col : t.col_end] += w[: t.height, : t.width]
+    assert total.min() > 0  # every pixel, scene edges included, has weight
+    norm = np.zeros_like(total)
+    for t in grid.tiles():
+        norm[t.row : t.row_end, t.col : t.col_end] += (
+            w[: t.height, : t.width] / total[t.row : t.row_end, t.col : t.col_end]
+        )
+    np.testing.assert_allclose(norm, 1.0, rtol=0, atol=1e-12)
+
+
+def _pixel_probs(height, width, k, seed=0):
+    """Per-pixel class probabilities that depend only on the pixel (what a 1x1 model gives)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(k, height, width)).astype(np.float32) * 3
+    return torch.softmax(torch.from_numpy(logits), 0)
+
+
+def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosine", batch=3, class_ids=None):
+    k = probs.shape[0]
+    class_ids = class_ids or list(range(k))
+    rows: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    m = Mosaicker(
+        grid,
+        class_ids=class_ids,
+        nodata=255,
+        sink=lambda r, c, p: rows.append((r, c, p)),
+        kernel=kernel,
+        row_range=row_range,
+        probabilities=probabilities,
+    )
+    s = grid.tile_size
+    tiles = [t for t in grid.tiles(row_range)]
+    for i in range(0, len(tiles), batch):
+        chunk = tiles[i : i + batch]
+        p = torch.zeros((len(chunk), k, s, s))
+        v = torch.zeros((len(chunk), s, s), dtype=torch.bool)
+        for n, t in enumerate(chunk):
+            p[n, :, : t.height, : t.width] = probs[:, t.row : t.row_end, t.col : t.col_end]
+            v[n, : t.height, : t.width] = valid[t.row : t.row_end, t.col : t.col_end]
+        m.add(chunk, p, v)
+    m.finish()
+    return rows, m
+
+
+def _stack(rows, width):
+    cls = np.concatenate([c for _, c, _ in rows]) if rows else np.zeros((0, width), np.uint8)
+    prob = np.concatenate([p for _, _, p in rows]) if rows and rows[0][2] is not None else None
+    return cls, prob
+
+
+@given(grids(max_side=120), st.integers(1, 5), st.sampled_from(sorted(KERNELS)))
+@settings(max_examples=40, deadline=None)
+def test_mosaic_of_pixelwise_probabilities_equals_direct_argmax(grid, k, kernel):
+    probs = _pixel_probs(grid.height, grid.width, k)
+    valid = torch.ones((grid.height, grid.width), dtype=torch.bool)
+    rows, _ = _run(grid, probs, valid, kernel=kernel)
+    # rows come top to bottom, each once, full width
+    starts = [r for r, _, _ in rows]
+    assert starts == sorted(starts) and starts[0] == 0
+    cls, prob = _stack(rows, grid.width)
+    assert cls.shape == (grid.height, grid.width)
+    np.testing.assert_array_equal(cls, probs.argmax(0).numpy())
+    expected_p = np.round(probs.max(0).values.numpy() * PROBABILITY_SCALE)
+    assert np.abs(prob.astype(int) - expected_p).max() <= 1
+
+
+def test_mosaic_nodata_and_class_ids():
+    grid = TileGrid(70, 90, 32, 6)
+    probs = _pixel_probs(70, 90, 3)
+    valid = torch.ones((70, 90), dtype=torch.bool)
+    valid[:10] = False
+    valid[30:35, 40:80] = False
+    rows, _ = _run(grid, probs, valid, class_ids=[3, 7, 11])
+    cls, prob = _stack(rows, 90)
+    expected = np.array([3, 7, 11])[probs.argmax(0).numpy()]
+    expected[~valid.numpy()] = 255
+    np.testing.assert_array_equal(cls, expected)
+    assert (prob[~valid.numpy()] == 0).all()
+
+
+@given(grids(max_side=100), st.data())
+@settings(max_examples=40, deadline=None)
+def test_mosaic_strips_equal_whole_bit_for_bit(grid, data):
+    k = data.draw(st.integers(2, 4))
+    probs = _pixel_probs(grid.height, grid.width, k, seed=1)
+    valid = torch.ones((grid.height, grid.width), dtype=torch.bool)
+    whole, _ = _run(grid, probs, valid)
+    cls_w, prob_w = _stack(whole, grid.width)
+    cut = data.draw(st.integers(1, grid.height)) if grid.height > 1 else 1
+    parts = [(0, cut), (cut, grid.height)] if cut < grid.height else [(0, grid.height)]
+    pieces = []
+    for rr in parts:
+        rows, _ = _run(grid, probs, valid, row_range=rr, batch=data.draw(st.integers(1, 4)))
+        c, p = _stack(rows, grid.width)
+        assert c.shape == (rr[1] - rr[0], grid.width)
+        assert rows[0][0] == rr[0]
+        pieces.append((c, p))
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in pieces]), cls_w)
+    np.testing.assert_array_equal(np.concatenate([p for _, p in pieces]), prob_w)
+
+
+def test_mosaic_blends_disagreeing_tiles_smoothly():
+    """Two tiles that disagree: the class switches inside the overlap, where weights cross."""
+    grid = TileGrid(16, 56, 32, 8)  # columns at 0 and 24: overlap 24..32
+    rows: list = []
+    m = Mosaicker(grid, class_ids=[0, 1], nodata=255, sink=lambda r, c, p: rows.append(c), probabilities=False)
+    tiles = list(grid.tiles())
+    p = torch.zeros((2, 2, 32, 32))
+    p[0, 0] = 0.9
+    p[0, 1] = 0.1  # left tile says class 0
+    p[1, 0] = 0.1
+    p[1, 1] = 0.9  # right tile says class 1
+    v = torch.ones((2, 32, 32), dtype=torch.bool)
+    m.add(tiles, p, v)
+    m.finish()
+    cls = np.concatenate(rows)
+    assert (cls[:, :24] == 0).all() and (cls[:, 32:] == 1).all()
+    switch = np.argmax(cls[0] == 1)
+    assert 24 <= switch <= 32
+    assert abs(switch - 28) <= 1  # weights cross at the middle of the overlap
+
+
+def test_rows_no_tile_reached_become_nodata():
+    grid = TileGrid(100, 20, 16, 2)
+    rows: list = []
+    m = Mosaicker(grid, class_ids=[0, 1], nodata=9, sink=lambda r, c, p: rows.append((r, c)))
+    # only tiles of grid row 0 and the last grid row (middle rows skipped as all-nodata)
+    last = grid.shape[0] - 1
+    tiles = [t for t in grid.tiles() if t.grid_row in (0, last)]
+    p = torch.zeros((len(tiles), 2, 16, 16))
+    p[:, 1] = 1
+    v = torch.ones((len(tiles), 16, 16), dtype=torch.bool)
+    m.add(tiles, p, v)
+    m.finish()
+    cls = np.concatenate([c for _, c in rows])
+    assert cls.shape == (100, 20)
+    assert (cls[:16] == 1).all() and (cls[grid.row_offsets[last] :] == 1).all()
+    assert (cls[16 : grid.row_offsets[last]] == 9).all()
+
+
+def test_out_of_order_tiles_are_refused():
+    grid = TileGrid(100, 20, 16, 2)
+    m = Mosaicker(grid, class_ids=[0], nodata=9, sink=lambda *a: None)
+    tiles = list(grid.tiles())
+    one = torch.ones((1, 1, 16, 16))
+    v = torch.ones((1, 16, 16), dtype=torch.bool)
+    m.add([tiles[5]], one, v)
+    with pytest.raises(ValueError, match="grid order"):
+        m.add([tiles[0]], one, v)
+
+
+def test_strip_memory_does_not_depend_on_height():
+    sizes = []
+    for h in (100, 10_000, 1_000_000):
+        m = Mosaicker(TileGrid(h, 3000, 256, 32), class_ids=[0, 1, 2], nodata=9, sink=lambda *a: None)
+        sizes.append(m.strip_bytes)
+    assert sizes[0] < sizes[1] == sizes[2] == 256 * 3000 * (3 * 4 + 4 + 1)
