@@ -17,8 +17,9 @@ Each class raster carries:
 - a QGIS style ``<name>.qml`` (paletted renderer; QGIS loads it as the default style).
 
 The optional probability raster stores the winning class's probability as uint8:
-``round(p * 254)`` in 0..254, and 255 (:data:`PROBABILITY_NODATA`) where the class raster is
-nodata. Its band scale is ``1/254``, so GDAL and QGIS can show ``p`` itself.
+``round(p * 255)``, at least 1, and 0 (:data:`PROBABILITY_NODATA`) where the class raster is
+nodata. A winning probability is at least ``1/K`` for ``K`` classes, so 0 is free for nodata
+and 1.0 keeps full resolution. The band scale is ``1/255``, so GDAL and QGIS can show ``p``.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ logger = logging.getLogger(__name__)
 
 Compression = Literal["deflate", "zstd", "lzw"]
 
-PROBABILITY_SCALE = 254
-"""A probability ``p`` is stored as ``round(p * PROBABILITY_SCALE)``."""
+PROBABILITY_SCALE = 255
+"""A probability ``p`` is stored as ``max(round(p * PROBABILITY_SCALE), 1)``."""
 
-PROBABILITY_NODATA = 255
+PROBABILITY_NODATA = 0
 """Stored where there is no probability (the class raster is nodata there)."""
 
 CLASSES_TAG = "GEOPSP_CLASSES"
@@ -95,16 +96,17 @@ def probability_to_uint8(prob: NDArray[np.floating[Any]], valid: NDArray[np.bool
     Returns
     -------
     ndarray of uint8
-        ``round(p * 254)``; 255 where ``valid`` is False or ``p`` is NaN.
+        ``round(p * 255)`` but at least 1; 0 where ``valid`` is False or ``p`` is NaN.
 
     Examples
     --------
     >>> probability_to_uint8(np.array([0.0, 0.5, 1.0, np.nan])).tolist()
-    [0, 127, 254, 255]
+    [1, 128, 255, 0]
     """
     p = np.asarray(prob, dtype=np.float32)
     bad = np.isnan(p)
-    out = np.rint(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
+    scaled = np.rint(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * PROBABILITY_SCALE)
+    out = np.maximum(scaled, 1).astype(np.uint8)
     out[bad] = PROBABILITY_NODATA
     if valid is not None:
         out[~np.asarray(valid, dtype=np.bool_)] = PROBABILITY_NODATA
@@ -370,9 +372,10 @@ class ClassRasterWriter:
         class_rows : ndarray of int
             ``(h, width)`` class ids (or nodata); any integer dtype whose values fit.
         probability_rows : ndarray, optional
-            ``(h, width)``: uint8 already encoded (:func:`probability_to_uint8`) or floats in
-            0..1 (encoded here). Needs ``probability_path``. Pixels where the class is nodata
-            are stored as nodata.
+            ``(h, width)``: uint8 already encoded (``round(p * 255)``, see
+            :func:`probability_to_uint8`) or floats in 0..1 (encoded here). Needs
+            ``probability_path``. Pixels where the class is nodata are stored as nodata (0);
+            elsewhere 0 is raised to 1 so it is not mistaken for nodata.
 
         Raises
         ------
@@ -406,7 +409,7 @@ class ClassRasterWriter:
                     raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
                 prob = probability_to_uint8(prob)
             else:
-                prob = prob.copy()
+                prob = np.maximum(prob, 1)
             prob[arr == self.nodata] = PROBABILITY_NODATA
         window = Window(0, row_off, self.width, h)
         try:
