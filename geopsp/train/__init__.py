@@ -1,0 +1,42 @@
+"""Training: data layouts, labeled-window sampling, augmentation, normalization statistics,
+losses and the :func:`fit` loop that writes model bundles.
+
+Importing this package imports torch.
+"""
+
+from __future__ import annotations
+
+from geopsp.train.datasets import (
+    DEEPGLOBE_COLORS,
+    Region,
+    Scene,
+    TrainingData,
+    decode_color_mask,
+    discover_scenes,
+    prepare_data,
+    resolve_paths,
+    split_scenes,
+)
+from geopsp.train.loop import TrainEvent, TrainResult, dry_run, fit
+from geopsp.train.losses import SegmentationLoss
+from geopsp.train.sampling import WindowSampler
+from geopsp.train.stats import compute_normalization
+
+__all__ = [
+    "DEEPGLOBE_COLORS",
+    "Region",
+    "Scene",
+    "SegmentationLoss",
+    "TrainEvent",
+    "TrainResult",
+    "TrainingData",
+    "WindowSampler",
+    "compute_normalization",
+    "decode_color_mask",
+    "discover_scenes",
+    "dry_run",
+    "fit",
+    "prepare_data",
+    "resolve_paths",
+    "split_scenes",
+]

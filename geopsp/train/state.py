@@ -1,0 +1,134 @@
+"""Training state for ``--resume``, stored without pickle.
+
+The optimizer's tensors (momentum buffers, Adam moments) go to a safetensors file; its
+scalars, the parameter groups, the epoch, the history and the best score go to a JSON file.
+The JSON is written last and names the epoch of the weights it belongs to, so a run killed
+between the two writes is detected on resume instead of silently mixing epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geopsp.errors import CheckpointError
+from geopsp.io.atomic import atomic_output
+
+__all__ = ["load_training_state", "optimizer_from_flat", "optimizer_to_flat", "save_training_state"]
+
+STATE_VERSION = 1
+
+
+def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer ``state_dict`` into tensors and JSON-ready scalars.
+
+    Examples
+    --------
+    >>> p = torch.nn.Parameter(torch.ones(2))
+    >>> opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    >>> p.grad = torch.ones(2); opt.step()
+    >>> tensors, scalars = optimizer_to_flat(opt.state_dict())
+    >>> sorted(tensors), scalars["param_groups"][0]["lr"]
+    (['state.0.momentum_buffer'], 0.1)
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"state": scalars, "param_groups": state_dict["param_groups"]}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild an optimizer ``state_dict`` from :func:`optimizer_to_flat` output."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        if not name.startswith("state."):
+            continue
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = t
+    for name, value in scalars.get("state", {}).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def save_training_state(
+    folder: str | os.PathLike[str],
+    *,
+    optimizer: torch.optim.Optimizer,
+    info: dict[str, Any],
+    name: str = "last",
+) -> tuple[Path, Path]:
+    """Write ``<name>_state.safetensors`` and ``<name>_state.json`` atomically.
+
+    Parameters
+    ----------
+    folder : path
+        Output folder.
+    optimizer : torch.optim.Optimizer
+        Its state is saved.
+    info : dict
+        JSON-ready run state (epoch, step, best score, history ...).
+    name : str
+        File prefix.
+
+    Returns
+    -------
+    (tensors_path, json_path)
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors, scalars = optimizer_to_flat(optimizer.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    t_path = folder / f"{name}_state.safetensors"
+    j_path = folder / f"{name}_state.json"
+    with atomic_output(t_path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "geopsp-train-state"})
+    payload = {"version": STATE_VERSION, "optimizer": scalars, **info}
+    with atomic_output(j_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
+    return t_path, j_path
+
+
+def load_training_state(folder: str | os.PathLike[str], *, name: str = "last") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read the state written by :func:`save_training_state`.
+
+    Returns
+    -------
+    (info, optimizer_state_dict)
+        The JSON run state (including ``"torch_rng"`` as a tensor) and an optimizer state dict.
+
+    Raises
+    ------
+    CheckpointError
+        If the files are missing or damaged.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    j_path = folder / f"{name}_state.json"
+    t_path = folder / f"{name}_state.safetensors"
+    if not j_path.exists() or not t_path.exists():
+        raise CheckpointError(f"{folder}: no training state to resume ({j_path.name} and {t_path.name}); train without --resume")
+    try:
+        info = json.loads(j_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{j_path}: unreadable training state ({exc}); train again without --resume") from exc
+    if not isinstance(info, dict) or info.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{j_path}: unknown training state version; train again without --resume")
+    try:
+        tensors = load_file(str(t_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{t_path}: damaged training state ({exc}); train again without --resume") from exc
+    info["torch_rng"] = tensors.pop("rng.torch", None)
+    return info, optimizer_from_flat(tensors, info.pop("optimizer"))
