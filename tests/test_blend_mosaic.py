@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from geopsp.errors import ConfigError
 from geopsp.inference.blend import KERNELS, tile_weights
-from geopsp.inference.mosaic import PROBABILITY_SCALE, Mosaicker
+from geopsp.inference.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, Mosaicker
 from geopsp.tiling import TileGrid
 
 
@@ -127,7 +127,8 @@ def test_mosaic_nodata_and_class_ids():
     expected = np.array([3, 7, 11])[probs.argmax(0).numpy()]
     expected[~valid.numpy()] = 255
     np.testing.assert_array_equal(cls, expected)
-    assert (prob[~valid.numpy()] == 0).all()
+    assert (prob[~valid.numpy()] == PROBABILITY_NODATA).all()
+    assert (prob[valid.numpy()] <= PROBABILITY_SCALE).all()
 
 
 @given(grids(max_side=100), st.data())

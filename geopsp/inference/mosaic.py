@@ -21,12 +21,10 @@ import torch
 from numpy.typing import NDArray
 
 from geopsp.inference.blend import tile_weights
+from geopsp.io.raster import PROBABILITY_NODATA, PROBABILITY_SCALE
 from geopsp.tiling.windows import Tile, TileGrid
 
-__all__ = ["PROBABILITY_SCALE", "Mosaicker", "RowSink"]
-
-PROBABILITY_SCALE = 255
-"""The probability raster stores ``round(p * PROBABILITY_SCALE)`` as uint8 (0 where nodata)."""
+__all__ = ["PROBABILITY_NODATA", "PROBABILITY_SCALE", "Mosaicker", "RowSink"]
 
 RowSink = Callable[[int, NDArray[np.generic], NDArray[np.uint8] | None], None]
 """Receives ``(scene_row, class_rows, probability_rows)`` for finished rows, top to bottom."""
@@ -55,7 +53,9 @@ class Mosaicker:
     row_range : (int, int), optional
         Emit only scene rows ``[r0, r1)``; tiles outside still contribute to those rows.
     probabilities : bool
-        Also compute the winning class probability rows (uint8, see :data:`PROBABILITY_SCALE`).
+        Also compute the winning class probability rows, uint8 ``round(p * PROBABILITY_SCALE)``
+        and :data:`PROBABILITY_NODATA` where the class is nodata (the encoding of
+        :mod:`geopsp.io.raster`).
     out_dtype : str
         NumPy dtype of the class rows (``uint8`` or ``uint16``).
     """
@@ -174,7 +174,7 @@ class Mosaicker:
             b = max(in_strip, a)
             h = stop - b
             cls_nd = np.full((h, self.grid.width), self.nodata, dtype=self.out_dtype)
-            prob_nd = np.zeros((h, self.grid.width), dtype=np.uint8) if self.probabilities else None
+            prob_nd = np.full((h, self.grid.width), PROBABILITY_NODATA, dtype=np.uint8) if self.probabilities else None
             self.sink(b, cls_nd, prob_nd)
         self._emitted = stop
 
@@ -189,6 +189,6 @@ class Mosaicker:
         if self.probabilities:
             p = best / wsum.clamp_min(1e-12)
             q = torch.round(p.clamp(0.0, 1.0) * PROBABILITY_SCALE).to(torch.uint8)
-            q = torch.where(invalid, torch.zeros_like(q), q)
+            q = torch.where(invalid, torch.full_like(q, PROBABILITY_NODATA), q)
             prob_np = q.cpu().numpy()
         return cls_np, prob_np

@@ -1,0 +1,167 @@
+"""``geopsp predict SCENE... --model BUNDLE --out DIR``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+
+__all__ = ["predict"]
+
+
+@click.command("predict")
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle (.safetensors)."
+)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(),
+    help="Output directory (or, for one scene, the class raster's path ending in .tif).",
+)
+@click.option("--tile", "tile", type=int, default=None, help="Tile edge in pixels [default: the bundle's].")
+@click.option("--overlap", type=int, default=None, help="Overlap between tiles in pixels [default: the bundle's].")
+@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass [default: 4].")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the model runs [default: auto]."
+)
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA, off on CPU].")
+@click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default=None, help="Test-time augmentation.")
+@click.option(
+    "--blend", type=click.Choice(["cosine", "uniform", "gaussian"]), default=None, help="Tile blending kernel."
+)
+@click.option("--probabilities/--no-probabilities", default=None, help="Also write the winning class probability.")
+@click.option("--vector/--no-vector", default=None, help="Also vectorize the classes to polygons.")
+@click.option("--preview/--no-preview", default=None, help="Also write a preview PNG.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
+@click.option("--rows", type=(int, int), default=None, metavar="START STOP", help="Compute only rows [START, STOP).")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@overwrite_option
+@config_options
+@click.pass_context
+def predict(
+    ctx: click.Context,
+    scenes: tuple[str, ...],
+    model_path: str,
+    out: str,
+    tile: int | None,
+    overlap: int | None,
+    batch_size: int | None,
+    device: str | None,
+    amp: bool | None,
+    tta: str | None,
+    blend: str | None,
+    probabilities: bool | None,
+    vector: bool | None,
+    preview: bool | None,
+    compile_: bool | None,
+    rows: tuple[int, int] | None,
+    no_progress: bool,
+    overwrite: bool,
+    config_path: str | None,
+    set_items: tuple[str, ...],
+) -> None:
+    """Segment SCENE(s) into georeferenced class rasters.
+
+    Per scene, OUT gets <stem>_classes.tif (a styled COG), <stem>_classes.qml,
+    <stem>_summary.json and, if asked, <stem>_probability.tif. Stdout lists the written
+    files, one per line; progress and messages go to stderr.
+    """
+    from geopsp.errors import ConfigError, GeopspError
+
+    conf = load_cli_config(
+        config_path,
+        set_items,
+        **{
+            "predict.tile_size": tile,
+            "predict.overlap": overlap,
+            "predict.batch_size": batch_size,
+            "predict.device": device,
+            "predict.amp": amp,
+            "predict.tta": tta,
+            "predict.blend": blend,
+            "predict.probabilities": probabilities,
+            "predict.vector": vector,
+            "predict.preview": preview,
+            "predict.compile": compile_,
+        },
+    )
+    cfg = conf.predict
+    if len(scenes) > 1 and out.lower().endswith((".tif", ".tiff")):
+        raise ConfigError(f"--out {out} names one file but {len(scenes)} scenes were given; give a directory")
+
+    from geopsp.model.bundle import load_bundle
+    from geopsp.pipeline import segment_raster
+
+    bundle = load_bundle(model_path, device="cpu")
+    obj = ctx.find_root().obj
+    verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
+    show = not no_progress and verbosity >= 0
+    failed = 0
+    for scene in scenes:
+        with _progress(scene, enabled=show) as progress:
+            try:
+                result = segment_raster(
+                    scene,
+                    bundle,
+                    out,
+                    config=cfg,
+                    overwrite=overwrite,
+                    progress=progress,
+                    row_range=rows,
+                )
+            except GeopspError as exc:
+                if len(scenes) == 1:
+                    raise
+                failed += 1
+                click.echo(f"Error: {exc}", err=True)
+                continue
+        for path in result.paths:
+            click.echo(str(path))
+    if failed:
+        click.echo(f"Error: {failed} of {len(scenes)} scenes failed", err=True)
+        sys.exit(1)
+
+
+class _progress:
+    """A rich progress bar on stderr over one scene's tiles; a no-op when disabled."""
+
+    def __init__(self, scene: str, *, enabled: bool) -> None:
+        self.scene = scene
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from pathlib import Path
+
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tiles"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(Path(self.scene).name, total=None)
+        return self._update
+
+    def _update(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

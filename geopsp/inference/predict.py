@@ -1,0 +1,263 @@
+"""Batched forward passes: device choice, normalization, AMP, channels_last, TTA.
+
+One code path serves CPU and CUDA; the device-specific parts are three switches:
+
+* where normalization happens: on CUDA raw integer tiles are copied (pinned, non-blocking)
+  to the GPU and normalized there, so the host only cuts tiles; on CPU the reader threads
+  normalize (:meth:`Predictor.prepare`) while the model runs;
+* autocast: bf16 on CUDA by default; on CPU off by default (see :data:`CPU_AMP_DEFAULT`);
+* ``torch.compile``: only when asked.
+
+:meth:`Predictor.probabilities` returns softmax probabilities on the device, averaged over
+the test-time augmentations in probability space; blending and argmax stay on the device too
+(:class:`geopsp.inference.mosaic.Mosaicker`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from geopsp.errors import ConfigError, ModelError
+from geopsp.model.meta import BundleMeta
+from geopsp.tiling.windows import Tile
+
+__all__ = ["CPU_AMP_DEFAULT", "TTA_TRANSFORMS", "Predictor", "resolve_device", "unwrap_logits"]
+
+logger = logging.getLogger(__name__)
+
+CPU_AMP_DEFAULT = False
+"""bf16 autocast on CPU by default? Measured on the development CPU (AMD EPYC, 2 cores with
+avx512_bf16), fast preset, 512 px tiles: see ``bench/results/cpu_amp.json`` and docs. Off:
+bf16 must be both faster and agree on >= 99.5 % of pixels to be the default."""
+
+# Host dtypes torch can carry to the device; uint16 has no arithmetic in torch, widen it.
+_HOST_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("int32"), "uint32": np.dtype("int64")}
+
+Transform = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _flip(dims: tuple[int, ...]) -> Transform:
+    def fwd(x: Tensor) -> Tensor:
+        return torch.flip(x, dims)
+
+    return fwd, fwd
+
+
+def _rot(k: int, flip: bool) -> Transform:
+    def fwd(x: Tensor) -> Tensor:
+        y = torch.rot90(x, k, (2, 3))
+        return torch.flip(y, (3,)) if flip else y
+
+    def inv(x: Tensor) -> Tensor:
+        y = torch.flip(x, (3,)) if flip else x
+        return torch.rot90(y, -k, (2, 3))
+
+    return fwd, inv
+
+
+TTA_TRANSFORMS: dict[str, list[Transform]] = {
+    "none": [(_identity, _identity)],
+    "flip": [(_identity, _identity), _flip((3,)), _flip((2,))],
+    "d4": [_rot(k, f) for f in (False, True) for k in range(4)],
+}
+"""Test-time augmentations: (forward, inverse) pairs; ``flip`` = identity, left-right, up-down;
+``d4`` = the 8 rotations and reflections of the square."""
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda`` into a device; ``auto`` picks CUDA when present.
+
+    Raises
+    ------
+    ConfigError
+        When CUDA is asked for but not available.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
+
+
+def unwrap_logits(out: Any) -> Tensor:
+    """Return the main logits of a model output (a tensor, a tuple/list whose first item it is, or a dict)."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out:
+        return unwrap_logits(out[0])
+    if isinstance(out, dict):
+        for key in ("out", "logits", "main"):
+            if key in out:
+                return unwrap_logits(out[key])
+    raise ModelError(f"model returned {type(out).__name__}; expected a logits tensor (N, K, H, W)")
+
+
+class Predictor:
+    """Run a segmentation model on batches of tiles.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns logits ``(N, K, H, W)`` (or a tuple/dict holding them) for ``(N, C, H, W)``.
+    meta : BundleMeta
+        Bands, normalization and classes of the model.
+    device : str or torch.device
+        ``auto``, ``cpu``, ``cuda`` or a device.
+    amp : bool, optional
+        bf16 autocast; ``None``: on for CUDA, :data:`CPU_AMP_DEFAULT` on CPU.
+    channels_last : bool
+        Run in channels_last memory format.
+    compile : bool
+        Wrap the model in ``torch.compile``.
+    tta : {"none", "flip", "d4"}
+        Test-time augmentation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: BundleMeta,
+        *,
+        device: str | torch.device = "auto",
+        amp: bool | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
+        tta: str = "none",
+    ) -> None:
+        if tta not in TTA_TRANSFORMS:
+            raise ConfigError(f"unknown TTA {tta!r}; choose one of {', '.join(TTA_TRANSFORMS)}")
+        self.meta = meta
+        self.device = resolve_device(device)
+        self.is_cuda = self.device.type == "cuda"
+        self.amp = (True if self.is_cuda else CPU_AMP_DEFAULT) if amp is None else bool(amp)
+        self.channels_last = channels_last
+        self.tta = tta
+        self.normalize_on_device = self.is_cuda
+        self.model_seconds = 0.0
+        self.transfer_seconds = 0.0
+        model = model.eval().to(self.device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.model = model
+        norm = meta.normalization
+        shape = (1, norm.bands, 1, 1)
+        self._offset = torch.tensor(norm.offset, dtype=torch.float32, device=self.device).view(shape)
+        self._scale = torch.tensor(norm.scale, dtype=torch.float32, device=self.device).view(shape)
+        self._clip = norm.clip
+        if self.is_cuda:
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The effective device settings (for the run summary)."""
+        return {
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.is_cuda else _cpu_name(),
+            "amp": self.amp,
+            "amp_dtype": "bfloat16" if self.amp else None,
+            "channels_last": self.channels_last,
+            "tta": self.tta,
+            "normalize_on": "device" if self.normalize_on_device else "host",
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+
+    def prepare(
+        self, tile: Tile, data: NDArray[Any], valid: NDArray[np.bool_]
+    ) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+        """Host-side preprocessing of one padded ``(C, size, size)`` tile (runs in reader threads).
+
+        On CPU this normalizes to float32 exactly as ``meta.normalization.apply``; on CUDA it only
+        makes the raw integers contiguous (widening uint16) for the device to normalize.
+        """
+        if self.normalize_on_device:
+            target = _HOST_DTYPES.get(data.dtype.name, data.dtype)
+            return np.ascontiguousarray(data, dtype=target), valid
+        return np.ascontiguousarray(self.meta.normalization.apply(data)), valid
+
+    def to_device(self, arrays: Sequence[NDArray[Any]]) -> Tensor:
+        """Stack prepared tiles and move them to the device, normalized float32 ``(N, C, S, S)``."""
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.stack(arrays))
+        if self.is_cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        if self.normalize_on_device:
+            x = (x.to(torch.float32) - self._offset) / self._scale
+            if self._clip is not None:
+                x = x.clamp_(self._clip[0], self._clip[1])
+        self.transfer_seconds += time.perf_counter() - t0
+        return x
+
+    def masks_to_device(self, masks: Sequence[NDArray[np.bool_]]) -> Tensor:
+        """Stack valid masks ``(N, S, S)`` on the device."""
+        m = torch.from_numpy(np.stack(masks))
+        if self.is_cuda:
+            m = m.pin_memory().to(self.device, non_blocking=True)
+        return m
+
+    @torch.inference_mode()
+    def logits(self, x: Tensor) -> Tensor:
+        """Raw logits of one forward pass (no TTA), float32."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = unwrap_logits(self.model(x))
+        if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:]:
+            raise ModelError(
+                f"model returned logits of shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+                "expected (N, K, H, W) at the input size"
+            )
+        if out.shape[1] != len(self.meta.classes):
+            raise ModelError(
+                f"model returned {out.shape[1]} channels but the bundle lists {len(self.meta.classes)} classes"
+            )
+        return out.float()
+
+    @torch.inference_mode()
+    def probabilities(self, x: Tensor) -> Tensor:
+        """Softmax probabilities ``(N, K, S, S)`` float32, averaged over the TTA transforms."""
+        t0 = time.perf_counter()
+        transforms = TTA_TRANSFORMS[self.tta]
+        if self.tta == "d4" and x.shape[2] != x.shape[3]:
+            raise ConfigError("d4 TTA needs square tiles")
+        acc: Tensor | None = None
+        for fwd, inv in transforms:
+            p = inv(torch.softmax(self.logits(fwd(x)), dim=1))
+            acc = p if acc is None else acc.add_(p)
+        assert acc is not None
+        if len(transforms) > 1:
+            acc = acc.div_(len(transforms))
+        self.model_seconds += time.perf_counter() - t0
+        return acc.contiguous()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"

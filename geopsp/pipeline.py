@@ -1,0 +1,605 @@
+"""``segment_raster``: a scene of any size in, a georeferenced class raster out.
+
+The stages overlap::
+
+    reader thread      read full-width block rows once, cut tiles, skip all-nodata tiles
+    worker threads     pad by reflection, normalize (CPU) or widen (CUDA)
+    main thread        batch -> model (+TTA) -> softmax -> blend into the strip accumulator
+    writer thread      finished rows -> ClassRasterWriter (COG, colours, RAT, QML)
+
+Memory is bounded by ``width x tile_size`` (the strip and the row buffer), never by the scene
+height. Every output is written under a temporary name and renamed when complete, so a
+failure (a corrupt block, Ctrl-C) leaves nothing under the final names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import queue
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geopsp.config.schema import PredictConfig
+from geopsp.errors import ConfigError, TilingError
+from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.model.meta import BundleMeta
+from geopsp.tiling.windows import TileGrid
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["PredictResult", "Progress", "output_paths", "resolve_tiling", "segment_raster"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(tiles_done, tiles_total)``; skipped tiles count as done."""
+
+_TIF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What :func:`segment_raster` wrote.
+
+    Attributes
+    ----------
+    scene : Path
+        The input scene.
+    outputs : dict of str to Path
+        ``classes`` (always), ``qml`` and ``summary`` (always), ``probability``, ``vector``
+        and ``preview`` when asked for.
+    summary : dict
+        The run summary also written to ``outputs["summary"]``.
+    """
+
+    scene: Path
+    outputs: dict[str, Path]
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def classes(self) -> Path:
+        """The class raster."""
+        return self.outputs["classes"]
+
+    @property
+    def probability(self) -> Path | None:
+        """The probability raster, if written."""
+        return self.outputs.get("probability")
+
+    @property
+    def qml(self) -> Path | None:
+        """The QGIS style of the class raster."""
+        return self.outputs.get("qml")
+
+    @property
+    def summary_path(self) -> Path:
+        """The summary JSON."""
+        return self.outputs["summary"]
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every output path, class raster first."""
+        return list(self.outputs.values())
+
+
+def output_paths(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    probabilities: bool = False,
+    vector: bool = False,
+    preview: bool = False,
+    row_range: tuple[int, int] | None = None,
+    vector_format: str = "gpkg",
+) -> dict[str, Path]:
+    """Name the output files of one scene.
+
+    ``out`` is a directory (outputs are ``<stem>_classes.tif`` and friends inside it) or the
+    class raster's own path ending in ``.tif`` (the others are named after it: ``x_classes.tif``
+    gives ``x_probability.tif``, ``x_classes.qml``, ``x_summary.json``). A strip
+    (``row_range``) run into a directory adds ``_rows<r0>-<r1>`` to the stem.
+
+    Examples
+    --------
+    >>> sorted(output_paths("a/s1.tif", "out").items())[:2]
+    [('classes', PosixPath('out/s1_classes.tif')), ('qml', PosixPath('out/s1_classes.qml'))]
+    """
+    o = Path(out)
+    if o.suffix.lower() in _TIF_SUFFIXES:
+        classes = o
+        base = o.with_suffix("")
+        base = base.with_name(base.name.removesuffix("_classes"))
+    else:
+        stem = Path(scene).stem
+        if row_range is not None:
+            stem += f"_rows{int(row_range[0])}-{int(row_range[1])}"
+        base = o / stem
+        classes = base.with_name(base.name + "_classes.tif")
+    paths = {
+        "classes": classes,
+        "qml": classes.with_suffix(".qml"),
+        "summary": base.with_name(base.name + "_summary.json"),
+    }
+    if probabilities:
+        paths["probability"] = base.with_name(base.name + "_probability.tif")
+    if vector:
+        paths["vector"] = base.with_name(base.name + f"_classes.{vector_format}")
+    if preview:
+        paths["preview"] = base.with_name(base.name + "_preview.png")
+    return paths
+
+
+def resolve_tiling(config: PredictConfig, meta: BundleMeta) -> tuple[int, int]:
+    """Tile size and overlap: the config's, else the bundle's.
+
+    When only the tile size is given and the bundle's overlap does not fit it, the overlap
+    shrinks to an eighth of the tile.
+
+    Raises
+    ------
+    TilingError
+        If the combination cannot work.
+    """
+    tile = config.tile_size if config.tile_size is not None else meta.tile_size
+    if config.overlap is not None:
+        overlap = config.overlap
+    else:
+        overlap = meta.overlap
+        if 2 * overlap >= tile:
+            overlap = tile // 8
+            logger.info("bundle overlap %d does not fit tile size %d; using overlap %d", meta.overlap, tile, overlap)
+    if 2 * overlap >= tile:
+        raise TilingError(
+            f"overlap ({overlap}) must be less than half the tile size ({tile}); use at most {(tile - 1) // 2}"
+        )
+    return int(tile), int(overlap)
+
+
+def _resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
+    """Accept a bundle path, a loaded Bundle (anything with .model and .meta) or (module, meta)."""
+    if isinstance(model, (str, os.PathLike)):
+        from geopsp.model.bundle import load_bundle
+
+        b = load_bundle(model, device="cpu")
+        return b.model, b.meta, str(b.path)
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], BundleMeta):
+        return model[0], model[1], None
+    m = getattr(model, "model", None)
+    meta = getattr(model, "meta", None)
+    if m is not None and isinstance(meta, BundleMeta):
+        path = getattr(model, "path", None)
+        return m, meta, None if path is None else str(path)
+    raise ConfigError(
+        f"model must be a bundle path, a loaded Bundle or an (nn.Module, BundleMeta) pair, got {type(model).__name__}"
+    )
+
+
+class _WriterThread:
+    """Hands finished rows to the raster writer on a background thread.
+
+    Rows arrive in strips of the tile stride; they are regrouped into strips that end on the
+    writer's block rows, so each output block is compressed once.
+    """
+
+    def __init__(self, writer: Any, r0: int, block_rows: int) -> None:
+        self.writer = writer
+        self.r0 = r0
+        self.block_rows = max(1, int(block_rows))
+        self.seconds = 0.0
+        self.rows = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._pending: tuple[int, Any, Any] | None = None
+        self._thread = threading.Thread(target=self._run, name="geopsp-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, scene_row: int, cls: Any, prob: Any) -> None:
+        """Queue finished rows (scene coordinates) for writing."""
+        self._check()
+        while True:
+            try:
+                self._queue.put((scene_row - self.r0, cls, prob), timeout=0.1)
+                return
+            except queue.Full:
+                self._check()
+
+    def close(self) -> None:
+        """Wait until every row is written; re-raise a write error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def stop(self) -> None:
+        """Stop without waiting for queued rows (on failure)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        self._thread.join(timeout=30)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _write(self, row: int, cls: Any, prob: Any) -> None:
+        t0 = time.perf_counter()
+        self.writer.write_rows(row, cls, prob)
+        self.rows += cls.shape[0]
+        self.seconds += time.perf_counter() - t0
+
+    def _take(self, row: int, cls: Any, prob: Any) -> None:
+        import numpy as np
+
+        if self._pending is not None:
+            prow, pcls, pprob = self._pending
+            if prow + pcls.shape[0] != row:
+                self._write(prow, pcls, pprob)
+            else:
+                row = prow
+                cls = np.concatenate([pcls, cls])
+                prob = None if prob is None else np.concatenate([pprob, prob])
+            self._pending = None
+        end = row + cls.shape[0]
+        cut = (end // self.block_rows) * self.block_rows - row
+        if cut > 0:
+            self._write(row, cls[:cut], None if prob is None else prob[:cut])
+        if cut < cls.shape[0]:
+            cut = max(cut, 0)
+            self._pending = (row + cut, cls[cut:], None if prob is None else prob[cut:])
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if self._error is not None:
+                continue  # keep draining so producers never block
+            try:
+                self._take(*item)
+            except BaseException as exc:
+                self._error = exc
+        if self._pending is not None and self._error is None:
+            try:
+                self._write(*self._pending)
+            except BaseException as exc:
+                self._error = exc
+        self._pending = None
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0, 1)
+
+
+def segment_raster(
+    scene: str | os.PathLike[str],
+    model: Any,
+    out_dir_or_path: str | os.PathLike[str],
+    *,
+    config: PredictConfig | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    row_range: tuple[int, int] | None = None,
+) -> PredictResult:
+    """Segment one scene into a georeferenced class raster.
+
+    Parameters
+    ----------
+    scene : str or os.PathLike
+        Any raster GDAL reads (GeoTIFF, COG, PNG, JPEG ...); non-georeferenced inputs give
+        outputs without CRS and a :class:`~geopsp.errors.NotGeoreferencedWarning`.
+    model : path, Bundle or (nn.Module, BundleMeta)
+        A bundle file, a loaded :class:`~geopsp.model.bundle.Bundle`, or any module returning
+        logits ``(N, K, H, W)`` with its metadata.
+    out_dir_or_path : str or os.PathLike
+        Output directory, or the class raster's path (``*.tif``); see :func:`output_paths`.
+    config : PredictConfig, optional
+        Tiling, device, TTA, blending and output options; defaults from the bundle.
+    overwrite : bool, default False
+        Replace existing outputs.
+    progress : callable, optional
+        ``progress(tiles_done, tiles_total)`` after each batch and skipped tile.
+    row_range : (int, int), optional
+        Compute only output rows ``[r0, r1)`` with the whole scene's tile grid, writing a class
+        raster of those rows (its transform shifted to row ``r0``). Strips stitched together
+        equal the whole-scene result bit for bit.
+
+    Returns
+    -------
+    PredictResult
+
+    Raises
+    ------
+    InputRasterError
+        The scene is missing, unreadable, corrupt, or does not fit the model (band count,
+        dtype) -- raised before any tile runs, except for blocks that fail to decode.
+    OutputExistsError
+        An output exists and ``overwrite`` is False (checked before any work).
+    TilingError, ConfigError, ModelError, OutputError
+        Bad options, a model that misbehaves, an output that cannot be written.
+    """
+    import torch
+
+    from geopsp.inference.mosaic import Mosaicker
+    from geopsp.inference.predict import Predictor
+    from geopsp.io.raster import ClassRasterWriter, check_scene_for_model, open_scene
+    from geopsp.tiling.reader import TileReader
+
+    cfg = config if config is not None else PredictConfig.model_validate({})
+    t_start = time.perf_counter()
+    scene_path = Path(scene)
+    module, meta, bundle_path = _resolve_model(model)
+    tile_size, overlap = resolve_tiling(cfg, meta)
+    t_setup = time.perf_counter()
+
+    with open_scene(scene_path) as (src, info):
+        check_scene_for_model(info, meta)
+        grid = TileGrid(info.height, info.width, tile_size, overlap)
+        r0, r1 = grid.check_row_range(row_range)
+        paths = output_paths(
+            scene_path,
+            out_dir_or_path,
+            probabilities=cfg.probabilities,
+            vector=cfg.vector,
+            preview=cfg.preview,
+            row_range=None if row_range is None else (r0, r1),
+        )
+        for key, p in paths.items():
+            if key != "qml":
+                check_output_path(p, overwrite=overwrite, inputs=[scene_path])
+        if cfg.vector:
+            _require_vectorize()
+        if cfg.preview:
+            _require_preview()
+
+        predictor = Predictor(
+            module,
+            meta,
+            device=cfg.device,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+            compile=cfg.compile,
+            tta=cfg.tta,
+        )
+        transform = info.transform
+        if r0:
+            from affine import Affine
+
+            transform = transform * Affine.translation(0, r0)
+        tags = {
+            "GEOPSP_SOURCE": str(scene_path.name),
+            "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
+            "GEOPSP_ROWS": f"{r0}-{r1}",
+        }
+        writer = ClassRasterWriter(
+            paths["classes"],
+            width=info.width,
+            height=r1 - r0,
+            crs=info.crs,
+            transform=transform,
+            classes=meta.classes,
+            nodata=meta.nodata,
+            dtype=meta.output_dtype,
+            compress=cfg.compress,
+            overwrite=overwrite,
+            inputs=(scene_path,),
+            probability_path=paths.get("probability"),
+            tags=tags,
+        )
+        wthread: _WriterThread | None = None
+        reader: TileReader | None = None
+        try:
+            wthread = _WriterThread(writer, r0, writer.blocksize)
+            mosaic = Mosaicker(
+                grid,
+                class_ids=meta.classes.ids,
+                nodata=meta.nodata,
+                sink=wthread.put,
+                device=predictor.device,
+                kernel=cfg.blend,
+                floor=cfg.blend_floor,
+                row_range=(r0, r1),
+                probabilities=cfg.probabilities,
+                out_dtype=meta.output_dtype,
+            )
+            reader = TileReader(
+                src,
+                info,
+                grid,
+                meta.bands,
+                prepare=predictor.prepare,
+                row_range=(r0, r1),
+                threads=cfg.reader_threads,
+                prefetch=max(2 * cfg.batch_size, 4),
+            )
+            total = reader.total
+            done = 0
+            run = 0
+            t_loop = time.perf_counter()
+            batch: list[Any] = []
+
+            def flush() -> None:
+                nonlocal done, run
+                if not batch:
+                    return
+                x = predictor.to_device([b.data for b in batch])
+                valid = predictor.masks_to_device([b.valid for b in batch])
+                probs = predictor.probabilities(x)
+                mosaic.add([b.tile for b in batch], probs, valid)
+                run += len(batch)
+                done += len(batch)
+                batch.clear()
+                if progress is not None:
+                    progress(done, total)
+
+            for item in reader:
+                if item.skipped:
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    continue
+                batch.append(item)
+                if len(batch) >= cfg.batch_size:
+                    flush()
+            flush()
+            mosaic.finish()
+            wthread.close()
+            t_write0 = time.perf_counter()
+            written = writer.close()
+            t_close = time.perf_counter() - t_write0
+            if progress is not None:
+                progress(total, total)
+        except BaseException:
+            if reader is not None:
+                reader.close()
+            if wthread is not None:
+                wthread.stop()
+            with contextlib.suppress(Exception):
+                writer.abort()
+            raise
+        finally:
+            if reader is not None:
+                reader.close()
+        t_end_loop = time.perf_counter()
+
+    outputs: dict[str, Path] = {"classes": paths["classes"]}
+    if "probability" in paths:
+        outputs["probability"] = paths["probability"]
+    for p in map(Path, written):
+        if p.suffix == ".qml":
+            outputs["qml"] = p
+        elif p.name.endswith(".aux.xml"):
+            outputs["aux"] = p
+    if cfg.vector:
+        outputs["vector"] = _run_vectorize(paths["classes"], paths["vector"], overwrite=overwrite)
+    if cfg.preview:
+        outputs["preview"] = _run_preview(scene_path, paths["classes"], paths["preview"], overwrite=overwrite)
+
+    wall = time.perf_counter() - t_start
+    pixels = info.width * (r1 - r0)
+    loop_s = t_end_loop - t_loop
+    summary: dict[str, Any] = {
+        "scene": str(scene_path),
+        "model": bundle_path,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+        "size": {"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
+        "rows": [r0, r1],
+        "georeferenced": info.georeferenced,
+        "crs": None if info.crs is None else info.crs.to_string(),
+        "mask_source": info.mask_source,
+        "tiles": {
+            "total": total,
+            "run": run,
+            "skipped": reader.skipped,
+            "grid": list(grid.shape),
+            "tile_size": tile_size,
+            "overlap": overlap,
+        },
+        "seconds": {
+            "setup": round(t_setup - t_start, 4),
+            "read": round(reader.read_seconds, 4),
+            "preprocess": round(reader.prepare_seconds, 4),
+            "wait_for_tiles": round(reader.wait_seconds, 4),
+            "transfer": round(predictor.transfer_seconds, 4),
+            "model": round(predictor.model_seconds, 4),
+            "blend": round(mosaic.seconds, 4),
+            "write": round(wthread.seconds + t_close, 4),
+            "finalize_output": round(t_close, 4),
+            "tiles_loop": round(loop_s, 4),
+            "total": round(wall, 4),
+        },
+        "megapixels_per_second": round(pixels / 1e6 / wall, 4) if wall > 0 else None,
+        "megapixels_per_second_tiles_loop": round(pixels / 1e6 / loop_s, 4) if loop_s > 0 else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "strip_bytes": mosaic.strip_bytes,
+        "device": predictor.settings,
+        "settings": {
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "batch_size": cfg.batch_size,
+            "tta": cfg.tta,
+            "blend": cfg.blend,
+            "blend_floor": cfg.blend_floor,
+            "amp": predictor.amp,
+            "reader_threads": cfg.reader_threads,
+        },
+        "config": cfg.model_dump(mode="json"),
+        "classes": meta.classes.to_list(),
+        "nodata": meta.nodata,
+    }
+    if torch.cuda.is_available() and predictor.is_cuda:
+        summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(predictor.device) / 2**20, 1)
+    outputs["summary"] = paths["summary"]
+    summary["outputs"]["summary"] = str(paths["summary"])
+    _write_json(paths["summary"], summary, overwrite=overwrite, inputs=[scene_path])
+    logger.info(
+        "%s: %d tiles run, %d skipped, %.2f MP/s -> %s",
+        scene_path.name,
+        run,
+        reader.skipped,
+        summary["megapixels_per_second"] or 0.0,
+        paths["classes"],
+    )
+    return PredictResult(scene=scene_path, outputs=outputs, summary=summary)
+
+
+def _write_json(path: Path, data: Mapping[str, Any], *, overwrite: bool, inputs: list[Path]) -> None:
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _require_vectorize() -> Any:
+    try:
+        vec = importlib.import_module("geopsp.vectorize")
+    except ImportError as exc:
+        raise ConfigError(
+            "vector output needs geopsp.vectorize, which is not installed in this geopsp; "
+            "drop --vector (predict.vector=false)"
+        ) from exc
+    return vec
+
+
+def _require_preview() -> Any:
+    try:
+        prev = importlib.import_module("geopsp.preview")
+    except ImportError as exc:
+        raise ConfigError(
+            "preview output needs geopsp.preview, which is not installed in this geopsp; "
+            "drop --preview (predict.preview=false)"
+        ) from exc
+    return prev
+
+
+def _run_vectorize(classes: Path, out: Path, *, overwrite: bool) -> Path:
+    vec = _require_vectorize()
+    result = vec.vectorize(classes, out, overwrite=overwrite)
+    return _first_path(result, out)
+
+
+def _run_preview(scene: Path, classes: Path, out: Path, *, overwrite: bool) -> Path:
+    prev = _require_preview()
+    fn = getattr(prev, "render_preview", None) or prev.preview
+    result = fn(scene, classes, out, overwrite=overwrite)
+    return _first_path(result, out)
+
+
+def _first_path(result: Any, default: Path) -> Path:
+    if isinstance(result, (str, os.PathLike)):
+        return Path(result)
+    for attr in ("path", "out_path", "output"):
+        value = getattr(result, attr, None)
+        if isinstance(value, (str, os.PathLike)):
+            return Path(value)
+    return default
