@@ -143,8 +143,9 @@ def create_encoder(
     smp_weights: str | bool | None = weights
     if weights is not None:
         smp_weights = _check_weights_cached(name, weights)
+    guard = _no_network() if weights is not None else contextlib.nullcontext()
     try:
-        with _no_network():
+        with guard:
             encoder: nn.Module = get_encoder(
                 name, in_channels=in_channels, depth=depth, weights=smp_weights, output_stride=output_stride
             )

@@ -8,6 +8,7 @@ are segmentation-models-pytorch architectures kept for comparison. Every built m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -47,8 +48,9 @@ def _smp_builder(arch: str) -> Callable[[ModelSpec], nn.Module]:
         weights: str | bool | None = None
         if spec.encoder_weights is not None:
             weights = _check_weights_cached(spec.encoder, spec.encoder_weights)
+        guard = _no_network() if weights is not None else contextlib.nullcontext()
         try:
-            with _no_network():
+            with guard:
                 model = smp.create_model(
                     arch,
                     encoder_name=spec.encoder,
