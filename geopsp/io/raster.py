@@ -170,6 +170,13 @@ def _quiet_rasterio() -> Iterator[None]:
         yield
 
 
+def _refuse_inputs(outputs: Sequence[str | os.PathLike[str]], inputs: Sequence[str | os.PathLike[str]]) -> None:
+    for out in outputs:
+        for src in inputs:
+            if os.path.realpath(out) == os.path.realpath(src):
+                raise OutputError(f"{out}: output path equals input {src}; choose another output path")
+
+
 def _disk_full(exc: BaseException, directory: Path) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
@@ -280,6 +287,7 @@ class ClassRasterWriter:
         self.compress = compress.lower()
         self.blocksize = int(blocksize)
         self.overwrite = overwrite
+        _refuse_inputs([path, *([probability_path] if probability_path is not None else [])], inputs)
         self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
         self.qml_path = qml_path_for(self.path)
         self.aux_path = Path(f"{self.path}.aux.xml")
