@@ -30,13 +30,13 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "ARCHITECTURES",
-    "FORMAT_VERSION",
-    "PRESETS",
-    "PSPNet",
     "Bundle",
     "BundleMeta",
+    "FORMAT_VERSION",
     "ModelSpec",
     "Normalization",
+    "PRESETS",
+    "PSPNet",
     "build_model",
     "count_parameters",
     "flops_per_pixel",
