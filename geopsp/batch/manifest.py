@@ -56,6 +56,8 @@ class SceneRecord:
         Number of row strips the scene was split into (1: whole scene).
     fingerprint : str or None
         Model and settings the outputs were made with.
+    worker : str or None
+        Address of the dask worker that ran the scene (the last one, for strips).
     time : float
         Unix time the record was written.
     """
@@ -69,6 +71,7 @@ class SceneRecord:
     error_type: str | None = None
     strips: int = 1
     fingerprint: str | None = None
+    worker: str | None = None
     time: float = field(default_factory=time.time)
 
     @property
@@ -98,6 +101,7 @@ class SceneRecord:
             error_type=None if data.get("error_type") is None else str(data["error_type"]),
             strips=int(data.get("strips") or 1),
             fingerprint=None if data.get("fingerprint") is None else str(data["fingerprint"]),
+            worker=None if data.get("worker") is None else str(data["worker"]),
             time=float(data.get("time") or 0.0),
         )
 

@@ -7,12 +7,23 @@ scene's global tile grid, the stitched raster equals a single whole-scene run bi
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import itertools
+import json
 import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+from geopsp.config.schema import PredictConfig
+from geopsp.errors import OutputError
+from geopsp.io.atomic import atomic_output
 from geopsp.tiling.windows import axis_offsets
 
-__all__ = ["plan_strips"]
+__all__ = ["plan_strips", "stitch_strips", "vectorize_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +67,175 @@ def plan_strips(height: int, width: int, tile_size: int, overlap: int, max_pixel
         bounds.append(fitting[-1] if fitting else later[0])
     bounds.append(height)
     return list(itertools.pairwise(bounds))
+
+
+def stitch_strips(
+    scene: str | os.PathLike[str],
+    parts: Sequence[Mapping[str, Any]],
+    out: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str],
+    predict: PredictConfig,
+    block_rows: int = 512,
+) -> list[Path]:
+    """Stitch strip class rasters (and probability rasters) into the scene's outputs.
+
+    Strips are read window by window and written through
+    :class:`~geopsp.io.raster.ClassRasterWriter` with the same georeferencing, classes and
+    tags as a whole-scene run, so colour table, RAT and QML are identical and so are pixels.
+
+    Parameters
+    ----------
+    scene : str or os.PathLike
+        The input scene.
+    parts : sequence of mapping
+        Strip results of :func:`geopsp.batch.runner.run_scene`: ``row_range``, ``outputs``
+        (strip class raster first), ``summary``.
+    out : str or os.PathLike
+        Final class raster path (``<stem>_classes.tif``); the other outputs are named after it.
+    model : str or os.PathLike
+        The bundle (only its metadata is read).
+    predict : PredictConfig
+        The settings the strips were made with.
+    block_rows : int, default 512
+        Rows copied at a time.
+
+    Returns
+    -------
+    list of Path
+        Class raster, probability raster (if any), QGIS style, ``.aux.xml`` (class names, RAT)
+        and summary JSON.
+
+    Raises
+    ------
+    OutputError
+        If the strips do not cover the scene exactly or an output cannot be written.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    from geopsp.io.raster import ClassRasterWriter, inspect_scene
+    from geopsp.model.bundle import read_bundle_meta
+    from geopsp.pipeline import output_paths
+
+    scene_path = Path(scene)
+    meta = read_bundle_meta(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the strips already warned about a missing CRS
+        info = inspect_scene(scene_path)
+    ordered = sorted(parts, key=lambda p: int(p["row_range"][0]))
+    rows = [(int(p["row_range"][0]), int(p["row_range"][1])) for p in ordered]
+    if rows[0][0] != 0 or rows[-1][1] != info.height or any(a[1] != b[0] for a, b in itertools.pairwise(rows)):
+        raise OutputError(f"{scene_path}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
+    paths = output_paths(scene_path, out, probabilities=predict.probabilities)
+    tags = {
+        "GEOPSP_SOURCE": scene_path.name,
+        "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
+        "GEOPSP_ROWS": f"0-{info.height}",
+    }
+    with ClassRasterWriter(
+        paths["classes"],
+        width=info.width,
+        height=info.height,
+        crs=info.crs,
+        transform=info.transform,
+        classes=meta.classes,
+        nodata=meta.nodata,
+        dtype=meta.output_dtype,
+        compress=predict.compress,
+        overwrite=True,
+        inputs=(scene_path,),
+        probability_path=paths.get("probability"),
+        tags=tags,
+    ) as writer:
+        for part, (r0, r1) in zip(ordered, rows, strict=True):
+            strip = _strip_outputs(part)
+            with contextlib.ExitStack() as stack:
+                src = stack.enter_context(rasterio.open(strip["classes"]))
+                psrc = stack.enter_context(rasterio.open(strip["probability"])) if "probability" in paths else None
+                if (src.height, src.width) != (r1 - r0, info.width):
+                    raise OutputError(f"{strip['classes']}: strip is {src.height}x{src.width}, expected rows {r0}-{r1}")
+                for off in range(0, r1 - r0, block_rows):
+                    win = Window(0, off, info.width, min(block_rows, r1 - r0 - off))
+                    cls = src.read(1, window=win)
+                    prob = psrc.read(1, window=win) if psrc is not None else None
+                    writer.write_rows(r0 + off, cls, prob)
+        written = writer.close()
+    summary = _merged_summary(ordered, info.width, info.height, {k: Path(v) for k, v in paths.items()}, written)
+    with atomic_output(paths["summary"], overwrite=True, inputs=[scene_path]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    outputs = [*map(Path, written), paths["summary"]]
+    logger.info("%s: stitched %d strips -> %s", scene_path.name, len(ordered), paths["classes"])
+    return outputs
+
+
+def _strip_outputs(part: Mapping[str, Any]) -> dict[str, Path]:
+    """Sort a strip's output files into class raster and probability raster."""
+    found: dict[str, Path] = {}
+    for p in map(Path, part["outputs"]):
+        if p.name.endswith("_classes.tif"):
+            found["classes"] = p
+        elif p.name.endswith("_probability.tif"):
+            found["probability"] = p
+    if "classes" not in found:
+        raise OutputError(f"strip rows {part['row_range']}: no class raster among {part['outputs']}")
+    return found
+
+
+def _merged_summary(
+    parts: Sequence[Mapping[str, Any]], width: int, height: int, paths: Mapping[str, Path], written: Sequence[Path]
+) -> dict[str, Any]:
+    first = dict(parts[0].get("summary") or {})
+    summary: dict[str, Any] = json.loads(json.dumps(first, default=str))
+    outputs = {"classes": str(paths["classes"])}
+    for p in written[1:]:
+        key = "qml" if p.suffix == ".qml" else "aux" if p.name.endswith(".aux.xml") else "probability"
+        outputs[key] = str(p)
+    outputs["summary"] = str(paths["summary"])
+    summary["outputs"] = outputs
+    summary["rows"] = [0, height]
+    seconds: dict[str, float] = {}
+    tiles = {"total": 0, "run": 0, "skipped": 0}
+    for part in parts:
+        s = part.get("summary") or {}
+        for key, value in (s.get("seconds") or {}).items():
+            if isinstance(value, (int, float)):
+                seconds[key] = round(seconds.get(key, 0.0) + float(value), 4)
+        for key in tiles:
+            tiles[key] += int((s.get("tiles") or {}).get(key, 0))
+    if seconds:
+        summary["seconds"] = seconds
+    if "tiles" in summary:
+        summary["tiles"] = {**summary["tiles"], **tiles}
+    busy = seconds.get("total", 0.0)
+    summary["megapixels_per_second"] = round(width * height / 1e6 / busy, 4) if busy > 0 else None
+    summary["strips"] = [
+        {
+            "rows": list(p["row_range"]),
+            "seconds": round(float(p.get("seconds", 0.0)), 4),
+            "tiles": (p.get("summary") or {}).get("tiles"),
+        }
+        for p in parts
+    ]
+    return summary
+
+
+def vectorize_outputs(outputs: Sequence[Path], predict: PredictConfig) -> list[Path]:
+    """Vectorize a finished scene's class raster next to it (the batch's CPU-side task).
+
+    Returns
+    -------
+    list of Path
+        The vector file.
+    """
+    from geopsp.pipeline import output_paths
+
+    vec = importlib.import_module("geopsp.vectorize")
+
+    classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
+    if classes is None:
+        raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
+    target = output_paths(classes, classes, vector=True)["vector"]
+    result = vec.vectorize(classes, target, overwrite=True)
+    path = getattr(result, "path", None) or (result if isinstance(result, (str, os.PathLike)) else target)
+    return [Path(path)]

@@ -1,0 +1,770 @@
+"""Run a batch of scenes on dask.distributed: a LocalCluster by default, any cluster when given.
+
+The client discovers jobs, skips scenes the manifest says are complete, submits one task per
+scene (or one per row strip plus a stitch task for big scenes, and optionally a vectorize
+task on any worker), and appends one manifest record per scene as results arrive.
+
+Workers keep the model bundle in a per-process cache keyed by path, size and mtime, so each
+worker loads it once. Input errors are returned as failures and never retried; other errors
+(a worker killed by the OOM killer, a CUDA OOM, a flaky file system) are retried by dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from distributed import WorkerPlugin
+
+from geopsp.batch.jobs import Job, discover_jobs, output_dir_for
+from geopsp.batch.manifest import Manifest, SceneRecord
+from geopsp.batch.strips import plan_strips
+from geopsp.config.schema import GeopspConfig, PredictConfig
+from geopsp.errors import (
+    CheckpointError,
+    ConfigError,
+    CRSMismatchError,
+    GeopspError,
+    InputRasterError,
+    OutputError,
+    OutputExistsError,
+    TilingError,
+)
+from geopsp.io.atomic import TEMP_MARKER
+
+__all__ = ["SCHEDULER_ENV", "BatchReport", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+SCHEDULER_ENV = "GEOPSP_SCHEDULER"
+"""Environment variable naming a dask scheduler address (``tcp://host:8786``)."""
+
+WORK_DIR = ".geopsp-work"
+"""Folder under the output directory holding temporary strip rasters."""
+
+# Errors that would fail again on retry: returned as failures instead of raised to dask.
+_PERMANENT: tuple[type[BaseException], ...] = (
+    InputRasterError,
+    CheckpointError,
+    ConfigError,
+    TilingError,
+    CRSMismatchError,
+    OutputExistsError,
+    OutputError,
+    ValueError,
+    TypeError,
+)
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What a batch did.
+
+    Parameters
+    ----------
+    records : tuple of SceneRecord
+        One per scene, in job order.
+    out_dir : Path
+        The output folder.
+    manifest : Path
+        ``out_dir / "manifest.jsonl"``.
+    seconds : float
+        Wall time of the whole batch.
+    dashboard : str or None
+        The dask dashboard link, when the cluster serves one.
+    """
+
+    records: tuple[SceneRecord, ...]
+    out_dir: Path
+    manifest: Path
+    seconds: float
+    dashboard: str | None = None
+
+    def count(self, status: str) -> int:
+        """Return the number of scenes with this status."""
+        return sum(1 for r in self.records if r.status == status)
+
+    @property
+    def done(self) -> int:
+        """Scenes computed in this run."""
+        return self.count("done")
+
+    @property
+    def failed(self) -> int:
+        """Scenes that failed."""
+        return self.count("failed")
+
+    @property
+    def skipped(self) -> int:
+        """Scenes kept from an earlier run."""
+        return self.count("skipped")
+
+    @property
+    def ok(self) -> bool:
+        """Whether no scene failed."""
+        return self.failed == 0
+
+    def summary_line(self) -> str:
+        """One line, e.g. ``"7 scenes: 6 done, 1 failed (see out/manifest.jsonl)"``."""
+        parts = [f"{self.done} done"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        n = len(self.records)
+        return f"{n} scene{'s' if n != 1 else ''}: {', '.join(parts)} (see {self.manifest})"
+
+
+@dataclass(frozen=True, slots=True)
+class SceneTask:
+    """What a worker needs to run one scene or one strip of it (picklable).
+
+    Parameters
+    ----------
+    scene : str
+        Input path.
+    out : str
+        The class raster path (``<stem>_classes.tif``); the other outputs are named after it.
+        Strips write into a temporary folder below the output directory.
+    model : str
+        Bundle path.
+    predict : PredictConfig
+        Prediction settings.
+    row_range : tuple of int, optional
+        Rows ``[r0, r1)`` of a strip.
+    """
+
+    scene: str
+    out: str
+    model: str
+    predict: PredictConfig
+    row_range: tuple[int, int] | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    job: Job
+    out: Path
+    strips: int
+    started: float = field(default_factory=time.perf_counter)
+
+
+def run_batch(
+    inputs: Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    config: GeopspConfig | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> BatchReport:
+    """Segment many scenes on a dask cluster and record every outcome in a manifest.
+
+    Parameters
+    ----------
+    inputs : sequence of str or os.PathLike
+        Files, directories, glob patterns or list files (see
+        :func:`geopsp.batch.jobs.discover_jobs`).
+    model : str or os.PathLike
+        Model bundle; every worker loads it once.
+    out_dir : str or os.PathLike
+        Output folder; outputs mirror the input names below it, and ``manifest.jsonl`` lists
+        every scene's outcome.
+    config : GeopspConfig, optional
+        ``predict`` and ``batch`` settings (default: packaged defaults).
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:8786``). Default: the ``GEOPSP_SCHEDULER``
+        environment variable, then ``config.batch.scheduler``; when none is set a
+        ``LocalCluster`` sized to this machine is started and closed.
+    n_workers : int, optional
+        LocalCluster worker processes (default: ``config.batch.n_workers`` or machine-sized).
+    resources : mapping of str to float, optional
+        dask resources each scene task asks for (``{"GPU": 1}``); default
+        ``config.batch.resources``. Stitching and vectorizing ask for none.
+    overwrite : bool, default False
+        Recompute scenes the manifest marks complete.
+    progress : callable, optional
+        Called as ``progress(finished, total)`` after each scene.
+
+    Returns
+    -------
+    BatchReport
+        Per-scene records and the summary; failed scenes do not raise.
+
+    Raises
+    ------
+    InputRasterError
+        If the inputs name no scene.
+    CheckpointError
+        If the model bundle is missing or damaged.
+    ConfigError
+        If no worker of the cluster offers the requested resources.
+    OutputError
+        If an output name is unsafe or the output folder is not writable.
+    """
+    t0 = time.perf_counter()
+    cfg = config if config is not None else GeopspConfig()
+    bcfg = cfg.batch
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{out}: cannot create the output folder ({exc.strerror}); choose a writable location"
+        ) from exc
+    model_path = _check_model(model)
+    jobs = discover_jobs(inputs, out_dir=out, spacenet_products=bcfg.spacenet_products)
+    if not jobs:
+        raise InputRasterError(f"{', '.join(map(str, inputs)) or 'no inputs'}: no scenes to process")
+    address = scheduler or os.environ.get(SCHEDULER_ENV) or bcfg.scheduler
+    res = dict(bcfg.resources if resources is None else resources)
+    fingerprint = _fingerprint(model_path, cfg.predict)
+
+    manifest = Manifest(out)
+    latest = manifest.latest()
+    records: dict[str, SceneRecord] = {}
+    todo: list[Job] = []
+    for job in jobs:
+        prev = latest.get(job.id)
+        if not overwrite and manifest.is_complete(prev):
+            assert prev is not None
+            if prev.fingerprint and prev.fingerprint != fingerprint:
+                logger.warning("%s: kept outputs made with another model or settings; pass --overwrite to redo", job.id)
+            records[job.id] = SceneRecord(
+                job.id, str(job.scene), "skipped", prev.outputs, strips=prev.strips, fingerprint=prev.fingerprint
+            )
+        else:
+            todo.append(job)
+    manifest.append([records[j.id] for j in jobs if j.id in records])
+    total = len(jobs)
+    if records:
+        logger.info("%d of %d scenes already complete; skipping them", len(records), total)
+    if progress is not None:
+        progress(len(records), total)
+
+    dashboard: str | None = None
+    if todo:
+        with _connect(address, cfg, n_workers, res) as (client, dashboard):
+            for rec in _run_jobs(
+                client, todo, out, model_path, cfg, res, fingerprint, manifest, progress, len(records), total
+            ):
+                records[rec.id] = rec
+        _cleanup_temps(out, todo)
+    report = BatchReport(tuple(records[j.id] for j in jobs), out, manifest.path, time.perf_counter() - t0, dashboard)
+    logger.debug("%s", report.summary_line())
+    return report
+
+
+def _check_model(model: str | os.PathLike[str]) -> Path:
+    path = Path(model).expanduser().resolve()
+    if not path.is_file():
+        raise CheckpointError(
+            f"{model}: model bundle not found; check the path (create one with `geopsp model create`)"
+        )
+    from geopsp.model.bundle import read_bundle_meta
+
+    read_bundle_meta(path)  # fail fast on a damaged bundle, before any cluster starts
+    return path
+
+
+def _fingerprint(model: Path, predict: PredictConfig) -> str:
+    st = model.stat()
+    settings = predict.model_dump(mode="json", exclude={"batch_size", "reader_threads", "device", "compile"})
+    blob = json.dumps([str(model), st.st_size, st.st_mtime_ns, settings], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@contextlib.contextmanager
+def _connect(
+    address: str | None, cfg: GeopspConfig, n_workers: int | None, resources: Mapping[str, float]
+) -> Iterator[tuple[Any, str | None]]:
+    from distributed import Client, LocalCluster
+
+    bcfg = cfg.batch
+    timeout = bcfg.connect_timeout_s
+    if address:
+        logger.info("connecting to dask scheduler %s", address)
+        try:
+            client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reach dask scheduler {address} ({exc}); start one with `dask scheduler` or drop --scheduler"
+            ) from exc
+        try:
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except TimeoutError as exc:
+                raise ConfigError(
+                    f"dask scheduler {address} has no workers after {timeout:g}s; "
+                    f"start some with `dask worker {address}`"
+                ) from exc
+            _check_resources(client, resources)
+            client.register_plugin(
+                _TorchThreads(_torch_threads_by_host(client, bcfg.torch_threads)), name="geopsp-threads"
+            )
+            dashboard = _dashboard(client)
+            yield client, dashboard
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
+        return
+
+    n, tpw, torch_n = _local_sizing(cfg, n_workers)
+    dash = bcfg.dashboard_address if _have_bokeh() else None
+    logger.info("starting a LocalCluster: %d worker(s) x %d thread(s), %d torch thread(s) each", n, tpw, torch_n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dask's own start-up chatter (ports in use, etc.)
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n,
+            threads_per_worker=tpw,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=dash,
+            memory_limit=bcfg.memory_limit,
+            resources=dict(resources) or None,
+            silence_logs=logging.ERROR,
+        )
+    try:
+        client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+        try:
+            client.register_plugin(_TorchThreads({}, default=torch_n), name="geopsp-threads")
+            yield client, _dashboard(client)
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster.close()
+
+
+def _have_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def _dashboard(client: Any) -> str | None:
+    """Return the dashboard link when the scheduler really serves one (it needs bokeh there)."""
+    try:
+        served = client.run_on_scheduler(_have_bokeh) and "dashboard" in client.scheduler_info().get("services", {})
+    except Exception:  # pragma: no cover - best effort
+        return None
+    if not served:
+        logger.debug("the scheduler serves no dashboard (install bokeh for one)")
+        return None
+    link = str(client.dashboard_link)
+    logger.info("dask dashboard: %s", link)
+    return link
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
+def _uses_cuda(predict: PredictConfig) -> bool:
+    if predict.device == "cpu":
+        return False
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _local_sizing(cfg: GeopspConfig, n_workers: int | None) -> tuple[int, int, int]:
+    """Worker processes, threads per worker and torch threads per worker for this machine."""
+    bcfg = cfg.batch
+    cores = _cpu_count()
+    tpw = bcfg.threads_per_worker
+    n = n_workers or bcfg.n_workers
+    if n is None:
+        if _uses_cuda(cfg.predict):
+            n = 1  # one process drives the GPU; more would only contend for its memory
+        else:
+            per = 1 if cores <= 4 else 2 if cores <= 16 else 4
+            n = max(1, cores // per)
+            try:
+                import psutil
+
+                mem_gb = psutil.virtual_memory().total / 2**30
+                n = max(1, min(n, int(mem_gb // 3)))  # ~3 GiB per worker: model, tiles, mosaic
+            except ImportError:  # pragma: no cover
+                pass
+    torch_n = bcfg.torch_threads or max(1, cores // (n * tpw))
+    return n, tpw, torch_n
+
+
+def _torch_threads_by_host(client: Any, fixed: int | None) -> dict[str, int]:
+    """Share each host's cores among the worker threads running on it."""
+    if fixed is not None:
+        return {"*": fixed}
+    workers = client.scheduler_info().get("workers", {})
+    cores = client.run(_cpu_count)
+    threads: dict[str, int] = {}
+    host_cores: dict[str, int] = {}
+    for addr, info in workers.items():
+        host = urlparse(addr).hostname or addr
+        threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
+        host_cores[host] = int(cores.get(addr, 1))
+    return {h: max(1, host_cores[h] // max(1, threads[h])) for h in threads}
+
+
+def _check_resources(client: Any, resources: Mapping[str, float]) -> None:
+    if not resources:
+        return
+    workers = client.scheduler_info().get("workers", {})
+    fit = [
+        a for a, info in workers.items()
+        if all(float(info.get("resources", {}).get(k, 0)) >= v for k, v in resources.items())
+    ]  # fmt: skip
+    if not fit:
+        want = " ".join(f"{k}={v:g}" for k, v in resources.items())
+        raise ConfigError(
+            f"no worker of the cluster offers {want}; start GPU workers with `dask worker ADDRESS --resources {want}`"
+        )
+    logger.info("%d of %d workers offer %s", len(fit), len(workers), dict(resources))
+
+
+class _TorchThreads(WorkerPlugin):
+    """Worker plugin setting the torch thread count so workers do not oversubscribe cores."""
+
+    idempotent = True
+
+    def __init__(self, by_host: Mapping[str, int], default: int | None = None) -> None:
+        super().__init__()
+        self.by_host = dict(by_host)
+        self.default = default
+
+    def setup(self, worker: Any) -> None:
+        global _TORCH_THREADS
+        host = urlparse(worker.address).hostname or ""
+        n = self.by_host.get("*") or self.by_host.get(host) or self.default
+        if n is None:
+            n = max(1, _cpu_count() // max(1, int(worker.state.nthreads)))
+        _TORCH_THREADS = n
+
+
+# --------------------------------------------------------------------------- client loop
+
+
+def _run_jobs(
+    client: Any,
+    jobs: Sequence[Job],
+    out: Path,
+    model: Path,
+    cfg: GeopspConfig,
+    resources: Mapping[str, float],
+    fingerprint: str,
+    manifest: Manifest,
+    progress: ProgressFn | None,
+    finished: int,
+    total: int,
+) -> Iterator[SceneRecord]:
+    from distributed import as_completed
+
+    bcfg = cfg.batch
+    vectorize = cfg.predict.vector and _have_vectorize()
+    predict = cfg.predict.model_copy(update={"vector": False}) if vectorize else cfg.predict
+    res = dict(resources) or None
+    tile, overlap = _tile_geometry(model, predict)
+    pending: dict[Any, _Pending] = {}
+    for job in jobs:
+        dest = output_dir_for(out, job)
+        task = SceneTask(str(job.scene), str(dest / f"{job.stem}_classes.tif"), str(model), predict)
+        size = _scene_size(job.scene)
+        strips = plan_strips(size[0], size[1], tile, overlap, bcfg.strip_pixels) if size else [(0, 0)]
+        if len(strips) <= 1:
+            fut = client.submit(run_scene, task, key=f"geopsp-scene-{job.key}-{_token()}", resources=res,
+                                retries=bcfg.retries, pure=False)  # fmt: skip
+        else:
+            work = out / WORK_DIR / job.key
+            parts = [
+                client.submit(
+                    run_scene,
+                    replace(task, out=str(work / f"strip-{i:04d}" / f"{job.stem}_classes.tif"), row_range=rr),
+                    key=f"geopsp-strip-{job.key}-{i}-{_token()}",
+                    resources=res,
+                    retries=bcfg.retries,
+                    pure=False,
+                )
+                for i, rr in enumerate(strips)
+            ]
+            fut = client.submit(stitch_scene, task, parts, str(work), key=f"geopsp-stitch-{job.key}-{_token()}",
+                                retries=bcfg.retries, pure=False)  # fmt: skip
+        if vectorize:
+            fut = client.submit(vectorize_scene, fut, predict, key=f"geopsp-vector-{job.key}-{_token()}",
+                                retries=bcfg.retries, pure=False)  # fmt: skip
+        pending[fut] = _Pending(job, dest, len(strips))
+
+    try:
+        for fut in as_completed(list(pending), loop=client.loop):  # type: ignore[no-untyped-call]
+            p = pending.pop(fut)
+            rec = _record(fut, p, out, fingerprint)
+            fut.release()  # drop the result so losing its worker later recomputes nothing
+            manifest.append(rec)
+            if rec.status == "failed":
+                logger.warning("%s: failed: %s", rec.id, rec.error)
+            else:
+                logger.info("%s: done in %.1fs", rec.id, rec.seconds)
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+            yield rec
+    finally:
+        if pending:
+            client.cancel(list(pending), force=True)
+
+
+def _record(fut: Any, p: _Pending, out: Path, fingerprint: str) -> SceneRecord:
+    job = p.job
+    base = SceneRecord(job.id, str(job.scene), "failed", strips=p.strips)
+    if fut.status == "error":
+        exc = fut.exception()
+        elapsed = time.perf_counter() - p.started
+        return replace(base, seconds=elapsed, error=_describe(exc), error_type=type(exc).__name__)
+    if fut.status == "cancelled":
+        return replace(base, error="task was cancelled", error_type="CancelledError")
+    result: dict[str, Any] = fut.result()
+    base = replace(base, seconds=float(result.get("seconds", 0.0)), worker=result.get("worker"))
+    if result["status"] != "done":
+        return replace(base, error=result.get("error"), error_type=result.get("error_type"))
+    root = out.resolve()
+    outputs = tuple(Path(o).resolve().relative_to(root).as_posix() for o in result["outputs"])
+    return replace(base, status="done", outputs=outputs, fingerprint=fingerprint)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return (
+            "the worker running this scene died repeatedly (out of memory?); "
+            "try fewer workers or a smaller batch.strip_pixels"
+        )
+    text = str(exc).strip().splitlines()
+    return f"{name}: {text[0]}" if text else name
+
+
+def _token() -> str:
+    return os.urandom(4).hex()
+
+
+def _have_vectorize() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("geopsp.vectorize") is not None
+
+
+def _tile_geometry(model: Path, predict: PredictConfig) -> tuple[int, int]:
+    from geopsp.model.bundle import read_bundle_meta
+
+    meta = read_bundle_meta(model)
+    tile = predict.tile_size or meta.tile_size
+    overlap = predict.overlap if predict.overlap is not None else meta.overlap
+    return tile, min(overlap, max(0, (tile - 1) // 2))
+
+
+def _scene_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of a scene, or None when it cannot be read here (the worker reports why)."""
+    try:
+        import rasterio
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as ds:
+                return int(ds.height), int(ds.width)
+    except Exception:
+        return None
+
+
+def _cleanup_temps(out: Path, jobs: Sequence[Job]) -> None:
+    """Remove temporary files left by workers that died mid-write, and finished strip folders."""
+    for job in jobs:
+        with contextlib.suppress(OSError, GeopspError):
+            folder = output_dir_for(out, job)
+            for tmp in folder.glob(f"{TEMP_MARKER}*-{job.stem}_*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        shutil.rmtree(out / WORK_DIR / job.key, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (out / WORK_DIR).rmdir()
+
+
+# --------------------------------------------------------------------------- worker side
+
+_TORCH_THREADS: int | None = None
+_BUNDLES: dict[tuple[str, int, int, str], Any] = {}
+_BUNDLE_LOCK = threading.Lock()
+BUNDLE_LOADS = 0
+"""How many times this process loaded a bundle (tests check each worker loads it once)."""
+
+
+def cached_bundle(path: str, device: str) -> Any:
+    """Load a bundle once per process; reload only when the file changes.
+
+    Parameters
+    ----------
+    path : str
+        Bundle path.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    Bundle
+        The loaded model bundle.
+    """
+    global BUNDLE_LOADS
+    from geopsp.model.bundle import load_bundle
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, device)
+    with _BUNDLE_LOCK:
+        bundle = _BUNDLES.get(key)
+        if bundle is None:
+            for old in [k for k in _BUNDLES if k[0] == path]:
+                del _BUNDLES[old]
+            bundle = load_bundle(path, device=device)
+            _BUNDLES[key] = bundle
+            BUNDLE_LOADS += 1
+    return bundle
+
+
+def _set_torch_threads() -> None:
+    if _TORCH_THREADS is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != _TORCH_THREADS:
+        torch.set_num_threads(_TORCH_THREADS)
+
+
+def _segment(task: SceneTask) -> Any:
+    """Run the pipeline for one task (a module attribute so tests can wrap it in workers)."""
+    from geopsp.pipeline import segment_raster
+
+    bundle = cached_bundle(task.model, task.predict.device)
+    # Anything under a final name that the manifest does not list as complete is a leftover
+    # of an interrupted attempt; the client already decided the scene must be (re)computed.
+    return segment_raster(task.scene, bundle, task.out, config=task.predict, overwrite=True, row_range=task.row_range)
+
+
+def run_scene(task: SceneTask) -> dict[str, Any]:
+    """Worker task: segment one scene (or strip) and report outputs, or a permanent failure.
+
+    Returns
+    -------
+    dict
+        ``status`` (``"done"``/``"failed"``), ``outputs`` (absolute paths), ``summary``,
+        ``seconds``, ``error``, ``error_type``.
+
+    Raises
+    ------
+    Exception
+        Transient errors (anything not an input, config or model error) propagate so dask
+        retries the task.
+    """
+    t0 = time.perf_counter()
+    _set_torch_threads()
+    try:
+        result = _segment(task)
+    except _PERMANENT as exc:
+        return _failure(exc, t0)
+    return {
+        "status": "done",
+        "outputs": [str(p) for p in _outputs_of(result)],
+        "summary": getattr(result, "summary", None),
+        "seconds": time.perf_counter() - t0,
+        "row_range": task.row_range,
+        "worker": _worker_address(),
+    }
+
+
+def _outputs_of(result: Any) -> list[Path]:
+    outputs = getattr(result, "outputs", ())
+    if isinstance(outputs, Mapping):
+        outputs = outputs.values()
+    return [Path(p) for p in outputs if p is not None]
+
+
+def _failure(exc: BaseException, t0: float) -> dict[str, Any]:
+    text = str(exc).strip().splitlines()
+    return {
+        "status": "failed",
+        "error": text[0] if text else type(exc).__name__,
+        "error_type": type(exc).__name__,
+        "seconds": time.perf_counter() - t0,
+        "outputs": [],
+        "worker": _worker_address(),
+    }
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not running inside a worker (tests, in-process use)
+        return None
+
+
+def stitch_scene(task: SceneTask, parts: Sequence[Mapping[str, Any]], work: str) -> dict[str, Any]:
+    """Worker task: stitch strip results into the scene's outputs (see :mod:`geopsp.batch.strips`)."""
+    from geopsp.batch.strips import stitch_strips
+
+    t0 = time.perf_counter()
+    failed = next((p for p in parts if p["status"] != "done"), None)
+    if failed is not None:
+        shutil.rmtree(work, ignore_errors=True)
+        return dict(failed)
+    try:
+        outputs = stitch_strips(task.scene, parts, task.out, model=task.model, predict=task.predict)
+    except _PERMANENT as exc:
+        return _failure(exc, t0)
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = sum(float(p["seconds"]) for p in parts) + time.perf_counter() - t0
+    return {"status": "done", "outputs": [str(p) for p in outputs], "seconds": seconds, "worker": _worker_address()}
+
+
+def vectorize_scene(result: Mapping[str, Any], predict: PredictConfig) -> dict[str, Any]:
+    """Worker task (CPU): vectorize a finished scene's class raster next to it."""
+    if result["status"] != "done":
+        return dict(result)
+    from geopsp.batch.strips import vectorize_outputs
+
+    t0 = time.perf_counter()
+    try:
+        extra = vectorize_outputs([Path(p) for p in result["outputs"]], predict)
+    except _PERMANENT as exc:
+        return _failure(exc, t0)
+    out = dict(result)
+    out["outputs"] = [*result["outputs"], *map(str, extra)]
+    out["seconds"] = float(result["seconds"]) + time.perf_counter() - t0
+    return out

@@ -1,0 +1,159 @@
+"""``geopsp batch``: segment many scenes on a dask cluster (local by default)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+
+__all__ = ["batch"]
+
+
+def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | None:
+    if not items and not gpu:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            name, sep, value = part.partition("=")
+            try:
+                if not sep or not name:
+                    raise ValueError
+                out[name] = float(value)
+            except ValueError:
+                raise click.BadParameter(
+                    f"expected NAME=AMOUNT like GPU=1, got {part!r}", param_hint="--resources"
+                ) from None
+    if gpu:
+        out.setdefault("GPU", 1.0)
+    return out
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+@click.option(
+    "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle (.safetensors)."
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (mirrors input names)."
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Existing dask scheduler, e.g. tcp://host:8786 (default: $GEOPSP_SCHEDULER, else a LocalCluster).",
+)
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None, help="LocalCluster worker processes.")
+@click.option(
+    "--resources",
+    "resource_items",
+    multiple=True,
+    metavar="NAME=N",
+    help="dask resources each scene asks for, e.g. GPU=1 (workers declare them: dask worker --resources GPU=1).",
+)
+@click.option("--gpu", is_flag=True, help="Shorthand for --resources GPU=1 and predict.device=cuda.")
+@click.option("--vector", is_flag=True, default=None, help="Also vectorize each class raster (a separate CPU task).")
+@click.option("--probabilities", is_flag=True, default=None, help="Also write the winning-class probability raster.")
+@click.option(
+    "--strip-pixels",
+    type=click.IntRange(min=65_536),
+    default=None,
+    help="Split scenes larger than this into row strips run in parallel [default: batch.strip_pixels].",
+)
+@click.option("--retries", type=click.IntRange(min=0), default=None, help="Retries after transient errors.")
+@config_options
+@overwrite_option
+@click.pass_context
+def batch(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    model_path: str,
+    out_dir: str,
+    scheduler: str | None,
+    n_workers: int | None,
+    resource_items: tuple[str, ...],
+    gpu: bool,
+    vector: bool | None,
+    probabilities: bool | None,
+    strip_pixels: int | None,
+    retries: int | None,
+    config_path: str | None,
+    set_items: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Segment many scenes: files, directories, glob patterns or list files (.txt/.csv).
+
+    Directories are searched recursively (SpaceNet and DeepGlobe layouts recognised); outputs
+    mirror the input names under --out, and --out/manifest.jsonl records every scene.
+    Scenes already complete are skipped, so a rerun finishes only what is missing. Exits 1
+    when any scene failed.
+    """
+    resources = _parse_resources(resource_items, gpu)
+    cfg = load_cli_config(
+        config_path,
+        set_items,
+        **{
+            "predict.vector": vector,
+            "predict.probabilities": probabilities,
+            "predict.device": "cuda" if gpu else None,
+            "batch.strip_pixels": strip_pixels,
+            "batch.retries": retries,
+        },
+    )
+    from geopsp.batch.runner import run_batch
+
+    with _ProgressBar(ctx) as progress:
+        report = run_batch(
+            list(inputs),
+            model_path,
+            out_dir,
+            config=cfg,
+            scheduler=scheduler,
+            n_workers=n_workers,
+            resources=resources,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    click.echo(report.summary_line(), err=True)
+    if not report.ok:
+        ctx.exit(1)
+
+
+class _ProgressBar:
+    """A rich progress bar over scenes on stderr; silent with -q or when stderr is not a terminal."""
+
+    def __init__(self, ctx: click.Context) -> None:
+        obj = ctx.find_root().obj
+        verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
+        self.enabled = verbosity >= 0 and sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("scenes"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("scenes", total=None)
+
+        def update(done: int, total: int) -> None:
+            self._bar.update(self._task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
