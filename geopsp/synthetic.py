@@ -723,17 +723,19 @@ def _check_args(
 
 
 def _parse_crs(crs: object) -> Any:
+    import rasterio
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
     try:
-        parsed = CRS.from_user_input(crs)
+        with rasterio.Env():  # routes PROJ's complaints to logging instead of stderr
+            return CRS.from_user_input(crs)
     except (CRSError, TypeError, ValueError) as exc:
+        why = " ".join(str(exc).split())[:200]
         raise ConfigError(
-            f"crs {crs!r} is not a coordinate reference system GDAL knows; give an EPSG code "
-            "such as 'EPSG:32633', a WKT or a PROJ string"
+            f"crs {crs!r} is not a coordinate reference system GDAL knows ({why}); "
+            "give an EPSG code such as 'EPSG:32633', a WKT or a PROJ string"
         ) from exc
-    return parsed
 
 
 def make_scene(
@@ -803,7 +805,7 @@ def make_scene(
         An output exists and ``overwrite`` is False.
     """
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     w, h, n, dt, ps, s, bs = _check_args(width, height, bands, dtype, pixel_size, seed, block_size)
     crs_obj = _parse_crs(crs)
@@ -821,7 +823,7 @@ def make_scene(
         nodata = float("nan") if dt == "float32" else 0.0
     footprint = _Footprint.for_scene(s, w, h) if nodata_edge else None
     renderer = _Renderer.create(s, n, dt, nodata, footprint)
-    transform = from_origin(x0, y0, ps, ps)
+    transform = Affine(ps, 0.0, x0, 0.0, -ps, y0)  # north-up
     common: dict[str, Any] = {
         "driver": "GTiff",
         "width": w,
