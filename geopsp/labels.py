@@ -38,6 +38,7 @@ __all__ = [
     "VectorLabels",
     "rasterize_labels",
     "value_key",
+    "window_transform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -360,8 +361,8 @@ class VectorLabels:
         out_shape = (int(height), int(width))
         if len(self) == 0 or width <= 0 or height <= 0:
             return np.full(out_shape, fill, dtype=dtype)
-        x0, y0 = transform * (0, 0)
-        x1, y1 = transform * (width, height)
+        x0, y0 = transform @ (0, 0)
+        x1, y1 = transform @ (width, height)
         box = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
         idx = np.sort(self._tree.query(box))
         if idx.size == 0:
@@ -370,6 +371,21 @@ class VectorLabels:
         return rasterize(
             shapes, out_shape=out_shape, transform=transform, fill=fill, all_touched=all_touched, dtype=dtype
         )
+
+
+def window_transform(transform: Affine, row: int, col: int) -> Affine:
+    """Geotransform of a window whose top-left pixel is ``(row, col)`` of a grid.
+
+    Examples
+    --------
+    >>> from affine import Affine
+    >>> window_transform(Affine(10, 0, 500, 0, -10, 900), 2, 3).c
+    530.0
+    """
+    from affine import Affine
+
+    out: Affine = transform @ Affine.translation(col, row)
+    return out
 
 
 def read_vector(path: str | os.PathLike[str], *, layer: str | None = None) -> gpd.GeoDataFrame:

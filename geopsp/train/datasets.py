@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassInfo, ClassTable
 from geopsp.config.schema import ColorLabel, DataConfig, SplitConfig, TrainConfig
 from geopsp.errors import ConfigError, InputRasterError
-from geopsp.labels import UNLABELED, LabelMapping, VectorLabels
+from geopsp.labels import UNLABELED, LabelMapping, VectorLabels, window_transform
 
 __all__ = [
     "DEEPGLOBE_CLASSES",
@@ -539,15 +539,12 @@ class SceneReader:
                     burn_value=burn,
                     layer=self.data.layer,
                 )
-            from rasterio.windows import Window
-            from rasterio.windows import transform as window_transform
-
             r, c, h, w = window if window is not None else (0, 0, self.height, self.width)
             bg = self.data.background_class
             if bg is None and self.data.layout == "spacenet":
                 bg = 0
             values = self._vector.rasterize(
-                window_transform(Window(c, r, w, h), self.transform),
+                window_transform(self.transform, r, c),
                 w,
                 h,
                 fill=UNLABELED if bg is None else bg,

@@ -1,0 +1,181 @@
+"""``geopsp evaluate PREDICTION REFERENCE`` and ``geopsp evaluate --model BUNDLE --scene SCENE REFERENCE``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+
+__all__ = ["evaluate"]
+
+
+@click.command("evaluate")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Model bundle: segment --scene with it first, then score the result against REFERENCE.")
+@click.option("--scene", type=click.Path(dir_okay=False), default=None, help="Scene to segment (with --model).")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Folder for report.json, classes.csv, confusion.csv and confusion.png "
+              "(and the prediction with --model) [default: the JSON report on stdout].")
+@click.option("--classes", "classes_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Class table YAML/JSON [default: the one stored in the prediction, or the bundle's].")
+@click.option("--field", default=None, help="Vector reference: attribute holding the class id.")
+@click.option("--burn-value", type=int, default=None, help="Vector reference: class id of every polygon (footprints).")
+@click.option("--background", type=int, default=None,
+              help="Vector reference: class id of pixels no polygon covers [default: unlabeled, excluded].")
+@click.option("--ignore-value", "ignore_values", type=float, multiple=True,
+              help="Reference value meaning unlabeled (repeatable), e.g. --ignore-value 0.")
+@click.option("--all-touched", is_flag=True, help="Vector reference: burn every pixel a polygon touches.")
+@click.option("--buildings", is_flag=True,
+              help="Also score building footprints (SpaceNet F1, polygon IoU >= 0.5, one-to-one).")
+@click.option("--building-class", type=int, default=None,
+              help="Class id of buildings [default: the class named 'building', else 1].")
+@click.option("--iou-threshold", type=float, default=0.5, show_default=True, help="Footprint match threshold.")
+@click.option("--min-area-px", type=float, default=0.0, show_default=True,
+              help="Ignore footprints smaller than this many pixels.")
+@click.option("--block-rows", type=int, default=512, show_default=True, help="Rows scored at a time.")
+@overwrite_option
+@config_options
+def evaluate(
+    inputs: tuple[str, ...],
+    model_path: str | None,
+    scene: str | None,
+    out: str | None,
+    classes_path: str | None,
+    field: str | None,
+    burn_value: int | None,
+    background: int | None,
+    ignore_values: tuple[float, ...],
+    all_touched: bool,
+    buildings: bool,
+    building_class: int | None,
+    iou_threshold: float,
+    min_area_px: float,
+    block_rows: int,
+    overwrite: bool,
+    config_path: str | None,
+    set_items: tuple[str, ...],
+) -> None:
+    """Score a class raster against reference labels (a raster, or a vector reprojected and
+    rasterized onto the prediction's grid).
+
+    Reports per-class IoU, F1, producer's and user's accuracy, mIoU, overall accuracy,
+    Cohen's kappa and the confusion matrix; unlabeled and nodata pixels are excluded and
+    classes absent from both sides are reported as "absent", not as perfect.
+    """
+    from geopsp.classes import ClassTable
+
+    if model_path is not None:
+        if scene is None or len(inputs) != 1:
+            raise click.UsageError("with --model give --scene SCENE and exactly one REFERENCE")
+    elif scene is not None:
+        raise click.UsageError("--scene needs --model")
+    elif len(inputs) != 2:
+        raise click.UsageError("give PREDICTION and REFERENCE (or --model BUNDLE --scene SCENE REFERENCE)")
+    if block_rows < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--block-rows")
+    reference = inputs[-1]
+    classes: ClassTable | None = ClassTable.from_file(classes_path) if classes_path else None
+    opts = {
+        "buildings": buildings,
+        "burn_value": burn_value,
+        "background": background,
+        "field": field,
+        "building_class": building_class,
+        "ignore_values": ignore_values,
+        "all_touched": all_touched,
+        "block_rows": block_rows,
+        "iou_threshold": iou_threshold,
+        "min_area_px": min_area_px,
+    }
+    if model_path is None:
+        _score(Path(inputs[0]), reference, classes, {}, out, overwrite, opts)
+        return
+
+    import tempfile
+
+    from geopsp.model.bundle import load_bundle
+    from geopsp.pipeline import segment_raster
+
+    conf = load_cli_config(config_path, set_items)
+    bundle = load_bundle(model_path)
+    report: dict[str, Any] = {"model": str(model_path), "scene": str(scene)}
+    classes = classes or bundle.meta.classes
+    if out is not None:
+        result = segment_raster(str(scene), bundle, out, config=conf.predict, overwrite=overwrite)
+        _score(Path(result.classes), reference, classes, report, out, overwrite, opts)
+        return
+    with tempfile.TemporaryDirectory(prefix="geopsp-eval-") as tmp:
+        result = segment_raster(str(scene), bundle, tmp, config=conf.predict, overwrite=True)
+        _score(Path(result.classes), reference, classes, report, out, overwrite, opts)
+
+
+def _score(
+    prediction: Path,
+    reference: str,
+    classes: Any,
+    report: dict[str, Any],
+    out: str | None,
+    overwrite: bool,
+    opts: dict[str, Any],
+) -> None:
+    from geopsp.eval.buildings import evaluate_buildings
+    from geopsp.eval.raster import evaluate_rasters, is_vector_path
+    from geopsp.eval.report import write_report
+
+    buildings: bool = opts["buildings"]
+    burn_value = opts["burn_value"]
+    background = opts["background"]
+    field = opts["field"]
+    evaluation = None
+    building_id = opts["building_class"]
+    if buildings:
+        from geopsp.eval.raster import _resolve_table
+
+        table = classes or _resolve_table(None, prediction, opts["block_rows"])
+        if building_id is None:
+            named = [c.id for c in table if c.name.lower() in ("building", "buildings")]
+            building_id = named[0] if named else 1
+        classes = table
+        if is_vector_path(reference) and field is None and burn_value is None:
+            burn_value = building_id
+            if background is None and len(table) == 2:
+                background = next(c.id for c in table if c.id != building_id)
+    evaluation = evaluate_rasters(
+        prediction,
+        reference,
+        classes=classes,
+        ignore_values=opts["ignore_values"],
+        field=field,
+        burn_value=burn_value,
+        background=background,
+        all_touched=opts["all_touched"],
+        block_rows=opts["block_rows"],
+    )
+    report.update(evaluation.to_dict())
+    if buildings:
+        bscores = evaluate_buildings(
+            prediction,
+            reference,
+            building_values=(building_id,),
+            iou_threshold=opts["iou_threshold"],
+            min_area_px=opts["min_area_px"],
+        )
+        report["buildings"] = {"class_id": building_id, **bscores.to_dict()}
+    if out is not None:
+        paths = write_report(out, report, evaluation.scores, overwrite=overwrite)
+        click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
+        miou = report.get("miou")
+        click.echo(f"mIoU {miou if miou is None else round(miou, 4)}  OA {_r(report.get('overall_accuracy'))}", err=True)
+    else:
+        json.dump(report, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+
+
+def _r(v: Any) -> Any:
+    return None if v is None else round(float(v), 4)

@@ -1,0 +1,136 @@
+"""``geopsp train --config FILE [--set ...] [--out DIR] [--resume] [--overwrite] [--dry-run]``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+
+__all__ = ["train"]
+
+
+@click.command("train")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Run folder [default: train.out, else runs/<config name>].")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve data, split and statistics on a tiny subsample, build the model and run one "
+              "forward/backward pass; write nothing.")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@overwrite_option
+@config_options
+@click.pass_context
+def train(
+    ctx: click.Context,
+    out: str | None,
+    resume: bool,
+    dry_run: bool,
+    no_progress: bool,
+    overwrite: bool,
+    config_path: str | None,
+    set_items: tuple[str, ...],
+) -> None:
+    """Train a PSPNet from a YAML config (its `train` section).
+
+    Paths in the config are relative to the config file. OUT receives best.safetensors (best
+    validation mIoU), last.safetensors with last_state.* (for --resume), metrics.csv,
+    curves.png and the resolved config.yaml. Stdout gets a JSON summary; progress goes to stderr.
+    """
+    from geopsp.errors import ConfigError
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    if config_path is None and not set_items:
+        raise ConfigError("give a training config with --config FILE (see configs/*.yaml)")
+    conf = load_cli_config(config_path, set_items)
+    base_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
+
+    from geopsp.train.loop import dry_run as run_dry
+    from geopsp.train.loop import fit
+
+    if dry_run:
+        summary = run_dry(conf.train, base_dir=base_dir)
+        click.echo(json.dumps({"dry_run": True, **summary}, indent=2))
+        return
+    if out is None:
+        if conf.train.out is not None:
+            out_dir = (base_dir / conf.train.out).resolve()
+        else:
+            name = Path(config_path).stem if config_path else "train"
+            out_dir = (Path.cwd() / "runs" / name).resolve()
+    else:
+        out_dir = Path(out).resolve()
+    obj = ctx.find_root().obj
+    verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
+    with _progress(enabled=not no_progress and verbosity >= 0) as progress:
+        result = fit(conf.train, out_dir, base_dir=base_dir, resume=resume, overwrite=overwrite, progress=progress)
+    scores = result.scores
+    summary: dict[str, Any] = {
+        "out": str(result.out_dir),
+        "best": str(result.best),
+        "last": str(result.last),
+        "metrics": str(result.metrics_csv),
+        "curves": str(result.curves),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best_miou": None if math.isnan(result.best_miou) else result.best_miou,
+        "stopped_early": result.stopped_early,
+    }
+    if scores is not None:
+        summary["val"] = {
+            "miou": _none(scores.miou),
+            "overall_accuracy": _none(scores.overall_accuracy),
+            "mean_f1": _none(scores.mean_f1),
+            "kappa": _none(scores.kappa),
+            "iou": {c.name: _none(c.iou) for c in scores.classes},
+        }
+    click.echo(json.dumps(summary, indent=2))
+
+
+def _none(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
+@contextlib.contextmanager
+def _progress(*, enabled: bool) -> Iterator[Callable[[Any], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("val mIoU {task.fields[miou]}"),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=None, epoch="-", loss="-", miou="-", best="-")
+        state = {"miou": "-", "best": "-"}
+
+        def update(event: Any) -> None:
+            epoch = f"{event.epoch}/{event.epochs}"
+            if event.phase == "train":
+                bar.update(task, total=event.steps, completed=event.step, epoch=epoch, loss=f"{event.loss:.4f}")
+            elif event.phase == "val":
+                bar.update(task, epoch=f"{epoch} (val {event.step}/{event.steps})")
+            else:
+                if event.val_miou is not None:
+                    state["miou"] = f"{event.val_miou:.4f}"
+                if event.best_miou is not None:
+                    state["best"] = f"{event.best_miou:.4f}"
+                bar.update(task, epoch=epoch, loss=f"{event.loss:.4f}", miou=state["miou"], best=state["best"])
+
+        yield update

@@ -1,0 +1,27 @@
+"""Evaluation: pixel scores (IoU, F1, producer's/user's accuracy, OA, kappa) of a class raster
+against a raster or vector reference, streamed block by block, and SpaceNet-style building F1.
+"""
+
+from __future__ import annotations
+
+from geopsp.eval.buildings import BuildingScores, building_scores, evaluate_buildings, match_footprints
+from geopsp.eval.metrics import ClassScores, ConfusionMatrix, Scores, scores_from_confusion
+from geopsp.eval.model import evaluate_model
+from geopsp.eval.raster import Evaluation, evaluate_rasters, is_vector_path
+from geopsp.eval.report import write_report
+
+__all__ = [
+    "BuildingScores",
+    "ClassScores",
+    "ConfusionMatrix",
+    "Evaluation",
+    "Scores",
+    "building_scores",
+    "evaluate_buildings",
+    "evaluate_model",
+    "evaluate_rasters",
+    "is_vector_path",
+    "match_footprints",
+    "scores_from_confusion",
+    "write_report",
+]

@@ -1,0 +1,325 @@
+"""Score a class raster against reference labels, streamed block by block.
+
+The reference is a raster (warped onto the prediction's grid with nearest neighbour when the
+grids differ) or a vector file (reprojected to the prediction's CRS and rasterized one block at
+a time). Pixels where the prediction is nodata, or the reference is unlabeled, nodata or in
+``ignore_values``, are excluded. Memory is bounded by one block of rows, whatever the size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from geopsp.classes import ClassTable
+from geopsp.errors import CRSMismatchError, InputRasterError, InputVectorError
+from geopsp.eval.metrics import ConfusionMatrix, Scores
+from geopsp.labels import UNLABELED, LabelMapping, UnknownLabelWarning, VectorLabels, value_key, window_transform
+
+__all__ = ["Evaluation", "evaluate_rasters", "is_vector_path"]
+
+logger = logging.getLogger(__name__)
+
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet", ".gml", ".kml", ".sqlite")
+_UNKNOWN_REF = -3
+
+
+def is_vector_path(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` looks like a vector file (by suffix).
+
+    Examples
+    --------
+    >>> is_vector_path("labels.gpkg"), is_vector_path("labels.tif")
+    (True, False)
+    """
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of a prediction against a reference, with what was counted and excluded."""
+
+    prediction: Path
+    reference: Path
+    classes: ClassTable
+    scores: Scores
+    excluded: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report (NaN as null)."""
+        return {
+            "prediction": str(self.prediction),
+            "reference": str(self.reference),
+            **self.scores.to_dict(),
+            "excluded_pixels": self.excluded,
+            "class_table": self.classes.to_list(),
+        }
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def _lut_lookup(values: NDArray[Any], fn: Callable[[Any], int], cache: dict[Any, NDArray[np.int64]]) -> NDArray[np.int64]:
+    """Map an array through ``fn`` (value -> int), with a full lookup table for small integer dtypes."""
+    dt = values.dtype
+    if dt.kind in "iu" and dt.itemsize <= 2:
+        lut = cache.get(dt)
+        if lut is None:
+            info = np.iinfo(dt)
+            lut = np.array([fn(v) for v in range(int(info.min), int(info.max) + 1)], dtype=np.int64)
+            cache[dt] = lut
+        offset = -int(np.iinfo(dt).min)
+        return lut[values.astype(np.int64) + offset]
+    uniq, inverse = np.unique(values, return_inverse=True)
+    mapped = np.array([fn(v) for v in uniq.tolist()], dtype=np.int64)
+    return mapped[inverse].reshape(values.shape)
+
+
+def _infer_classes(pred_path: Path, block_rows: int) -> ClassTable:
+    """Class table from the values of a class raster (when neither the raster nor the caller has one)."""
+    import rasterio
+
+    seen: set[int] = set()
+    with _quiet(), rasterio.open(pred_path) as src:
+        nodata = src.nodata
+        for r0 in range(0, src.height, block_rows):
+            from rasterio.windows import Window
+
+            block = src.read(1, window=Window(0, r0, src.width, min(block_rows, src.height - r0)))
+            seen.update(int(v) for v in np.unique(block).tolist() if nodata is None or v != nodata)
+    if not seen:
+        raise InputRasterError(f"{pred_path}: holds no class value (only nodata); nothing to evaluate")
+    ids = sorted(seen)
+    return ClassTable.from_list([{"id": i, "name": f"class_{i}"} for i in ids])
+
+
+def evaluate_rasters(
+    prediction: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    *,
+    classes: ClassTable | str | os.PathLike[str] | None = None,
+    ignore_values: Sequence[float] = (),
+    value_map: Mapping[str, int | None] | None = None,
+    field: str | None = None,
+    burn_value: int | None = None,
+    background: int | None = None,
+    layer: str | None = None,
+    all_touched: bool = False,
+    block_rows: int = 512,
+) -> Evaluation:
+    """Score a class raster against a reference raster or vector, block by block.
+
+    Parameters
+    ----------
+    prediction : path
+        A class raster (band 1 holds class ids; its nodata is excluded).
+    reference : path
+        A label raster, or a vector file (``.gpkg``, ``.geojson``, ``.shp`` ...).
+    classes : ClassTable or path, optional
+        Class table (YAML/JSON); default: the table geopsp stored in the prediction, else the
+        values found in it.
+    ignore_values : sequence of float
+        Reference values that mean unlabeled.
+    value_map : mapping, optional
+        Reference value (or vector attribute) -> class id; null ignores it.
+    field : str, optional
+        Vector attribute holding the class (default: ``class_id``, ``class`` or ``label`` if present).
+    burn_value : int, optional
+        Class id of every polygon (footprints) when there is no class field.
+    background : int, optional
+        Class id of pixels no polygon covers (vector references); default: unlabeled.
+    layer : str, optional
+        Vector layer.
+    all_touched : bool, default False
+        Rasterize every pixel a polygon touches.
+    block_rows : int, default 512
+        Rows per block.
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    InputRasterError, InputVectorError
+        For unreadable inputs.
+    CRSMismatchError
+        If a reference raster has no CRS while the prediction has one and the grids differ.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    pred_path, ref_path = Path(prediction), Path(reference)
+    for p in (pred_path, ref_path):
+        if not p.exists():
+            raise (InputVectorError if is_vector_path(p) else InputRasterError)(f"{p}: not found; check the path")
+    table = _resolve_table(classes, pred_path, block_rows)
+    k = len(table)
+    pred_index = {c.id: i for i, c in enumerate(table)}
+    ref_mapping = LabelMapping(table, value_map=value_map, ignore_values=tuple(ignore_values), ignore_index=65535)
+    cm = ConfusionMatrix(k)
+    excluded = {"prediction_nodata": 0, "reference_unlabeled": 0}
+    unknown_ref: set[str] = set()
+    unknown_pred: set[int] = set()
+    pred_cache: dict[Any, NDArray[np.int64]] = {}
+    ref_cache: dict[Any, NDArray[np.int64]] = {}
+
+    with ExitStack() as stack:
+        stack.enter_context(_quiet())
+        try:
+            src = stack.enter_context(rasterio.open(pred_path))
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputRasterError(f"{pred_path}: cannot open the prediction ({exc})") from exc
+        pred_nodata = src.nodata
+
+        def pred_fn(v: Any) -> int:
+            if pred_nodata is not None and v == pred_nodata:
+                return -2
+            if v in pred_index:
+                return pred_index[v]
+            return k  # "other" column: an error, not ignored
+
+        vector: VectorLabels | None = None
+        ref_src: Any = None
+        ref_nodata: float | None = None
+        if is_vector_path(ref_path):
+            vec_field = field
+            if vec_field is None and burn_value is None:
+                vec_field = _guess_field(ref_path, layer)
+            vector = VectorLabels(
+                ref_path, crs=src.crs, field=vec_field, value_map=value_map, burn_value=burn_value, layer=layer
+            )
+            # value_map is applied while burning; the rasterized values are class ids already.
+            ref_mapping = LabelMapping(table, ignore_values=tuple(ignore_values), ignore_index=65535)
+        else:
+            try:
+                ref_ds = stack.enter_context(rasterio.open(ref_path))
+            except rasterio.errors.RasterioIOError as exc:
+                raise InputRasterError(f"{ref_path}: cannot open the reference ({exc})") from exc
+            ref_nodata = ref_ds.nodata
+            same_grid = ref_ds.width == src.width and ref_ds.height == src.height and (
+                (ref_ds.crs is None and src.crs is None)
+                or (ref_ds.crs == src.crs and ref_ds.transform.almost_equals(src.transform))
+            )
+            if same_grid:
+                ref_src = ref_ds
+            else:
+                if (ref_ds.crs is None) != (src.crs is None):
+                    raise CRSMismatchError(
+                        f"{ref_path} and {pred_path} are on different grids and one has no CRS; "
+                        "georeference both or give a reference on the prediction's grid"
+                    )
+                logger.info("warping reference %s onto the prediction grid", ref_path)
+                ref_src = stack.enter_context(
+                    WarpedVRT(
+                        ref_ds,
+                        crs=src.crs,
+                        transform=src.transform,
+                        width=src.width,
+                        height=src.height,
+                        resampling=Resampling.nearest,
+                        nodata=ref_nodata if ref_nodata is not None else UNLABELED,
+                    )
+                )
+                ref_nodata = ref_src.nodata
+
+        def ref_fn(v: Any) -> int:
+            if isinstance(v, float) and math.isnan(v):
+                return -2
+            if ref_nodata is not None and v == ref_nodata:
+                return -2
+            if vector is not None and v == UNLABELED:
+                return -2
+            cid = ref_mapping.channel_of(v)
+            if cid is None:
+                return _UNKNOWN_REF if ref_mapping.class_id(v) == -2 else -2
+            return cid
+
+        fill = UNLABELED if background is None else background
+        for r0 in range(0, src.height, block_rows):
+            h = min(block_rows, src.height - r0)
+            win = Window(0, r0, src.width, h)
+            raw_pred = src.read(1, window=win)
+            pred = _lut_lookup(raw_pred, pred_fn, pred_cache)
+            other = pred == k
+            if other.any():
+                unknown_pred.update(int(v) for v in np.unique(raw_pred[other]).tolist())
+            if vector is not None:
+                raw = vector.rasterize(window_transform(src.transform, r0, 0), src.width, h, fill=fill, all_touched=all_touched)
+            else:
+                raw = ref_src.read(1, window=win)
+            ref = _lut_lookup(raw, ref_fn, ref_cache)
+            odd = ref == _UNKNOWN_REF
+            if odd.any():
+                unknown_ref.update(value_key(v) for v in np.unique(raw[odd]).tolist())
+                ref[odd] = -2
+            pred_bad = pred < 0
+            ref_bad = ref < 0
+            excluded["prediction_nodata"] += int(pred_bad.sum())
+            excluded["reference_unlabeled"] += int((ref_bad & ~pred_bad).sum())
+            cm.update(ref, pred, valid=~(pred_bad | ref_bad))
+    if unknown_ref:
+        ref_mapping.warn_unknown(unknown_ref, str(ref_path))
+    if unknown_pred:
+        warnings.warn(
+            f"{pred_path}: predicted values {sorted(unknown_pred)} are not in the class table {table.ids}; "
+            "they count as errors",
+            UnknownLabelWarning,
+            stacklevel=2,
+        )
+    return Evaluation(pred_path, ref_path, table, cm.scores(table), excluded)
+
+
+def _resolve_table(classes: ClassTable | str | os.PathLike[str] | None, pred_path: Path, block_rows: int) -> ClassTable:
+    if isinstance(classes, ClassTable):
+        return classes
+    if classes is not None:
+        return ClassTable.from_file(classes)
+    try:
+        from geopsp.io.raster import read_class_table
+
+        with _quiet():
+            stored = read_class_table(pred_path)
+    except ImportError:  # pragma: no cover - io.raster is part of geopsp
+        stored = None
+    except Exception as exc:
+        raise InputRasterError(f"{pred_path}: cannot read the prediction ({exc})") from exc
+    if stored is not None:
+        return stored
+    return _infer_classes(pred_path, block_rows)
+
+
+def _guess_field(path: Path, layer: str | None) -> str:
+    import pyogrio
+
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+    except Exception as exc:
+        raise InputVectorError(f"{path}: cannot read vector reference ({exc})") from exc
+    fields = [str(f) for f in info["fields"]]
+    for cand in ("class_id", "class", "label", "classe", "value"):
+        for f in fields:
+            if f.lower() == cand:
+                return f
+    raise InputVectorError(
+        f"{path}: cannot tell which field holds the class; pass the field (--field) or a fixed class "
+        f"(--burn-value) for footprints; fields are: {', '.join(fields)}"
+    )
