@@ -297,13 +297,17 @@ class _Segment:
         )
 
     def distance(self, y: NDArray[np.floating[Any]], x: NDArray[np.floating[Any]]) -> F64:
-        dy, dx = self.y1 - self.y0, self.x1 - self.x0
-        length2 = dy * dy + dx * dx
-        py, px = y - self.y0, x - self.x0
-        t = np.clip((py * dy + px * dx) / length2, 0.0, 1.0) if length2 > 0 else np.zeros_like(py * px)
-        ey, ex = py - t * dy, px - t * dx
-        out: F64 = np.sqrt(ey * ey + ex * ex)
-        return out
+        return _segment_distance(y, x, self.y0, self.x0, self.y1, self.x1)
+
+
+def _segment_distance(y: Any, x: Any, y0: Any, x0: Any, y1: Any, x1: Any) -> F64:
+    """Distance from points ``(y, x)`` to segments ``(y0, x0)-(y1, x1)``, all broadcast together."""
+    dy, dx = y1 - y0, x1 - x0
+    py, px = y - y0, x - x0
+    t = np.clip((py * dy + px * dx) / np.maximum(dy * dy + dx * dx, 1e-12), 0.0, 1.0)
+    ey, ex = py - t * dy, px - t * dx
+    out: F64 = np.sqrt(ey * ey + ex * ex)
+    return out
 
 
 def _road_segments(seed: int, r0: float, c0: float, r1: float, c1: float, margin: float) -> list[_Segment]:
@@ -548,9 +552,8 @@ class _Renderer:
         )  # fmt: skip
         if not segments:
             return
-        clearance = np.full(cy.shape, np.inf)
-        for seg in segments:
-            clearance = np.minimum(clearance, seg.distance(cy, cx) - seg.half_width)
+        y0, x0, y1, x1, half_width = np.array([(g.y0, g.x0, g.y1, g.x1, g.half_width) for g in segments]).T
+        clearance = (_segment_distance(cy[..., None], cx[..., None], y0, x0, y1, x1) - half_width).min(axis=-1)
         h = _hash(self.key(_K_BUILDING), cell_r[:, None], cell_c[None, :])
         chance = np.clip((_value_noise_at(self.key(_K_SETTLE), cy, cx, 450.0) - 0.45) * 3.0, 0.05, 0.85)
         water_at = sum(
