@@ -377,7 +377,7 @@ def segment_raster(
         if r0:
             from affine import Affine
 
-            transform = transform * Affine.translation(0, r0)
+            transform = transform @ Affine.translation(0, r0)
         tags = {
             "GEOPSP_SOURCE": str(scene_path.name),
             "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",

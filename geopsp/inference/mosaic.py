@@ -54,7 +54,7 @@ class Mosaicker:
         Emit only scene rows ``[r0, r1)``; tiles outside still contribute to those rows.
     probabilities : bool
         Also compute the winning class probability rows, uint8 ``round(p * PROBABILITY_SCALE)``
-        and :data:`PROBABILITY_NODATA` where the class is nodata (the encoding of
+        (at least 1) and :data:`PROBABILITY_NODATA` where the class is nodata (the encoding of
         :mod:`geopsp.io.raster`).
     out_dtype : str
         NumPy dtype of the class rows (``uint8`` or ``uint16``).
@@ -188,7 +188,7 @@ class Mosaicker:
         prob_np: NDArray[np.uint8] | None = None
         if self.probabilities:
             p = best / wsum.clamp_min(1e-12)
-            q = torch.round(p.clamp(0.0, 1.0) * PROBABILITY_SCALE).to(torch.uint8)
+            q = torch.round(p.clamp(0.0, 1.0) * PROBABILITY_SCALE).clamp_(min=1).to(torch.uint8)
             q = torch.where(invalid, torch.full_like(q, PROBABILITY_NODATA), q)
             prob_np = q.cpu().numpy()
         return cls_np, prob_np
