@@ -16,24 +16,17 @@ Each class raster carries:
 - the class table as JSON in the ``GEOPSP_CLASSES`` dataset tag (:func:`read_class_table`);
 - a QGIS style ``<name>.qml`` (paletted renderer; QGIS loads it as the default style).
 
-The optional probability raster stores the winning class's probability as uint8:
-``round(p * 255)``, at least 1, and 0 (:data:`PROBABILITY_NODATA`) where the class raster is
-nodata. A winning probability is at least ``1/K`` for ``K`` classes, so 0 is free for nodata
-and 1.0 keeps full resolution. The band scale is ``1/255``, so GDAL and QGIS can show ``p``.
+The optional probability raster stores the winning class's probability as uint8 (see
+:mod:`geopsp.io.class_metadata`); its band scale is ``1/255``, so GDAL and QGIS can show ``p``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import os
-import shutil
 import uuid
-import warnings
-import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,6 +37,15 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable
 from geopsp.errors import GeopspError, OutputError, OutputExistsError
 from geopsp.io.atomic import TEMP_MARKER, check_output_path
+from geopsp.io.class_metadata import (
+    CLASSES_TAG,
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    pam_xml,
+    probability_to_uint8,
+    read_class_table,
+)
+from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs, to_cog
 from geopsp.io.scene import SceneInfo, check_scene_for_model, inspect_scene, open_scene, read_rows
 from geopsp.style.raster import qml_path_for, raster_qml
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     import rasterio
 
 __all__ = [
+    "CLASSES_TAG",
     "PROBABILITY_NODATA",
     "PROBABILITY_SCALE",
     "ClassRasterWriter",
@@ -68,133 +71,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Compression = Literal["deflate", "zstd", "lzw"]
-
-PROBABILITY_SCALE = 255
-"""A probability ``p`` is stored as ``max(round(p * PROBABILITY_SCALE), 1)``."""
-
-PROBABILITY_NODATA = 0
-"""Stored where there is no probability (the class raster is nodata there)."""
-
-CLASSES_TAG = "GEOPSP_CLASSES"
-"""Dataset tag holding the class table as JSON."""
-
 _COMPRESSIONS = ("deflate", "zstd", "lzw")
 _STALE_SIDECARS = (".aux.xml", ".ovr", ".msk")
-
-
-def probability_to_uint8(prob: NDArray[np.floating[Any]], valid: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
-    """Scale probabilities in 0..1 to the probability raster's uint8 encoding.
-
-    Parameters
-    ----------
-    prob : ndarray of float
-        Probabilities, any shape; values are clipped to 0..1.
-    valid : ndarray of bool, optional
-        Same shape; False marks nodata.
-
-    Returns
-    -------
-    ndarray of uint8
-        ``round(p * 255)`` but at least 1; 0 where ``valid`` is False or ``p`` is NaN.
-
-    Examples
-    --------
-    >>> probability_to_uint8(np.array([0.0, 0.5, 1.0, np.nan])).tolist()
-    [1, 128, 255, 0]
-    """
-    p = np.asarray(prob, dtype=np.float32)
-    bad = np.isnan(p)
-    scaled = np.rint(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * PROBABILITY_SCALE)
-    out = np.maximum(scaled, 1).astype(np.uint8)
-    out[bad] = PROBABILITY_NODATA
-    if valid is not None:
-        out[~np.asarray(valid, dtype=np.bool_)] = PROBABILITY_NODATA
-    return out
-
-
-def pam_xml(classes: ClassTable, *, nodata: int | None) -> str:
-    """Return a GDAL PAM document (``.aux.xml``) with category names and a thematic RAT for band 1.
-
-    ``<CategoryNames>`` lists one name per value from 0 to the largest class id (empty for
-    values that are no class); the RAT has one row per class with its value, name and colour.
-
-    Examples
-    --------
-    >>> from geopsp.classes import ClassTable
-    >>> xml = pam_xml(ClassTable.from_names(["forest", "water"], start=1), nodata=0)
-    >>> "<Category>forest</Category>" in xml and "<F>water</F>" in xml
-    True
-    """
-    root = ET.Element("PAMDataset")
-    band = ET.SubElement(root, "PAMRasterBand", {"band": "1"})
-    names = ET.SubElement(band, "CategoryNames")
-    by_id = {c.id: c.name for c in classes}
-    for value in range(classes.max_id + 1):
-        ET.SubElement(names, "Category").text = by_id.get(value, "")
-    rat = ET.SubElement(band, "GDALRasterAttributeTable", {"tableType": "thematic"})
-    # GDALRATFieldType: 0 integer, 2 string; GDALRATFieldUsage: 5 MinMax (the value), 2 Name, 6-9 RGBA.
-    columns = (("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9))
-    for i, (name, ftype, usage) in enumerate(columns):
-        field = ET.SubElement(rat, "FieldDefn", {"index": str(i)})
-        ET.SubElement(field, "Name").text = name
-        ET.SubElement(field, "Type").text = str(ftype)
-        ET.SubElement(field, "Usage").text = str(usage)
-    for row, c in enumerate(sorted(classes, key=lambda c: c.id)):
-        r = ET.SubElement(rat, "Row", {"index": str(row)})
-        for cell in (c.id, c.name, *c.color, 255):
-            ET.SubElement(r, "F").text = str(cell)
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
-def read_class_table(path: str | os.PathLike[str]) -> ClassTable | None:
-    """Return the class table stored in a class raster by geopsp, or None if it has none."""
-    with _quiet_rasterio():
-        import rasterio
-
-        with rasterio.open(path) as src:
-            text = src.tags().get(CLASSES_TAG)
-    if not text:
-        return None
-    return ClassTable.from_list(json.loads(text))
-
-
-@contextlib.contextmanager
-def _quiet_rasterio() -> Iterator[None]:
-    """Silence rasterio's NotGeoreferencedWarning: outputs of non-georeferenced scenes have no CRS on purpose."""
-    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RioNotGeoreferenced)
-        yield
-
-
-def _refuse_inputs(outputs: Sequence[str | os.PathLike[str]], inputs: Sequence[str | os.PathLike[str]]) -> None:
-    for out in outputs:
-        for src in inputs:
-            if os.path.realpath(out) == os.path.realpath(src):
-                raise OutputError(f"{out}: output path equals input {src}; choose another output path")
-
-
-def _disk_full(exc: BaseException, directory: Path) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
-        text = str(seen).lower()
-        if "no space" in text or "disk space" in text or "disk full" in text:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    with contextlib.suppress(OSError):
-        return shutil.disk_usage(directory).free < (1 << 20)
-    return False
-
-
-def _output_error(path: Path, exc: BaseException, what: str) -> OutputError:
-    if _disk_full(exc, path.parent):
-        return OutputError(f"{path}: disk full while {what}; free space (or write elsewhere) and run again")
-    return OutputError(f"{path}: failed while {what} ({exc}); check the disk and the folder's permissions")
 
 
 class ClassRasterWriter:
@@ -287,7 +165,7 @@ class ClassRasterWriter:
         self.compress = compress.lower()
         self.blocksize = int(blocksize)
         self.overwrite = overwrite
-        _refuse_inputs([path, *([probability_path] if probability_path is not None else [])], inputs)
+        refuse_inputs([path, *([probability_path] if probability_path is not None else [])], inputs)
         self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
         self.qml_path = qml_path_for(self.path)
         self.aux_path = Path(f"{self.path}.aux.xml")
@@ -319,7 +197,7 @@ class ClassRasterWriter:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
                 raise
-            raise _output_error(self.path, exc, "creating the output") from exc
+            raise output_error(self.path, exc, "creating the output") from exc
         logger.debug("writing %s (%d x %d %s) via %s*", self.path, width, height, dtype, self._prefix)
 
     # -- temporaries -------------------------------------------------------------------------
@@ -353,7 +231,7 @@ class ClassRasterWriter:
             profile["crs"] = self._crs
         if self._transform is not None:
             profile["transform"] = self._transform
-        with _quiet_rasterio():
+        with quiet_rasterio():
             dst = rasterio.open(self._temp(final, "stage-"), "w", **profile)
         if colormap:
             cmap = {c.id: (*c.color, 255) for c in self.classes}
@@ -425,7 +303,7 @@ class ClassRasterWriter:
             if prob is not None and self._pdst is not None:
                 self._pdst.write(prob, 1, window=window)
         except (RasterioError, OSError) as exc:
-            raise _output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
+            raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
         self._rows[row_off : row_off + h] = True
 
     def _as_dtype(self, arr: NDArray[Any]) -> NDArray[Any]:
@@ -476,7 +354,7 @@ class ClassRasterWriter:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
                 raise
-            raise _output_error(self.path, exc, "finishing the output") from exc
+            raise output_error(self.path, exc, "finishing the output") from exc
         self._state = "closed"
         self._final = [final for _, final in moves]
         order = [self.path, self.probability_path, self.qml_path, self.aux_path]
@@ -498,35 +376,28 @@ class ClassRasterWriter:
         qml_tmp.write_text(raster_qml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((qml_tmp, self.qml_path))
         cog_tmp = self._temp(self.path)
-        self._to_cog(self._temp(self.path, "stage-"), cog_tmp, resampling="MODE")
+        to_cog(
+            self._temp(self.path, "stage-"),
+            cog_tmp,
+            compress=self.compress,
+            blocksize=self.blocksize,
+            resampling="MODE",
+        )
         aux_tmp = Path(f"{cog_tmp}.aux.xml")
         aux_tmp.write_text(pam_xml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((aux_tmp, self.aux_path))
         if self.probability_path is not None:
             prob_tmp = self._temp(self.probability_path)
-            self._to_cog(self._temp(self.probability_path, "stage-"), prob_tmp, resampling="AVERAGE")
+            to_cog(
+                self._temp(self.probability_path, "stage-"),
+                prob_tmp,
+                compress=self.compress,
+                blocksize=self.blocksize,
+                resampling="AVERAGE",
+            )
             moves.append((prob_tmp, self.probability_path))
         moves.append((cog_tmp, self.path))
         return moves
-
-    def _to_cog(self, stage: Path, out: Path, *, resampling: str) -> None:
-        import rasterio.shutil
-
-        with _quiet_rasterio():
-            rasterio.shutil.copy(
-                stage,
-                out,
-                driver="COG",
-                COMPRESS=self.compress.upper(),
-                BLOCKSIZE=self.blocksize,
-                OVERVIEW_RESAMPLING=resampling,
-                BIGTIFF="IF_SAFER",
-                NUM_THREADS="ALL_CPUS",
-            )
-        stage.unlink()
-        # GDAL may leave a PAM file for the staging dataset (e.g. statistics); it is ours to drop.
-        with contextlib.suppress(OSError):
-            Path(f"{stage}.aux.xml").unlink()
 
     def _commit(self, moves: list[tuple[Path, Path]]) -> None:
         finals = [final for _, final in moves]
