@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from geopsp.synthetic import _hash, _layer_key, _unit, _value_noise, make_scene
+from geopsp._landscape import hash_coords, layer_key, unit, value_noise
+from geopsp.synthetic import make_scene
 
 __all__ = ["make_scene", "random_class_map", "small_scene", "write_geotiff"]
 
@@ -151,9 +152,9 @@ def random_class_map(
     best = np.full((height, width), -1.0, dtype=np.float32)
     out = np.zeros((height, width), dtype=np.uint8 if n_classes <= 256 else np.uint16)
     # A random per-class bias keeps some classes common and others rare but present.
-    bias = _unit(_hash(_layer_key(seed, 1000), np.arange(n_classes, dtype=np.int64))) * 0.1
+    bias = unit(hash_coords(layer_key(seed, 1000), np.arange(n_classes, dtype=np.int64))) * 0.1
     for k in range(n_classes):
-        field = _value_noise(_layer_key(seed, 1001 + k), rows, cols, blob_scale) + np.float32(bias[k])
+        field = value_noise(layer_key(seed, 1001 + k), rows, cols, blob_scale) + np.float32(bias[k])
         better = field > best
         best[better] = field[better]
         out[better] = k

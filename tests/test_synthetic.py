@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,9 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
-from geopsp.classes import ClassTable
 from geopsp.cli.main import main
 from geopsp.errors import ConfigError, OutputExistsError
+from geopsp.io.class_metadata import read_class_table
 from geopsp.synthetic import LABEL_NODATA, SYNTHETIC_CLASSES, band_names, default_labels_path, make_scene
 from geopsp.testing import random_class_map, small_scene, write_geotiff
 
@@ -123,8 +122,11 @@ def test_labels_carry_colours_and_class_names(tmp_path):
         for c in SYNTHETIC_CLASSES:
             assert cmap[c.id][:3] == c.color
         assert cmap[LABEL_NODATA][3] == 0
-        table = ClassTable.from_list(json.loads(src.tags()["GEOPSP_CLASSES"]))
-    assert table == SYNTHETIC_CLASSES
+        assert src.descriptions == ("class",)
+    assert read_class_table(labels) == SYNTHETIC_CLASSES
+    # Category names and the attribute table travel in the PAM sidecar GDAL and QGIS read.
+    pam = Path(f"{labels}.aux.xml").read_text()
+    assert "<Category>building</Category>" in pam and "<F>grassland</F>" in pam
     assert SYNTHETIC_CLASSES.names == ["cropland", "forest", "water", "road", "building", "grassland"]
 
 
