@@ -158,9 +158,9 @@ def inspect_scene(path: str | os.PathLike[str]) -> SceneInfo:
     except RasterioError as exc:
         raise InputRasterError(_open_failure_message(p, exc)) from exc
     if not info.georeferenced:
-        what = "a geotransform but no CRS" if not info.transform.is_identity else "no CRS or geotransform"
+        what = "a geotransform but no CRS" if not info.transform.is_identity else "no CRS or geotransform (pixel grid)"
         warnings.warn(
-            f"{p}: has {what}; output will have no CRS (pixel coordinates)",
+            f"{p}: has {what}; output will have no CRS",
             NotGeoreferencedWarning,
             stacklevel=2,
         )
