@@ -25,11 +25,11 @@ LABEL_NODATA: Final = 255
 # --- spectra ---------------------------------------------------------------------------------
 # Materials: what a pixel is made of. Several map to one label (field margins are cropland).
 _CROP, _FOREST, _WATER, _ROAD, _BUILDING, _GRASS, _MARGIN = range(7)
-_N_MATERIALS = 7
 
-# Surface reflectance per material in the bands of geopsp.synthetic.BAND_NAMES, as (low, high) end members; a per-pixel
-# mixing value g in [0, 1] picks a spectrum between them (bare soil -> green crop, shadowed ->
-# sunlit canopy, clear -> turbid water, asphalt -> gravel, grey -> red roof, dry -> lush grass).
+# Surface reflectance per material in the bands of geopsp.synthetic.BAND_NAMES, as (low, high)
+# end members; a per-pixel mixing value g in [0, 1] picks a spectrum between them (bare soil ->
+# green crop, shadowed -> sunlit canopy, clear -> turbid water, asphalt -> gravel, grey -> red
+# roof, dry -> lush grass, field margin).
 #        red    green  blue   nir    re1    re2    re3    nir08  swir16 swir22
 _SPECTRA: Final = np.array(
     [
@@ -104,6 +104,7 @@ def _mix_int(x: int) -> int:
 
 
 def layer_key(seed: int, layer: int) -> int:
+    """Return the hash key of one independent random field (``layer``) of a landscape."""
     return _mix_int(_mix_int(seed * _GOLDEN + layer) + layer * 0x632BE59BD9B4E019)
 
 
@@ -127,7 +128,7 @@ def hash_coords(key: int, *coords: NDArray[Any] | np.integer[Any]) -> UInt64Arra
 
 
 def unit(h: UInt64Array, slot: int = 0) -> F64:
-    """Uniform floats in [0, 1) from 21 bits of ``h`` (``slot`` 0..2 picks which bits)."""
+    """Return uniform floats in [0, 1) from 21 bits of ``h`` (``slot`` 0..2 picks which bits)."""
     return ((h >> np.uint64(43 - 21 * slot)) & np.uint64(0x1FFFFF)).astype(np.float64) * (1.0 / 2097152.0)
 
 

@@ -283,7 +283,9 @@ def make_scene(
         "tiled": True,
         "blockxsize": TILE_PX,
         "blockysize": TILE_PX,
-        "compress": "deflate",
+        # ZSTD level 1: as small as DEFLATE on noisy imagery at a fifth of the CPU time.
+        "compress": "zstd",
+        "zstd_level": 1,
         "BIGTIFF": "IF_SAFER",
     }
     scene_profile = {

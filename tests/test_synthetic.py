@@ -102,7 +102,7 @@ def test_georeferencing_and_layout(tmp_path):
             assert src.crs.to_epsg() == 3035
             assert src.transform == Affine(20.0, 0.0, 4_000_000.0, 0.0, -20.0, 3_000_000.0)
             assert src.block_shapes[0] == (512, 512)
-            assert src.compression.name == "deflate"
+            assert src.compression.name == "zstd"
             assert src.profile["tiled"]
 
 
