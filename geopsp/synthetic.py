@@ -253,6 +253,14 @@ def make_scene(
         An argument is out of range (the message names it and what is allowed).
     OutputExistsError
         An output exists and ``overwrite`` is False.
+
+    Notes
+    -----
+    Windows are rendered ahead in up to four threads. With glibc's default malloc settings
+    the window-sized numpy temporaries are returned to the OS and faulted in again for every
+    window, which costs about 40 % of the throughput; ``geopsp sample-scene`` raises the
+    thresholds for its own process, and a long-running caller can do the same by starting
+    Python with ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728``.
     """
     import rasterio
     from affine import Affine
