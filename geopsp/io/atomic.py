@@ -62,9 +62,12 @@ def check_output_path(
     """
     out = Path(path)
     for src in inputs:
-        with contextlib.suppress(OSError):
-            if out.resolve() == Path(src).resolve():
-                raise OutputError(f"{out}: output path equals input {src}; choose another output path")
+        try:
+            same = out.resolve() == Path(src).resolve()
+        except OSError:
+            same = False
+        if same:
+            raise OutputError(f"{out}: output path equals input {src}; choose another output path")
     if out.is_dir():
         raise OutputError(f"{out}: is a directory; give a file name")
     if out.exists() and not overwrite:
