@@ -73,6 +73,7 @@ class VectorizeConfig(_Section):
     connectivity: Literal[4, 8] = Field(4, description="Pixel connectivity of polygons.")
     format: Literal["gpkg", "geojson", "fgb", "shp", "parquet"] = Field("gpkg", description="Output vector format.")
     skip_classes: tuple[int, ...] = Field((), description="Class ids that produce no polygons (e.g. background).")
+    workers: int = Field(0, ge=0, le=64, description="Processes polygonizing strips (0: one per CPU, at most 8).")
 
 
 class ColorLabel(_Section):

@@ -1,5 +1,13 @@
 """Styles that make geopsp outputs open ready to read in QGIS (``.qml`` sidecars)."""
 
 from geopsp.style.raster import qml_path_for, raster_qml, write_raster_qml
+from geopsp.style.vector import vector_qml, write_gpkg_style, write_vector_qml
 
-__all__ = ["qml_path_for", "raster_qml", "write_raster_qml"]
+__all__ = [
+    "qml_path_for",
+    "raster_qml",
+    "vector_qml",
+    "write_gpkg_style",
+    "write_raster_qml",
+    "write_vector_qml",
+]

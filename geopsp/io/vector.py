@@ -1,0 +1,235 @@
+"""Write polygon layers: GeoPackage, GeoJSON, FlatGeobuf, Shapefile or GeoParquet.
+
+Large layers arrive as a stream of GeoDataFrame chunks; OGR formats append chunk by chunk
+(pyogrio), so the whole layer is never in memory. Everything is written under a temporary
+name and renamed into place when complete (:func:`geopsp.io.atomic.atomic_output`).
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from geopsp.errors import ConfigError, OutputError
+from geopsp.io.atomic import atomic_output
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+__all__ = ["VECTOR_FORMATS", "VectorFormat", "format_from_path", "vector_suffix", "write_vector"]
+
+logger = logging.getLogger(__name__)
+
+VectorFormat = Literal["gpkg", "geojson", "fgb", "shp", "parquet"]
+
+VECTOR_FORMATS: dict[str, tuple[str, str]] = {
+    # name: (OGR driver or "parquet", file suffix)
+    "gpkg": ("GPKG", ".gpkg"),
+    "geojson": ("GeoJSON", ".geojson"),
+    "fgb": ("FlatGeobuf", ".fgb"),
+    "shp": ("ESRI Shapefile", ".shp"),
+    "parquet": ("parquet", ".parquet"),
+}
+"""Supported formats: name -> (driver, suffix)."""
+
+_SUFFIXES: dict[str, str] = {
+    ".gpkg": "gpkg",
+    ".geojson": "geojson",
+    ".json": "geojson",
+    ".fgb": "fgb",
+    ".shp": "shp",
+    ".parquet": "parquet",
+    ".geoparquet": "parquet",
+}
+
+# Files an ESRI Shapefile consists of besides .shp; renamed along with it.
+_SHP_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
+
+
+def format_from_path(path: str | os.PathLike[str], default: VectorFormat | None = None) -> VectorFormat:
+    """Return the vector format implied by a file's suffix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file name.
+    default : str, optional
+        Format used when the suffix is unknown; without it an unknown suffix is an error.
+
+    Raises
+    ------
+    ConfigError
+        The suffix is not one of the supported formats and no default was given.
+
+    Examples
+    --------
+    >>> format_from_path("parcels.fgb")
+    'fgb'
+    >>> format_from_path("parcels.out", default="gpkg")
+    'gpkg'
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = _SUFFIXES.get(suffix)
+    if fmt is not None:
+        return fmt  # type: ignore[return-value]
+    if default is not None:
+        return default
+    known = ", ".join(sorted(_SUFFIXES))
+    raise ConfigError(
+        f"cannot tell the vector format of {str(path)!r} from its suffix; use one of {known} or pass format="
+    )
+
+
+def vector_suffix(fmt: str) -> str:
+    """Return the usual file suffix of a format name (``"gpkg"`` -> ``".gpkg"``)."""
+    return _check_format(fmt)[1]
+
+
+def _check_format(fmt: str) -> tuple[str, str]:
+    try:
+        return VECTOR_FORMATS[fmt]
+    except KeyError:
+        raise ConfigError(f"unknown vector format {fmt!r}; use one of {', '.join(VECTOR_FORMATS)}") from None
+
+
+def write_vector(
+    data: gpd.GeoDataFrame | Iterable[gpd.GeoDataFrame],
+    path: str | os.PathLike[str],
+    *,
+    format: VectorFormat | None = None,
+    layer: str | None = None,
+    overwrite: bool = False,
+    geometry_type: str | None = None,
+    finalize: Callable[[Path, str], None] | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Write a GeoDataFrame, or a stream of GeoDataFrame chunks, to a vector file atomically.
+
+    Parameters
+    ----------
+    data : GeoDataFrame or iterable of GeoDataFrame
+        The features. Chunks must share columns, dtypes and CRS; each is appended as it
+        arrives (GeoParquet chunks are collected and written at the end). An empty stream
+        writes an empty layer only when a chunk (possibly empty) carries the schema.
+    path : str or os.PathLike
+        Output file.
+    format : {"gpkg", "geojson", "fgb", "shp", "parquet"}, optional
+        Default: from the suffix of ``path``.
+    layer : str, optional
+        Layer name (GeoPackage); default: the file's stem.
+    overwrite : bool, default False
+        Replace an existing file.
+    geometry_type : str, optional
+        OGR geometry type of the layer (``"Polygon"``, ``"MultiPolygon"``); default: taken from
+        the first chunk. Fixing it matters when later chunks may hold other types.
+    finalize : callable, optional
+        Called as ``finalize(temporary_path, layer)`` after the last chunk and before the
+        rename, e.g. to add a style table to a GeoPackage.
+    inputs : iterable of path
+        Input files the output must not overwrite.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ConfigError
+        Unknown format, or GeoParquet without pyarrow.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OutputError
+        Nothing to write (no chunk at all), or the driver failed.
+    """
+    import geopandas as gpd
+
+    out = Path(path)
+    fmt: VectorFormat = format if format is not None else format_from_path(out)
+    driver, _ = _check_format(fmt)
+    layer_name = layer or out.stem
+    chunks: Iterator[gpd.GeoDataFrame] = iter([data]) if isinstance(data, gpd.GeoDataFrame) else iter(data)
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "GeoParquet output needs pyarrow; install it (pip install pyarrow) or choose gpkg"
+            ) from exc
+    sidecars = _SHP_SIDECARS if fmt == "shp" else ()
+    with atomic_output(out, overwrite=overwrite, inputs=list(inputs), sidecars=sidecars) as tmp:
+        if fmt == "parquet":
+            n = _write_parquet(chunks, tmp)
+        else:
+            n = _write_ogr(chunks, tmp, driver=driver, layer=layer_name, geometry_type=geometry_type)
+        if finalize is not None:
+            finalize(tmp, layer_name)
+    logger.info("wrote %d features to %s", n, out)
+    return out
+
+
+def _write_ogr(
+    chunks: Iterator[gpd.GeoDataFrame], tmp: Path, *, driver: str, layer: str, geometry_type: str | None
+) -> int:
+    import pyogrio
+
+    n = 0
+    first = True
+    kwargs: dict[str, Any] = {"use_arrow": _has_arrow()}
+    if driver == "GeoJSON":
+        kwargs["RFC7946"] = "NO"  # keep the layer's CRS; RFC 7946 would force WGS 84
+    for chunk in chunks:
+        if not first and len(chunk) == 0:
+            continue
+        gtype = geometry_type or _geometry_type(chunk)
+        try:
+            pyogrio.write_dataframe(
+                chunk,
+                tmp,
+                layer=layer,
+                driver=driver,
+                append=not first,
+                geometry_type=gtype,
+                **kwargs,
+            )
+        except Exception as exc:  # pyogrio raises its own DataSourceError/FieldError family
+            raise OutputError(f"{tmp.name}: {driver} driver failed: {exc}") from exc
+        first = False
+        n += len(chunk)
+    if first:
+        raise OutputError(f"{tmp.name}: no features and no schema to write")
+    return n
+
+
+def _has_arrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _geometry_type(chunk: gpd.GeoDataFrame) -> str:
+    types = set(chunk.geom_type.dropna().unique()) if len(chunk) else set()
+    if types <= {"Polygon"}:
+        return "Polygon"
+    if types <= {"Polygon", "MultiPolygon"}:
+        return "MultiPolygon"
+    return "Unknown"
+
+
+def _write_parquet(chunks: Iterator[gpd.GeoDataFrame], tmp: Path) -> int:
+    import geopandas as gpd
+    import pandas as pd  # type: ignore[import-untyped]
+
+    parts = [c for c in chunks]
+    if not parts:
+        raise OutputError(f"{tmp.name}: no features and no schema to write")
+    gdf = parts[0] if len(parts) == 1 else gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
+    gdf.to_parquet(tmp, index=False)
+    return len(gdf)

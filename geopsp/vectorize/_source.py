@@ -1,0 +1,140 @@
+"""Open a class raster and gather what vectorizing needs: size, georeference, classes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geopsp.classes import ClassInfo, ClassTable, default_palette
+from geopsp.errors import InputRasterError
+
+__all__ = ["SCENE_TAG", "RasterSource", "inspect_class_raster"]
+
+logger = logging.getLogger(__name__)
+
+SCENE_TAG = "GEOPSP_SCENE"
+"""Dataset tag naming the scene a class raster was predicted from (optional)."""
+
+_INT_DTYPES = ("uint8", "uint16", "int8", "int16", "int32", "uint32")
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """What :func:`geopsp.vectorize.vectorize` knows about its input."""
+
+    path: Path
+    width: int
+    height: int
+    dtype: str
+    crs: Any
+    transform: Any
+    nodata: float | None
+    classes: ClassTable | None
+    scene: str | None
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the raster has a CRS."""
+        return self.crs is not None
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Map coordinates of the raster's centre."""
+        x, y = self.transform * (self.width / 2.0, self.height / 2.0)
+        return float(x), float(y)
+
+
+def inspect_class_raster(path: str | os.PathLike[str]) -> RasterSource:
+    """Open a class raster and describe it.
+
+    Raises
+    ------
+    InputRasterError
+        The file is missing, not a raster, or its band 1 does not hold integers.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+    from rasterio.errors import RasterioIOError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputRasterError(f"{p}: class raster not found; check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RioNotGeoreferenced)
+            with rasterio.open(p) as src:
+                dtype = src.dtypes[0]
+                tags = src.tags()
+                try:
+                    cmap = src.colormap(1)
+                except ValueError:
+                    cmap = None
+                info = RasterSource(
+                    path=p,
+                    width=src.width,
+                    height=src.height,
+                    dtype=dtype,
+                    crs=src.crs,
+                    transform=src.transform,
+                    nodata=src.nodata,
+                    classes=None,
+                    scene=tags.get(SCENE_TAG) or None,
+                )
+    except RasterioIOError as exc:
+        raise InputRasterError(f"{p}: cannot open as a raster ({exc}); is it a GeoTIFF class raster?") from exc
+    if dtype not in _INT_DTYPES:
+        raise InputRasterError(
+            f"{p}: band 1 is {dtype}; a class raster holds integer class ids ({', '.join(_INT_DTYPES)})"
+        )
+    classes = _class_table(p, cmap, info.nodata)
+    return RasterSource(**{**info.__dict__, "classes": classes})
+
+
+def _class_table(path: Path, cmap: dict[int, tuple[int, ...]] | None, nodata: float | None) -> ClassTable | None:
+    """Return the class table stored by geopsp, else one built from the colour table."""
+    try:
+        from geopsp.io.raster import read_class_table
+    except ImportError:  # pragma: no cover - io.raster is part of geopsp
+        read_class_table = None  # type: ignore[assignment]
+    if read_class_table is not None:
+        try:
+            table = read_class_table(path)
+        except Exception as exc:  # a damaged tag must not stop vectorizing
+            logger.warning("%s: ignoring unreadable class table tag (%s)", path, exc)
+            table = None
+        if table is not None:
+            return table
+    if not cmap:
+        return None
+    # A GDAL colour table lists 256 (or more) entries; only non-black, opaque ones are classes.
+    entries = [
+        ClassInfo(int(v), f"class_{v}", (int(c[0]), int(c[1]), int(c[2])))
+        for v, c in sorted(cmap.items())
+        if (nodata is None or v != nodata) and (len(c) < 4 or c[3] > 0) and tuple(c[:3]) != (0, 0, 0) and v <= 65534
+    ]
+    return ClassTable(tuple(entries)) if entries else None
+
+
+def complete_classes(table: ClassTable | None, values: np.ndarray[Any, Any]) -> ClassTable:
+    """Return ``table`` extended with default entries for ids it lacks."""
+    present = sorted({int(v) for v in np.unique(values)})
+    known = {c.id for c in table} if table is not None else set()
+    missing = [v for v in present if v not in known]
+    if table is not None and not missing:
+        return table
+    base = list(table) if table is not None else []
+    colors = default_palette(len(base) + len(missing))[len(base) :]
+    names = {c.name for c in base}
+    extra = []
+    for v, color in zip(missing, colors, strict=True):
+        name = f"class_{v}"
+        while name in names:
+            name += "_"
+        extra.append(ClassInfo(v, name, color))
+    return ClassTable(tuple(base + extra))
