@@ -57,6 +57,8 @@ def run(size: int, folder: Path, *, bands: int, dtype: str) -> dict[str, float |
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mib": round(usage.ru_maxrss * 1024 / MiB, 1),  # ru_maxrss is in KiB on Linux
         "megapixels_per_s": round(size * size / 1e6 / wall, 2),
+        # Less sensitive to other load on the machine than the wall-clock rate.
+        "megapixels_per_cpu_s": round(size * size / 1e6 / max(usage.ru_utime + usage.ru_stime, 1e-9), 2),
         "scene_mib": round(paths[0].stat().st_size / MiB, 1),
         "labels_mib": round(paths[1].stat().st_size / MiB, 1),
         "load_avg_1min_before": round(load_before, 2),
