@@ -12,12 +12,13 @@ aside). Memory stays at a few windows however large the scene is.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
@@ -109,9 +110,16 @@ def _windows(width: int, height: int, block: int) -> list[tuple[int, int, int, i
     ]
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _rendered(
     renderer: Renderer, windows: list[tuple[int, int, int, int]], threads: int
-) -> Iterator[tuple[tuple[int, int, int, int], NDArray[Any], NDArray[np.uint8]]]:
+) -> Generator[tuple[tuple[int, int, int, int], NDArray[Any], NDArray[np.uint8]], None, None]:
     """Yield ``(window, data, labels)`` in window order, rendering a few windows ahead in threads.
 
     numpy releases the GIL in its array loops, so threads render in parallel; at most
@@ -326,13 +334,14 @@ def make_scene(
             colormap: dict[int, tuple[int, int, int, int]] = {c.id: (*c.color, 255) for c in SYNTHETIC_CLASSES}
             colormap[LABEL_NODATA] = (0, 0, 0, 0)
             lab.write_colormap(1, colormap)
-            threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1, len(windows)))
-            for done, ((r, c, hh, ww), data, label) in enumerate(_rendered(renderer, windows, threads), start=1):
-                win = ((r, r + hh), (c, c + ww))
-                dst.write(data, window=win)
-                lab.write(label, 1, window=win)
-                if progress is not None:
-                    progress(done, len(windows))
+            threads = max(1, min(_MAX_THREADS, _cpus(), len(windows)))
+            with contextlib.closing(_rendered(renderer, windows, threads)) as stream:
+                for done, ((r, c, hh, ww), data, label) in enumerate(stream, start=1):
+                    win = ((r, r + hh), (c, c + ww))
+                    dst.write(data, window=win)
+                    lab.write(label, 1, window=win)
+                    if progress is not None:
+                        progress(done, len(windows))
         # Category names and a raster attribute table for QGIS/GDAL (GeoTIFF has no place for them).
         Path(f"{tmp_labels}.aux.xml").write_text(pam_xml(SYNTHETIC_CLASSES, nodata=LABEL_NODATA), encoding="utf-8")
     return scene, labels
