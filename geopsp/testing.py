@@ -133,7 +133,7 @@ def random_class_map(
     Returns
     -------
     ndarray
-        ``(height, width)`` uint8 (uint16 beyond 255 classes) class ids.
+        ``(height, width)`` class ids, uint8 (uint16 for more than 256 classes).
 
     Examples
     --------
