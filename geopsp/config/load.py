@@ -107,7 +107,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
-    """Valid field names of the (sub)model addressed by ``loc``."""
+    """Return the valid field names of the (sub)model addressed by ``loc``."""
     current: Any = model
     for part in loc:
         field = current.model_fields.get(part) if isinstance(part, str) else None

@@ -76,7 +76,9 @@ def check_output_path(
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot create output directory ({exc.strerror}); choose a writable location") from exc
+        raise OutputError(
+            f"{parent}: cannot create output directory ({exc.strerror}); choose a writable location"
+        ) from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: output directory is not writable; choose a writable location")
     return out
@@ -122,7 +124,9 @@ def atomic_output(
             raise OutputError(f"{final}: the writer produced no file")
         if final.exists() and not overwrite:
             # Someone else finished the same output while we worked.
-            raise OutputExistsError(f"{final}: was created by another process meanwhile; pass --overwrite to replace it")
+            raise OutputExistsError(
+                f"{final}: was created by another process meanwhile; pass --overwrite to replace it"
+            )
         for suffix in sidecars:
             side = Path(str(tmp) + suffix)
             if side.exists():
