@@ -161,8 +161,13 @@ def write_vector(
             raise ConfigError(
                 "GeoParquet output needs pyarrow; install it (pip install pyarrow) or choose gpkg"
             ) from exc
-    sidecars = _SHP_SIDECARS if fmt == "shp" else ()
-    with atomic_output(out, overwrite=overwrite, inputs=list(inputs), sidecars=sidecars) as tmp:
+    if fmt == "shp":
+        n = _write_shapefile(
+            chunks, out, layer_name, overwrite=overwrite, inputs=list(inputs), geometry_type=geometry_type
+        )
+        logger.info("wrote %d features to %s", n, out)
+        return out
+    with atomic_output(out, overwrite=overwrite, inputs=list(inputs)) as tmp:
         if fmt == "parquet":
             n = _write_parquet(chunks, tmp)
         else:
@@ -171,6 +176,39 @@ def write_vector(
             finalize(tmp, layer_name)
     logger.info("wrote %d features to %s", n, out)
     return out
+
+
+def _write_shapefile(
+    chunks: Iterator[gpd.GeoDataFrame],
+    out: Path,
+    layer: str,
+    *,
+    overwrite: bool,
+    inputs: list[str | os.PathLike[str]],
+    geometry_type: str | None,
+) -> int:
+    """Write the files of a Shapefile in a temporary folder, then move them next to each other."""
+    import shutil
+    import uuid
+
+    from geopsp.io.atomic import TEMP_MARKER, check_output_path
+
+    final = check_output_path(out, overwrite=overwrite, inputs=inputs)
+    for suffix in _SHP_SIDECARS:
+        check_output_path(final.with_suffix(suffix), overwrite=overwrite, inputs=inputs)
+    folder = final.parent / f"{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
+    folder.mkdir()
+    try:
+        tmp = folder / final.name
+        n = _write_ogr(chunks, tmp, driver="ESRI Shapefile", layer=layer, geometry_type=geometry_type)
+        # The .shp goes last: a reader never sees it without its companions.
+        for suffix in (*_SHP_SIDECARS, ".shp"):
+            part = tmp.with_suffix(suffix)
+            if part.exists():
+                os.replace(part, final.with_suffix(suffix))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return n
 
 
 def _write_ogr(
@@ -187,6 +225,10 @@ def _write_ogr(
         if not first and len(chunk) == 0:
             continue
         gtype = geometry_type or _geometry_type(chunk)
+        options = dict(kwargs)
+        if first and driver == "GPKG":
+            # GeoPackage 1.3: read without warnings by the GDAL of QGIS 3.22 LTR (Debian 12).
+            options["dataset_options"] = {"VERSION": "1.3"}
         try:
             pyogrio.write_dataframe(
                 chunk,
@@ -195,7 +237,7 @@ def _write_ogr(
                 driver=driver,
                 append=not first,
                 geometry_type=gtype,
-                **kwargs,
+                **options,
             )
         except Exception as exc:  # pyogrio raises its own DataSourceError/FieldError family
             raise OutputError(f"{tmp.name}: {driver} driver failed: {exc}") from exc

@@ -116,6 +116,7 @@ def drop_collinear(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
     gtype, coords, offsets = shapely.to_ragged_array(geoms)
     ring_off = offsets[0]
     n = len(coords)
+    coords = _start_rings_at_corners(coords, ring_off)
     prev = np.empty_like(coords)
     nxt = np.empty_like(coords)
     prev[1:] = coords[:-1]
@@ -123,9 +124,7 @@ def drop_collinear(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
     # A ring's first and last vertex (the same point) are never dropped.
     first = ring_off[:-1]
     last = ring_off[1:] - 1
-    drop = ((prev[:, 0] == coords[:, 0]) & (coords[:, 0] == nxt[:, 0])) | (
-        (prev[:, 1] == coords[:, 1]) & (coords[:, 1] == nxt[:, 1])
-    )
+    drop = _collinear(prev, coords, nxt)
     drop[first] = False
     drop[last] = False
     if not drop.any():
@@ -139,6 +138,33 @@ def drop_collinear(geoms: NDArray[np.object_]) -> NDArray[np.object_]:
         single = shapely.get_num_geometries(out) == 1
         out[single] = shapely.get_geometry(out[single], 0)
     return np.asarray(out, dtype=object)
+
+
+def _collinear(prev: NDArray[np.float64], cur: NDArray[np.float64], nxt: NDArray[np.float64]) -> NDArray[np.bool_]:
+    same_x = (prev[:, 0] == cur[:, 0]) & (cur[:, 0] == nxt[:, 0])
+    same_y = (prev[:, 1] == cur[:, 1]) & (cur[:, 1] == nxt[:, 1])
+    out: NDArray[np.bool_] = same_x | same_y
+    return out
+
+
+def _start_rings_at_corners(coords: NDArray[np.float64], ring_off: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Rotate the (few) rings whose first vertex lies inside a straight edge to start at a corner."""
+    first = ring_off[:-1]
+    last = ring_off[1:] - 1  # the closing copy of the first vertex
+    bad = np.flatnonzero(_collinear(coords[last - 1], coords[first], coords[first + 1]))
+    if bad.size == 0:
+        return coords
+    coords = coords.copy()
+    for r in bad.tolist():
+        a, b = int(first[r]), int(last[r])
+        ring = coords[a:b]
+        corner = ~_collinear(np.roll(ring, 1, axis=0), ring, np.roll(ring, -1, axis=0))
+        if not corner.any():  # pragma: no cover - a ring always has corners
+            continue
+        ring = np.roll(ring, -int(np.argmax(corner)), axis=0)
+        coords[a:b] = ring
+        coords[b] = ring[0]
+    return coords
 
 
 def _sorted_unique(keys: NDArray[np.int64]) -> NDArray[np.int64]:

@@ -46,8 +46,9 @@ class RasterSource:
     @property
     def center(self) -> tuple[float, float]:
         """Map coordinates of the raster's centre."""
-        x, y = self.transform * (self.width / 2.0, self.height / 2.0)
-        return float(x), float(y)
+        t = self.transform
+        col, row = self.width / 2.0, self.height / 2.0
+        return float(t.a * col + t.b * row + t.c), float(t.d * col + t.e * row + t.f)
 
 
 def inspect_class_raster(path: str | os.PathLike[str]) -> RasterSource:

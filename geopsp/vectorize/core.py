@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
 from geopsp.config.schema import VectorizeConfig
-from geopsp.errors import ConfigError, NotGeoreferencedWarning
+from geopsp.errors import ConfigError, NotGeoreferencedWarning, OutputError
 from geopsp.io.atomic import atomic_output, check_output_path
 from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, write_vector
 from geopsp.vectorize._eliminate import eliminate_small, fill_small_holes
@@ -35,7 +35,7 @@ __all__ = ["FIELDS", "vectorize"]
 logger = logging.getLogger(__name__)
 
 FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m", "scene")
-"""Attribute columns of every polygon layer, in order."""
+"""Attribute columns of every polygon layer, in order (Shapefiles: ``perim_m``, for dBASE's 10 characters)."""
 
 Progress = Callable[[int, int], None]
 
@@ -116,9 +116,23 @@ def vectorize(
     src = inspect_class_raster(class_raster)
     out_path = Path(out)
     fmt = _output_format(out_path, cfg)
-    qml_path = out_path.with_suffix(".qml")
+    qml_path: Path | None = out_path.with_suffix(".qml")
+    if qml_path is not None and qml_path.absolute() == src.path.with_suffix(".qml").absolute() and qml_path.exists():
+        # QGIS finds styles by file stem: <stem>.qml already styles the class raster.
+        if fmt != "gpkg":
+            raise OutputError(
+                f"{out_path}: its style sidecar {qml_path.name} would replace the class raster's own style; "
+                "give the polygons another file name (e.g. <scene>_polygons.gpkg)"
+            )
+        logger.warning(
+            "%s: not writing %s, which styles the class raster; the style is inside the GeoPackage",
+            out_path,
+            qml_path.name,
+        )
+        qml_path = None
     check_output_path(out_path, overwrite=overwrite, inputs=[src.path])
-    check_output_path(qml_path, overwrite=overwrite, inputs=[src.path])
+    if qml_path is not None:
+        check_output_path(qml_path, overwrite=overwrite, inputs=[src.path])
     table = classes if classes is not None else src.classes
     scene_name = scene if scene is not None else (src.scene or src.path.stem)
     if not src.georeferenced:
@@ -130,7 +144,7 @@ def vectorize(
     pixel = math.sqrt(abs(src.transform.determinant)) or 1.0
     simplify_px = cfg.simplify / pixel
     eliminate = cfg.sieve_px > 0 or cfg.min_area_m2 > 0 or cfg.fill_holes_m2 > 0
-    frames = _Framer(src, table, scene_name, cfg.skip_classes)
+    frames = _Framer(src, table, scene_name, cfg.skip_classes, short_names=fmt == "shp")
     logger.info(
         "vectorizing %s (%d x %d) in strips of %d rows%s",
         src.path,
@@ -164,7 +178,8 @@ def vectorize(
         finalize=finalize,
         inputs=[src.path],
     )
-    _write_qml(qml_path, frames.class_table(), overwrite=overwrite)
+    if qml_path is not None:
+        _write_qml(qml_path, frames.class_table(), overwrite=overwrite)
     logger.info("%s: %d polygons", result, frames.count)
     return result
 
@@ -300,8 +315,12 @@ def _eliminated(
 class _Framer:
     """Turn pixel-space regions into GeoDataFrame chunks with the output attributes."""
 
-    def __init__(self, src: RasterSource, classes: ClassTable | None, scene: str, skip: tuple[int, ...]) -> None:
+    def __init__(
+        self, src: RasterSource, classes: ClassTable | None, scene: str, skip: tuple[int, ...], *, short_names: bool
+    ) -> None:
         self.src = src
+        # Shapefile (dBASE) field names have at most 10 characters.
+        self.perimeter_field = "perim_m" if short_names else "perimeter_m"
         self.table = classes
         self.scene = scene
         self.skip = np.asarray(sorted(skip), dtype=np.int64)
@@ -371,7 +390,7 @@ class _Framer:
                 "class_id": values.astype(np.int32),
                 "class_name": class_name,
                 "area_m2": area,
-                "perimeter_m": perimeter,
+                self.perimeter_field: perimeter,
                 "scene": np.full(len(values), self.scene, dtype=object),
             },
             geometry=gpd.GeoSeries(geoms, crs=self.crs),

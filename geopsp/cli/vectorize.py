@@ -1,0 +1,154 @@
+"""``geopsp vectorize CLASS_RASTER --out FILE``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import click
+
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+
+__all__ = ["vectorize"]
+
+_FORMATS = ("gpkg", "geojson", "fgb", "shp", "parquet")
+
+
+@click.command()
+@click.argument("class_raster", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output file; the suffix picks the format (.gpkg, .geojson, .fgb, .shp, .parquet).",
+)
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default=None, help="Format when the suffix does not say.")
+@click.option("--layer", default=None, help="Layer name [default: the output's file stem].")
+@click.option("--block-rows", type=int, default=None, help="Rows polygonized at a time [default: 1024].")
+@click.option("--simplify", type=float, default=None, help="Coverage simplification tolerance in map units [0: off].")
+@click.option("--sieve-px", type=int, default=None, help="Merge regions smaller than this many pixels [0: off].")
+@click.option("--min-area", "min_area_m2", type=float, default=None, help="Merge polygons below this many m2 [0: off].")
+@click.option("--fill-holes", "fill_holes_m2", type=float, default=None, help="Fill holes below this many m2 [0: off].")
+@click.option("--connectivity", type=click.Choice(["4", "8"]), default=None, help="Pixel connectivity [default: 4].")
+@click.option(
+    "--skip-class", "skip_classes", type=int, multiple=True, help="Class id that makes no polygons (repeatable)."
+)
+@click.option("--workers", type=int, default=None, help="Processes polygonizing strips [0: one per CPU].")
+@click.option(
+    "--classes",
+    "classes_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Class table (YAML/JSON) [default: the one stored in the raster].",
+)
+@click.option("--scene", default=None, help="Value of the 'scene' attribute [default: from the raster].")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@overwrite_option
+@config_options
+@click.pass_context
+def vectorize(
+    ctx: click.Context,
+    class_raster: str,
+    out: str,
+    fmt: str | None,
+    layer: str | None,
+    block_rows: int | None,
+    simplify: float | None,
+    sieve_px: int | None,
+    min_area_m2: float | None,
+    fill_holes_m2: float | None,
+    connectivity: str | None,
+    skip_classes: tuple[int, ...],
+    workers: int | None,
+    classes_path: str | None,
+    scene: str | None,
+    no_progress: bool,
+    overwrite: bool,
+    config_path: str | None,
+    set_items: tuple[str, ...],
+) -> None:
+    """Turn a class raster into land-use polygons (one per connected region, seamless).
+
+    Writes OUT with class_id, class_name, area_m2, perimeter_m and scene attributes, a QGIS
+    style (inside a GeoPackage, and as a .qml sidecar), and prints its path.
+    """
+    from geopsp.vectorize import vectorize as run
+
+    cfg = load_cli_config(
+        config_path,
+        set_items,
+        **{
+            "vectorize.format": fmt,
+            "vectorize.block_rows": block_rows,
+            "vectorize.simplify": simplify,
+            "vectorize.sieve_px": sieve_px,
+            "vectorize.min_area_m2": min_area_m2,
+            "vectorize.fill_holes_m2": fill_holes_m2,
+            "vectorize.connectivity": int(connectivity) if connectivity else None,
+            "vectorize.skip_classes": list(skip_classes) if skip_classes else None,
+            "vectorize.workers": workers,
+        },
+    )
+    classes = None
+    if classes_path:
+        from geopsp.classes import ClassTable
+
+        classes = ClassTable.from_file(classes_path)
+    verbosity = int((ctx.obj or {}).get("verbosity", 0)) if ctx.obj is not None else 0
+    with _Bar(Path(class_raster).name, enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar:
+        path = run(
+            class_raster,
+            out,
+            config=cfg.vectorize,
+            classes=classes,
+            scene=scene,
+            overwrite=overwrite,
+            progress=bar.callback,
+            layer=layer,
+        )
+    click.echo(str(path))
+
+
+class _Bar:
+    """A rich progress bar over raster rows on stderr, or nothing."""
+
+    def __init__(self, name: str, *, enabled: bool) -> None:
+        self.name = name
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("rows"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.name, total=None)
+        return self
+
+    @property
+    def callback(self) -> Callable[[int, int], None] | None:
+        """The progress callback to hand to the library (None when disabled)."""
+        return self._update if self._bar is not None else None
+
+    def _update(self, done: int, total: int) -> None:
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()

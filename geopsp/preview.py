@@ -1,0 +1,333 @@
+"""Quick-look PNGs: the scene in natural colours with its classes blended over it.
+
+The scene and the class raster are read decimated (GDAL resamples while reading, using
+overviews when the files have them), so memory follows the preview's size, never the
+scene's. Colours come from the class raster (the table geopsp stores, else its colour
+table) or from a given :class:`~geopsp.classes.ClassTable`.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from geopsp.classes import ClassTable
+from geopsp.errors import ConfigError, InputRasterError
+from geopsp.io.atomic import atomic_output
+
+__all__ = ["render_preview", "stretch"]
+
+logger = logging.getLogger(__name__)
+
+_RGB_NAMES = (("red", "b04", "r"), ("green", "b03", "g"), ("blue", "b02", "b"))
+
+
+def stretch(
+    band: NDArray[Any], valid: NDArray[np.bool_] | None = None, *, low: float = 2.0, high: float = 98.0
+) -> NDArray[np.uint8]:
+    """Linearly stretch ``band`` so its ``low``..``high`` percentiles span 0..255.
+
+    Parameters
+    ----------
+    band : ndarray
+        One band, any numeric dtype.
+    valid : ndarray of bool, optional
+        Pixels that count for the percentiles (default: all finite ones).
+    low, high : float
+        Percentiles mapped to 0 and 255.
+
+    Returns
+    -------
+    ndarray of uint8
+        Same shape as ``band``.
+
+    Examples
+    --------
+    >>> stretch(np.arange(101, dtype=float)).tolist()[::25]
+    [0, 61, 128, 195, 255]
+    """
+    data = band.astype(np.float64, copy=False)
+    ok = np.isfinite(data)
+    if valid is not None:
+        ok &= valid
+    if not ok.any():
+        return np.zeros(band.shape, dtype=np.uint8)
+    lo, hi = np.percentile(data[ok], [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = (data - lo) * (255.0 / (hi - lo))
+    out: NDArray[np.uint8] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
+    return out
+
+
+def render_preview(
+    scene: str | os.PathLike[str],
+    class_raster: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    bands: Sequence[int] | None = None,
+    alpha: float = 0.45,
+    outlines: bool = False,
+    max_size: int = 2048,
+    classes: ClassTable | None = None,
+    overwrite: bool = False,
+    legend: bool = True,
+) -> Path:
+    """Write a PNG of ``scene`` with the classes of ``class_raster`` blended over it.
+
+    Parameters
+    ----------
+    scene : str or os.PathLike
+        The image the classes were predicted from (any number of bands, any dtype).
+    class_raster : str or os.PathLike
+        Class ids on the scene's grid (or any grid: it is resampled onto the scene's).
+    out : str or os.PathLike
+        Output PNG.
+    bands : sequence of int, optional
+        1-based bands shown as red, green, blue (one band: grey). Default: the bands whose
+        colour interpretation or description says red/green/blue, else the first three.
+    alpha : float, default 0.45
+        Opacity of the class colours, 0 (scene only) .. 1 (classes only).
+    outlines : bool, default False
+        Draw the borders between classes (polygon outlines) in dark grey.
+    max_size : int, default 2048
+        Longest edge of the image part of the PNG in pixels; the scene is never enlarged.
+    classes : ClassTable, optional
+        Class names and colours; default: stored in the class raster.
+    overwrite : bool, default False
+        Replace an existing PNG.
+    legend : bool, default True
+        Add a legend of the classes present, right of the image.
+
+    Returns
+    -------
+    Path
+        The PNG.
+
+    Raises
+    ------
+    InputRasterError
+        A raster is missing or unreadable, or ``bands`` names bands it lacks.
+    ConfigError
+        ``alpha``, ``max_size`` or ``bands`` out of range.
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is False.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in 0..1, got {alpha}")
+    if max_size < 16:
+        raise ConfigError(f"max_size must be at least 16 px, got {max_size}")
+    if bands is not None and not 1 <= len(bands) <= 3:
+        raise ConfigError(f"give 1 to 3 bands (red,green,blue), got {list(bands)}")
+    out_path = Path(out)
+    with atomic_output(out_path, overwrite=overwrite, inputs=[scene, class_raster]) as tmp:
+        rgb, valid, grid = _read_scene(Path(scene), bands, max_size)
+        ids, cvalid = _read_classes(Path(class_raster), grid)
+        table = _table(Path(class_raster), classes, ids[cvalid])
+        img = _compose(rgb, valid, ids, cvalid, table, alpha=alpha, outlines=outlines)
+        present = sorted({int(v) for v in np.unique(ids[cvalid])})
+        image = _with_legend(img, table, present, title=Path(scene).name) if legend else _to_pil(img)
+        image.save(tmp, format="PNG", optimize=True)
+    logger.info("wrote preview %s (%d x %d)", out_path, image.width, image.height)
+    return out_path
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _open(path: Path) -> Any:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+    from rasterio.errors import RasterioIOError
+
+    if not path.exists():
+        raise InputRasterError(f"{path}: not found; check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RioNotGeoreferenced)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputRasterError(f"{path}: cannot open as a raster ({exc})") from exc
+
+
+def _pick_bands(src: Any, bands: Sequence[int] | None) -> list[int]:
+    if bands is not None:
+        bad = [b for b in bands if not 1 <= b <= src.count]
+        if bad:
+            raise InputRasterError(f"{src.name}: has bands 1..{src.count}; cannot show band(s) {bad}")
+        return list(bands)
+    if src.count < 3:
+        return [1]
+    from rasterio.enums import ColorInterp
+
+    interp = {ci: i + 1 for i, ci in enumerate(src.colorinterp)}
+    if all(ci in interp for ci in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+        return [interp[ColorInterp.red], interp[ColorInterp.green], interp[ColorInterp.blue]]
+    desc = [(d or "").strip().lower() for d in src.descriptions]
+    found = []
+    for names in _RGB_NAMES:
+        match = next((i + 1 for i, d in enumerate(desc) if d in names), None)
+        if match is None:
+            break
+        found.append(match)
+    return found if len(found) == 3 else [1, 2, 3]
+
+
+def _read_scene(
+    path: Path, bands: Sequence[int] | None, max_size: int
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_], dict[str, Any]]:
+    from rasterio.enums import Resampling
+
+    with _open(path) as src:
+        chosen = _pick_bands(src, bands)
+        scale = min(1.0, max_size / max(src.width, src.height))
+        h = max(1, round(src.height * scale))
+        w = max(1, round(src.width * scale))
+        resampling = Resampling.average if scale < 1 else Resampling.nearest
+        data = src.read(chosen, out_shape=(len(chosen), h, w), resampling=resampling, masked=True)
+        valid: NDArray[np.bool_] = np.asarray(~np.ma.getmaskarray(data).any(axis=0), dtype=bool)
+        grid = {
+            "height": h,
+            "width": w,
+            "crs": src.crs,
+            "transform": _scaled(src.transform, src.width / w, src.height / h),
+            "src_shape": (src.height, src.width),
+        }
+    planes = [stretch(np.ma.getdata(data[i]), valid) for i in range(len(chosen))]
+    rgb = np.stack(planes * 3 if len(planes) == 1 else planes, axis=-1)
+    return rgb, valid, grid
+
+
+def _scaled(t: Any, sx: float, sy: float) -> Any:
+    """Return the transform of the same raster resampled to pixels ``sx`` x ``sy`` times larger."""
+    from affine import Affine
+
+    return Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
+
+
+def _read_classes(path: Path, grid: dict[str, Any]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    from rasterio.enums import Resampling
+
+    h, w = grid["height"], grid["width"]
+    with _open(path) as src:
+        nodata = src.nodata
+        same_grid = (src.height, src.width) == grid["src_shape"] and (
+            src.crs is None or grid["crs"] is None or (src.crs == grid["crs"])
+        )
+        if same_grid or src.crs is None or grid["crs"] is None:
+            if not same_grid:
+                logger.warning("%s: grid differs from the scene's and cannot be reprojected; stretching it", path)
+            down = src.height > h
+            ids = src.read(1, out_shape=(h, w), resampling=Resampling.mode if down else Resampling.nearest)
+        else:
+            from rasterio.warp import reproject
+
+            ids = np.full((h, w), nodata if nodata is not None else 0, dtype=src.dtypes[0])
+            reproject(
+                source=_band(src),
+                destination=ids,
+                dst_transform=grid["transform"],
+                dst_crs=grid["crs"],
+                dst_nodata=nodata,
+                resampling=Resampling.mode,
+            )
+    ids64 = ids.astype(np.int64)
+    valid = np.ones(ids.shape, dtype=bool) if nodata is None else ids64 != int(nodata)
+    return ids64, valid
+
+
+def _band(src: Any) -> Any:
+    import rasterio
+
+    return rasterio.band(src, 1)
+
+
+def _table(path: Path, classes: ClassTable | None, ids: NDArray[np.int64]) -> ClassTable:
+    from geopsp.vectorize._source import complete_classes, inspect_class_raster
+
+    table = classes
+    if table is None:
+        try:
+            table = inspect_class_raster(path).classes
+        except InputRasterError:
+            table = None
+    return complete_classes(table, np.unique(ids)) if len(ids) else (table or ClassTable.default(1))
+
+
+# --- drawing --------------------------------------------------------------------------------
+
+
+def _compose(
+    rgb: NDArray[np.uint8],
+    valid: NDArray[np.bool_],
+    ids: NDArray[np.int64],
+    cvalid: NDArray[np.bool_],
+    table: ClassTable,
+    *,
+    alpha: float,
+    outlines: bool,
+) -> NDArray[np.uint8]:
+    lut_ids = np.asarray(table.ids, dtype=np.int64)
+    lut = np.asarray([c.color for c in table], dtype=np.float64)
+    order = np.argsort(lut_ids)
+    pos = np.searchsorted(lut_ids[order], ids)
+    pos = np.clip(pos, 0, len(order) - 1)
+    known = cvalid & (lut_ids[order][pos] == ids)
+    colors = lut[order][pos]
+    out = rgb.astype(np.float64)
+    out[~valid] = 255.0  # outside the scene's footprint: white
+    k = known[..., None]
+    out = np.where(k, out * (1.0 - alpha) + colors * alpha, out)
+    if outlines:
+        edge = np.zeros(ids.shape, dtype=bool)
+        diff_x = ids[:, 1:] != ids[:, :-1]
+        diff_y = ids[1:, :] != ids[:-1, :]
+        edge[:, 1:] |= diff_x
+        edge[1:, :] |= diff_y
+        edge &= cvalid
+        out[edge] = (30.0, 30.0, 30.0)
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def _to_pil(img: NDArray[np.uint8]) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(img, mode="RGB")
+
+
+def _with_legend(img: NDArray[np.uint8], table: ClassTable, present: list[int], *, title: str) -> Any:
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = img.shape[:2]
+    entries = [c for c in table if c.id in set(present)] or list(table)
+    size = max(11, min(18, round(max(h, w) / 60)))
+    font = ImageFont.load_default(size=size)
+    line = math.ceil(size * 1.6)
+    swatch = size
+    pad = size
+    text_w = max(font.getlength(f"{c.id} {c.name}") for c in entries)
+    title_w = font.getlength(title)
+    legend_w = int(pad * 3 + swatch + max(text_w, title_w - swatch - pad))
+    legend_h = pad * 2 + line * (len(entries) + 1)
+    canvas = Image.new("RGB", (w + legend_w, max(h, legend_h)), (255, 255, 255))
+    canvas.paste(_to_pil(img), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = w + pad
+    y = pad
+    draw.text((x0, y), title, fill=(20, 20, 20), font=font)
+    y += line
+    for c in entries:
+        draw.rectangle([x0, y + 2, x0 + swatch, y + 2 + swatch], fill=c.color, outline=(40, 40, 40))
+        draw.text((x0 + swatch + pad // 2, y), f"{c.id} {c.name}", fill=(20, 20, 20), font=font)
+        y += line
+    return canvas
