@@ -218,7 +218,8 @@ def _write_ogr(
 
     n = 0
     first = True
-    kwargs: dict[str, Any] = {"use_arrow": _has_arrow()}
+    # The Arrow path is ~15 % faster per chunk but holds extra copies of it; chunks are small.
+    kwargs: dict[str, Any] = {}
     if driver == "GeoJSON":
         kwargs["RFC7946"] = "NO"  # keep the layer's CRS; RFC 7946 would force WGS 84
     for chunk in chunks:
@@ -246,14 +247,6 @@ def _write_ogr(
     if first:
         raise OutputError(f"{tmp.name}: no features and no schema to write")
     return n
-
-
-def _has_arrow() -> bool:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _geometry_type(chunk: gpd.GeoDataFrame) -> str:

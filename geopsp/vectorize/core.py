@@ -25,7 +25,7 @@ from geopsp.vectorize._geometry import simplify_coverage
 from geopsp.vectorize._measure import Measurer
 from geopsp.vectorize._source import RasterSource, complete_classes, inspect_class_raster
 from geopsp.vectorize._stitch import Components, Stitcher
-from geopsp.vectorize._strips import NODATA_VALUE, Strip, StripJob, process_strip, strip_task, unpack
+from geopsp.vectorize._strips import NODATA_VALUE, Strip, StripJob, cache_mb, process_strip, strip_task, unpack
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -39,7 +39,7 @@ FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m", "scene")
 
 Progress = Callable[[int, int], None]
 
-_CHUNK_FEATURES = 20_000  # features per append to the output file
+_CHUNK_FEATURES = 5_000  # features per append to the output file (bounds the writer's memory)
 
 
 def vectorize(
@@ -240,7 +240,7 @@ def _strips(src: RasterSource, cfg: VectorizeConfig, *, keep_nodata: bool, simpl
     if workers == 1:
         import rasterio
 
-        with rasterio.open(src.path) as ds:
+        with rasterio.open(src.path) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
             for job in jobs:
                 yield process_strip(ds, job)
         return
