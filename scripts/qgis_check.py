@@ -26,9 +26,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
-def _start_qgis():  # type: ignore[no-untyped-def]
+def _start_qgis() -> Any:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="qgis-runtime-"))
     from qgis.core import QgsApplication
@@ -39,11 +40,12 @@ def _start_qgis():  # type: ignore[no-untyped-def]
     return app
 
 
-def _rgb(color) -> list[int]:  # type: ignore[no-untyped-def]
+def _rgb(color: Any) -> list[int]:
     return [color.red(), color.green(), color.blue()]
 
 
 def check_raster(path: str, expect: list[dict]) -> dict:
+    """Open the class raster; its default style must be a paletted renderer with the classes."""
     from qgis.core import QgsRasterLayer
 
     layer = QgsRasterLayer(path, "classes")
@@ -66,6 +68,7 @@ def check_raster(path: str, expect: list[dict]) -> dict:
 
 
 def check_vector(path: str, expect: list[dict], layer_name: str | None) -> dict:
+    """Open the polygons; their default style must be categorized by class_id with the classes."""
     from qgis.core import QgsVectorLayer
 
     uri = path if layer_name is None else f"{path}|layername={layer_name}"
@@ -88,7 +91,7 @@ def check_vector(path: str, expect: list[dict], layer_name: str | None) -> dict:
     return out
 
 
-def _vector_style(layer) -> dict:  # type: ignore[no-untyped-def]
+def _vector_style(layer: Any) -> dict:
     renderer = layer.renderer()
     info: dict = {"renderer": renderer.type(), "attribute": None, "classes": []}
     if renderer.type() == "categorizedSymbol":
@@ -125,7 +128,7 @@ def _same_classes(found: list[dict], expect: list[dict]) -> bool:
     return got == want
 
 
-def render(layers: list, size: int = 600):  # type: ignore[no-untyped-def]
+def render(layers: list, size: int = 600) -> Any:
     """Render layers (first on top) into a QImage at most ``size`` px wide or tall, on white."""
     from qgis.core import QgsMapRendererSequentialJob, QgsMapSettings, QgsRectangle
     from qgis.PyQt.QtCore import QSize
@@ -149,8 +152,8 @@ def render(layers: list, size: int = 600):  # type: ignore[no-untyped-def]
     return job.renderedImage()
 
 
-def image_stats(img) -> dict:  # type: ignore[no-untyped-def]
-    """Share of pixels that are not the white background, and number of distinct colours."""
+def image_stats(img: Any) -> dict:
+    """Return the share of pixels that are not the white background, and number of distinct colours."""
     w, h = img.width(), img.height()
     colours = set()
     painted = 0
@@ -166,8 +169,8 @@ def image_stats(img) -> dict:  # type: ignore[no-untyped-def]
     return {"painted_fraction": round(painted / max(total, 1), 4), "distinct_colours": len(colours)}
 
 
-def screenshot(path: str, raster, vector, expect: list[dict]) -> None:  # type: ignore[no-untyped-def]
-    """Two panels (class COG, GeoPackage over it) and a legend, as QGIS draws them."""
+def screenshot(path: str, raster: Any, vector: Any, expect: list[dict]) -> None:
+    """Draw two panels (class COG, GeoPackage over it) and a legend, as QGIS draws them."""
     from qgis.PyQt.QtCore import QRect, Qt
     from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter
 
@@ -177,7 +180,9 @@ def screenshot(path: str, raster, vector, expect: list[dict]) -> None:  # type: 
     legend_w = 190
     pad = 12
     title_h = 28
-    img = QImage(2 * panel + legend_w + 4 * pad, panel + title_h + 2 * pad, QImage.Format_RGB32)
+    legend_h = 28 + 24 * len(expect)
+    body_h = max(left.height(), right.height(), legend_h)
+    img = QImage(2 * panel + legend_w + 4 * pad, body_h + title_h + 2 * pad, QImage.Format_RGB32)
     img.fill(QColor(250, 250, 250))
     p = QPainter(img)
     p.setRenderHint(QPainter.Antialiasing)
@@ -208,6 +213,7 @@ def screenshot(path: str, raster, vector, expect: list[dict]) -> None:  # type: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the checks given on the command line; return the exit status."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raster", help="class raster (COG) to open")
     ap.add_argument("--vector", help="polygon layer (GeoPackage) to open")
