@@ -657,6 +657,18 @@ def cached_bundle(path: str, device: str) -> Any:
     return bundle
 
 
+def worker_stats() -> dict[str, Any]:
+    """Model-cache state of this worker process (run it with ``client.run(worker_stats)``).
+
+    Returns
+    -------
+    dict
+        ``bundle_loads`` (bundles loaded so far), ``cached`` (bundles held) and
+        ``torch_threads`` (the thread count the batch set, or None).
+    """
+    return {"bundle_loads": BUNDLE_LOADS, "cached": len(_BUNDLES), "torch_threads": _TORCH_THREADS}
+
+
 def _set_torch_threads() -> None:
     if _TORCH_THREADS is None:
         return
