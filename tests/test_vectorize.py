@@ -446,3 +446,12 @@ def test_cli_vectorize(raster, tmp_path):
     again = CliRunner().invoke(cli, ["vectorize", str(path), "--out", str(out)])
     assert again.exit_code == 1
     assert isinstance(again.exception, OutputExistsError)
+
+
+def test_top_level_name_is_callable_after_submodule_import(raster, tmp_path):
+    import geopsp
+    import geopsp.vectorize  # binds the package as geopsp.vectorize
+
+    path, _ = raster
+    out = geopsp.vectorize(path, tmp_path / "top.gpkg", config=cfg())
+    assert out.exists()

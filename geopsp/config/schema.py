@@ -66,10 +66,18 @@ class VectorizeConfig(_Section):
     """Options of ``geopsp vectorize``."""
 
     block_rows: int = Field(1024, ge=16, description="Rows of the class raster polygonized at a time.")
-    sieve_px: int = Field(0, ge=0, description="Remove connected regions smaller than this many pixels first (0: off).")
-    simplify: float = Field(0.0, ge=0.0, description="Coverage simplification tolerance in map units (0: off).")
-    min_area_m2: float = Field(0.0, ge=0.0, description="Merge polygons smaller than this into their largest neighbour.")
-    fill_holes_m2: float = Field(0.0, ge=0.0, description="Fill holes smaller than this (0: off).")
+    sieve_px: int = Field(
+        0, ge=0, description="Merge regions of fewer pixels into the neighbour sharing the longest border (0: off)."
+    )
+    simplify: float = Field(
+        0.0, ge=0.0, description="Coverage simplification tolerance in map units, shared edges kept (0: off)."
+    )
+    min_area_m2: float = Field(
+        0.0, ge=0.0, description="Merge polygons smaller than this (m2) into the neighbour sharing the longest border."
+    )
+    fill_holes_m2: float = Field(
+        0.0, ge=0.0, description="Fill holes smaller than this (m2); the polygons inside are absorbed (0: off)."
+    )
     connectivity: Literal[4, 8] = Field(4, description="Pixel connectivity of polygons.")
     format: Literal["gpkg", "geojson", "fgb", "shp", "parquet"] = Field("gpkg", description="Output vector format.")
     skip_classes: tuple[int, ...] = Field((), description="Class ids that produce no polygons (e.g. background).")
