@@ -21,10 +21,20 @@ system-deps:  ## Debian packages the tests use (QGIS for the real-client check)
 test: $(STAMP) system-deps  ## set everything up and run the test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+demo: $(STAMP)  ## set everything up and run the whole job end to end on synthetic data
+	$(BIN)/geopsp demo --out demo-out --overwrite
+
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check geopsp tests bench
 	$(BIN)/ruff format --check geopsp tests bench
 	$(BIN)/mypy
 
+docs: $(STAMP)  ## regenerate the reference pages and build the site strictly into site/
+	$(BIN)/python scripts/gen_reference.py
+	$(BIN)/python -m mkdocs build --strict -d site
+
+bench: $(STAMP)  ## run the benchmarks and write the report (docs/performance.md, bench/results/)
+	$(BIN)/python bench/report.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache
