@@ -34,6 +34,7 @@ import sys
 import textwrap
 import types
 import typing
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ API_MODULES: list[tuple[str, str]] = [
     ("geopsp.io", "Scenes, class rasters, vectors, atomic outputs."),
     ("geopsp.vectorize", "Class raster to polygons."),
     ("geopsp.style", "QGIS styles."),
+    ("geopsp.preview", "Quick-look PNGs of a scene with its classes."),
     ("geopsp.batch", "Many scenes on dask."),
     ("geopsp.train", "Training."),
     ("geopsp.eval", "Evaluation metrics and reports."),
@@ -58,6 +60,7 @@ API_MODULES: list[tuple[str, str]] = [
     ("geopsp.errors", "Exceptions and warnings."),
     ("geopsp.testing", "Helpers for tests: tiny GeoTIFFs, synthetic scenes."),
     ("geopsp.synthetic", "Synthetic landscapes."),
+    ("geopsp.demo", "The quick start as a function: run_demo."),
 ]
 
 
@@ -83,7 +86,10 @@ def _code(text: Any) -> str:
 
 
 def _anchor(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    """Return the id Python-Markdown's toc gives a heading with this text (its default ``slugify``)."""
+    value = unicodedata.normalize("NFKD", text.replace("`", "")).encode("ascii", "ignore").decode("ascii")
+    value = re.sub(r"[^\w\s-]", "", value).strip().lower()
+    return re.sub(r"[-\s]+", "-", value)
 
 
 # ---------------------------------------------------------------------------------------------

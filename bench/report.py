@@ -1,0 +1,398 @@
+# ruff: noqa: RUF001
+"""The performance report: run the benchmarks, then write docs/performance.md and its plots.
+
+Usage::
+
+    .venv/bin/python bench/report.py             # run bench/predict_matrix.py, then write the report
+    .venv/bin/python bench/report.py --no-run    # only rebuild the page from bench/results/*.json
+    .venv/bin/python bench/report.py --run predict_matrix vectorize   # also rerun bench/vectorize.py
+
+The page shows the numbers of ``bench/results/predict_matrix.json`` (the predict sweep, memory
+against scene size, the naive whole-scene comparison), ``bench/results/vectorize.json`` (from
+``bench/vectorize.py``) and ``bench/results/predict.json`` (from ``bench/predict.py``) when
+present, with the machine they were measured on. Plots go to ``docs/img/perf_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+IMG = ROOT / "docs" / "img"
+PAGE = ROOT / "docs" / "performance.md"
+GIB = 1 << 30
+BUDGET_GIB = 24
+
+SCRIPTS = {"predict_matrix": "predict_matrix.py", "vectorize": "vectorize.py", "predict": "predict.py"}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def fmt(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "on" if x else "off"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    presets = sorted({r["preset"] for r in rows}, key=lambda p: p != "fast")
+    fig, axes = plt.subplots(1, len(presets), figsize=(6 * len(presets), 4), squeeze=False)
+    stages = ("read", "preprocess", "model", "blend", "write")
+    colors = ("#4c72b0", "#8172b2", "#dd8452", "#55a868", "#c44e52")
+    for ax, preset in zip(axes[0], presets, strict=True):
+        sub = [r for r in rows if r["preset"] == preset]
+        names = [r["variant"] for r in sub]
+        left = [0.0] * len(sub)
+        for st, c in zip(stages, colors, strict=True):
+            vals = [r["seconds"][st] for r in sub]
+            ax.barh(names, vals, left=left, color=c, label=st)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        for i, r in enumerate(sub):
+            ax.text(left[i], i, f"  {r['end_to_end_mp_s']:.2f} MP/s", va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds (stage time; stages overlap, so they can exceed the wall time)")
+        ax.set_title(f"{preset} preset, {sub[0]['scene']} scene")
+        ax.set_xlim(0, max(left) * 1.35)
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_memory(mem: list[dict[str, Any]], naive: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ok = [m for m in mem if "error" not in m]
+    if ok:
+        ax.plot(
+            [m["megapixels"] for m in ok],
+            [m["peak_rss_mib"] for m in ok],
+            "o-",
+            label="geopsp predict (stand-in model)",
+        )
+        ax.axhline(ok[0]["baseline_rss_mib"], color="grey", ls=":", label="interpreter + torch + GDAL, no scene")
+    for mode, style in (("tiled", "s-"), ("naive", "x--")):
+        pts = [n for n in naive if n["mode"] == mode and "error" not in n]
+        if pts:
+            ax.plot(
+                [n["megapixels"] for n in pts], [n["peak_rss_mib"] for n in pts], style, label=f"{mode}, fast preset"
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("scene size (megapixels, square scenes)")
+    ax.set_ylabel("peak RSS (MiB)")
+    ax.set_title("Peak memory against scene size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def section_machine(pm: dict[str, Any] | None) -> str:
+    if pm is None:
+        return "No results yet: run `make bench`.\n\n"
+    m = pm["machine"]
+    return (
+        f"Measured on **{m['cpu']}, {m['cores']} cores** (torch {m['torch']}, {m['torch_threads']} threads, "
+        f"Python {m['python']}, no GPU), {pm['created']}. "
+        "**The machine was shared**: other jobs were using the same two cores while these ran "
+        "(the 1-minute load average before each run is in the JSON, typically 4 to 10 on 2 cores), so absolute "
+        "timings are pessimistic and noisy; ratios measured back to back are more reliable than single numbers. "
+        "Models are untrained bundles from `geopsp model create` (speed does not depend on the weights), "
+        "3-band uint8 synthetic scenes from `geopsp sample-scene`, 6 classes.\n\n"
+    )
+
+
+def section_sweep(pm: dict[str, Any]) -> str:
+    rows = pm.get("sweep") or []
+    if not rows:
+        return "No sweep results.\n\n"
+    plot_sweep(rows, IMG / "perf_predict_sweep.png")
+    sizes = pm.get("scene_sizes", {}).get("sweep", {})
+    out = [
+        "One setting changes at a time from the base (tile 512, overlap 64, fp32, channels_last on, batch 4, "
+        "cosine blending, CPU). Scenes: "
+        + ", ".join(f"`{k}` preset on {v}×{v} px" for k, v in sizes.items())
+        + ". *End-to-end* is scene megapixels per second of the whole `segment_raster` call (read, "
+        "preprocess, model, blend, write the COG with overviews); *model-only* is the forward pass + softmax "
+        "alone on one random tile of the same size, timed after a warm-up; the *ratio* says how much of the "
+        "model's speed survives the pipeline (overlap makes it < 1 by design: with overlap 64 at 512 px tiles, "
+        "every scene pixel is computed about 1.3 times). Stage shares are each stage's busy time over the "
+        "wall time; the reader runs in parallel threads, so shares need not add up to 1.\n\n",
+        "| preset | variant | tile | overlap | precision | channels_last | tiles | wall s | end-to-end MP/s "
+        "| model-only MP/s | ratio | read | model | blend | write |\n",
+        "|---|---|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    ]
+    for r in rows:
+        sh = r.get("stage_share", {})
+        out.append(
+            f"| {r['preset']} | {r['variant']} | {r['tile_size']} | {r['overlap']} | {'bf16' if r['amp'] else 'fp32'} "
+            f"| {fmt(r['channels_last'])} | {r['tiles_run']} | {fmt(r['wall_s'], 1)} "
+            f"| **{fmt(r['end_to_end_mp_s'], 3)}** "
+            f"| {fmt(r['model_only_mp_s'], 3)} | {fmt(r['ratio_end_to_end_to_model'])} "
+            + " | ".join(f"{100 * sh.get(k, 0):.0f} %" for k in ("read", "model", "blend", "write"))
+            + " |\n"
+        )
+    out.append("\n![Stage times per variant](img/perf_predict_sweep.png)\n\n")
+    by = {(r["preset"], r["variant"]): r for r in rows}
+    notes = []
+    for preset in ("fast", "paper"):
+        b, h = by.get((preset, "base")), by.get((preset, "bf16"))
+        if b and h:
+            notes.append(
+                f"{preset}: bf16 autocast runs at {h['end_to_end_mp_s'] / b['end_to_end_mp_s']:.2f}× "
+                "the fp32 speed end to end"
+            )
+        c = by.get((preset, "channels_last off"))
+        if b and c:
+            notes.append(
+                f"{preset}: channels_last off runs at {c['end_to_end_mp_s'] / b['end_to_end_mp_s']:.2f}× the default"
+            )
+        if b:
+            sh = b.get("stage_share", {})
+            notes.append(
+                f"{preset}: the model takes {100 * sh.get('model', 0):.0f} % of the wall time at the base setting"
+            )
+    if notes:
+        out.append("Read off this run (single measurements on a loaded machine):\n\n")
+        out.extend(f"- {n};\n" for n in notes)
+        out.append("\n")
+    return "".join(out)
+
+
+def section_memory(pm: dict[str, Any], pr: dict[str, Any] | None) -> str:
+    mem = [m for m in pm.get("memory") or [] if "error" not in m]
+    naive = pm.get("naive") or []
+    if not mem:
+        return "No memory results.\n\n"
+    plot_memory(mem, naive, IMG / "perf_memory.png")
+    out = [
+        "Peak resident memory of one `segment_raster` call per fresh process (read from the child's own "
+        "`VmHWM`), on square 3-band uint8 scenes from 1000² to 20000² px, 512 px tiles, overlap 64. A real "
+        "CNN on 400 MP would take hours on two cores, so these runs use a stand-in model (a 1×1 convolution, "
+        "6 classes); the reader, the strip mosaic and the COG writer are the real ones. The scenes are sparse "
+        "GeoTIFFs (blocks never written read back as zeros), so creating them is instant.\n\n",
+        "| scene | megapixels | peak RSS MiB | above baseline MiB | strip accumulator MiB | wall s |\n",
+        "|---|--:|--:|--:|--:|--:|\n",
+    ]
+    for m in mem:
+        out.append(
+            f"| {m['size']}² | {m['megapixels']:.0f} | {m['peak_rss_mib']:.0f} "
+            f"| {m['peak_rss_mib'] - m['baseline_rss_mib']:.0f} "
+            f"| {m['strip_mib']:.0f} | {fmt(m['wall_s'], 1)} |\n"
+        )
+    lo, hi = mem[0], mem[-1]
+    out.append(
+        f"\nBaseline (Python + torch + rasterio imported, no scene): {lo['baseline_rss_mib']:.0f} MiB. "
+        f"From {lo['megapixels']:.0f} MP to {hi['megapixels']:.0f} MP "
+        f"({hi['megapixels'] / lo['megapixels']:.0f}× the pixels) "
+        f"peak memory goes from {lo['peak_rss_mib']:.0f} to {hi['peak_rss_mib']:.0f} MiB "
+        f"({hi['peak_rss_mib'] / lo['peak_rss_mib']:.2f}×). Memory does not follow the pixel count: it is flat in the "
+        "scene **height** and grows only with the **width** (the strip accumulator holds `classes × tile × width` "
+        "float32 values plus its weights, mask and row buffers), which the `strip accumulator` column shows.\n\n"
+        "![Peak memory against scene size](img/perf_memory.png)\n\n"
+    )
+    if pr and "memory" in pr:
+        runs = pr["memory"].get("runs", {})
+        if runs:
+            out.append(
+                "`bench/predict.py` measures the same thing independently (its own stand-in model and scenes "
+                "written window by window): "
+                + ", ".join(
+                    f"{int(k)}² px: {v['peak_rss_mb']:.0f} MB"
+                    for k, v in sorted(runs.items(), key=lambda kv: int(kv[0]))
+                )
+                + " (`bench/results/predict.json`).\n\n"
+            )
+    return "".join(out)
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares line y = a + b x."""
+    n = len(points)
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    b = sum((p[0] - mx) * (p[1] - my) for p in points) / sxx if sxx else 0.0
+    return my - b * mx, b
+
+
+def section_naive(pm: dict[str, Any]) -> str:
+    rows = pm.get("naive") or []
+    if not rows:
+        return "No naive-comparison results.\n\n"
+    out = [
+        "The approach of simple examples: read the whole scene, normalize it, run it through the model in one "
+        "forward pass, argmax, write. Against `geopsp predict` (tiles of 512 px, overlap 64, blended, "
+        "streamed), `fast` preset, each measurement in a fresh process (peak RSS from the child's `VmHWM`).\n\n",
+        "| scene | approach | wall s | peak RSS MiB |\n|---|---|--:|--:|\n",
+    ]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['size']}² | {r['mode']} | failed: {r['error']} | |\n")
+        else:
+            out.append(f"| {r['size']}² | {r['mode']} | {fmt(r['wall_s'], 1)} | {r['peak_rss_mib']:.0f} |\n")
+    budget = BUDGET_GIB * 1024
+    lines = []
+    for mode in ("naive", "tiled"):
+        pts = [(r["size"], r["peak_rss_mib"]) for r in rows if r["mode"] == mode and "error" not in r]
+        if len(pts) < 2:
+            continue
+        if mode == "naive":
+            # memory grows with the pixel count: fit peak = a + b * pixels
+            a, b = _fit([(s * s, m) for s, m in pts])
+            side = math.sqrt(max(budget - a, 0) / b) if b > 0 else float("inf")
+            lines.append(
+                f"- **naive**: about {b * 1e6:.0f} MiB per megapixel above {a:.0f} MiB, so the largest square scene "
+                f"that fits in {BUDGET_GIB} GiB is about **{side:,.0f}² px** ({side * side / 1e6:,.0f} MP)"
+            )
+        else:
+            # memory grows with the width only: fit peak = a + b * width
+            a, b = _fit([(float(s), m) for s, m in pts])
+            width = (budget - a) / b if b > 0 else float("inf")
+            lines.append(
+                f"- **tiled**: about {b * 1000:.0f} MiB per 1000 px of scene width above {a:.0f} MiB and nothing per "
+                f"row, so {BUDGET_GIB} GiB allows scenes about **{width:,.0f} px wide**, of any height "
+                "(wider scenes can be cut into column-wise pieces or strips by the caller)"
+            )
+    if lines:
+        out.append(
+            f"\nLargest scene in {BUDGET_GIB} GiB, **extrapolated** linearly from the two measured sizes "
+            "(not measured):\n\n" + ";\n".join(lines) + ".\n\n"
+        )
+    return "".join(out)
+
+
+def section_vectorize(vz: dict[str, Any] | None) -> str:
+    if vz is None:
+        return "No results yet: run `.venv/bin/python bench/vectorize.py`.\n\n"
+    r = vz.get("raster", {})
+    out = [
+        f"`bench/vectorize.py`: `geopsp.vectorize` end to end (class raster → GeoPackage with attributes and QGIS "
+        f"style) on a synthetic {r.get('width')}×{r.get('height')} land-cover map ({r.get('megapixels', 0):.0f} MP, "
+        f"{r.get('classes')} classes), each variant in a fresh process.\n\n",
+        "| variant | seconds | MP/s | polygons | polygons/s | peak RSS MB |\n|---|--:|--:|--:|--:|--:|\n",
+    ]
+    for row in vz.get("results", []):
+        secs = row.get("seconds")
+        polys = row.get("polygons") or row.get("features")
+        pps = row.get("polygons_per_s") or (polys / secs if polys and secs else None)
+        peak = row.get("peak_rss_mb") or row.get("peak_rss_mib")
+        out.append(
+            f"| {row.get('name')} | {fmt(secs, 1)} | {fmt(row.get('megapixels_per_s'), 2)} | {fmt(polys)} "
+            f"| {fmt(pps, 0)} | {fmt(peak, 0)} |\n"
+        )
+    scaling = vz.get("memory_vs_height") or []
+    if scaling:
+        out.append("\nPeak memory against the raster height (width fixed):\n\n| height | peak RSS MB |\n|--:|--:|\n")
+        for s in scaling:
+            out.append(f"| {s.get('height')} | {fmt(s.get('peak_rss_mb') or s.get('peak_rss_mib'), 0)} |\n")
+    out.append("\n")
+    return "".join(out)
+
+
+def section_other() -> str:
+    rows = []
+    for p in sorted(RESULTS.glob("*.json")):
+        script = HERE / f"{p.stem}.py"
+        rows.append(f"| `bench/results/{p.name}` | " + (f"`bench/{script.name}`" if script.exists() else "–") + " |\n")
+    return "| results | produced by |\n|---|---|\n" + "".join(rows) + "\n"
+
+
+GPU = """## GPU
+
+No GPU was available where these numbers were taken, so the report has CPU numbers only. On a
+machine with CUDA the same harness measures the GPU path (normalization, blending and argmax on
+the device, bf16 autocast on by default):
+
+```bash
+.venv/bin/python bench/predict_matrix.py --device cuda --parts sweep naive --out bench/results/predict_matrix_cuda.json
+```
+
+The naive whole-scene pass is then limited by GPU memory rather than host memory; the summary
+JSON of every `geopsp predict` run on CUDA also records `peak_gpu_mb`. See
+[Use a GPU](howto/gpu.md).
+
+"""
+
+
+def write_page() -> Path:
+    IMG.mkdir(parents=True, exist_ok=True)
+    pm = load("predict_matrix")
+    vz = load("vectorize")
+    pr = load("predict")
+    out = [
+        "<!-- Generated by bench/report.py from bench/results/*.json; do not edit by hand. -->\n\n",
+        "# Performance\n\n",
+        "How fast geopsp segments and vectorizes on a small CPU, how its memory behaves as scenes grow, and how it "
+        "compares with running the whole scene through the model at once. Reproduce everything with one command "
+        "(about 15 minutes on 2 cores):\n\n",
+        "```bash\nmake bench            # or: .venv/bin/python bench/report.py\n```\n\n",
+        "It runs `bench/predict_matrix.py` (which writes `bench/results/predict_matrix.json`) and rebuilds this "
+        "page and its plots from `bench/results/*.json`; `bench/report.py --no-run` only rebuilds the page.\n\n",
+        "## Machine\n\n",
+        section_machine(pm),
+    ]
+    none = "No results yet: run `make bench`.\n\n"
+    out += ["## Predict throughput\n\n", section_sweep(pm) if pm else none]
+    out += ["## Memory\n\n", section_memory(pm, pr) if pm else none]
+    out += ["## Against the naive approach\n\n", section_naive(pm) if pm else none]
+    out += ["## Vectorize\n\n", section_vectorize(vz)]
+    out.append(GPU)
+    out += ["## All results\n\n", section_other()]
+    PAGE.write_text("".join(out).rstrip() + "\n", encoding="utf-8")
+    return PAGE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", nargs="*", default=["predict_matrix"], choices=sorted(SCRIPTS))
+    parser.add_argument("--no-run", action="store_true", help="Only rebuild the page from existing results.")
+    args = parser.parse_args()
+    if not args.no_run:
+        for name in args.run:
+            cmd = [sys.executable, str(HERE / SCRIPTS[name])]
+            t0 = time.perf_counter()
+            print("running", " ".join(cmd), file=sys.stderr, flush=True)
+            subprocess.run(cmd, check=True)
+            print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    print(write_page())
+
+
+if __name__ == "__main__":
+    main()
