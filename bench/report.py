@@ -341,11 +341,11 @@ machine with CUDA the same harness measures the GPU path (normalization, blendin
 the device, bf16 autocast on by default):
 
 ```bash
-.venv/bin/python bench/predict_matrix.py --device cuda --parts sweep naive --out bench/results/predict_matrix_cuda.json
+.venv/bin/python bench/predict_matrix.py --device cuda --parts sweep --out bench/results/predict_matrix_cuda.json
 ```
 
-The naive whole-scene pass is then limited by GPU memory rather than host memory; the summary
-JSON of every `geopsp predict` run on CUDA also records `peak_gpu_mb`. See
+Each sweep row then also records `peak_gpu_mb`, as does the summary JSON of every
+`geopsp predict` run on CUDA. See
 [Use a GPU](howto/gpu.md).
 
 """

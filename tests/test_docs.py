@@ -191,20 +191,17 @@ def check_geopsp(argv: list[str]) -> None:
         assert fixed <= positional <= most, f"{' '.join(argv)}: expected {fixed}..{most} arguments, got {positional}"
 
 
-_DASK_HELP: dict[str, str] = {}
-
-
 def check_dask(argv: list[str]) -> None:
-    exe = Path(sys.executable).with_name("dask")
-    assert exe.exists(), "dask CLI not installed"
-    sub = argv[0]
-    if sub not in _DASK_HELP:
-        proc = subprocess.run([str(exe), sub, "--help"], capture_output=True, text=True, check=False, timeout=60)
-        assert proc.returncode == 0, f"dask {sub}: {proc.stderr.strip()}"
-        _DASK_HELP[sub] = proc.stdout
+    """``dask SUB --opt ...``: the subcommand is a dask CLI entry point and has those options."""
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep for ep in entry_points(group="dask_cli")}
+    assert argv and argv[0] in eps, f"dask has no subcommand {argv[:1]}; it has {sorted(eps)}"
+    cmd = eps[argv[0]].load()
+    opts = {o for p in cmd.params for o in (*p.opts, *getattr(p, "secondary_opts", []))}
     for tok in argv[1:]:
-        if tok.startswith("--"):
-            assert tok.split("=")[0] in _DASK_HELP[sub], f"dask {sub} has no option {tok}"
+        if tok.startswith("-"):
+            assert tok.split("=")[0] in opts, f"dask {argv[0]} has no option {tok}"
 
 
 def make_targets() -> set[str]:
