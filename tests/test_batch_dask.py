@@ -312,11 +312,11 @@ def test_killed_worker_mid_batch_every_healthy_scene_completes_and_rerun_repeats
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
 
-def test_local_cluster_default_same_results_and_big_scene_stitched_from_strips(bundle, scenes, reference, tmp_path):
+def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundle, scenes, reference, tmp_path):
     from geopsp.batch import run_batch
-    from geopsp.config.schema import BatchConfig, GeopspConfig
+    from geopsp.config.schema import BatchConfig, GeopspConfig, PredictConfig
 
-    cfg = GeopspConfig(batch=BatchConfig(strip_pixels=65_536))
+    cfg = GeopspConfig(predict=PredictConfig(vector=True), batch=BatchConfig(strip_pixels=65_536))
     out = tmp_path / "out"
     seen: list[tuple[int, int]] = []
     report = run_batch([scenes], bundle, out, config=cfg, progress=lambda d, t: seen.append((d, t)))
@@ -325,6 +325,11 @@ def test_local_cluster_default_same_results_and_big_scene_stitched_from_strips(b
     # A directory keeps its sub-paths.
     assert_matches_reference(out, reference, [*GOOD, BIG[0]])
     assert_no_temporaries(out)
+    # Vectorizing ran as its own task after each scene; the polygons are listed as outputs.
+    for rec in report.records:
+        if rec.status == "done":
+            vector = next(o for o in rec.outputs if o.endswith("_classes.gpkg"))
+            assert (out / vector).is_file()
     big = next(r for r in report.records if r.id == BIG[0])
     assert big.strips == 2
     # The stitched raster is styled like a single run: colour table, tags, RAT (aux.xml), QML.

@@ -31,7 +31,7 @@ from distributed import WorkerPlugin
 from geopsp.batch.jobs import Job, discover_jobs, output_dir_for
 from geopsp.batch.manifest import Manifest, SceneRecord
 from geopsp.batch.strips import plan_strips
-from geopsp.config.schema import GeopspConfig, PredictConfig
+from geopsp.config.schema import GeopspConfig, PredictConfig, VectorizeConfig
 from geopsp.errors import (
     CheckpointError,
     ConfigError,
@@ -484,38 +484,29 @@ def _run_jobs(
 ) -> Iterator[SceneRecord]:
     from distributed import as_completed
 
-    bcfg = cfg.batch
     vectorize = cfg.predict.vector and _have_vectorize()
     predict = cfg.predict.model_copy(update={"vector": False}) if vectorize else cfg.predict
-    res = dict(resources) or None
     tile, overlap = _tile_geometry(model, predict)
     pending: dict[Any, _Pending] = {}
     for job in jobs:
-        dest = output_dir_for(out, job)
+        try:
+            dest = output_dir_for(out, job)
+        except GeopspError as exc:  # e.g. a symlink leading out of the output folder
+            rec = SceneRecord(job.id, str(job.scene), "failed", error=str(exc), error_type=type(exc).__name__)
+            manifest.append(rec)
+            logger.warning("%s: failed: %s", rec.id, rec.error)
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+            yield rec
+            continue
         task = SceneTask(str(job.scene), str(dest / f"{job.stem}_classes.tif"), str(model), predict)
         size = _scene_size(job.scene)
-        strips = plan_strips(size[0], size[1], tile, overlap, bcfg.strip_pixels) if size else [(0, 0)]
-        if len(strips) <= 1:
-            fut = client.submit(run_scene, task, key=f"geopsp-scene-{job.key}-{_token()}", resources=res,
-                                retries=bcfg.retries, pure=False)  # fmt: skip
-        else:
-            work = out / WORK_DIR / job.key
-            parts = [
-                client.submit(
-                    run_scene,
-                    replace(task, out=str(work / f"strip-{i:04d}" / f"{job.stem}_classes.tif"), row_range=rr),
-                    key=f"geopsp-strip-{job.key}-{i}-{_token()}",
-                    resources=res,
-                    retries=bcfg.retries,
-                    pure=False,
-                )
-                for i, rr in enumerate(strips)
-            ]
-            fut = client.submit(stitch_scene, task, parts, str(work), key=f"geopsp-stitch-{job.key}-{_token()}",
-                                retries=bcfg.retries, pure=False)  # fmt: skip
+        strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels) if size else [(0, 0)]
+        fut = _submit(client, job, task, strips, out / WORK_DIR / job.key, resources, cfg.batch.retries)
         if vectorize:
-            fut = client.submit(vectorize_scene, fut, predict, key=f"geopsp-vector-{job.key}-{_token()}",
-                                retries=bcfg.retries, pure=False)  # fmt: skip
+            key = f"geopsp-vector-{job.key}-{_token()}"
+            fut = client.submit(vectorize_scene, fut, cfg.vectorize, key=key, retries=cfg.batch.retries, pure=False)
         pending[fut] = _Pending(job, dest, len(strips))
 
     try:
@@ -535,6 +526,36 @@ def _run_jobs(
     finally:
         if pending:
             client.cancel(list(pending), force=True)
+
+
+def _submit(
+    client: Any,
+    job: Job,
+    task: SceneTask,
+    strips: Sequence[tuple[int, int]],
+    work: Path,
+    resources: Mapping[str, float],
+    retries: int,
+) -> Any:
+    """Submit one scene: a single task, or strip tasks plus a stitch task that depends on them."""
+    res = dict(resources) or None
+    if len(strips) <= 1:
+        key = f"geopsp-scene-{job.key}-{_token()}"
+        return client.submit(run_scene, task, key=key, resources=res, retries=retries, pure=False)
+    parts = [
+        client.submit(
+            run_scene,
+            replace(task, out=str(work / f"strip-{i:04d}" / f"{job.stem}_classes.tif"), row_range=rr),
+            key=f"geopsp-strip-{job.key}-{i}-{_token()}",
+            resources=res,
+            retries=retries,
+            pure=False,
+        )
+        for i, rr in enumerate(strips)
+    ]
+    # Stitching asks for no resources: any worker (a CPU-only one too) may do it.
+    key = f"geopsp-stitch-{job.key}-{_token()}"
+    return client.submit(stitch_scene, task, parts, str(work), key=key, retries=retries, pure=False)
 
 
 def _record(fut: Any, p: _Pending, out: Path, fingerprint: str) -> SceneRecord:
@@ -765,7 +786,7 @@ def stitch_scene(task: SceneTask, parts: Sequence[Mapping[str, Any]], work: str)
     return {"status": "done", "outputs": [str(p) for p in outputs], "seconds": seconds, "worker": _worker_address()}
 
 
-def vectorize_scene(result: Mapping[str, Any], predict: PredictConfig) -> dict[str, Any]:
+def vectorize_scene(result: Mapping[str, Any], config: VectorizeConfig) -> dict[str, Any]:
     """Worker task (CPU): vectorize a finished scene's class raster next to it."""
     if result["status"] != "done":
         return dict(result)
@@ -773,7 +794,7 @@ def vectorize_scene(result: Mapping[str, Any], predict: PredictConfig) -> dict[s
 
     t0 = time.perf_counter()
     try:
-        extra = vectorize_outputs([Path(p) for p in result["outputs"]], predict)
+        extra = vectorize_outputs([Path(p) for p in result["outputs"]], config)
     except _PERMANENT as exc:
         return _failure(exc, t0)
     out = dict(result)

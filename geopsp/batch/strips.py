@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from geopsp.config.schema import PredictConfig
+from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
 from geopsp.io.atomic import atomic_output
 from geopsp.tiling.windows import axis_offsets
@@ -220,22 +220,28 @@ def _merged_summary(
     return summary
 
 
-def vectorize_outputs(outputs: Sequence[Path], predict: PredictConfig) -> list[Path]:
+def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[Path]:
     """Vectorize a finished scene's class raster next to it (the batch's CPU-side task).
+
+    Parameters
+    ----------
+    outputs : sequence of Path
+        The scene's outputs; the one named ``*_classes.tif`` is vectorized.
+    config : VectorizeConfig
+        Vectorizing options; ``config.format`` picks the file type.
 
     Returns
     -------
     list of Path
-        The vector file.
+        The vector file (``<stem>_classes.<format>``) and its ``.qml`` style when written.
     """
     from geopsp.pipeline import output_paths
 
     vec = importlib.import_module("geopsp.vectorize")
-
     classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
     if classes is None:
         raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
-    target = output_paths(classes, classes, vector=True)["vector"]
-    result = vec.vectorize(classes, target, overwrite=True)
-    path = getattr(result, "path", None) or (result if isinstance(result, (str, os.PathLike)) else target)
-    return [Path(path)]
+    target = output_paths(classes, classes, vector=True, vector_format=config.format)["vector"]
+    path = Path(vec.vectorize(classes, target, config=config, overwrite=True))
+    style = path.with_suffix(".qml")
+    return [path, style] if style.is_file() and style != classes.with_suffix(".qml") else [path]
