@@ -1,16 +1,29 @@
 """Class raster -> clean land-use polygons: seamless across strips, topology-safe, QGIS-styled.
 
 :func:`vectorize` is the entry point; the submodules hold its stages (strip polygonizing,
-stitching across seams, small-region removal, measuring).
+stitching across seams, small-region removal, measuring). The entry point is imported on
+first use, so worker processes that only polygonize strips stay light.
 """
 
+from __future__ import annotations
+
+import importlib
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from geopsp.vectorize.core import FIELDS, vectorize
+if TYPE_CHECKING:
+    from geopsp.vectorize.core import FIELDS, vectorize
 
 __all__ = ["FIELDS", "vectorize"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("geopsp.vectorize.core"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'geopsp.vectorize' has no attribute {name!r}")
 
 
 class _CallableModule(types.ModuleType):
@@ -22,7 +35,7 @@ class _CallableModule(types.ModuleType):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return vectorize(*args, **kwargs)
+        return __getattr__("vectorize")(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
