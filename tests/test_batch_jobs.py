@@ -271,3 +271,52 @@ def test_strips_cover_the_scene_on_grid_offsets(height, width, tile, overlap, ma
 
 def test_small_scene_is_one_strip():
     assert plan_strips(100, 100, 64, 8, 10_000) == [(0, 100)]
+
+
+# ------------------------------------------------------------------ CLI edges (no cluster starts)
+
+
+@pytest.mark.parametrize("bad", ["GPU", "GPU=many", "=1"])
+def test_cli_rejects_malformed_resources(tmp_path, bad):
+    from click.testing import CliRunner
+
+    from geopsp.cli.main import cli
+
+    touch(tmp_path / "a.tif")
+    args = ["batch", str(tmp_path / "a.tif"), "--model", "m.safetensors", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli, [*args, "--resources", bad])
+    assert res.exit_code == 2
+    assert "NAME=AMOUNT" in res.output
+
+
+def test_cli_parses_resources_and_gpu_shorthand():
+    from geopsp.cli.batch import _parse_resources
+
+    assert _parse_resources((), False) is None
+    assert _parse_resources(("GPU=1,MEM=2.5",), False) == {"GPU": 1.0, "MEM": 2.5}
+    assert _parse_resources((), True) == {"GPU": 1.0}
+
+
+def test_missing_model_fails_before_any_cluster_starts(tmp_path):
+    from geopsp.batch import run_batch
+    from geopsp.errors import CheckpointError
+
+    touch(tmp_path / "a.tif")
+    with pytest.raises(CheckpointError, match="model bundle not found"):
+        run_batch([tmp_path / "a.tif"], tmp_path / "missing.safetensors", tmp_path / "out")
+
+
+def test_report_summary_line():
+    from geopsp.batch import BatchReport
+
+    recs = (
+        SceneRecord("a", "a", "done", ("a_classes.tif",)),
+        SceneRecord("b", "b", "skipped", ("b_classes.tif",)),
+        SceneRecord("c", "c", "failed", error="boom"),
+    )
+    report = BatchReport(recs, Path("out"), Path("out/manifest.jsonl"), 1.0)
+    assert report.summary_line() == "3 scenes: 1 done, 1 skipped, 1 failed (see out/manifest.jsonl)"
+    assert not report.ok
+    one = BatchReport(recs[:1], Path("out"), Path("out/manifest.jsonl"), 1.0)
+    assert one.summary_line() == "1 scene: 1 done (see out/manifest.jsonl)"
+    assert one.ok

@@ -304,6 +304,8 @@ def _connect(
     timeout = bcfg.connect_timeout_s
     if address:
         logger.info("connecting to dask scheduler %s", address)
+        if n_workers is not None:
+            logger.warning("n_workers applies to a LocalCluster only; the cluster at %s keeps its workers", address)
         try:
             client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]
         except OSError as exc:
