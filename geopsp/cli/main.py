@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "model": "geopsp.cli.model:model",
     "sample-scene": "geopsp.cli.sample:sample_scene",
     "config": "geopsp.cli.config:config",
+    "demo": "geopsp.cli.demo:demo",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -40,6 +41,7 @@ SHORT_HELP: dict[str, str] = {
     "model": "Create and inspect model bundles.",
     "sample-scene": "Write a synthetic labelled scene for demos and tests.",
     "config": "Show or validate the resolved configuration.",
+    "demo": "Run the whole job on synthetic data (the quick start).",
 }
 
 logger = logging.getLogger("geopsp")
