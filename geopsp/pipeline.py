@@ -38,7 +38,7 @@ from geopsp.tiling.windows import TileGrid
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["PredictResult", "Progress", "output_paths", "resolve_tiling", "segment_raster"]
+__all__ = ["PredictResult", "Progress", "check_inputs", "output_paths", "resolve_tiling", "segment_raster"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,54 @@ def resolve_tiling(config: PredictConfig, meta: BundleMeta) -> tuple[int, int]:
     return int(tile), int(overlap)
 
 
+def check_inputs(
+    scene: str | os.PathLike[str],
+    meta: BundleMeta,
+    out_dir_or_path: str | os.PathLike[str],
+    *,
+    config: PredictConfig | None = None,
+    overwrite: bool = False,
+    row_range: tuple[int, int] | None = None,
+) -> dict[str, Path]:
+    """Check a scene, the model metadata and the outputs without reading pixels or importing torch.
+
+    Returns
+    -------
+    dict of str to Path
+        The outputs :func:`segment_raster` would write.
+
+    Raises
+    ------
+    InputRasterError, TilingError, OutputExistsError, OutputError
+        As :func:`segment_raster` would, before any work.
+    """
+    import warnings
+
+    from geopsp.errors import NotGeoreferencedWarning
+    from geopsp.io.raster import check_scene_for_model, inspect_scene
+
+    cfg = config if config is not None else PredictConfig.model_validate({})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # segment_raster warns once
+        info = inspect_scene(scene)
+    check_scene_for_model(info, meta)
+    tile, overlap = resolve_tiling(cfg, meta)
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    r0, r1 = grid.check_row_range(row_range)
+    paths = output_paths(
+        scene,
+        out_dir_or_path,
+        probabilities=cfg.probabilities,
+        vector=cfg.vector,
+        preview=cfg.preview,
+        row_range=None if row_range is None else (r0, r1),
+    )
+    for key, p in paths.items():
+        if key != "qml" and p.exists() and not overwrite:
+            check_output_path(p, overwrite=overwrite, inputs=[Path(scene)])
+    return paths
+
+
 def _resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
     """Accept a bundle path, a loaded Bundle (anything with .model and .meta) or (module, meta)."""
     if isinstance(model, (str, os.PathLike)):
@@ -237,6 +285,7 @@ class _WriterThread:
         t0 = time.perf_counter()
         self.writer.write_rows(row, cls, prob)
         self.rows += cls.shape[0]
+        trim_heap()
         self.seconds += time.perf_counter() - t0
 
     def _take(self, row: int, cls: Any, prob: Any) -> None:
@@ -276,6 +325,30 @@ class _WriterThread:
             except BaseException as exc:
                 self._error = exc
         self._pending = None
+
+
+_LIBC: Any = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Row buffers, chunks and batches are freed and reallocated by several threads, each with
+    its own malloc arena; glibc keeps the freed pages, so without trimming the resident size
+    creeps up with the scene width.
+    """
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            with contextlib.suppress(OSError, AttributeError):
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                _LIBC = lib if hasattr(lib, "malloc_trim") else False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def _peak_rss_mb() -> float:

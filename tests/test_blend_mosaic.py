@@ -202,9 +202,19 @@ def test_out_of_order_tiles_are_refused():
         m.add([tiles[0]], one, v)
 
 
-def test_strip_memory_does_not_depend_on_height():
-    sizes = []
-    for h in (100, 10_000, 1_000_000):
-        m = Mosaicker(TileGrid(h, 3000, 256, 32), class_ids=[0, 1, 2], nodata=9, sink=lambda *a: None)
-        sizes.append(m.strip_bytes)
-    assert sizes[0] < sizes[1] == sizes[2] == 256 * 3000 * (3 * 4 + 4 + 1)
+def test_accumulator_memory_depends_on_width_and_tile_not_height():
+    k, t, o, w = 3, 128, 16, 1500
+    per_px = 4 * k + 4 + 1  # float per class, float weight, bool valid
+    full_strip = t * w * per_px  # what a tile-high, full-width float strip would hold
+    peaks = {}
+    for h in (600, 600 + 15 * (t - o), 700):  # the first two end with the same snapped band
+        grid = TileGrid(h, w, t, o)
+        m = Mosaicker(grid, class_ids=list(range(k)), nodata=9, sink=lambda *a: None)
+        p = torch.full((1, k, t, t), 1.0 / k)
+        v = torch.ones((1, t, t), dtype=torch.bool)
+        for tile in grid.tiles():
+            m.add([tile], p, v)
+        m.finish()
+        peaks[h] = m.strip_bytes
+    assert peaks[600] == peaks[600 + 15 * (t - o)]
+    assert max(peaks.values()) < 0.4 * full_strip

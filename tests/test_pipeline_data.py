@@ -94,6 +94,7 @@ def read(path):
 
 def cfg(**kw):
     kw.setdefault("device", "cpu")
+    kw.setdefault("amp", False)  # exact comparisons with fp32 references
     return PredictConfig(**kw)
 
 
@@ -118,12 +119,12 @@ def tiny_pspnet():
 
 
 @given(
-    h=st.integers(1, 200),
-    w=st.integers(1, 200),
+    h=st.integers(1, 140),
+    w=st.integers(1, 140),
     tile=st.integers(32, 96),
     data=st.data(),
 )
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_tiled_equals_whole_image_for_any_tiling(tmp_path_factory, h, w, tile, data):
     overlap = data.draw(st.integers(0, (tile - 1) // 2), label="overlap")
     batch = data.draw(st.integers(1, 5), label="batch")
@@ -506,44 +507,22 @@ def test_real_corrupt_tif_cli_one_line_error_and_nothing_left(shared_data, tmp_p
     assert not out.exists() or list(out.iterdir()) == []
 
 
-@pytest.mark.data
-def test_cli_prints_only_output_paths(shared_data, tmp_path):
+def test_cli_prints_only_output_paths(tmp_path):
+    rng = np.random.default_rng(9)
+    scene = write_tif(tmp_path / "tiny.tif", rng.integers(0, 256, size=(3, 97, 131), dtype=np.uint8))
     bundle = _bundle_for(tmp_path, 3, "uint8", "rgb")
     out = tmp_path / "out"
-    scene = shared_data / "landsat_rasterio" / "RGB.byte.tif"
-    args = [
-        sys.executable,
-        "-m",
-        "geopsp",
-        "predict",
-        str(scene),
-        "-m",
-        str(bundle),
-        "-o",
-        str(out),
-        "--tile",
-        "256",
-        "--overlap",
-        "32",
-        "--device",
-        "cpu",
-        "--probabilities",
-        "--set",
-        "predict.batch_size=2",
-    ]
+    args = [sys.executable, "-m", "geopsp", "predict", str(scene), "-m", str(bundle), "-o", str(out)]
+    args += ["--tile", "64", "--overlap", "8", "--device", "cpu", "--probabilities", "--set", "predict.batch_size=2"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     paths = [Path(p) for p in proc.stdout.splitlines()]
-    assert paths[0] == out / "RGB.byte_classes.tif"
-    assert {p.name for p in paths} >= {
-        "RGB.byte_classes.tif",
-        "RGB.byte_probability.tif",
-        "RGB.byte_classes.qml",
-        "RGB.byte_summary.json",
-    }
+    assert paths[0] == out / "tiny_classes.tif"
+    names = {p.name for p in paths}
+    assert names >= {"tiny_classes.tif", "tiny_probability.tif", "tiny_classes.qml", "tiny_summary.json"}
     assert all(p.exists() for p in paths)
-    summary = json.loads((out / "RGB.byte_summary.json").read_text())
-    assert summary["config"]["batch_size"] == 2 and summary["settings"]["tile_size"] == 256
-    # again without --overwrite: refused, nothing changed
+    summary = json.loads((out / "tiny_summary.json").read_text())
+    assert summary["config"]["batch_size"] == 2 and summary["settings"]["tile_size"] == 64
+    # again without --overwrite: refused before any work, nothing on stdout
     proc2 = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc2.returncode == 1 and "--overwrite" in proc2.stderr and proc2.stdout == ""

@@ -83,7 +83,7 @@ def test_device_normalization_equals_host_normalization(dtype, norm):
 def test_probabilities_are_softmax_of_the_model():
     meta = make_meta()
     model = conv_model(k=3)
-    p = Predictor(model, meta, device="cpu", channels_last=False)
+    p = Predictor(model, meta, device="cpu", channels_last=False, amp=False)
     x = torch.randn(2, 3, 32, 32)
     probs = p.probabilities(x)
     with torch.no_grad():
@@ -96,8 +96,8 @@ def test_probabilities_are_softmax_of_the_model():
 def test_tta_with_an_equivariant_model_changes_nothing(tta):
     meta = make_meta()
     x = torch.randn(2, 3, 32, 32)
-    plain = Predictor(conv_model(k=1), meta, device="cpu", tta="none").probabilities(x)
-    aug = Predictor(conv_model(k=1), meta, device="cpu", tta=tta).probabilities(x)
+    plain = Predictor(conv_model(k=1), meta, device="cpu", tta="none", amp=False).probabilities(x)
+    aug = Predictor(conv_model(k=1), meta, device="cpu", tta=tta, amp=False).probabilities(x)
     torch.testing.assert_close(plain, aug, rtol=1e-5, atol=1e-6)
 
 
@@ -106,7 +106,7 @@ def test_tta_averages_transformed_predictions(tta):
     meta = make_meta()
     model = conv_model(k=3, seed=1)
     x = torch.randn(1, 3, 16, 16)
-    got = Predictor(model, meta, device="cpu", channels_last=False, tta=tta).probabilities(x)
+    got = Predictor(model, meta, device="cpu", channels_last=False, tta=tta, amp=False).probabilities(x)
     with torch.no_grad():
         ref = torch.stack([inv(torch.softmax(model(fwd(x)), 1)) for fwd, inv in TTA_TRANSFORMS[tta]]).mean(0)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
@@ -137,6 +137,13 @@ def test_wrong_model_outputs_are_clear_errors():
         Predictor(shrink, meta, device="cpu").probabilities(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ConfigError, match="unknown TTA"):
         Predictor(conv_model(), meta, device="cpu", tta="rot")
+
+
+def test_cpu_amp_default_follows_native_bf16():
+    from geopsp.inference.predict import CPU_AMP_DEFAULT, cpu_has_native_bf16
+
+    assert CPU_AMP_DEFAULT == cpu_has_native_bf16()
+    assert Predictor(conv_model(), make_meta(), device="cpu").amp == CPU_AMP_DEFAULT
 
 
 def test_settings_describe_the_run():

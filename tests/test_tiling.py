@@ -27,17 +27,16 @@ def grids(draw):
 @settings(max_examples=200, deadline=None)
 def test_grid_covers_scene_and_snaps_inward(grid):
     cover = np.zeros((grid.height, grid.width), dtype=np.int32)
-    last = -1
+    seen = []
     for t in grid.tiles():
-        assert t.index == last + 1
-        last = t.index
+        seen.append(t.index)
         assert 0 <= t.row and t.row_end <= grid.height
         assert 0 <= t.col and t.col_end <= grid.width
         assert t.height == min(grid.tile_size, grid.height)
         assert t.width == min(grid.tile_size, grid.width)
         cover[t.row : t.row_end, t.col : t.col_end] += 1
     assert cover.min() >= 1
-    assert len(grid) == last + 1
+    assert sorted(seen) == list(range(len(grid)))
     for offs, length in ((grid.row_offsets, grid.height), (grid.col_offsets, grid.width)):
         assert offs[0] == 0
         assert all(b > a for a, b in itertools.pairwise(offs))
@@ -68,9 +67,25 @@ def test_axis_offsets_examples():
     assert axis_offsets(896, 512, 64) == (0, 384)
 
 
-def test_final_rows():
-    g = TileGrid(1000, 100, 512, 64)
-    assert g.final_row(0) == 448 and g.final_row(1) == 488 and g.final_row(2) == 1000
+def test_bands_join_the_snapped_last_row():
+    g = TileGrid(1000, 100, 512, 64)  # rows at 0, 448 and (snapped) 488
+    assert g.bands == ((0,), (1, 2))
+    assert g.band_span(0) == (0, 448) and g.band_span(1) == (448, 1000)
+    assert TileGrid(960, 100, 512, 64).bands == ((0,), (1,))  # last row not snapped: no join
+
+
+@given(grids())
+@settings(max_examples=200, deadline=None)
+def test_bands_share_at_most_overlap_rows(grid):
+    """Rows shared by a band and the next are at most `overlap` high, so the mosaic's carry is small."""
+    for b in range(len(grid.bands) - 1):
+        rows = grid.bands[b]
+        bottom = max(min(grid.row_offsets[r] + grid.tile_size, grid.height) for r in rows)
+        assert bottom - grid.band_span(b)[1] <= grid.overlap
+    order = [(t.grid_row, t.grid_col) for t in grid.tiles()]
+    for rows in grid.bands:
+        band_tiles = [(r, c) for r, c in order if r in rows]
+        assert band_tiles == [(r, c) for c in range(grid.shape[1]) for r in rows]
 
 
 @pytest.mark.parametrize(("tile", "overlap"), [(64, 32), (64, 40), (0, 0), (16, -1)])
@@ -187,13 +202,19 @@ def test_reader_close_mid_iteration_stops_threads():
     assert max(off + h for off, h in scene.reads) < 2000  # it stopped early
 
 
-def test_row_buffer_keeps_handed_out_views_intact():
+def test_row_buffer_reads_aligned_chunks_and_drops_passed_ones():
     data = np.arange(100 * 4, dtype=np.int32).reshape(1, 100, 4)
     scene = ArrayScene(data, np.ones((100, 4), bool), 10)
     buf = RowBuffer(scene.read_rows, None, None, height=100, bands=[1], block_rows=10, max_align=100)
-    a, _ = buf.ensure(0, 25)
-    a_copy = a.copy()
-    b, _ = buf.ensure(20, 55)
-    np.testing.assert_array_equal(a, a_copy)
+    buf.ensure(0, 25)
+    a, _ = buf.cut(0, 25, 1, 3)
+    np.testing.assert_array_equal(a[0], data[0, 0:25, 1:3])
+    buf.ensure(20, 55)
+    b, v = buf.cut(20, 55, 0, 4)  # spans two chunks
     np.testing.assert_array_equal(b[0], data[0, 20:55])
+    assert v.shape == (35, 4) and v.all()
     assert scene.reads == [(0, 30), (30, 30)]
+    buf.ensure(40, 60)
+    assert buf.nbytes == 30 * 4 * (4 + 1)  # the first chunk (rows 0-29) is gone
+    with pytest.raises(ValueError, match="not buffered"):
+        buf.cut(20, 30, 0, 4)

@@ -13,10 +13,8 @@ __all__ = ["predict"]
 
 
 @click.command("predict")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle (.safetensors)."
-)
+@click.argument("scenes", nargs=-1, required=True, type=click.Path())
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(), help="Model bundle (.safetensors).")
 @click.option(
     "-o",
     "--out",
@@ -31,7 +29,7 @@ __all__ = ["predict"]
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the model runs [default: auto]."
 )
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA, off on CPU].")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA and CPUs with native bf16].")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default=None, help="Test-time augmentation.")
 @click.option(
     "--blend", type=click.Choice(["cosine", "uniform", "gaussian"]), default=None, help="Tile blending kernel."
@@ -96,6 +94,26 @@ def predict(
     if len(scenes) > 1 and out.lower().endswith((".tif", ".tiff")):
         raise ConfigError(f"--out {out} names one file but {len(scenes)} scenes were given; give a directory")
 
+    from geopsp.model.bundle import read_bundle_meta
+    from geopsp.pipeline import check_inputs
+
+    # Cheap checks first (no torch): bundle header, scenes vs model, existing outputs.
+    meta = read_bundle_meta(model_path)
+    failed = 0
+    todo: list[str] = []
+    for scene in scenes:
+        try:
+            check_inputs(scene, meta, out, config=cfg, overwrite=overwrite, row_range=rows)
+        except GeopspError as exc:
+            if len(scenes) == 1:
+                raise
+            failed += 1
+            click.echo(f"Error: {exc}", err=True)
+            continue
+        todo.append(scene)
+    if not todo:
+        sys.exit(1)
+
     from geopsp.model.bundle import load_bundle
     from geopsp.pipeline import segment_raster
 
@@ -103,8 +121,7 @@ def predict(
     obj = ctx.find_root().obj
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
     show = not no_progress and verbosity >= 0
-    failed = 0
-    for scene in scenes:
+    for scene in todo:
         with _progress(scene, enabled=show) as progress:
             try:
                 result = segment_raster(

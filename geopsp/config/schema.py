@@ -40,7 +40,9 @@ class PredictConfig(_Section):
     overlap: int | None = Field(None, ge=0, le=4096, description="Overlap between neighbouring tiles in pixels (default: the bundle's).")
     batch_size: int = Field(4, ge=1, le=1024, description="Tiles per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
-    amp: bool | None = Field(None, description="bf16 autocast; None: on for CUDA, off on CPU.")
+    amp: bool | None = Field(
+        None, description="bf16 autocast; None: on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX), else off."
+    )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
     compile: bool = Field(False, description="torch.compile the model (CUDA only).")
     tta: Literal["none", "flip", "d4"] = Field("none", description="Test-time augmentation, averaged in probability space.")

@@ -1,20 +1,34 @@
 """Blend tile probabilities into class rows with a strip accumulator that streams rows out.
 
-The :class:`Mosaicker` keeps one strip of ``tile_size`` full-width rows on the model's device:
-the weighted sum of class probabilities (``K x tile_size x width`` float32), the summed
-weights and the input's valid mask. Tiles arrive in grid order; when the first tile of a new
-grid row arrives, every scene row above that row's top is final (no later tile reaches it):
-those rows are reduced to class ids (argmax, nodata where the input was nodata) and, if asked,
-the winning probability, copied to the host and handed to the sink, and the strip slides down.
-Peak memory therefore depends on ``width x tile_size`` only, never on the scene height.
+Tiles arrive in the grid's visiting order, band by band (a band is a grid row, or the last
+two when the last one was snapped; see :class:`~geopsp.tiling.windows.TileGrid`), left to
+right within a band. For a band whose top is ``y`` and whose successor starts at ``y_next``,
+the rows ``[y, y_next)`` receive no more tiles once the band is done, and a column of them is
+complete as soon as the band's tiles start to its right. The :class:`Mosaicker` exploits both:
 
-The same arithmetic runs on CPU and CUDA tensors; only the final rows leave the device.
+* the accumulator (weighted sum of class probabilities, ``K`` float32 channels, the summed
+  weights and the input's valid mask) is kept in column chunks of ``tile_size`` width; a chunk
+  is created when a tile first touches it;
+* when the tiles of a band have moved past a chunk, its rows above ``y_next`` are reduced
+  at once (argmax, class ids, nodata, winning probability) into a small integer row buffer,
+  and the chunk shrinks to the rows below ``y_next`` (the overlap the next band still adds
+  to);
+* when the band is done its finished rows go to the sink (the writer).
+
+So the float state is about ``overlap x width`` plus a few ``tile x tile`` chunks, and the
+integer row buffer ``stride x width``: peak memory grows with the width and the tile size,
+never with the scene height. Each pixel's sum is accumulated in the same order whether the
+whole scene or a strip of it (``row_range``) is run, so strips stitch together bit for bit.
+
+The same arithmetic runs on CPU and CUDA tensors; only finished rows leave the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,14 +44,50 @@ RowSink = Callable[[int, NDArray[np.generic], NDArray[np.uint8] | None], None]
 """Receives ``(scene_row, class_rows, probability_rows)`` for finished rows, top to bottom."""
 
 
+@contextlib.contextmanager
+def _host_ops(device: torch.device) -> Iterator[None]:
+    """Run the small blend ops single-threaded on the CPU.
+
+    Each op touches a tile or less; waking torch's OpenMP team for it costs more than the op
+    (milliseconds instead of tens of microseconds on a busy 2-core machine).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class _Chunk:
+    """Accumulator of one column chunk, rows ``[row0, row0 + rows)``."""
+
+    row0: int
+    acc: torch.Tensor  # (K, rows, width) float32: sum of weight * probability
+    wsum: torch.Tensor  # (rows, width) float32: sum of weights
+    valid: torch.Tensor  # (rows, width) bool
+
+    @property
+    def rows(self) -> int:
+        return int(self.wsum.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes)
+
+
 class Mosaicker:
     """Weighted average of overlapping tile probabilities, emitted row block by row block.
 
     Parameters
     ----------
     grid : TileGrid
-        The scene's tile grid; tiles must be added in its row-major order (tiles of a grid
-        row may be missing, e.g. skipped because they hold only nodata).
+        The scene's tile grid; tiles must be added in its visiting order (``grid.tiles()``);
+        any tile may be missing, e.g. skipped because it holds only nodata.
     class_ids : sequence of int
         Class id written for output channel ``i``.
     nodata : int
@@ -45,13 +95,13 @@ class Mosaicker:
     sink : callable
         Called as ``sink(scene_row, class_rows, probability_rows)`` with finished rows.
     device : torch.device or str
-        Where the strip lives (the model's device).
+        Where the accumulator lives (the model's device).
     kernel : str
         Blend kernel name (:data:`geopsp.inference.blend.KERNELS`).
     floor : float
         Blend weight floor.
     row_range : (int, int), optional
-        Emit only scene rows ``[r0, r1)``; tiles outside still contribute to those rows.
+        Emit only scene rows ``[r0, r1)``; add all tiles of ``grid.tiles(row_range)``.
     probabilities : bool
         Also compute the winning class probability rows, uint8 ``round(p * PROBABILITY_SCALE)``
         (at least 1) and :data:`PROBABILITY_NODATA` where the class is nodata (the encoding of
@@ -83,25 +133,29 @@ class Mosaicker:
         self.out_dtype = np.dtype(out_dtype)
         self.r0, self.r1 = grid.check_row_range(row_range)
         self.seconds = 0.0
-        t = grid.tile_size
-        w = grid.width
-        strip = min(t, grid.height)
-        self._strip = strip
-        self._acc = torch.zeros((self.num_classes, strip, w), dtype=torch.float32, device=self.device)
-        self._wsum = torch.zeros((strip, w), dtype=torch.float32, device=self.device)
-        self._valid = torch.zeros((strip, w), dtype=torch.bool, device=self.device)
-        self._weights = torch.from_numpy(tile_weights(t, kernel=kernel, floor=floor)).to(self.device)
-        self._lut = torch.as_tensor(list(class_ids), dtype=torch.int64, device=self.device)
-        rows = grid.grid_rows((self.r0, self.r1))
-        self._grid_row = rows.start if len(rows) else 0
-        self._base = grid.row_offsets[self._grid_row] if len(rows) else self.r0
-        self._emitted = self.r0
+        self.peak_bytes = 0
+        self._cw = grid.tile_size
+        self._weights = torch.from_numpy(tile_weights(grid.tile_size, kernel=kernel, floor=floor)).to(self.device)
+        # uint8 ids stay uint8 on the device; wider ids use int32 (torch has no full uint16)
+        self._cls_dtype = torch.uint8 if self.out_dtype == np.uint8 else torch.int32
+        self._lut = torch.as_tensor(list(class_ids), dtype=self._cls_dtype, device=self.device)
+        self._chunks: dict[int, _Chunk] = {}
+        self._bands = [b for b, _ in grid.band_rows((self.r0, self.r1))]
+        self._band_of = {r: b for b, rows in enumerate(grid.bands) for r in rows}
+        self._pos = 0  # index into _bands of the current band
+        self._done_upto = 0  # chunks [0, _done_upto) are finished for the current band
         self._finished = False
+        self._pending_cls: torch.Tensor | None = None
+        self._pending_prob: torch.Tensor | None = None
+        if self._bands:
+            self._start_band(0)
+
+    # -- public --------------------------------------------------------------------------------
 
     @property
     def strip_bytes(self) -> int:
-        """Bytes held by the strip accumulator."""
-        return int(self._acc.nbytes + self._wsum.nbytes + self._valid.nbytes)
+        """Peak bytes held by the accumulator chunks and the finished-row buffers."""
+        return self.peak_bytes
 
     def add(self, tiles: Sequence[Tile], probs: torch.Tensor, valid: torch.Tensor) -> None:
         """Blend a batch of tiles.
@@ -111,84 +165,166 @@ class Mosaicker:
         tiles : sequence of Tile
             The batch's tiles, in grid order and after all tiles added before.
         probs : Tensor, shape (N, K, size, size), float32
-            Class probabilities on the strip's device.
+            Class probabilities on the accumulator's device.
         valid : Tensor, shape (N, size, size), bool
             Input valid mask of each tile (padding is False).
         """
         start = time.perf_counter()
-        for n, tile in enumerate(tiles):
-            if tile.grid_row < self._grid_row:
-                raise ValueError(f"tile {tile.index} arrived after grid row {self._grid_row}; add tiles in grid order")
-            if tile.grid_row > self._grid_row:
-                self._advance(tile.grid_row)
-            y = tile.row - self._base
-            h, w = tile.height, tile.width
-            x0, x1 = tile.col, tile.col + w
-            wt = self._weights[:h, :w]
-            self._acc[:, y : y + h, x0:x1].addcmul_(probs[n, :, :h, :w], wt)
-            self._wsum[y : y + h, x0:x1].add_(wt)
-            self._valid[y : y + h, x0:x1].logical_or_(valid[n, :h, :w])
+        with _host_ops(self.device):
+            self._add(tiles, probs, valid)
         self.seconds += time.perf_counter() - start
+
+    def _add(self, tiles: Sequence[Tile], probs: torch.Tensor, valid: torch.Tensor) -> None:
+        for n, tile in enumerate(tiles):
+            band = self._band_of[tile.grid_row]
+            if band not in self._bands:
+                raise ValueError(f"tile {tile.index} is outside the row range ({self.r0}, {self.r1})")
+            current = self._bands[self._pos]
+            if band < current or (band == current and tile.col < self._done_upto * self._cw):
+                raise ValueError(f"tile {tile.index} arrived out of grid order; add tiles in grid order")
+            while band > self._bands[self._pos]:
+                self._end_band()
+                self._start_band(self._pos + 1)
+            self._finish_chunks_before(tile.col // self._cw)
+            self._add_tile(tile, probs[n], valid[n])
 
     def finish(self) -> None:
         """Emit every remaining row of the range; call once after the last tile."""
         if self._finished:
             return
         start = time.perf_counter()
-        self._emit_until(self.r1)
+        with _host_ops(self.device):
+            self._finish_all()
+        self._chunks.clear()
         self._finished = True
         self.seconds += time.perf_counter() - start
 
-    def _advance(self, grid_row: int) -> None:
-        """Rows above ``grid_row``'s top are final: emit them and slide the strip down."""
-        top = self.grid.row_offsets[grid_row]
-        self._emit_until(min(top, self.r1))
-        shift = top - self._base
-        if shift >= self._strip:
-            self._acc.zero_()
-            self._wsum.zero_()
-            self._valid.zero_()
-        elif shift > 0:
-            keep = self._strip - shift
-            self._acc[:, :keep] = self._acc[:, shift:].clone()
-            self._acc[:, keep:].zero_()
-            self._wsum[:keep] = self._wsum[shift:].clone()
-            self._wsum[keep:].zero_()
-            self._valid[:keep] = self._valid[shift:].clone()
-            self._valid[keep:].zero_()
-        self._base = top
-        self._grid_row = grid_row
+    def _finish_all(self) -> None:
+        if self._bands:
+            while True:
+                self._end_band()
+                if self._pos + 1 >= len(self._bands):
+                    break
+                self._start_band(self._pos + 1)
 
-    def _emit_until(self, stop: int) -> None:
-        """Reduce and hand out rows ``[emitted, stop)``."""
-        a = max(self._emitted, self.r0)
-        if stop <= a:
-            return
-        in_strip = min(stop, self._base + self._strip)
-        if in_strip > a:
-            lo, hi = a - self._base, in_strip - self._base
-            cls, prob = self._reduce(lo, hi)
-            self.sink(a, cls, prob)
-        if stop > max(in_strip, a):
-            # Rows no tile reached (only possible when whole grid rows were skipped).
-            b = max(in_strip, a)
-            h = stop - b
-            cls_nd = np.full((h, self.grid.width), self.nodata, dtype=self.out_dtype)
-            prob_nd = np.full((h, self.grid.width), PROBABILITY_NODATA, dtype=np.uint8) if self.probabilities else None
-            self.sink(b, cls_nd, prob_nd)
-        self._emitted = stop
+    # -- bands -------------------------------------------------------------------------------
 
-    def _reduce(self, lo: int, hi: int) -> tuple[NDArray[np.generic], NDArray[np.uint8] | None]:
-        acc = self._acc[:, lo:hi]
-        wsum = self._wsum[lo:hi]
-        invalid = ~self._valid[lo:hi] | (wsum <= 0)
+    def _span(self) -> tuple[int, int, int, int]:
+        """``(y, y_next, e0, e1)``: the current band's top, its successor's top, its emitted rows."""
+        y, y_next = self.grid.band_span(self._bands[self._pos])
+        e0, e1 = max(y, self.r0), min(y_next, self.r1)
+        return y, y_next, e0, max(e0, e1)
+
+    def _start_band(self, pos: int) -> None:
+        self._pos = pos
+        self._done_upto = 0
+        _, _, e0, e1 = self._span()
+        w = self.grid.width
+        self._pending_cls = torch.full((e1 - e0, w), self.nodata, dtype=self._cls_dtype, device=self.device)
+        self._pending_prob = (
+            torch.full((e1 - e0, w), PROBABILITY_NODATA, dtype=torch.uint8, device=self.device)
+            if self.probabilities
+            else None
+        )
+        self._track()
+
+    def _end_band(self) -> None:
+        """Finish every chunk for the current band and emit its finished rows."""
+        self._finish_chunks_before(-(-self.grid.width // self._cw))
+        _, _, e0, e1 = self._span()
+        if e1 > e0 and self._pending_cls is not None:
+            cls = self._pending_cls.cpu().numpy()
+            if cls.dtype != self.out_dtype:
+                cls = cls.astype(self.out_dtype)
+            prob = None if self._pending_prob is None else self._pending_prob.cpu().numpy()
+            self.sink(e0, cls, prob)
+        self._pending_cls = None
+        self._pending_prob = None
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    def _finish_chunks_before(self, j_stop: int) -> None:
+        """Chunks left of ``j_stop`` get no more tiles in this band: finish them."""
+        for j in range(self._done_upto, j_stop):
+            if j in self._chunks:
+                self._finish_chunk(j)
+        self._done_upto = max(self._done_upto, j_stop)
+
+    def _finish_chunk(self, j: int) -> None:
+        """Reduce a chunk's rows above ``y_next`` into the row buffer; keep only the rows below."""
+        chunk = self._chunks[j]
+        y, y_next, e0, e1 = self._span()
+        if chunk.row0 != y:
+            return  # already finished for this band
+        x0 = j * self._cw
+        width = chunk.wsum.shape[1]
+        # rows of the chunk that are final and emitted: [max(y, e0), min(y_next, e1, y + rows))
+        a, b = max(y, e0), min(y_next, e1, y + chunk.rows)
+        if b > a and self._pending_cls is not None:
+            self._reduce_into(chunk, a - y, b - y, a - e0, x0, width)
+        keep = chunk.rows - (y_next - y)
+        if keep > 0:
+            s = y_next - y
+            self._chunks[j] = _Chunk(y_next, chunk.acc[:, s:].clone(), chunk.wsum[s:].clone(), chunk.valid[s:].clone())
+        else:
+            del self._chunks[j]
+
+    def _chunk_for(self, j: int, rows: int) -> _Chunk:
+        """Return chunk ``j``, holding at least ``rows`` rows from the current band's top."""
+        y = self._span()[0]
+        width = min(self._cw, self.grid.width - j * self._cw)
+        chunk = self._chunks.get(j)
+        if chunk is not None and chunk.row0 != y:
+            raise AssertionError(f"chunk {j} starts at row {chunk.row0}, expected {y}")
+        if chunk is None or chunk.rows < rows:
+            k = self.num_classes
+            acc = torch.zeros((k, rows, width), dtype=torch.float32, device=self.device)
+            wsum = torch.zeros((rows, width), dtype=torch.float32, device=self.device)
+            valid = torch.zeros((rows, width), dtype=torch.bool, device=self.device)
+            if chunk is not None:
+                acc[:, : chunk.rows] = chunk.acc
+                wsum[: chunk.rows] = chunk.wsum
+                valid[: chunk.rows] = chunk.valid
+            chunk = _Chunk(y, acc, wsum, valid)
+            self._chunks[j] = chunk
+            self._track()
+        return chunk
+
+    def _add_tile(self, tile: Tile, probs: torch.Tensor, valid: torch.Tensor) -> None:
+        h, w = tile.height, tile.width
+        wt = self._weights[:h, :w]
+        x = tile.col
+        y0 = tile.row - self._span()[0]
+        y1 = y0 + h
+        for j in range(x // self._cw, (x + w - 1) // self._cw + 1):
+            c0 = j * self._cw
+            lo, hi = max(x, c0), min(x + w, c0 + self._cw)  # scene columns of the tile in chunk j
+            chunk = self._chunk_for(j, y1)
+            t0, t1 = lo - x, hi - x
+            k0, k1 = lo - c0, hi - c0
+            chunk.acc[:, y0:y1, k0:k1].addcmul_(probs[:, :h, t0:t1], wt[:, t0:t1])
+            chunk.wsum[y0:y1, k0:k1].add_(wt[:, t0:t1])
+            chunk.valid[y0:y1, k0:k1].logical_or_(valid[:h, t0:t1])
+
+    def _reduce_into(self, chunk: _Chunk, lo: int, hi: int, out_row: int, x0: int, width: int) -> None:
+        """Class ids (and probabilities) of chunk rows ``[lo, hi)`` into the row buffer."""
+        acc = chunk.acc[:, lo:hi]
+        wsum = chunk.wsum[lo:hi]
+        invalid = ~chunk.valid[lo:hi] | (wsum <= 0)
         best, idx = acc.max(dim=0)
-        cls = torch.where(invalid, torch.full_like(idx, self.nodata), self._lut[idx])
-        cls_np = cls.to(torch.int32).cpu().numpy().astype(self.out_dtype)
-        prob_np: NDArray[np.uint8] | None = None
-        if self.probabilities:
-            p = best / wsum.clamp_min(1e-12)
-            q = torch.round(p.clamp(0.0, 1.0) * PROBABILITY_SCALE).clamp_(min=1).to(torch.uint8)
-            q = torch.where(invalid, torch.full_like(q, PROBABILITY_NODATA), q)
-            prob_np = q.cpu().numpy()
-        return cls_np, prob_np
+        cls = self._lut[idx].masked_fill_(invalid, self.nodata)
+        assert self._pending_cls is not None
+        self._pending_cls[out_row : out_row + hi - lo, x0 : x0 + width] = cls
+        if self._pending_prob is not None:
+            p = best.div_(wsum.clamp_min(1e-12)).clamp_(0.0, 1.0)
+            q = torch.round(p * PROBABILITY_SCALE).clamp_(min=1).to(torch.uint8)
+            self._pending_prob[out_row : out_row + hi - lo, x0 : x0 + width] = q.masked_fill_(
+                invalid, PROBABILITY_NODATA
+            )
+
+    def _track(self) -> None:
+        held = sum(c.nbytes for c in self._chunks.values())
+        for t in (self._pending_cls, self._pending_prob):
+            if t is not None:
+                held += int(t.nbytes)
+        self.peak_bytes = max(self.peak_bytes, held)

@@ -1,7 +1,7 @@
 """Stream tiles of a scene in grid order, reading each compressed block once.
 
 A background thread reads full-width bands of block rows (``geopsp.io.raster.read_rows``)
-into a row buffer that slides down the scene, and cuts each grid row's tiles from memory.
+into a row buffer that slides down the scene, and cuts each band's tiles from memory.
 Windowed reads of overlapping tiles would decode every block several times (about 4x slower
 on compressed scenes); here reads are aligned to the file's block rows, so each block is
 decoded exactly once. Tiles that hold only nodata are reported as skipped and never
@@ -70,7 +70,12 @@ def pad_tile(data: NDArray[Any], valid: NDArray[np.bool_], size: int) -> tuple[N
 
 
 class RowBuffer:
-    """Full-width rows ``[start, stop)`` of the selected bands, read in block-aligned chunks.
+    """Full-width rows of the selected bands, read in block-aligned chunks and cut into tiles.
+
+    Rows are kept as the chunks ``read_rows`` returned (no concatenation, no copies of the
+    band); a chunk is dropped as soon as every row of it lies above the rows still needed, and
+    tiles are copied out of one or two chunks. Memory is therefore about
+    ``(tile + block_rows) x width x (bands + 1)`` bytes, whatever the scene height.
 
     Parameters
     ----------
@@ -84,7 +89,10 @@ class RowBuffer:
         1-based bands to read.
     block_rows : int
         Rows per block (or strip) of the file; reads end on multiples of it so no block is
-        decoded twice. Very tall blocks (whole-image strips) are not aligned to.
+        decoded twice. Blocks taller than ``max_align`` rows (whole-image strips) are not
+        aligned to.
+    max_align : int
+        See ``block_rows``.
     """
 
     def __init__(
@@ -107,51 +115,60 @@ class RowBuffer:
         self.max_align = max_align
         self.start = 0
         self.stop = 0
-        self.data: NDArray[Any] | None = None
-        self.valid: NDArray[np.bool_] | None = None
+        self._chunks: list[tuple[int, NDArray[Any], NDArray[np.bool_]]] = []
         self.read_seconds = 0.0
         self.rows_read = 0
+        self.reads: list[tuple[int, int]] = []
 
-    def ensure(self, start: int, stop: int) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-        """Make rows ``[start, stop)`` available and return views of them.
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the chunks."""
+        return sum(d.nbytes + v.nbytes for _, d, v in self._chunks)
 
-        Rows above ``start`` are dropped. Arrays handed out earlier stay valid (the buffer is
-        never written in place).
-        """
-        if self.data is None or start >= self.stop or start < self.start:
-            self.data = None
-            self.valid = None
+    def ensure(self, start: int, stop: int) -> None:
+        """Make rows ``[start, stop)`` available; forget chunks entirely above ``start``."""
+        if start >= self.stop or start < self.start:
+            self._chunks.clear()
             self.start = self.stop = start
-        elif start > self.start:
-            assert self.valid is not None
-            cut = start - self.start
-            self.data = self.data[:, cut:]
-            self.valid = self.valid[cut:]
-            self.start = start
+        self._chunks = [c for c in self._chunks if c[0] + c[1].shape[1] > start]
+        self.start = start
         if stop > self.stop:
             end = stop
             if self.block_rows <= self.max_align:
                 end = min(self.height, -(-stop // self.block_rows) * self.block_rows)
             t0 = time.perf_counter()
-            new, new_valid = self._read_rows(self._src, self._info, self.stop, end - self.stop, self.bands)
+            data, valid = self._read_rows(self._src, self._info, self.stop, end - self.stop, self.bands)
             self.read_seconds += time.perf_counter() - t0
             self.rows_read += end - self.stop
-            if self.data is None or self.valid is None:
-                self.data, self.valid = new, new_valid
-            else:
-                self.data = np.concatenate([self.data, new], axis=1)
-                self.valid = np.concatenate([self.valid, new_valid], axis=0)
+            self.reads.append((self.stop, end - self.stop))
+            self._chunks.append((self.stop, data, valid))
             self.stop = end
-        assert self.data is not None and self.valid is not None
-        lo, hi = start - self.start, stop - self.start
-        return self.data[:, lo:hi], self.valid[lo:hi]
+
+    def cut(self, row: int, row_end: int, col: int, col_end: int) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+        """Copy rows ``[row, row_end)`` x columns ``[col, col_end)`` out of the chunks.
+
+        Returns
+        -------
+        data : ndarray, shape (C, rows, cols)
+        valid : ndarray of bool, shape (rows, cols)
+        """
+        if row < self.start or row_end > self.stop:
+            raise ValueError(f"rows {row}..{row_end} are not buffered ({self.start}..{self.stop})")
+        parts = []
+        for r0, d, v in self._chunks:
+            a, b = max(row, r0), min(row_end, r0 + d.shape[1])
+            if a < b:
+                parts.append((d[:, a - r0 : b - r0, col:col_end], v[a - r0 : b - r0, col:col_end]))
+        if len(parts) == 1:
+            return parts[0][0].copy(), parts[0][1].copy()
+        return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=0)
 
 
 _DONE = object()
 
 
 class TileReader:
-    """Iterate :class:`PreparedTile` of a grid (or a strip of it) in row-major order.
+    """Iterate :class:`PreparedTile` of a grid (or a strip of it) in the grid's visiting order.
 
     Parameters
     ----------
@@ -211,6 +228,7 @@ class TileReader:
         )
         self.total = grid.count(self.row_range)
         self.skipped = 0
+        self.peak_buffer_bytes = 0
         self.prepare_seconds = 0.0
         self.wait_seconds = 0.0
         self._lock = threading.Lock()
@@ -273,20 +291,19 @@ class TileReader:
 
     def _produce(self) -> None:
         try:
-            for grid_row in self.grid.grid_rows(self.row_range):
-                tiles = self.grid.row_tiles(grid_row)
-                top = tiles[0].row
-                data, valid = self.buffer.ensure(top, tiles[0].row_end)
+            for _, grid_rows in self.grid.band_rows(self.row_range):
+                tiles = self.grid.band_tiles(grid_rows)
+                self.buffer.ensure(min(t.row for t in tiles), max(t.row_end for t in tiles))
+                self.peak_buffer_bytes = max(self.peak_buffer_bytes, self.buffer.nbytes)
                 for tile in tiles:
                     if self._stop.is_set():
                         return
-                    v = valid[:, tile.col : tile.col_end]
+                    d, v = self.buffer.cut(tile.row, tile.row_end, tile.col, tile.col_end)
                     if not v.any():
                         self.skipped += 1
                         if not self._put(PreparedTile(tile, None, None)):
                             return
                         continue
-                    d = data[:, :, tile.col : tile.col_end]
                     fut = self._pool.submit(self._prepare, tile, d, v)
                     if not self._put(fut):
                         fut.cancel()

@@ -6,8 +6,15 @@ previous tile is then larger than ``overlap``). An axis shorter than one tile ge
 that covers all of it; the reader pads it to ``tile_size`` by reflection and the mosaic crops
 it back.
 
-The grid is global: a run over a strip of rows (``row_range``) uses the same windows as a run
-over the whole scene, so strips stitched together equal the whole-scene result bit for bit.
+Tiles are visited band by band, top to bottom; a band is one grid row, visited left to right,
+except that the snapped last grid row joins the row before it (it overlaps that row by more
+than ``overlap``): that band is visited column by column, both tiles of a column in turn. So
+the rows one band shares with the next are only ever ``overlap`` high, which is what the
+streaming mosaic keeps in memory across bands.
+
+The grid is global: a run over a strip of rows (``row_range``) uses the same windows, in the
+same order, as a run over the whole scene, so strips stitched together equal the whole-scene
+result bit for bit.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ class Tile:
     Parameters
     ----------
     index : int
-        Position in the grid's row-major order.
+        ``grid_row * columns + grid_col`` (unique; the visiting order is :meth:`TileGrid.tiles`).
     grid_row, grid_col : int
         Row and column of the tile in the grid.
     row, col : int
@@ -121,6 +128,10 @@ class TileGrid:
     >>> g = TileGrid(1000, 700, 512, 64)
     >>> g.row_offsets, g.col_offsets, len(g)
     ((0, 448, 488), (0, 188), 6)
+    >>> g.bands
+    ((0,), (1, 2))
+    >>> [(t.grid_row, t.grid_col) for t in g.tiles()]
+    [(0, 0), (0, 1), (1, 0), (2, 0), (1, 1), (2, 1)]
     """
 
     height: int
@@ -129,6 +140,7 @@ class TileGrid:
     overlap: int
     row_offsets: tuple[int, ...] = field(init=False)
     col_offsets: tuple[int, ...] = field(init=False)
+    bands: tuple[tuple[int, ...], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
@@ -142,6 +154,12 @@ class TileGrid:
             )
         object.__setattr__(self, "row_offsets", axis_offsets(self.height, self.tile_size, self.overlap))
         object.__setattr__(self, "col_offsets", axis_offsets(self.width, self.tile_size, self.overlap))
+        rows = list(range(len(self.row_offsets)))
+        bands: list[tuple[int, ...]] = [(i,) for i in rows]
+        offs = self.row_offsets
+        if len(offs) >= 2 and offs[-1] - offs[-2] < self.tile_size - self.overlap:
+            bands[-2:] = [(rows[-2], rows[-1])]  # the snapped last row joins the one before
+        object.__setattr__(self, "bands", tuple(bands))
 
     def __len__(self) -> int:
         return len(self.row_offsets) * len(self.col_offsets)
@@ -185,23 +203,45 @@ class TileGrid:
         """All tiles of one grid row, left to right."""
         return [self.tile(grid_row, j) for j in range(len(self.col_offsets))]
 
+    def band_of(self, grid_row: int) -> int:
+        """Index of the band holding a grid row."""
+        for b, rows in enumerate(self.bands):
+            if grid_row in rows:
+                return b
+        raise IndexError(f"grid row {grid_row} is outside the grid")
+
+    def band_span(self, band: int) -> tuple[int, int]:
+        """``(top, next_top)``: the band's first scene row and the next band's (or the height).
+
+        Scene rows ``[top, next_top)`` are complete once the band's tiles are blended; no tile of
+        a later band reaches them.
+        """
+        top = self.row_offsets[self.bands[band][0]]
+        nxt = self.row_offsets[self.bands[band + 1][0]] if band + 1 < len(self.bands) else self.height
+        return top, nxt
+
+    def band_rows(self, row_range: tuple[int, int] | None = None) -> list[tuple[int, tuple[int, ...]]]:
+        """``(band, grid rows)`` of each band with grid rows overlapping ``[r0, r1)`` (only those rows)."""
+        rows = set(self.grid_rows(row_range))
+        out = []
+        for b, band in enumerate(self.bands):
+            sel = tuple(r for r in band if r in rows)
+            if sel:
+                out.append((b, sel))
+        return out
+
+    def band_tiles(self, grid_rows: tuple[int, ...]) -> list[Tile]:
+        """Tiles of a band's grid rows in visiting order: column by column, top row first."""
+        return [self.tile(r, j) for j in range(len(self.col_offsets)) for r in grid_rows]
+
     def tiles(self, row_range: tuple[int, int] | None = None) -> Iterator[Tile]:
-        """Tiles overlapping scene rows ``[r0, r1)``, in row-major order."""
-        for i in self.grid_rows(row_range):
-            yield from self.row_tiles(i)
+        """Tiles overlapping scene rows ``[r0, r1)``, in visiting order (band by band)."""
+        for _, rows in self.band_rows(row_range):
+            yield from self.band_tiles(rows)
 
     def count(self, row_range: tuple[int, int] | None = None) -> int:
         """Count the tiles :meth:`tiles` yields."""
         return len(self.grid_rows(row_range)) * len(self.col_offsets)
-
-    def final_row(self, grid_row: int) -> int:
-        """Scene rows above this one are complete once grid rows ``<= grid_row`` are blended.
-
-        No tile of a later grid row touches them.
-        """
-        if grid_row + 1 < len(self.row_offsets):
-            return self.row_offsets[grid_row + 1]
-        return self.height
 
     def check_row_range(self, row_range: tuple[int, int] | None) -> tuple[int, int]:
         """Validate a row range, returning ``(r0, r1)`` (the whole scene for ``None``).
