@@ -19,7 +19,9 @@ local_cluster_N
 
 Scheduler overhead per scene = (warm wall with 1 worker - sequential wall) / scenes: both use
 the same cores and threads, so the difference is task submission, result transfer, manifest
-appends and the client's scene inspection.
+appends and the client's scene inspection. Wall times suffer from any other load on the
+machine (the load average is recorded), so CPU seconds are reported too: those of the client
+process (which hosts the LocalCluster's scheduler) and those of the workers, per scene.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ def make_inputs(work: Path, n: int, size: int) -> tuple[list[Path], Path]:
     return scenes, bundle
 
 
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _workers_cpu_s(address: str) -> float:
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        return sum(t[0] + t[1] for t in client.run(os.times).values())
+
+
 def sequential(scenes: list[Path], bundle: Path, out: Path) -> dict[str, Any]:
     import torch
 
@@ -85,13 +99,13 @@ def sequential(scenes: list[Path], bundle: Path, out: Path) -> dict[str, Any]:
     model = load_bundle(bundle)
     segment_raster(scenes[0], model, out / "warmup", overwrite=True)  # first-call costs (allocator, kernels)
     per_scene = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     for scene in scenes:
         t = time.perf_counter()
         segment_raster(scene, model, out / "seq", overwrite=True)
         per_scene.append(time.perf_counter() - t)
-    wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 3), "per_scene_s": [round(s, 3) for s in per_scene]}
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "per_scene_s": [round(s, 3) for s in per_scene]}
 
 
 def on_cluster(n_workers: int, scenes: list[Path], bundle: Path, out: Path, pixels: int) -> dict[str, Any]:
@@ -110,10 +124,12 @@ def on_cluster(n_workers: int, scenes: list[Path], bundle: Path, out: Path, pixe
         address = cluster.scheduler_address
         runs = {}
         for label, overwrite in (("cold", False), ("warm", True)):
-            t = time.perf_counter()
+            w0 = _workers_cpu_s(address)
+            t, c0 = time.perf_counter(), _cpu_s()
             report = run_batch([str(s) for s in scenes], bundle, out / f"w{n_workers}", scheduler=address,
                                overwrite=overwrite)  # fmt: skip
-            wall = time.perf_counter() - t
+            wall, client_cpu = time.perf_counter() - t, _cpu_s() - c0
+            workers_cpu = _workers_cpu_s(address) - w0
             if not report.ok or report.done != len(scenes):
                 raise RuntimeError(report.summary_line())
             task_s = [r.seconds for r in report.records]
@@ -124,6 +140,10 @@ def on_cluster(n_workers: int, scenes: list[Path], bundle: Path, out: Path, pixe
                 "task_seconds_mean": round(sum(task_s) / len(task_s), 3),
                 "task_seconds_max": round(max(task_s), 3),
                 "workers_used": len({r.worker for r in report.records}),
+                "workers_cpu_s": round(workers_cpu, 3),
+                # The LocalCluster's scheduler runs in this (the client's) process.
+                "client_and_scheduler_cpu_s": round(client_cpu, 3),
+                "client_and_scheduler_cpu_s_per_scene": round(client_cpu / len(scenes), 4),
             }
     finally:
         with warnings.catch_warnings():
@@ -178,6 +198,11 @@ def main() -> None:
     one = clusters.get("local_cluster_1")
     if one is not None:
         result["scheduler_overhead_per_scene_s"] = round((one["warm"]["wall_s"] - seq["wall_s"]) / args.scenes, 4)
+        # CPU seconds do not depend on other load on the machine, unlike wall times.
+        result["scheduler_overhead_per_scene_cpu_s"] = {
+            "client_and_scheduler": one["warm"]["client_and_scheduler_cpu_s_per_scene"],
+            "workers_minus_sequential": round((one["warm"]["workers_cpu_s"] - seq["cpu_s"]) / args.scenes, 4),
+        }
     two = clusters.get("local_cluster_2")
     if one is not None and two is not None:
         result["scaling_2_vs_1_workers"] = {
