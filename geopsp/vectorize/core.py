@@ -110,6 +110,15 @@ def vectorize(
     whole regions and their neighbours, so the polygons (never the raster) are collected
     first; simplification then runs over the whole coverage at once.
 
+    Simplification keeps the polygons a coverage (no gaps, no overlaps, shared edges
+    shared): GEOS coverage simplification treats every edge between two neighbours once.
+    Streaming, it runs per strip on all of the strip's pieces (nodata included, so nodata
+    borders are simplified too) with the strip's outline frozen, and the seam points where
+    the next strip's corners lie are inserted first, so pieces on both sides of a seam still
+    match exactly when they are joined. The price: a boundary that crosses a seam keeps its
+    one vertex on the seam line. With ``sieve_px``/``min_area_m2``/``fill_holes_m2`` the
+    whole coverage is simplified at once and nothing is pinned.
+
     .. versionadded:: 0.1.0
     """
     cfg = config if config is not None else VectorizeConfig.model_validate({})
