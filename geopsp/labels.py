@@ -184,7 +184,8 @@ class LabelMapping:
         out = np.full(arr.shape, self.ignore_index, dtype=self.dtype)
         if arr.size == 0:
             return out
-        flat = arr.ravel()
+        keep = None if valid is None else np.asarray(valid, dtype=bool).reshape(arr.shape)
+        flat = arr.ravel() if keep is None else arr[keep]
         uniq, inverse = np.unique(flat, return_inverse=True)
         lut = np.full(uniq.shape, self.ignore_index, dtype=self.dtype)
         for i, v in enumerate(uniq.tolist()):
@@ -199,9 +200,10 @@ class LabelMapping:
                 continue
             if cid >= 0:
                 lut[i] = self._channel[cid]
-        out = lut[inverse].reshape(arr.shape)
-        if valid is not None:
-            out[~np.asarray(valid, dtype=bool)] = self.ignore_index
+        if keep is None:
+            out = lut[inverse].reshape(arr.shape)
+        else:
+            out[keep] = lut[inverse]
         return out
 
     def warn_unknown(self, unknown: set[str], source: str) -> None:
@@ -368,9 +370,10 @@ class VectorLabels:
         if idx.size == 0:
             return np.full(out_shape, fill, dtype=dtype)
         shapes = zip(self.geometries[idx], self.values[idx].tolist(), strict=True)
-        return rasterize(
+        out: NDArray[Any] = rasterize(
             shapes, out_shape=out_shape, transform=transform, fill=fill, all_touched=all_touched, dtype=dtype
         )
+        return out
 
 
 def window_transform(transform: Affine, row: int, col: int) -> Affine:

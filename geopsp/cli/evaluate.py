@@ -16,28 +16,60 @@ __all__ = ["evaluate"]
 
 @click.command("evaluate")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="Model bundle: segment --scene with it first, then score the result against REFERENCE.")
+@click.option(
+    "-m",
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Model bundle: segment --scene with it first, then score the result against REFERENCE.",
+)
 @click.option("--scene", type=click.Path(dir_okay=False), default=None, help="Scene to segment (with --model).")
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
-              help="Folder for report.json, classes.csv, confusion.csv and confusion.png "
-              "(and the prediction with --model) [default: the JSON report on stdout].")
-@click.option("--classes", "classes_path", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Class table YAML/JSON [default: the one stored in the prediction, or the bundle's].")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for report.json, classes.csv, confusion.csv and confusion.png "
+    "(and the prediction with --model) [default: the JSON report on stdout].",
+)
+@click.option(
+    "--classes",
+    "classes_path",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Class table YAML/JSON [default: the one stored in the prediction, or the bundle's].",
+)
 @click.option("--field", default=None, help="Vector reference: attribute holding the class id.")
 @click.option("--burn-value", type=int, default=None, help="Vector reference: class id of every polygon (footprints).")
-@click.option("--background", type=int, default=None,
-              help="Vector reference: class id of pixels no polygon covers [default: unlabeled, excluded].")
-@click.option("--ignore-value", "ignore_values", type=float, multiple=True,
-              help="Reference value meaning unlabeled (repeatable), e.g. --ignore-value 0.")
+@click.option(
+    "--background",
+    type=int,
+    default=None,
+    help="Vector reference: class id of pixels no polygon covers [default: unlabeled, excluded].",
+)
+@click.option(
+    "--ignore-value",
+    "ignore_values",
+    type=float,
+    multiple=True,
+    help="Reference value meaning unlabeled (repeatable), e.g. --ignore-value 0.",
+)
 @click.option("--all-touched", is_flag=True, help="Vector reference: burn every pixel a polygon touches.")
-@click.option("--buildings", is_flag=True,
-              help="Also score building footprints (SpaceNet F1, polygon IoU >= 0.5, one-to-one).")
-@click.option("--building-class", type=int, default=None,
-              help="Class id of buildings [default: the class named 'building', else 1].")
+@click.option(
+    "--buildings", is_flag=True, help="Also score building footprints (SpaceNet F1, polygon IoU >= 0.5, one-to-one)."
+)
+@click.option(
+    "--building-class",
+    type=int,
+    default=None,
+    help="Class id of buildings [default: the class named 'building', else 1].",
+)
 @click.option("--iou-threshold", type=float, default=0.5, show_default=True, help="Footprint match threshold.")
-@click.option("--min-area-px", type=float, default=0.0, show_default=True,
-              help="Ignore footprints smaller than this many pixels.")
+@click.option(
+    "--min-area-px", type=float, default=0.0, show_default=True, help="Ignore footprints smaller than this many pixels."
+)
 @click.option("--block-rows", type=int, default=512, show_default=True, help="Rows scored at a time.")
 @overwrite_option
 @config_options
@@ -61,8 +93,9 @@ def evaluate(
     config_path: str | None,
     set_items: tuple[str, ...],
 ) -> None:
-    """Score a class raster against reference labels (a raster, or a vector reprojected and
-    rasterized onto the prediction's grid).
+    """Score a class raster against reference labels.
+
+    The reference is a raster, or a vector reprojected and rasterized onto the prediction's grid.
 
     Reports per-class IoU, F1, producer's and user's accuracy, mIoU, overall accuracy,
     Cohen's kappa and the confusion matrix; unlabeled and nodata pixels are excluded and
@@ -171,7 +204,9 @@ def _score(
         paths = write_report(out, report, evaluation.scores, overwrite=overwrite)
         click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
         miou = report.get("miou")
-        click.echo(f"mIoU {miou if miou is None else round(miou, 4)}  OA {_r(report.get('overall_accuracy'))}", err=True)
+        click.echo(
+            f"mIoU {miou if miou is None else round(miou, 4)}  OA {_r(report.get('overall_accuracy'))}", err=True
+        )
     else:
         json.dump(report, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")

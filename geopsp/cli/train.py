@@ -17,12 +17,21 @@ __all__ = ["train"]
 
 
 @click.command("train")
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
-              help="Run folder [default: train.out, else runs/<config name>].")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder [default: train.out, else runs/<config name>].",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
-@click.option("--dry-run", is_flag=True,
-              help="Resolve data, split and statistics on a tiny subsample, build the model and run one "
-              "forward/backward pass; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Resolve data, split and statistics on a tiny subsample, build the model and run one "
+    "forward/backward pass; write nothing.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @overwrite_option
 @config_options
@@ -56,8 +65,8 @@ def train(
     from geopsp.train.loop import fit
 
     if dry_run:
-        summary = run_dry(conf.train, base_dir=base_dir)
-        click.echo(json.dumps({"dry_run": True, **summary}, indent=2))
+        checked = run_dry(conf.train, base_dir=base_dir)
+        click.echo(json.dumps({"dry_run": True, **checked}, indent=2))
         return
     if out is None:
         if conf.train.out is not None:

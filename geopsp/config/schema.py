@@ -37,17 +37,27 @@ class PredictConfig(_Section):
     """Options of ``geopsp predict``; ``None`` means "take it from the model bundle"."""
 
     tile_size: int | None = Field(None, ge=32, le=8192, description="Tile edge in pixels (default: the bundle's).")
-    overlap: int | None = Field(None, ge=0, le=4096, description="Overlap between neighbouring tiles in pixels (default: the bundle's).")
+    overlap: int | None = Field(
+        None, ge=0, le=4096, description="Overlap between neighbouring tiles in pixels (default: the bundle's)."
+    )
     batch_size: int = Field(4, ge=1, le=1024, description="Tiles per forward pass.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; auto picks CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs; auto picks CUDA when present."
+    )
     amp: bool | None = Field(
         None, description="bf16 autocast; None: on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX), else off."
     )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
     compile: bool = Field(False, description="torch.compile the model (CUDA only).")
-    tta: Literal["none", "flip", "d4"] = Field("none", description="Test-time augmentation, averaged in probability space.")
-    blend: Literal["cosine", "uniform", "gaussian"] = Field("cosine", description="Weight kernel used to blend overlapping tiles.")
-    blend_floor: float = Field(0.05, gt=0.0, le=1.0, description="Smallest blend weight, so scene-edge pixels still count.")
+    tta: Literal["none", "flip", "d4"] = Field(
+        "none", description="Test-time augmentation, averaged in probability space."
+    )
+    blend: Literal["cosine", "uniform", "gaussian"] = Field(
+        "cosine", description="Weight kernel used to blend overlapping tiles."
+    )
+    blend_floor: float = Field(
+        0.05, gt=0.0, le=1.0, description="Smallest blend weight, so scene-edge pixels still count."
+    )
     probabilities: bool = Field(False, description="Also write the winning class probability as a uint8 raster.")
     reader_threads: int = Field(2, ge=1, le=64, description="Background threads reading and preprocessing tiles.")
     compress: Literal["zstd", "deflate", "lzw"] = Field("deflate", description="Compression of output rasters.")
@@ -122,14 +132,22 @@ class DataConfig(_Section):
     value_map: dict[str, int | None] | None = Field(
         None, description="Label value (raster value or attribute) -> class id; null ignores the value."
     )
-    burn_class: int | None = Field(None, description="Class id burnt for every polygon (footprints) when class_field is unset.")
+    burn_class: int | None = Field(
+        None, description="Class id burnt for every polygon (footprints) when class_field is unset."
+    )
     background_class: int | None = Field(
         None, description="Class id of pixels covered by no polygon (e.g. background for buildings); null: ignored."
     )
-    all_touched: bool = Field(False, description="Burn every pixel a polygon touches, not only those whose centre it covers.")
-    ignore_values: tuple[float, ...] = Field((), description="Label values that mean unlabeled (ignored without a warning).")
+    all_touched: bool = Field(
+        False, description="Burn every pixel a polygon touches, not only those whose centre it covers."
+    )
+    ignore_values: tuple[float, ...] = Field(
+        (), description="Label values that mean unlabeled (ignored without a warning)."
+    )
     bands: tuple[int, ...] | None = Field(None, description="1-based scene bands to train on (default: all).")
-    band_names: tuple[str, ...] | None = Field(None, description="Names of those bands (default: the scene's band descriptions).")
+    band_names: tuple[str, ...] | None = Field(
+        None, description="Names of those bands (default: the scene's band descriptions)."
+    )
     chip_id_regex: str = Field(
         r"img\d+|\d+_\d+", description="SpaceNet: the last match of this regex in a file stem is its chip id."
     )
@@ -167,7 +185,9 @@ class SplitConfig(_Section):
     """Train/validation split by scene, by date, or by a spatial hold-out; never random pixels."""
 
     val: tuple[str, ...] = Field((), description="Glob patterns of scene ids (file stems) held out for validation.")
-    train: tuple[str, ...] = Field((), description="Glob patterns of scene ids to train on (default: all not held out).")
+    train: tuple[str, ...] = Field(
+        (), description="Glob patterns of scene ids to train on (default: all not held out)."
+    )
     date_regex: str = Field(r"(\d{8})", description="Regex whose first group is a scene's date (YYYYMMDD).")
     val_dates: tuple[str, ...] = Field((), description="Dates (as date_regex extracts them) held out for validation.")
     val_from_date: str | None = Field(None, description="Scenes dated on or after this date are held out.")
@@ -175,9 +195,14 @@ class SplitConfig(_Section):
         0.0, ge=0.0, lt=1.0, description="Hold out this fraction of whole scenes, chosen with the seed (0: off)."
     )
     holdout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Hold out this fraction of every scene as a spatial stripe (for single scenes)."
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Hold out this fraction of every scene as a spatial stripe (for single scenes).",
     )
-    holdout_side: Literal["left", "right", "top", "bottom"] = Field("right", description="Where the hold-out stripe lies.")
+    holdout_side: Literal["left", "right", "top", "bottom"] = Field(
+        "right", description="Where the hold-out stripe lies."
+    )
 
 
 class SamplingConfig(_Section):
@@ -186,8 +211,12 @@ class SamplingConfig(_Section):
     window: int = Field(256, ge=16, le=4096, description="Window edge in pixels.")
     batch_size: int = Field(8, ge=1, le=1024)
     windows_per_epoch: int = Field(512, ge=1, description="Windows drawn per epoch.")
-    grid: int = Field(32, ge=4, description="Cell size (px) of the coarse grid on which labeled fractions are measured.")
-    min_labeled: float = Field(0.02, ge=0.0, le=1.0, description="Windows with less labeled area are never drawn (unless nothing else is).")
+    grid: int = Field(
+        32, ge=4, description="Cell size (px) of the coarse grid on which labeled fractions are measured."
+    )
+    min_labeled: float = Field(
+        0.02, ge=0.0, le=1.0, description="Windows with less labeled area are never drawn (unless nothing else is)."
+    )
     power: float = Field(1.0, ge=0.0, description="Draw probability grows with labeled fraction ** power (0: uniform).")
     uniform: float = Field(0.1, ge=0.0, le=1.0, description="Share of windows drawn uniformly among the eligible ones.")
 
@@ -201,12 +230,13 @@ class AugmentConfig(_Section):
     brightness: float = Field(0.1, ge=0.0, le=2.0, description="Per-band additive jitter, in normalized units.")
     contrast: float = Field(0.1, ge=0.0, lt=1.0, description="Per-band multiplicative jitter: factor in 1 +- contrast.")
 
-    @model_validator(mode="after")
-    def _scale_range(self) -> AugmentConfig:
-        lo, hi = self.scale
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
         if not 0.25 <= lo <= hi <= 4.0:
-            raise ValueError(f"scale must be [low, high] with 0.25 <= low <= high <= 4, got {list(self.scale)}")
-        return self
+            raise ValueError(f"must be [low, high] with 0.25 <= low <= high <= 4, got {list(value)}")
+        return value
 
 
 class NormalizationConfig(_Section):
@@ -215,16 +245,19 @@ class NormalizationConfig(_Section):
     method: Literal["meanstd", "percentile", "none"] = Field(
         "meanstd", description="meanstd: (x - mean) / std; percentile: (x - p_low) / (p_high - p_low); none: as is."
     )
-    percentiles: tuple[float, float] = Field((2.0, 98.0), description="Low and high percentile of the percentile method.")
+    percentiles: tuple[float, float] = Field(
+        (2.0, 98.0), description="Low and high percentile of the percentile method."
+    )
     windows: int = Field(64, ge=1, description="Windows sampled to compute the statistics.")
     max_pixels: int = Field(1_000_000, ge=1000, description="Pixels per band kept for the percentile method.")
 
-    @model_validator(mode="after")
-    def _percentile_order(self) -> NormalizationConfig:
-        lo, hi = self.percentiles
+    @field_validator("percentiles")
+    @classmethod
+    def _percentile_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
         if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError(f"percentiles must be [low, high] with 0 <= low < high <= 100, got {list(self.percentiles)}")
-        return self
+            raise ValueError(f"must be [low, high] with 0 <= low < high <= 100, got {list(value)}")
+        return value
 
 
 class TrainModelConfig(_Section):
@@ -240,7 +273,9 @@ class TrainModelConfig(_Section):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     aux: bool | None = None
     aux_weight: float | None = Field(None, ge=0.0)
-    encoder_weights: str | None = Field(None, description="'imagenet' uses cached weights (offline); null: from scratch.")
+    encoder_weights: str | None = Field(
+        None, description="'imagenet' uses cached weights (offline); null: from scratch."
+    )
 
 
 class OptimConfig(_Section):
@@ -285,8 +320,12 @@ class TrainConfig(_Section):
     amp: bool | None = Field(None, description="bf16 autocast; None: on for CUDA, off on CPU.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
     ignore_index: int = Field(255, ge=0, le=65535, description="Label value of ignored pixels in the bundle.")
-    tile_size: int | None = Field(None, ge=32, le=8192, description="Prediction tile size stored in the bundle (default: 2 x window).")
-    overlap: int | None = Field(None, ge=0, description="Prediction overlap stored in the bundle (default: tile_size / 8).")
+    tile_size: int | None = Field(
+        None, ge=32, le=8192, description="Prediction tile size stored in the bundle (default: 2 x window)."
+    )
+    overlap: int | None = Field(
+        None, ge=0, description="Prediction overlap stored in the bundle (default: tile_size / 8)."
+    )
     out: str | None = Field(None, description="Output folder (default: runs/<config name>).")
 
 
@@ -296,16 +335,25 @@ class BatchConfig(_Section):
     scheduler: str | None = Field(
         None, description="Address of an existing dask scheduler (tcp://host:port); None starts a LocalCluster."
     )
-    n_workers: int | None = Field(None, ge=1, le=1024, description="LocalCluster worker processes (default: sized to the machine).")
+    n_workers: int | None = Field(
+        None, ge=1, le=1024, description="LocalCluster worker processes (default: sized to the machine)."
+    )
     threads_per_worker: int = Field(1, ge=1, le=64, description="Scenes a worker runs at once (LocalCluster).")
     torch_threads: int | None = Field(
-        None, ge=1, le=256, description="torch threads per worker (default: the host's cores shared among its worker threads)."
+        None,
+        ge=1,
+        le=256,
+        description="torch threads per worker (default: the host's cores shared among its worker threads).",
     )
-    memory_limit: str = Field("auto", description="LocalCluster memory limit per worker ('auto', '4GiB', '0' for none).")
+    memory_limit: str = Field(
+        "auto", description="LocalCluster memory limit per worker ('auto', '4GiB', '0' for none)."
+    )
     resources: dict[str, float] = Field(
         default_factory=dict, description="dask resources each scene task asks for, e.g. {GPU: 1}."
     )
-    retries: int = Field(2, ge=0, le=20, description="Retries of a scene after a transient error (input errors are never retried).")
+    retries: int = Field(
+        2, ge=0, le=20, description="Retries of a scene after a transient error (input errors are never retried)."
+    )
     strip_pixels: int = Field(
         50_000_000, ge=65_536, description="Scenes with more pixels are split into row strips predicted in parallel."
     )

@@ -1,5 +1,7 @@
-"""Evaluation: pixel scores (IoU, F1, producer's/user's accuracy, OA, kappa) of a class raster
-against a raster or vector reference, streamed block by block, and SpaceNet-style building F1.
+"""Evaluation of class rasters against reference labels.
+
+Pixel scores (IoU, F1, producer's/user's accuracy, OA, kappa) against a raster or vector
+reference, streamed block by block, and SpaceNet-style building F1.
 """
 
 from __future__ import annotations

@@ -217,8 +217,6 @@ def evaluate_buildings(
     else:
         if not ref_path.exists():
             raise InputVectorError(f"{ref_path}: not found; check the path")
-        ref_polys, _ = raster_footprints(
-            ref_path, reference_values or building_values, min_area_px=min_area_px
-        )
+        ref_polys, _ = raster_footprints(ref_path, reference_values or building_values, min_area_px=min_area_px)
     logger.info("%d predicted and %d reference footprints", len(pred_polys), len(ref_polys))
     return building_scores(pred_polys, ref_polys, iou_threshold=iou_threshold)

@@ -202,9 +202,7 @@ def _div(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
-def scores_from_confusion(
-    counts: NDArray[Any], classes: ClassTable | Sequence[str] | None = None
-) -> Scores:
+def scores_from_confusion(counts: NDArray[Any], classes: ClassTable | Sequence[str] | None = None) -> Scores:
     """Per-class and overall scores from a confusion matrix.
 
     Parameters

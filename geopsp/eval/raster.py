@@ -35,7 +35,7 @@ _UNKNOWN_REF = -3
 
 
 def is_vector_path(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` looks like a vector file (by suffix).
+    """Tell whether ``path`` looks like a vector file (by suffix).
 
     Examples
     --------
@@ -75,7 +75,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _lut_lookup(values: NDArray[Any], fn: Callable[[Any], int], cache: dict[Any, NDArray[np.int64]]) -> NDArray[np.int64]:
+def _lut_lookup(
+    values: NDArray[Any], fn: Callable[[Any], int], cache: dict[Any, NDArray[np.int64]]
+) -> NDArray[np.int64]:
     """Map an array through ``fn`` (value -> int), with a full lookup table for small integer dtypes."""
     dt = values.dtype
     if dt.kind in "iu" and dt.itemsize <= 2:
@@ -215,9 +217,13 @@ def evaluate_rasters(
             except rasterio.errors.RasterioIOError as exc:
                 raise InputRasterError(f"{ref_path}: cannot open the reference ({exc})") from exc
             ref_nodata = ref_ds.nodata
-            same_grid = ref_ds.width == src.width and ref_ds.height == src.height and (
-                (ref_ds.crs is None and src.crs is None)
-                or (ref_ds.crs == src.crs and ref_ds.transform.almost_equals(src.transform))
+            same_grid = (
+                ref_ds.width == src.width
+                and ref_ds.height == src.height
+                and (
+                    (ref_ds.crs is None and src.crs is None)
+                    or (ref_ds.crs == src.crs and ref_ds.transform.almost_equals(src.transform))
+                )
             )
             if same_grid:
                 ref_src = ref_ds
@@ -263,7 +269,9 @@ def evaluate_rasters(
             if other.any():
                 unknown_pred.update(int(v) for v in np.unique(raw_pred[other]).tolist())
             if vector is not None:
-                raw = vector.rasterize(window_transform(src.transform, r0, 0), src.width, h, fill=fill, all_touched=all_touched)
+                raw = vector.rasterize(
+                    window_transform(src.transform, r0, 0), src.width, h, fill=fill, all_touched=all_touched
+                )
             else:
                 raw = ref_src.read(1, window=win)
             ref = _lut_lookup(raw, ref_fn, ref_cache)

@@ -33,7 +33,7 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
 
 
 def confusion_csv(scores: Scores) -> str:
-    """The confusion matrix as CSV: a header of predicted class names, one row per reference class."""
+    """Format the confusion matrix as CSV: predicted class names across, one row per reference class."""
     k = len(scores.classes)
     names = [c.name for c in scores.classes]
     buf = io.StringIO()
@@ -48,7 +48,17 @@ def confusion_csv(scores: Scores) -> str:
 
 def classes_csv(scores: Scores) -> str:
     """Per-class scores as CSV (empty cells where undefined)."""
-    cols = ["id", "name", "status", "iou", "f1", "producer_accuracy", "user_accuracy", "reference_pixels", "predicted_pixels"]
+    cols = [
+        "id",
+        "name",
+        "status",
+        "iou",
+        "f1",
+        "producer_accuracy",
+        "user_accuracy",
+        "reference_pixels",
+        "predicted_pixels",
+    ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -82,8 +92,15 @@ def confusion_png(path: Path, scores: Scores, *, overwrite: bool) -> None:
         for i in range(k):
             for j in range(k):
                 if counts[i, j]:
-                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
-                            color="white" if frac[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(counts[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of reference row")
     title = f"OA {_cell(scores.overall_accuracy)}  mIoU {_cell(scores.miou)}"
     ax.set_title(title)

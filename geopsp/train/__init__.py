@@ -1,5 +1,7 @@
-"""Training: data layouts, labeled-window sampling, augmentation, normalization statistics,
-losses and the :func:`fit` loop that writes model bundles.
+"""Training of segmentation models.
+
+Data layouts, labeled-window sampling, augmentation, normalization statistics, losses and
+the :func:`fit` loop that writes model bundles.
 
 Importing this package imports torch.
 """

@@ -1,5 +1,6 @@
-"""Augmentations that keep geometry honest: flips, 90-degree rotations, mild scale jitter, and
-per-band brightness/contrast.
+"""Augmentations that keep geometry honest.
+
+Flips, 90-degree rotations, mild scale jitter, and per-band brightness/contrast.
 
 Each transform applies the same geometric change to image and labels; labels are resampled
 with nearest neighbour only, so no class is ever invented by interpolation.
@@ -40,7 +41,9 @@ def resize_pair(
     import torch
     import torch.nn.functional as F
 
-    img = F.interpolate(torch.from_numpy(np.ascontiguousarray(image))[None], size=(size, size), mode="bilinear", align_corners=False)
+    img = F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(image))[None], size=(size, size), mode="bilinear", align_corners=False
+    )
     h, w = labels.shape
     ri = np.minimum((np.arange(size) + 0.5) * h / size, h - 1).astype(np.intp)
     ci = np.minimum((np.arange(size) + 0.5) * w / size, w - 1).astype(np.intp)
@@ -84,9 +87,9 @@ def augment_pair(
     labels = np.ascontiguousarray(labels)
     c = image.shape[0]
     if config.contrast > 0:
-        gain = rng.uniform(1 - config.contrast, 1 + config.contrast, size=c).astype(np.float32)
+        gain = np.asarray(rng.uniform(1 - config.contrast, 1 + config.contrast, size=c), dtype=np.float32)
         image *= gain[:, None, None]
     if config.brightness > 0:
-        shift = rng.uniform(-config.brightness, config.brightness, size=c).astype(np.float32)
+        shift = np.asarray(rng.uniform(-config.brightness, config.brightness, size=c), dtype=np.float32)
         image += shift[:, None, None]
     return image, labels

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,7 +120,7 @@ def resolve_paths(config: TrainConfig, base_dir: str | os.PathLike[str] | None) 
 
 
 def resolve_classes(config: TrainConfig) -> ClassTable:
-    """The class table of a (path-resolved) config; layouts spacenet and deepglobe have defaults.
+    """Return the class table of a (path-resolved) config; layouts spacenet and deepglobe have defaults.
 
     Raises
     ------
@@ -157,9 +156,7 @@ def _fill(template: str, image: Path, **extra: str) -> str:
     try:
         return template.format(stem=image.stem, name=image.name, **extra)
     except (KeyError, IndexError) as exc:
-        raise ConfigError(
-            f"template {template!r} uses an unknown placeholder {exc}; use {{stem}} or {{name}}"
-        ) from exc
+        raise ConfigError(f"template {template!r} uses an unknown placeholder {exc}; use {{stem}} or {{name}}") from exc
 
 
 def _chip_id(stem: str, regex: str) -> str | None:
@@ -198,7 +195,9 @@ def discover_scenes(data: DataConfig, split: SplitConfig | None = None) -> list[
     scenes: list[Scene] = []
     if layout == "scenes":
         if not data.labels:
-            raise ConfigError("layout 'scenes' needs a label raster template, e.g. 'labels/{name}'", key="train.data.labels")
+            raise ConfigError(
+                "layout 'scenes' needs a label raster template, e.g. 'labels/{name}'", key="train.data.labels"
+            )
         for img in images:
             lab = root / _fill(data.labels, img)
             if not lab.exists():
@@ -206,7 +205,9 @@ def discover_scenes(data: DataConfig, split: SplitConfig | None = None) -> list[
             scenes.append(Scene(img.stem, img, lab, "raster"))
     elif layout == "vector":
         if not data.vector:
-            raise ConfigError("layout 'vector' needs train.data.vector (a file or a {stem} template)", key="train.data.vector")
+            raise ConfigError(
+                "layout 'vector' needs train.data.vector (a file or a {stem} template)", key="train.data.vector"
+            )
         for img in images:
             vec = root / _fill(data.vector, img)
             if not vec.exists():
@@ -287,20 +288,27 @@ def split_scenes(
     if split.val:
         hits = np.array([_matches(s.id, split.val) for s in scenes], dtype=bool)
         if not hits.any():
-            raise ConfigError(f"no scene id matches {list(split.val)}; ids are {[s.id for s in scenes]}", key="train.split.val")
+            raise ConfigError(
+                f"no scene id matches {list(split.val)}; ids are {[s.id for s in scenes]}", key="train.split.val"
+            )
         is_val |= hits
     if split.val_dates:
         hits = np.array([s.date in split.val_dates for s in scenes], dtype=bool)
         if not hits.any():
             dates = sorted({s.date for s in scenes if s.date})
-            raise ConfigError(f"no scene is dated {list(split.val_dates)}; dates are {dates}", key="train.split.val_dates")
+            raise ConfigError(
+                f"no scene is dated {list(split.val_dates)}; dates are {dates}", key="train.split.val_dates"
+            )
         is_val |= hits
     if split.val_from_date:
         is_val |= np.array([s.date is not None and s.date >= split.val_from_date for s in scenes], dtype=bool)
     if not explicit and split.val_fraction > 0:
         k = max(1, round(n * split.val_fraction))
         if k >= n:
-            raise ConfigError(f"val_fraction {split.val_fraction} of {n} scenes leaves none to train on", key="train.split.val_fraction")
+            raise ConfigError(
+                f"val_fraction {split.val_fraction} of {n} scenes leaves none to train on",
+                key="train.split.val_fraction",
+            )
         pick = np.random.default_rng(seed).permutation(n)[:k]
         is_val[pick] = True
     is_train = ~is_val
@@ -703,7 +711,9 @@ def prepare_data(config: TrainConfig, *, max_scenes: int | None = None) -> Train
     data = config.data
     classes = resolve_classes(config)
     value_map = data.value_map if data.layout == "scenes" else None
-    mapping = LabelMapping(classes, value_map=value_map, ignore_values=data.ignore_values, ignore_index=config.ignore_index)
+    mapping = LabelMapping(
+        classes, value_map=value_map, ignore_values=data.ignore_values, ignore_index=config.ignore_index
+    )
     scenes = discover_scenes(data, config.split)
     cache = _Cache(data.cache_mb * 1024 * 1024)
     readers = [SceneReader(i, s, data.bands, mapping, data, cache) for i, s in enumerate(scenes)]
@@ -723,15 +733,11 @@ def prepare_data(config: TrainConfig, *, max_scenes: int | None = None) -> Train
             )
     if data.band_names is not None:
         if len(data.band_names) != len(bands):
-            raise ConfigError(
-                f"{len(data.band_names)} band names for {len(bands)} bands", key="train.data.band_names"
-            )
+            raise ConfigError(f"{len(data.band_names)} band names for {len(bands)} bands", key="train.data.band_names")
         names = tuple(data.band_names)
     else:
         desc = first.descriptions
-        names = tuple(
-            (desc[b - 1] if b - 1 < len(desc) and desc[b - 1] else f"band_{b}") for b in bands
-        )
+        names = tuple(str(desc[b - 1]) if b - 1 < len(desc) and desc[b - 1] else f"band_{b}" for b in bands)
     return TrainingData(
         classes=classes,
         mapping=mapping,
@@ -749,4 +755,3 @@ def prepare_data(config: TrainConfig, *, max_scenes: int | None = None) -> Train
 def _first_scenes(regions: list[Region], n: int) -> list[Region]:
     keep = sorted({r.scene for r in regions})[:n]
     return [r for r in regions if r.scene in keep]
-

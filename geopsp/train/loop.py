@@ -15,11 +15,12 @@ The library never prints: progress goes to an optional callback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,15 +108,11 @@ def _train_section(config: TrainConfig | GeopspConfig) -> TrainConfig:
 
 
 def build_spec(config: TrainConfig, *, in_channels: int, num_classes: int) -> ModelSpec:
-    """The model spec of a config: its preset with the non-null overrides applied."""
+    """Return the model spec of a config: its preset with the non-null overrides applied."""
     from geopsp.model.registry import spec_from_preset
 
     m = config.model
-    overrides = {
-        k: v
-        for k, v in m.model_dump().items()
-        if k not in ("preset", "encoder") and v is not None
-    }
+    overrides = {k: v for k, v in m.model_dump().items() if k not in ("preset", "encoder") and v is not None}
     if "ppm_bins" in overrides:
         overrides["ppm_bins"] = tuple(overrides["ppm_bins"])
     return spec_from_preset(m.preset, encoder=m.encoder, in_channels=in_channels, num_classes=num_classes, **overrides)
@@ -163,7 +160,7 @@ def _lr_at(config: TrainConfig, step: int, total_steps: int, elapsed_s: float) -
     if config.max_minutes is not None:
         progress = max(progress, elapsed_s / (config.max_minutes * 60.0))
     progress = min(progress, 1.0)
-    lr = o.lr * (1.0 - progress) ** o.poly_power
+    lr = float(o.lr * (1.0 - progress) ** o.poly_power)
     if o.warmup_steps and step < o.warmup_steps:
         lr *= (step + 1) / o.warmup_steps
     return max(lr, o.lr * 1e-4)
@@ -324,9 +321,16 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
             (out / n).unlink(missing_ok=True)
 
 
-def _set_threads(config: TrainConfig) -> None:
+@contextlib.contextmanager
+def _threads(config: TrainConfig) -> Iterator[None]:
+    """Use ``config.threads`` torch threads inside the block, then restore the previous count."""
+    previous = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------- fit
@@ -372,17 +376,26 @@ def fit(
     CheckpointError
         If ``resume`` finds no usable state.
     """
+    with _threads(_train_section(config)):
+        return _fit(config, out, base_dir=base_dir, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _fit(
+    config: TrainConfig | GeopspConfig,
+    out: str | os.PathLike[str] | None,
+    *,
+    base_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    overwrite: bool,
+    progress: ProgressFn | None,
+) -> TrainResult:
     cfg = resolve_paths(_train_section(config), base_dir)
     if out is None and cfg.out is None:
         raise ConfigError("no output folder; pass out= (--out) or set train.out", key="train.out")
     out_dir = Path(out if out is not None else str(cfg.out)).resolve()
     _check_out(out_dir, resume=resume, overwrite=overwrite)
-    _set_threads(cfg)
     device = _device(cfg)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    if amp and device.type != "cuda":
-        logger.warning("bf16 autocast is only used on CUDA; training in float32 on %s", device)
-        amp = False
 
     started = time.monotonic()
     data = prepare_data(cfg)
@@ -393,6 +406,11 @@ def fit(
         from geopsp.model.bundle import load_bundle
 
         resume_info, opt_state = load_training_state(out_dir)
+        if int(resume_info["epoch"]) >= cfg.epochs:
+            raise CheckpointError(
+                f"{out_dir}: the run already finished {resume_info['epoch']} epochs; raise train.epochs "
+                "(--set train.epochs=N) to continue it"
+            )
         bundle = load_bundle(out_dir / "last.safetensors", device="cpu")
         if int(bundle.meta.provenance.get("epochs", -1)) != int(resume_info["epoch"]):
             raise CheckpointError(
@@ -424,7 +442,9 @@ def fit(
         try:
             optimizer.load_state_dict(opt_state)
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{out_dir}: optimizer state does not fit ({exc}); start again without --resume") from exc
+            raise CheckpointError(
+                f"{out_dir}: optimizer state does not fit ({exc}); start again without --resume"
+            ) from exc
 
     sampler = WindowSampler(
         data.readers,
@@ -461,9 +481,13 @@ def fit(
     start_epoch = int(resume_info["epoch"]) if resume_info else 0
     global_step = int(resume_info["step"]) if resume_info else 0
     elapsed_before = float(resume_info.get("elapsed_s", 0.0)) if resume_info else 0.0
-    best_miou = float(resume_info["best_miou"]) if resume_info and resume_info.get("best_miou") is not None else -math.inf
+    best_miou = (
+        float(resume_info["best_miou"]) if resume_info and resume_info.get("best_miou") is not None else -math.inf
+    )
     best_epoch = int(resume_info.get("best_epoch", 0)) if resume_info else 0
-    best_loss = float(resume_info.get("best_loss", math.inf)) if resume_info else math.inf
+    best_loss = math.inf
+    if resume_info and resume_info.get("best_loss") is not None:
+        best_loss = float(resume_info["best_loss"])
     describe = data.describe()
     config_path = out_dir / "config.yaml"
     _write_config(config_path, cfg)
@@ -526,6 +550,7 @@ def fit(
         }
         improved = False
         if validate:
+
             def val_progress(i: int, n: int, _epoch: int = epoch) -> None:
                 if progress is not None:
                     progress(TrainEvent("val", _epoch, cfg.epochs, i, n))
@@ -615,10 +640,6 @@ def fit(
             logger.info("time budget of %.1f min spent after epoch %d", cfg.max_minutes or 0, epoch)
             break
 
-    if not history:
-        raise CheckpointError(f"{out_dir}: the run already finished {start_epoch} epochs; raise train.epochs to continue")
-    if epoch == start_epoch and resume:
-        logger.info("nothing to do: %d of %d epochs already done", start_epoch, cfg.epochs)
     logger.info("finished in %.1f s; best mIoU %s at epoch %d", time.monotonic() - started, _fmt(best_miou), best_epoch)
     return TrainResult(
         out_dir=out_dir,
@@ -683,10 +704,20 @@ def dry_run(
     ConfigError, InputRasterError, InputVectorError, ModelError
         Whatever a real run would raise at start.
     """
+    with _threads(_train_section(config)):
+        return _dry_run(config, base_dir=base_dir, window=window, batch_size=batch_size)
+
+
+def _dry_run(
+    config: TrainConfig | GeopspConfig,
+    *,
+    base_dir: str | os.PathLike[str] | None,
+    window: int,
+    batch_size: int,
+) -> dict[str, Any]:
     from geopsp.model.registry import build_model
 
     cfg = resolve_paths(_train_section(config), base_dir)
-    _set_threads(cfg)
     data = prepare_data(cfg)
     train_small = [r for r in data.train if r.scene == data.train[0].scene][:1]
     win = min(window, cfg.sampling.window)

@@ -120,8 +120,8 @@ class SegmentationLoss(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def single(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The main loss of one output."""
-        weight: Tensor | None = self.weight
+        """Return the main loss of one output."""
+        weight = self.weight if isinstance(self.weight, Tensor) else None
         if self.kind in ("ce", "ce+dice"):
             if not bool((target != self.ignore_index).any()):
                 loss = logits.sum() * 0.0

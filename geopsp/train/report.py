@@ -14,7 +14,18 @@ from geopsp.io.atomic import atomic_output
 
 __all__ = ["write_curves", "write_metrics_csv"]
 
-BASE_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_miou", "val_oa", "val_mean_f1", "val_kappa", "seconds")
+BASE_COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_miou",
+    "val_oa",
+    "val_mean_f1",
+    "val_kappa",
+    "seconds",
+)
 
 
 def _fmt(v: Any) -> str:
@@ -50,7 +61,11 @@ def write_curves(path: str | os.PathLike[str], history: Sequence[Mapping[str, An
     from matplotlib.figure import Figure
 
     def series(key: str) -> tuple[list[int], list[float]]:
-        pts = [(int(r["epoch"]), float(r[key])) for r in history if r.get(key) is not None and not math.isnan(float(r[key]))]
+        pts = [
+            (int(r["epoch"]), float(r[key]))
+            for r in history
+            if r.get(key) is not None and not math.isnan(float(r[key]))
+        ]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig = Figure(figsize=(10, 4), dpi=100)

@@ -112,9 +112,12 @@ class WindowSampler:
         self.grid = grid
         span = max(1, math.ceil(window / grid))
         reg_idx, cell_i, cell_j, fracs = [], [], [], []
+        labeled_px, total_px = 0, 0
         for k, reg in enumerate(self.regions):
             reader = readers[reg.scene]
             labels = reader.labels()[reg.row : reg.row + reg.height, reg.col : reg.col + reg.width]
+            labeled_px += int(np.count_nonzero(labels != reader.mapping.ignore_index))
+            total_px += labels.size
             cells = cell_fractions(labels, grid, reader.mapping.ignore_index)
             wf = _window_fractions(cells, span)
             ii, jj = np.meshgrid(np.arange(wf.shape[0]), np.arange(wf.shape[1]), indexing="ij")
@@ -126,7 +129,8 @@ class WindowSampler:
         self._i = np.concatenate(cell_i)
         self._j = np.concatenate(cell_j)
         frac = np.concatenate(fracs)
-        self.labeled_fraction = float(frac.mean()) if frac.size else 0.0
+        self.labeled_fraction = labeled_px / max(total_px, 1)
+        """Share of labeled pixels in the regions."""
         eligible = frac >= max(min_labeled, 1e-12)
         if not eligible.any():
             eligible = frac > 0

@@ -119,7 +119,9 @@ def load_training_state(folder: str | os.PathLike[str], *, name: str = "last") -
     j_path = folder / f"{name}_state.json"
     t_path = folder / f"{name}_state.safetensors"
     if not j_path.exists() or not t_path.exists():
-        raise CheckpointError(f"{folder}: no training state to resume ({j_path.name} and {t_path.name}); train without --resume")
+        raise CheckpointError(
+            f"{folder}: no training state to resume ({j_path.name} and {t_path.name}); train without --resume"
+        )
     try:
         info = json.loads(j_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

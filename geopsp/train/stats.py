@@ -114,4 +114,3 @@ def normalize_window(image: NDArray[np.float32], norm: Normalization) -> NDArray
     if bad.any():
         out[bad] = 0.0
     return out
-
