@@ -243,8 +243,7 @@ def run_batch(
     todo: list[Job] = []
     for job in jobs:
         prev = latest.get(job.id)
-        if not overwrite and manifest.is_complete(prev):
-            assert prev is not None
+        if prev is not None and not overwrite and manifest.is_complete(prev):
             if prev.fingerprint and prev.fingerprint != fingerprint:
                 logger.warning("%s: kept outputs made with another model or settings; pass --overwrite to redo", job.id)
             records[job.id] = SceneRecord(
@@ -261,12 +260,14 @@ def run_batch(
 
     dashboard: str | None = None
     if todo:
-        with _connect(address, cfg, n_workers, res) as (client, dashboard):
-            for rec in _run_jobs(
-                client, todo, out, model_path, cfg, res, fingerprint, manifest, progress, len(records), total
-            ):
-                records[rec.id] = rec
-        _cleanup_temps(out, todo)
+        try:
+            with _connect(address, cfg, n_workers, res) as (client, dashboard):
+                for rec in _run_jobs(
+                    client, todo, out, model_path, cfg, res, fingerprint, manifest, progress, len(records), total
+                ):
+                    records[rec.id] = rec
+        finally:
+            _cleanup_temps(out, todo)
     report = BatchReport(tuple(records[j.id] for j in jobs), out, manifest.path, time.perf_counter() - t0, dashboard)
     logger.debug("%s", report.summary_line())
     return report
@@ -308,7 +309,7 @@ def _connect(
             logger.warning("n_workers applies to a LocalCluster only; the cluster at %s keeps its workers", address)
         try:
             client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"cannot reach dask scheduler {address} ({exc}); start one with `dask scheduler` or drop --scheduler"
             ) from exc
