@@ -374,9 +374,24 @@ def test_outputs_are_refused_or_replaced(raster, tmp_path):
     with pytest.raises(InputRasterError):
         vectorize(tmp_path / "missing.tif", tmp_path / "x.gpkg")
     f = tmp_path / "float.tif"
-    write_raster(f, np.zeros((10, 10), dtype=np.float32), nodata=None)
-    with pytest.raises(InputRasterError, match="integer"):
+    write_raster(f, np.full((10, 10), 0.5, dtype=np.float32), nodata=None)
+    with pytest.raises(InputRasterError, match="non-integer"):
         vectorize(f, tmp_path / "f.gpkg")
+    assert not (tmp_path / "f.gpkg").exists()
+    c = tmp_path / "complex.tif"
+    write_raster(c, np.zeros((10, 10), dtype=np.complex64), nodata=None)
+    with pytest.raises(InputRasterError, match="integer"):
+        vectorize(c, tmp_path / "c.gpkg")
+
+
+def test_float_label_rasters_with_whole_numbers(tmp_path):
+    a = np.zeros((40, 50), dtype=np.float32)
+    a[5:30, 10:20] = 3.0
+    a[:4, :4] = np.nan
+    path = write_raster(tmp_path / "labels.tif", a, nodata=np.nan)
+    df = read(vectorize(path, tmp_path / "labels_polygons.gpkg", config=cfg(block_rows=16)))
+    assert sorted(df.class_id) == [0, 3]
+    assert df.area_m2.sum() == pytest.approx((40 * 50 - 16) * 4.0)
 
 
 def test_progress_and_worker_processes_agree(raster, tmp_path):

@@ -22,6 +22,7 @@ SCENE_TAG = "GEOPSP_SCENE"
 """Dataset tag naming the scene a class raster was predicted from (optional)."""
 
 _INT_DTYPES = ("uint8", "uint16", "int8", "int16", "int32", "uint32")
+_FLOAT_DTYPES = ("float32", "float64")  # accepted when every value is a whole number
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def inspect_class_raster(path: str | os.PathLike[str]) -> RasterSource:
                 )
     except RasterioIOError as exc:
         raise InputRasterError(f"{p}: cannot open as a raster ({exc}); is it a GeoTIFF class raster?") from exc
-    if dtype not in _INT_DTYPES:
+    if dtype not in _INT_DTYPES + _FLOAT_DTYPES:
         raise InputRasterError(
             f"{p}: band 1 is {dtype}; a class raster holds integer class ids ({', '.join(_INT_DTYPES)})"
         )

@@ -215,9 +215,30 @@ def read_strip(src: Any, row0: int, row1: int) -> tuple[NDArray[Any], NDArray[np
         valid = None
     else:
         valid = src.read_masks(1, window=win) > 0
+    if data.dtype.kind == "f":
+        data, valid = _float_classes(src, data, valid, row0)
     if valid is not None and valid.all():
         valid = None
     return data, valid
+
+
+def _float_classes(
+    src: Any, data: NDArray[Any], valid: NDArray[np.bool_] | None, row0: int
+) -> tuple[NDArray[np.int32], NDArray[np.bool_]]:
+    """Class ids stored as floats (label rasters often are): check they are whole numbers."""
+    from geopsp.errors import InputRasterError
+
+    ok = np.isfinite(data) if valid is None else (valid & np.isfinite(data))
+    values = data[ok]
+    frac = values != np.round(values)
+    if frac.any():
+        raise InputRasterError(
+            f"{src.name}: band 1 holds non-integer values (e.g. {float(values[frac][0])!r} near row {row0}); "
+            "a class raster holds whole-number class ids"
+        )
+    if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
+        raise InputRasterError(f"{src.name}: class ids beyond 32-bit integers near row {row0}")
+    return np.where(ok, data, 0).astype(np.int32), ok
 
 
 @dataclass(frozen=True)
