@@ -119,6 +119,15 @@ def test_tta_averages_transformed_predictions(tta):
         torch.testing.assert_close(inv(fwd(t)), t)
 
 
+def test_d4_on_non_square_tiles_pads_and_crops():
+    meta = make_meta()
+    x = torch.randn(2, 3, 32, 64)
+    plain = Predictor(conv_model(k=1), meta, device="cpu", amp=False).probabilities(x)
+    d4 = Predictor(conv_model(k=1), meta, device="cpu", amp=False, tta="d4").probabilities(x)
+    assert d4.shape == (2, 4, 32, 64)
+    torch.testing.assert_close(plain, d4, rtol=1e-5, atol=1e-6)
+
+
 def test_cpu_bf16_autocast_agrees():
     meta = make_meta()
     model = conv_model(k=3, seed=2)

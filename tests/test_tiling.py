@@ -147,7 +147,7 @@ def test_reader_decodes_each_block_once_and_cuts_exact_tiles(grid, block_rows, d
     assert [it.tile.index for it in items] == [t.index for t in grid.tiles(rr)]
     for it in items:
         t = it.tile
-        assert it.data.shape == (2, grid.tile_size, grid.tile_size)
+        assert it.data.shape == (2, *grid.input_shape)
         np.testing.assert_array_equal(
             it.data[:, : t.height, : t.width], arr[[2, 0], t.row : t.row_end, t.col : t.col_end]
         )

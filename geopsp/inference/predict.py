@@ -263,8 +263,10 @@ class Predictor:
         """Softmax probabilities ``(N, K, S, S)`` float32, averaged over the TTA transforms."""
         t0 = time.perf_counter()
         transforms = TTA_TRANSFORMS[self.tta]
-        if self.tta == "d4" and x.shape[2] != x.shape[3]:
-            raise ConfigError("d4 TTA needs square tiles")
+        h, w = x.shape[2], x.shape[3]
+        if self.tta == "d4" and h != w:  # rotations need a square: pad, then crop back
+            side = max(h, w)
+            x = torch.nn.functional.pad(x, (0, side - w, 0, side - h), mode="replicate")
         acc: Tensor | None = None
         for fwd, inv in transforms:
             p = inv(torch.softmax(self.logits(fwd(x)), dim=1))
@@ -272,6 +274,7 @@ class Predictor:
         assert acc is not None
         if len(transforms) > 1:
             acc = acc.div_(len(transforms))
+        acc = acc[:, :, :h, :w]
         self.model_seconds += time.perf_counter() - t0
         return acc.contiguous()
 

@@ -47,11 +47,13 @@ class PreparedTile:
         return self.data is None
 
 
-def pad_tile(data: NDArray[Any], valid: NDArray[np.bool_], size: int) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-    """Pad a ``(C, h, w)`` window to ``(C, size, size)`` by reflection (bottom and right).
+def pad_tile(
+    data: NDArray[Any], valid: NDArray[np.bool_], size: int | tuple[int, int]
+) -> tuple[NDArray[Any], NDArray[np.bool_]]:
+    """Pad a ``(C, h, w)`` window to ``(C, rows, cols)`` by reflection (bottom and right).
 
-    The valid mask is padded with False so padding never reaches the output. Reflection of
-    an axis of length 1 repeats it.
+    ``size`` is ``(rows, cols)`` or one edge for both. The valid mask is padded with False so
+    padding never reaches the output. Reflection of an axis of length 1 repeats it.
 
     Examples
     --------
@@ -59,12 +61,12 @@ def pad_tile(data: NDArray[Any], valid: NDArray[np.bool_], size: int) -> tuple[N
     >>> d[0, 0].tolist(), v.sum()
     ([0, 1, 2, 1, 0], np.int64(3))
     """
+    rows, cols = (size, size) if isinstance(size, int) else size
     _, h, w = data.shape
-    if h == size and w == size:
+    if h == rows and w == cols:
         return data, valid
-    pad_h, pad_w = size - h, size - w
-    out = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-    vout = np.zeros((size, size), dtype=bool)
+    out = np.pad(data, ((0, 0), (0, rows - h), (0, cols - w)), mode="reflect")
+    vout = np.zeros((rows, cols), dtype=bool)
     vout[:h, :w] = valid
     return out, vout
 
@@ -180,7 +182,7 @@ class TileReader:
         1-based bands the model reads.
     prepare : callable, optional
         ``prepare(tile, data, valid) -> (array, valid)`` run in the worker threads on the
-        padded ``(C, size, size)`` tile (for instance normalization). Default: identity.
+        tile padded to ``(C, *grid.input_shape)`` (for instance normalization). Default: identity.
     row_range : (int, int), optional
         Only tiles overlapping scene rows ``[r0, r1)``.
     threads : int
@@ -314,7 +316,7 @@ class TileReader:
 
     def _prepare(self, tile: Tile, data: NDArray[Any], valid: NDArray[np.bool_]) -> PreparedTile:
         t0 = time.perf_counter()
-        d, v = pad_tile(data, valid, tile.size)
+        d, v = pad_tile(data, valid, self.grid.input_shape)
         if self.prepare is not None:
             d, v = self.prepare(tile, d, v)
         else:

@@ -3,7 +3,9 @@
 Tiles are ``tile_size`` square and step by ``tile_size - overlap`` along each axis; the last row
 and column are snapped inward so they end exactly at the scene edge (their overlap with the
 previous tile is then larger than ``overlap``). An axis shorter than one tile gets a single tile
-that covers all of it; the reader pads it to ``tile_size`` by reflection and the mosaic crops
+that covers all of it; the reader pads it by reflection to the model input size
+(:attr:`TileGrid.input_shape`: the tile size, or the axis rounded up to a multiple of 32 when
+shorter, so a thin scene does not run the model on a mostly reflected tile) and the mosaic crops
 it back.
 
 Tiles are visited band by band, top to bottom; a band is one grid row, visited left to right,
@@ -24,7 +26,10 @@ from dataclasses import dataclass, field
 
 from geopsp.errors import TilingError
 
-__all__ = ["Tile", "TileGrid", "axis_offsets"]
+__all__ = ["INPUT_MULTIPLE", "Tile", "TileGrid", "axis_offsets"]
+
+INPUT_MULTIPLE = 32
+"""An axis shorter than a tile is padded to a multiple of this (the deepest encoder stride)."""
 
 
 def axis_offsets(length: int, tile_size: int, overlap: int) -> tuple[int, ...]:
@@ -163,6 +168,24 @@ class TileGrid:
 
     def __len__(self) -> int:
         return len(self.row_offsets) * len(self.col_offsets)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` every tile is padded to for the model.
+
+        The tile size, or for an axis shorter than a tile that axis rounded up to a multiple of
+        32 (never more than the tile size).
+
+        Examples
+        --------
+        >>> TileGrid(1, 100000, 4096, 32).input_shape
+        (32, 4096)
+        """
+
+        def fit(n: int) -> int:
+            return min(self.tile_size, -(-n // INPUT_MULTIPLE) * INPUT_MULTIPLE)
+
+        return fit(self.height), fit(self.width)
 
     @property
     def shape(self) -> tuple[int, int]:
