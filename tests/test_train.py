@@ -518,3 +518,25 @@ def test_label_mapping_unknown_values_warn_during_training(tmp_path):
     with pytest.warns(UnknownLabelWarning, match=r"label values 3 are not in the class table \[1, 2\]"):
         data_.warn_unknown()
     assert isinstance(data_.mapping, LabelMapping) and isinstance(data_.classes, ClassTable)
+
+
+def test_quick_config_on_a_synthetic_scene(tmp_path):
+    from geopsp.model.bundle import read_bundle_meta
+    from geopsp.synthetic import SYNTHETIC_CLASSES, make_scene
+    from geopsp.train import quick_config
+
+    scene, labels = make_scene(tmp_path / "scene.tif", width=97, height=131, bands=4, dtype="uint16", seed=2)
+    cfg = quick_config(
+        scene,
+        labels,
+        classes=SYNTHETIC_CLASSES,
+        epochs=1,
+        windows_per_epoch=2,
+        batch_size=2,
+        model={"decoder_channels": 16},
+        threads=1,
+    )
+    res = fit(cfg, tmp_path / "run")
+    meta = read_bundle_meta(res.best)
+    assert meta.classes == SYNTHETIC_CLASSES and meta.input_dtype == "uint16" and len(meta.bands) == 4
+    assert meta.provenance["data"]["train_scenes"] == ["scene"] == meta.provenance["data"]["val_scenes"]

@@ -21,6 +21,7 @@ from geopsp.train.datasets import (
 )
 from geopsp.train.loop import TrainEvent, TrainResult, dry_run, fit
 from geopsp.train.losses import SegmentationLoss
+from geopsp.train.quick import quick_config
 from geopsp.train.sampling import WindowSampler
 from geopsp.train.stats import compute_normalization
 
@@ -39,6 +40,7 @@ __all__ = [
     "dry_run",
     "fit",
     "prepare_data",
+    "quick_config",
     "resolve_paths",
     "split_scenes",
 ]
