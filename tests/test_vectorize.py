@@ -470,3 +470,19 @@ def test_top_level_name_is_callable_after_submodule_import(raster, tmp_path):
     path, _ = raster
     out = geopsp.vectorize(path, tmp_path / "top.gpkg", config=cfg())
     assert out.exists()
+
+
+@pytest.mark.data
+def test_real_sentinel2_labels_round_trip(shared_data, tmp_path):
+    # float32 labels, nodata 0 (unlabeled), 401 x 401 at 10 m in EPSG:32633.
+    src = shared_data / "sentinel2_strzegom" / "labels" / "strzegom_20220619_33u.tif"
+    df = read(vectorize(src, tmp_path / "s2_polygons.gpkg", config=cfg(block_rows=64)))
+    with rasterio.open(src) as r:
+        a = r.read(1)
+        transform = r.transform
+    burned = rasterize(
+        zip(df.geometry, df.class_id, strict=True), out_shape=a.shape, transform=transform, fill=0, dtype="float32"
+    )
+    assert (burned == a).all()
+    assert df.crs.to_epsg() == 32633
+    assert df.area_m2.sum() == pytest.approx((a != 0).sum() * 100.0)
