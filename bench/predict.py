@@ -321,12 +321,15 @@ def main() -> None:
         memory_child(scene, out, int(tile), int(overlap))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["machine"] = _cpu()
+    fresh: dict[str, Any] = {}
     if args.only in (None, "throughput"):
-        results["throughput"] = bench_throughput(args.workdir, size=args.size)
+        fresh["throughput"] = bench_throughput(args.workdir, size=args.size)
     if args.only in (None, "memory"):
-        results["memory"] = bench_memory(args.workdir, tuple(args.memory_sizes))
+        fresh["memory"] = bench_memory(args.workdir, tuple(args.memory_sizes))
+    # merge with sections written meanwhile (another section may have run in parallel)
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(fresh)
+    results["machine"] = _cpu()
     results["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -556,9 +556,19 @@ def segment_raster(
         elif p.name.endswith(".aux.xml"):
             outputs["aux"] = p
     if cfg.vector:
-        outputs["vector"] = _run_vectorize(paths["classes"], paths["vector"], overwrite=overwrite)
+        vec = _require_vectorize()
+        outputs["vector"] = _first_path(
+            vec.vectorize(paths["classes"], paths["vector"], classes=meta.classes, overwrite=overwrite),
+            paths["vector"],
+        )
     if cfg.preview:
-        outputs["preview"] = _run_preview(scene_path, paths["classes"], paths["preview"], overwrite=overwrite)
+        prev = _require_preview()
+        outputs["preview"] = _first_path(
+            prev.render_preview(
+                scene_path, paths["classes"], paths["preview"], classes=meta.classes, overwrite=overwrite
+            ),
+            paths["preview"],
+        )
 
     wall = time.perf_counter() - t_start
     pixels = info.width * (r1 - r0)
@@ -653,19 +663,6 @@ def _require_preview() -> Any:
             "drop --preview (predict.preview=false)"
         ) from exc
     return prev
-
-
-def _run_vectorize(classes: Path, out: Path, *, overwrite: bool) -> Path:
-    vec = _require_vectorize()
-    result = vec.vectorize(classes, out, overwrite=overwrite)
-    return _first_path(result, out)
-
-
-def _run_preview(scene: Path, classes: Path, out: Path, *, overwrite: bool) -> Path:
-    prev = _require_preview()
-    fn = getattr(prev, "render_preview", None) or prev.preview
-    result = fn(scene, classes, out, overwrite=overwrite)
-    return _first_path(result, out)
 
 
 def _first_path(result: Any, default: Path) -> Path:

@@ -300,6 +300,21 @@ def test_existing_outputs_need_overwrite(tmp_path):
     assert res.classes.stat().st_mtime_ns != before
 
 
+def test_vector_and_preview_outputs(tmp_path):
+    rng = np.random.default_rng(10)
+    arr = np.kron(rng.integers(0, 256, size=(3, 7, 9), dtype=np.uint8), np.ones((1, 12, 12), np.uint8))
+    scene = write_tif(tmp_path / "s.tif", arr)
+    res = segment_raster(
+        scene,
+        (stand_in(), make_meta()),
+        tmp_path / "out",
+        config=cfg(tile_size=32, overlap=4, vector=True, preview=True),
+    )
+    assert res.outputs["vector"].name == "s_classes.gpkg" and res.outputs["vector"].exists()
+    assert res.outputs["preview"].name == "s_preview.png" and res.outputs["preview"].exists()
+    assert leftovers(tmp_path) == []
+
+
 def test_output_file_path_naming(tmp_path):
     p = output_paths("a/x.tif", tmp_path / "maps" / "y_classes.tif", probabilities=True)
     assert p["classes"].name == "y_classes.tif" and p["probability"].name == "y_probability.tif"
