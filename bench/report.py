@@ -78,7 +78,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path) -> None:
             ax.barh(names, vals, left=left, color=c, label=st)
             left = [a + b for a, b in zip(left, vals, strict=True)]
         for i, r in enumerate(sub):
-            ax.text(left[i], i, f"  {r['end_to_end_mp_s']:.2f} MP/s", va="center", fontsize=8)
+            ax.text(left[i], i, f"  {r['end_to_end_mp_s']:.3g} MP/s", va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("seconds (stage time; stages overlap, so they can exceed the wall time)")
         ax.set_title(f"{preset} preset, {sub[0]['scene']} scene")
@@ -108,8 +108,8 @@ def plot_memory(mem: list[dict[str, Any]], naive: list[dict[str, Any]], path: Pa
                 [n["megapixels"] for n in pts], [n["peak_rss_mib"] for n in pts], style, label=f"{mode}, fast preset"
             )
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("scene size (megapixels, square scenes)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("scene size (megapixels, square scenes; log scale)")
     ax.set_ylabel("peak RSS (MiB)")
     ax.set_title("Peak memory against scene size")
     ax.grid(True, which="both", alpha=0.3)
@@ -127,11 +127,13 @@ def section_machine(pm: dict[str, Any] | None) -> str:
     if pm is None:
         return "No results yet: run `make bench`.\n\n"
     m = pm["machine"]
+    loads = [r["load_avg_1min_before"] for r in pm.get("sweep") or [] if "load_avg_1min_before" in r]
+    load_s = f"{min(loads):.0f} to {max(loads):.0f}" if loads else "unknown"
     return (
         f"Measured on **{m['cpu']}, {m['cores']} cores** (torch {m['torch']}, {m['torch_threads']} threads, "
         f"Python {m['python']}, no GPU), {pm['created']}. "
         "**The machine was shared**: other jobs were using the same two cores while these ran "
-        "(the 1-minute load average before each run is in the JSON, typically 4 to 10 on 2 cores), so absolute "
+        f"(the 1-minute load average before the sweep's runs was {load_s} on 2 cores), so absolute "
         "timings are pessimistic and noisy; ratios measured back to back are more reliable than single numbers. "
         "Models are untrained bundles from `geopsp model create` (speed does not depend on the weights), "
         "3-band uint8 synthetic scenes from `geopsp sample-scene`, 6 classes.\n\n"
@@ -153,7 +155,11 @@ def section_sweep(pm: dict[str, Any]) -> str:
         "alone on one random tile of the same size, timed after a warm-up; the *ratio* says how much of the "
         "model's speed survives the pipeline (overlap makes it < 1 by design: with overlap 64 at 512 px tiles, "
         "every scene pixel is computed about 1.3 times). Stage shares are each stage's busy time over the "
-        "wall time; the reader runs in parallel threads, so shares need not add up to 1.\n\n",
+        "wall time; the reader runs in parallel threads, so shares need not add up to 1. On this shared machine "
+        "the model-only figure comes from one short measurement and swings with the load of the moment; a ratio "
+        "above 1 means that measurement fell into a busier moment than the end-to-end run, not that the pipeline "
+        "beats the model. `bench/predict.py` measures the ratio more carefully (same tiles, same batches, one "
+        "process).\n\n",
         "| preset | variant | tile | overlap | precision | channels_last | tiles | wall s | CPU s | end-to-end MP/s "
         "| model-only MP/s | ratio | read | model | blend | write |\n",
         "|---|---|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
@@ -164,7 +170,7 @@ def section_sweep(pm: dict[str, Any]) -> str:
             f"| {r['preset']} | {r['variant']} | {r['tile_size']} | {r['overlap']} | {'bf16' if r['amp'] else 'fp32'} "
             f"| {fmt(r['channels_last'])} | {r['tiles_run']} | {fmt(r['wall_s'], 1)} | {fmt(r.get('cpu_s'), 1)} "
             f"| **{fmt(r['end_to_end_mp_s'], 3)}** "
-            f"| {fmt(r['model_only_mp_s'], 3)} | {fmt(r['ratio_end_to_end_to_model'])} "
+            f"| {fmt(r['model_only_mp_s'], 3)} | {fmt(r['ratio_end_to_end_to_model'])} | "
             + " | ".join(f"{100 * sh.get(k, 0):.0f} %" for k in ("read", "model", "blend", "write"))
             + " |\n"
         )
