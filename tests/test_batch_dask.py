@@ -150,9 +150,11 @@ class Cluster:
     logs: Path
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -168,7 +170,7 @@ def dask_cluster(root: Path, worker_args: list[list[str]]) -> Iterator[Cluster]:
     hook = root / "geopsp_test_hook.py"
     hook.write_text(HOOK, encoding="utf-8")
     sched_file = root / "scheduler.json"
-    env = {**os.environ, "GEOPSP_TEST_SCENE_SLEEP": "1.0", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "GEOPSP_TEST_SCENE_SLEEP": "0.5", "PYTHONWARNINGS": "ignore"}
     procs: list[subprocess.Popen] = []
     logs = []
     try:
@@ -203,8 +205,7 @@ def dask_cluster(root: Path, worker_args: list[list[str]]) -> Iterator[Cluster]:
             client.wait_for_workers(len(worker_args), timeout=60)
         yield Cluster(address, sched, workers, root)
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        _stop(procs[::-1])
         for log in logs:
             log.close()
 
@@ -275,6 +276,18 @@ def test_existing_cluster_without_requested_resource_is_refused(cluster, bundle,
 
     with pytest.raises(ConfigError, match="no worker of the cluster offers TPU=1"):
         run_batch([scenes / "a.tif"], bundle, tmp_path / "out", scheduler=cluster.address, resources={"TPU": 1})
+
+
+def test_unreachable_scheduler_is_a_config_error(bundle, scenes, tmp_path):
+    from geopsp.batch import run_batch
+    from geopsp.config.schema import BatchConfig, GeopspConfig
+    from geopsp.errors import ConfigError
+
+    cfg = GeopspConfig(batch=BatchConfig(connect_timeout_s=2))
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="cannot reach dask scheduler"):
+        run_batch([scenes / "a.tif"], bundle, tmp_path / "out", config=cfg, scheduler="tcp://127.0.0.1:9")
+    assert time.monotonic() - t0 < 30
 
 
 def test_killed_worker_mid_batch_every_healthy_scene_completes_and_rerun_repeats_nothing(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -321,18 +320,3 @@ def test_report_summary_line():
     one = BatchReport(recs[:1], Path("out"), Path("out/manifest.jsonl"), 1.0)
     assert one.summary_line() == "1 scene: 1 done (see out/manifest.jsonl)"
     assert one.ok
-
-
-def test_unreachable_scheduler_is_a_config_error(tmp_path, monkeypatch):
-    import geopsp.batch.runner as runner
-    from geopsp.config.schema import BatchConfig, GeopspConfig
-    from geopsp.errors import ConfigError
-
-    fake_bundle = touch(tmp_path / "m.safetensors")
-    monkeypatch.setattr(runner, "_check_model", lambda model: fake_bundle)  # the bundle is not read here
-    touch(tmp_path / "a.tif")
-    cfg = GeopspConfig(batch=BatchConfig(connect_timeout_s=2))
-    t0 = time.monotonic()
-    with pytest.raises(ConfigError, match="cannot reach dask scheduler"):
-        runner.run_batch([tmp_path / "a.tif"], fake_bundle, tmp_path / "out", config=cfg, scheduler="tcp://127.0.0.1:9")
-    assert time.monotonic() - t0 < 30
