@@ -560,6 +560,10 @@ def gen_api_module(modname: str, blurb: str) -> str:
             obj = getattr(module, name)
         except AttributeError:
             continue
+        if inspect.ismodule(obj) and callable(getattr(obj, name, None)):
+            # a subpackage named like its main function (geopsp.vectorize): document the function,
+            # whichever of the two the attribute holds, depending on what was imported before
+            obj = getattr(obj, name)
         if name == "__version__":
             continue
         kind = (
