@@ -176,6 +176,15 @@ def test_nodata_is_ignored_in_labels_and_stats(tmp_path):
     data_ = prepare_data(cfg)
     labels = data_.readers[0].labels()
     assert (labels[:10] == 255).all()
+    # a scene that does not fit the cache is read window by window, with the same result
+    uncached = prepare_data(
+        resolve_paths(tiny_config(tmp_path, split={"val_dates": ["20220201"]}, data={"cache_mb": 0}), None)
+    )
+    assert np.array_equal(uncached.readers[0].labels(), labels)
+    img_a, lab_a = data_.readers[0].read(-5, 60, 30, 30)
+    img_b, lab_b = uncached.readers[0].read(-5, 60, 30, 30)
+    assert np.array_equal(lab_a, lab_b) and np.array_equal(img_a, img_b, equal_nan=True)
+    assert np.isnan(img_a[:, :5]).all() and (lab_a[:, 20:] == 255).all()
     norm = compute_normalization(
         data_.readers, data_.train, NormalizationConfig(windows=8), bands=3, window=200, rng=np.random.default_rng(0)
     )

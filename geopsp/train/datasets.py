@@ -617,9 +617,13 @@ class SceneReader:
         if full is not None:
             return full[1]
         labels = self._load_labels(None)
-        _, valid = self._load_image(None) if self.scene.kind != "deepglobe" else (None, None)
-        if valid is not None:
-            labels[~valid] = self.mapping.ignore_index
+        if self.scene.kind != "deepglobe":
+            # The scene does not fit the cache: find its nodata in blocks of rows.
+            block = max(1, (64 * 1024 * 1024) // max(1, 4 * len(self.bands or ()) * self.width))
+            for r0 in range(0, self.height, block):
+                h = min(block, self.height - r0)
+                _, valid = self._load_image((r0, 0, h, self.width))
+                labels[r0 : r0 + h][~valid] = self.mapping.ignore_index
         return labels
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[NDArray[np.float32], NDArray[Any]]:
