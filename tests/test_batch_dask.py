@@ -32,19 +32,19 @@ DASK = Path(sys.executable).with_name("dask")
 GOOD = {"a.tif": (96, 80, 1), "b.tif": (120, 72, 2), "sub/c.tif": (80, 100, 3), "sub/d.tif": (64, 64, 4),
         "e.tif": (130, 90, 5), "sub/deeper/f.tif": (100, 100, 6)}  # fmt: skip
 BIG = ("big.tif", (150, 600, 7))  # 90,000 px: two strips at strip_pixels=65536
-# dask imports a preload module twice; keep the original in the runner so wrapping is idempotent.
+# dask imports a preload module twice; keep the original in the module so wrapping is idempotent.
 HOOK = """
 import os, time
-import geopsp.batch.runner as runner
+import geopsp.batch.tasks as tasks
 
-if not hasattr(runner, "_unwrapped_segment"):
-    runner._unwrapped_segment = runner._segment
+if not hasattr(tasks, "_unwrapped_segment"):
+    tasks._unwrapped_segment = tasks._segment
 
-def _slow(task, _segment=runner._unwrapped_segment):
+def _slow(task, _segment=tasks._unwrapped_segment):
     time.sleep(float(os.environ.get("GEOPSP_TEST_SCENE_SLEEP", "0")))
     return _segment(task)
 
-runner._segment = _slow
+tasks._segment = _slow
 """
 
 
@@ -220,7 +220,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 def worker_stats(address: str) -> dict[str, dict]:
     from distributed import Client
 
-    from geopsp.batch.runner import worker_stats
+    from geopsp.batch.tasks import worker_stats
 
     with Client(address, timeout=30, set_as_default=False) as client:
         return client.run(worker_stats)

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,21 +25,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from distributed import WorkerPlugin
-
 from geopsp.batch.jobs import Job, discover_jobs, output_dir_for
 from geopsp.batch.manifest import Manifest, SceneRecord
 from geopsp.batch.strips import plan_strips
-from geopsp.config.schema import GeopspConfig, PredictConfig, VectorizeConfig
+from geopsp.batch.tasks import SceneTask, TorchThreads, cpu_count, run_scene, stitch_scene, vectorize_scene
+from geopsp.config.schema import GeopspConfig, PredictConfig
 from geopsp.errors import (
     CheckpointError,
     ConfigError,
-    CRSMismatchError,
     GeopspError,
     InputRasterError,
     OutputError,
-    OutputExistsError,
-    TilingError,
 )
 from geopsp.io.atomic import TEMP_MARKER
 
@@ -53,19 +48,6 @@ SCHEDULER_ENV = "GEOPSP_SCHEDULER"
 
 WORK_DIR = ".geopsp-work"
 """Folder under the output directory holding temporary strip rasters."""
-
-# Errors that would fail again on retry: returned as failures instead of raised to dask.
-_PERMANENT: tuple[type[BaseException], ...] = (
-    InputRasterError,
-    CheckpointError,
-    ConfigError,
-    TilingError,
-    CRSMismatchError,
-    OutputExistsError,
-    OutputError,
-    ValueError,
-    TypeError,
-)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -127,32 +109,6 @@ class BatchReport:
             parts.append(f"{self.failed} failed")
         n = len(self.records)
         return f"{n} scene{'s' if n != 1 else ''}: {', '.join(parts)} (see {self.manifest})"
-
-
-@dataclass(frozen=True, slots=True)
-class SceneTask:
-    """What a worker needs to run one scene or one strip of it (picklable).
-
-    Parameters
-    ----------
-    scene : str
-        Input path.
-    out : str
-        The class raster path (``<stem>_classes.tif``); the other outputs are named after it.
-        Strips write into a temporary folder below the output directory.
-    model : str
-        Bundle path.
-    predict : PredictConfig
-        Prediction settings.
-    row_range : tuple of int, optional
-        Rows ``[r0, r1)`` of a strip.
-    """
-
-    scene: str
-    out: str
-    model: str
-    predict: PredictConfig
-    row_range: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -323,7 +279,7 @@ def _connect(
                 ) from exc
             _check_resources(client, resources)
             client.register_plugin(
-                _TorchThreads(_torch_threads_by_host(client, bcfg.torch_threads)), name="geopsp-threads"
+                TorchThreads(_torch_threads_by_host(client, bcfg.torch_threads)), name="geopsp-threads"
             )
             dashboard = _dashboard(client)
             yield client, dashboard
@@ -349,7 +305,7 @@ def _connect(
     try:
         client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
         try:
-            client.register_plugin(_TorchThreads({}, default=torch_n), name="geopsp-threads")
+            client.register_plugin(TorchThreads({}, default=torch_n), name="geopsp-threads")
             yield client, _dashboard(client)
         finally:
             client.close()  # type: ignore[no-untyped-call]
@@ -379,13 +335,6 @@ def _dashboard(client: Any) -> str | None:
     return link
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS/Windows
-        return os.cpu_count() or 1
-
-
 def _uses_cuda(predict: PredictConfig) -> bool:
     if predict.device == "cpu":
         return False
@@ -399,7 +348,7 @@ def _uses_cuda(predict: PredictConfig) -> bool:
 def _local_sizing(cfg: GeopspConfig, n_workers: int | None) -> tuple[int, int, int]:
     """Worker processes, threads per worker and torch threads per worker for this machine."""
     bcfg = cfg.batch
-    cores = _cpu_count()
+    cores = cpu_count()
     tpw = bcfg.threads_per_worker
     n = n_workers or bcfg.n_workers
     if n is None:
@@ -424,7 +373,7 @@ def _torch_threads_by_host(client: Any, fixed: int | None) -> dict[str, int]:
     if fixed is not None:
         return {"*": fixed}
     workers = client.scheduler_info().get("workers", {})
-    cores = client.run(_cpu_count)
+    cores = client.run(cpu_count)
     threads: dict[str, int] = {}
     host_cores: dict[str, int] = {}
     for addr, info in workers.items():
@@ -448,25 +397,6 @@ def _check_resources(client: Any, resources: Mapping[str, float]) -> None:
             f"no worker of the cluster offers {want}; start GPU workers with `dask worker ADDRESS --resources {want}`"
         )
     logger.info("%d of %d workers offer %s", len(fit), len(workers), dict(resources))
-
-
-class _TorchThreads(WorkerPlugin):
-    """Worker plugin setting the torch thread count so workers do not oversubscribe cores."""
-
-    idempotent = True
-
-    def __init__(self, by_host: Mapping[str, int], default: int | None = None) -> None:
-        super().__init__()
-        self.by_host = dict(by_host)
-        self.default = default
-
-    def setup(self, worker: Any) -> None:
-        global _TORCH_THREADS
-        host = urlparse(worker.address).hostname or ""
-        n = self.by_host.get("*") or self.by_host.get(host) or self.default
-        if n is None:
-            n = max(1, _cpu_count() // max(1, int(worker.state.nthreads)))
-        _TORCH_THREADS = n
 
 
 # --------------------------------------------------------------------------- client loop
@@ -635,172 +565,3 @@ def _cleanup_temps(out: Path, jobs: Sequence[Job]) -> None:
         shutil.rmtree(out / WORK_DIR / job.key, ignore_errors=True)
     with contextlib.suppress(OSError):
         (out / WORK_DIR).rmdir()
-
-
-# --------------------------------------------------------------------------- worker side
-
-_TORCH_THREADS: int | None = None
-_BUNDLES: dict[tuple[str, int, int, str], Any] = {}
-_BUNDLE_LOCK = threading.Lock()
-BUNDLE_LOADS = 0
-"""How many times this process loaded a bundle (tests check each worker loads it once)."""
-
-
-def cached_bundle(path: str, device: str) -> Any:
-    """Load a bundle once per process; reload only when the file changes.
-
-    Parameters
-    ----------
-    path : str
-        Bundle path.
-    device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
-
-    Returns
-    -------
-    Bundle
-        The loaded model bundle.
-    """
-    global BUNDLE_LOADS
-    from geopsp.model.bundle import load_bundle
-
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns, device)
-    with _BUNDLE_LOCK:
-        bundle = _BUNDLES.get(key)
-        if bundle is None:
-            for old in [k for k in _BUNDLES if k[0] == path]:
-                del _BUNDLES[old]
-            bundle = load_bundle(path, device=device)
-            _BUNDLES[key] = bundle
-            BUNDLE_LOADS += 1
-    return bundle
-
-
-def worker_stats() -> dict[str, Any]:
-    """Model-cache state of this worker process (run it with ``client.run(worker_stats)``).
-
-    Returns
-    -------
-    dict
-        ``bundle_loads`` (bundles loaded so far), ``cached`` (bundles held) and
-        ``torch_threads`` (the thread count the batch set, or None).
-    """
-    return {"bundle_loads": BUNDLE_LOADS, "cached": len(_BUNDLES), "torch_threads": _TORCH_THREADS}
-
-
-def _set_torch_threads() -> None:
-    if _TORCH_THREADS is None:
-        return
-    import torch
-
-    if torch.get_num_threads() != _TORCH_THREADS:
-        torch.set_num_threads(_TORCH_THREADS)
-
-
-def _segment(task: SceneTask) -> Any:
-    """Run the pipeline for one task (a module attribute so tests can wrap it in workers)."""
-    from geopsp.pipeline import segment_raster
-
-    bundle = cached_bundle(task.model, task.predict.device)
-    # Anything under a final name that the manifest does not list as complete is a leftover
-    # of an interrupted attempt; the client already decided the scene must be (re)computed.
-    return segment_raster(task.scene, bundle, task.out, config=task.predict, overwrite=True, row_range=task.row_range)
-
-
-def run_scene(task: SceneTask) -> dict[str, Any]:
-    """Worker task: segment one scene (or strip) and report outputs, or a permanent failure.
-
-    Returns
-    -------
-    dict
-        ``status`` (``"done"``/``"failed"``), ``outputs`` (absolute paths), ``summary``,
-        ``seconds``, ``error``, ``error_type``.
-
-    Raises
-    ------
-    Exception
-        Transient errors (anything not an input, config or model error) propagate so dask
-        retries the task.
-    """
-    t0 = time.perf_counter()
-    _set_torch_threads()
-    try:
-        result = _segment(task)
-    except _PERMANENT as exc:
-        return _failure(exc, t0)
-    return {
-        "status": "done",
-        "outputs": [str(p) for p in _outputs_of(result)],
-        "summary": getattr(result, "summary", None),
-        "seconds": time.perf_counter() - t0,
-        "row_range": task.row_range,
-        "worker": _worker_address(),
-    }
-
-
-def _outputs_of(result: Any) -> list[Path]:
-    outputs = getattr(result, "outputs", ())
-    if isinstance(outputs, Mapping):
-        outputs = outputs.values()
-    return [Path(p) for p in outputs if p is not None]
-
-
-def _failure(exc: BaseException, t0: float) -> dict[str, Any]:
-    text = str(exc).strip().splitlines()
-    return {
-        "status": "failed",
-        "error": text[0] if text else type(exc).__name__,
-        "error_type": type(exc).__name__,
-        "seconds": time.perf_counter() - t0,
-        "outputs": [],
-        "worker": _worker_address(),
-    }
-
-
-def _worker_address() -> str | None:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except ValueError:  # not running inside a worker (tests, in-process use)
-        return None
-
-
-def stitch_scene(task: SceneTask, parts: Sequence[Mapping[str, Any]], work: str) -> dict[str, Any]:
-    """Worker task: stitch strip results into the scene's outputs (see :mod:`geopsp.batch.strips`)."""
-    from geopsp.batch.strips import stitch_strips
-
-    t0 = time.perf_counter()
-    failed = next((p for p in parts if p["status"] != "done"), None)
-    if failed is not None:
-        shutil.rmtree(work, ignore_errors=True)
-        return dict(failed)
-    try:
-        outputs = stitch_strips(task.scene, parts, task.out, model=task.model, predict=task.predict)
-    except _PERMANENT as exc:
-        return _failure(exc, t0)
-    shutil.rmtree(work, ignore_errors=True)
-    seconds = sum(float(p["seconds"]) for p in parts) + time.perf_counter() - t0
-    return {"status": "done", "outputs": [str(p) for p in outputs], "seconds": seconds, "worker": _worker_address()}
-
-
-def vectorize_scene(result: Mapping[str, Any], config: VectorizeConfig) -> dict[str, Any]:
-    """Worker task (CPU): vectorize a finished scene's class raster next to it."""
-    if result["status"] != "done":
-        return dict(result)
-    from geopsp.batch.strips import vectorize_outputs
-
-    t0 = time.perf_counter()
-    try:
-        extra = vectorize_outputs([Path(p) for p in result["outputs"]], config)
-    except _PERMANENT as exc:
-        return _failure(exc, t0)
-    out = dict(result)
-    out["outputs"] = [*result["outputs"], *map(str, extra)]
-    out["seconds"] = float(result["seconds"]) + time.perf_counter() - t0
-    return out
