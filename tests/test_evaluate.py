@@ -68,6 +68,9 @@ def test_one_sided_classes():
     assert s.classes[2].status == "not_predicted"
     assert s.classes[2].iou == 0.0 and math.isnan(s.classes[2].user_accuracy)
     assert s.miou == pytest.approx((8 / 13 + 0 + 0) / 3)
+    # over the reference's classes only (0 and 2): the class only predicted does not count
+    assert s.miou_reference_classes == pytest.approx((8 / 13 + 0) / 2)
+    assert s.mean_f1_reference_classes == pytest.approx((2 * 8 / (11 + 10) + 0) / 2)
 
 
 def test_confusion_matrix_streams_and_ignores():

@@ -168,6 +168,18 @@ class Scores:
     confusion: NDArray[np.int64]
 
     @property
+    def miou_reference_classes(self) -> float:
+        """Mean IoU over the classes present in the reference only (as many papers report it)."""
+        v = [c.iou for c in self.classes if c.reference_pixels > 0]
+        return float(np.mean(v)) if v else math.nan
+
+    @property
+    def mean_f1_reference_classes(self) -> float:
+        """Mean F1 over the classes present in the reference only."""
+        v = [c.f1 for c in self.classes if c.reference_pixels > 0]
+        return float(np.mean(v)) if v else math.nan
+
+    @property
     def iou(self) -> dict[str, float]:
         """Class name -> IoU."""
         return {c.name: c.iou for c in self.classes}
@@ -178,6 +190,8 @@ class Scores:
         return {
             "miou": _json_float(self.miou),
             "mean_f1": _json_float(self.mean_f1),
+            "miou_reference_classes": _json_float(self.miou_reference_classes),
+            "mean_f1_reference_classes": _json_float(self.mean_f1_reference_classes),
             "overall_accuracy": _json_float(self.overall_accuracy),
             "kappa": _json_float(self.kappa),
             "pixels": self.pixels,
