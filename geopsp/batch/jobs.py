@@ -319,7 +319,10 @@ def _from_list(list_file: Path) -> Iterator[Job]:
         src = Path(entry).expanduser()
         scene = src if src.is_absolute() else base / src
         if output is not None:
-            rel = safe_relative(output)
+            try:
+                rel = safe_relative(output)
+            except OutputError as exc:
+                raise OutputError(f"{list_file}: {exc}") from None
             if not rel.suffix:
                 rel = rel.with_name(rel.name + scene.suffix)
         elif not src.is_absolute() and ".." not in Path(entry.replace("\\", "/")).parts:
