@@ -5,15 +5,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 import warnings
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from geopsp import __version__
-from geopsp.errors import GeopspError
+from geopsp.errors import GeopspError, GeopspWarning
 
 __all__ = ["cli", "main"]
 
@@ -110,6 +112,7 @@ def configure_logging(verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.captureWarnings(True)
+    warnings.formatwarning = _format_warning
     warn_logger = logging.getLogger("py.warnings")
     warn_logger.handlers[:] = [handler]
 
@@ -129,11 +132,57 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
     configure_logging(verbose - quiet)
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """One line per warning: geopsp's own say what and how to fix it; others keep their category."""
+    if issubclass(category, GeopspWarning):
+        return f"Warning: {message}"
+    return f"Warning: {category.__name__}: {message}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs exactly as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # A second SIGTERM during cleanup terminates at once (the default action).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
+def _install_sigterm_handler() -> Any:
+    """Turn SIGTERM into :class:`Terminated`; return the handler to restore (None: nothing installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return previous
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Run the CLI; a :class:`GeopspError` becomes one line on stderr and exit code 1."""
+    """Run the CLI; a :class:`GeopspError` becomes one line on stderr and exit code 1.
+
+    Ctrl-C exits with 130 and SIGTERM with 143, both after the same cleanup (temporary
+    outputs removed, nothing left under a final name).
+    """
+    previous = _install_sigterm_handler()
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None) -> Any:
     try:
         return cli.main(args=argv, prog_name="geopsp", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns KeyboardInterrupt (Ctrl-C, and SIGTERM via Terminated) into Abort
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _interrupted(exc.__cause__)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
@@ -141,14 +190,19 @@ def main(argv: list[str] | None = None) -> Any:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; no partial outputs were left under final names.", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except GeopspError as exc:
         if _verbosity() > 0:
             logger.exception("geopsp failed")
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    what, code = ("Terminated", 143) if isinstance(exc, Terminated) else ("Interrupted", 130)
+    click.echo(f"{what}; no partial outputs were left under final names.", err=True)
+    sys.exit(code)
 
 
 def _verbosity() -> int:

@@ -107,7 +107,7 @@ def create(
 
 
 @model.command("info")
-@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.argument("bundle", type=click.Path())  # the library names a directory in one line
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info(bundle: str, as_json: bool) -> None:
     """Print a bundle's metadata (read from its header; the weights are not loaded)."""

@@ -29,7 +29,7 @@ def config_options(f: F) -> F:
     f = click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),  # load_config names a missing file or a directory in one line
         default=None,
         help="YAML config file (see `geopsp config show`).",
     )(f)

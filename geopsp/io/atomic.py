@@ -8,19 +8,35 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from geopsp.errors import GeopspError, OutputError, OutputExistsError
 
-__all__ = ["atomic_output", "check_output_path", "temp_name"]
+__all__ = ["atomic_output", "check_output_path", "remove_stale_temps", "temp_name", "temp_prefix"]
 
 logger = logging.getLogger(__name__)
 
 TEMP_MARKER = ".geopsp-tmp-"
+
+
+_HOST = hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:6]
+_OWNED = re.compile(rf"^{re.escape(TEMP_MARKER)}([0-9a-f]{{6}})-(\d+)-[0-9a-f]{{8}}-(.+)$")
+
+
+def temp_prefix() -> str:
+    """Return a unique prefix for temporary files: the marker, this host and process, a random part.
+
+    The host and process id let a later run recognise (and remove) the temporaries of a
+    process that was killed before it could clean up; see :func:`remove_stale_temps`.
+    """
+    return f"{TEMP_MARKER}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
 
 
 def temp_name(path: Path) -> Path:
@@ -28,7 +44,45 @@ def temp_name(path: Path) -> Path:
 
     The suffix is kept so format drivers chosen by extension (GDAL, OGR) still work.
     """
-    return path.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex[:12]}-{path.name}")
+    return path.with_name(f"{temp_prefix()}{path.name}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files for ``path`` left by dead processes of this host (e.g. after SIGKILL).
+
+    Only files named by :func:`temp_prefix` whose process no longer runs on this host are
+    removed; temporaries of live processes, of other hosts (shared folders) and any other
+    file are left alone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    out = Path(path)
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for tmp in out.parent.glob(f"{TEMP_MARKER}*"):
+            m = _OWNED.match(tmp.name)
+            if m is None or m.group(1) != _HOST or out.name not in m.group(3) or not tmp.is_file():
+                continue
+            if int(m.group(2)) == os.getpid() or _pid_alive(int(m.group(2))):
+                continue
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+                logger.info("removed %s, left by a process that was killed", tmp)
+    return removed
 
 
 def check_output_path(
@@ -81,6 +135,7 @@ def check_output_path(
         ) from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{parent}: output directory is not writable; choose a writable location")
+    remove_stale_temps(out)
     return out
 
 

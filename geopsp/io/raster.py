@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +35,7 @@ from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
 from geopsp.errors import GeopspError, OutputError, OutputExistsError
-from geopsp.io.atomic import TEMP_MARKER, check_output_path
+from geopsp.io.atomic import check_output_path, temp_prefix
 from geopsp.io.class_metadata import (
     CLASSES_TAG,
     PROBABILITY_NODATA,
@@ -179,7 +178,7 @@ class ClassRasterWriter:
         self._crs = crs
         self._transform = None if transform is None or transform.is_identity else transform
         self._tags = {CLASSES_TAG: classes.to_json(), **dict(tags or {})}
-        self._prefix = f"{TEMP_MARKER}{uuid.uuid4().hex[:12]}-"
+        self._prefix = temp_prefix()
         self._rows = np.zeros(self.height, dtype=np.bool_)
         self._state: Literal["open", "closed", "aborted"] = "open"
         self._final: list[Path] = []
