@@ -27,6 +27,10 @@ def _cell(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+def _short(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.4f}"
+
+
 def _write_text(path: Path, text: str, overwrite: bool) -> None:
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -102,7 +106,7 @@ def confusion_png(path: Path, scores: Scores, *, overwrite: bool) -> None:
                         color="white" if frac[i, j] > 0.5 else "black",
                     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of reference row")
-    title = f"OA {_cell(scores.overall_accuracy)}  mIoU {_cell(scores.miou)}"
+    title = f"OA {_short(scores.overall_accuracy)}  mIoU {_short(scores.miou)}  mean F1 {_short(scores.mean_f1)}"
     ax.set_title(title)
     fig.tight_layout()
     with atomic_output(path, overwrite=overwrite) as tmp:
