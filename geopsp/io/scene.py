@@ -419,13 +419,16 @@ def _representable(value: float, dtype: np.dtype[Any]) -> bool:
 
 
 def _default_cache_bytes(info: SceneInfo, n_bands: int) -> int:
-    """Room for two block-rows of the bands read (so overlapping strips hit the cache), bounded."""
-    import psutil
+    """Return a small, width-independent block cache size in bytes.
 
+    Strip readers (``read_rows`` over aligned block-rows) decode each block once and keep the
+    pixels themselves, so a cache holding whole block-rows only duplicates them (about 77 MB
+    at 20000 px wide, 3 bands). Readers of overlapping windows should pass ``cache_bytes``
+    (see ``bench/read_pattern.py``).
+    """
     itemsize = np.dtype(info.dtype).itemsize
-    block_row = info.width * info.block_shape[0] * max(n_bands, 1) * itemsize
-    floor, ceiling = 64 << 20, max(64 << 20, psutil.virtual_memory().total // 4)
-    return int(min(max(2 * block_row + (16 << 20), floor), ceiling))
+    block = info.block_shape[0] * info.block_shape[1] * max(n_bands, 1) * itemsize
+    return int(max(32 << 20, 64 * block))
 
 
 @contextlib.contextmanager
@@ -442,8 +445,8 @@ def open_scene(
     path : str or os.PathLike
         The scene.
     cache_bytes : int, optional
-        GDAL block cache size; default: two block-rows of all bands, at least 64 MiB and at
-        most a quarter of the machine's memory.
+        GDAL block cache size; default: 64 blocks of all bands, at least 32 MiB (enough for
+        aligned strip reads, which decode each block once).
     threads : int or "ALL_CPUS", default "ALL_CPUS"
         Threads GDAL may use to decode the blocks of one read (``GDAL_NUM_THREADS``).
 
