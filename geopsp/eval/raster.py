@@ -260,6 +260,7 @@ def evaluate_rasters(
             return cid
 
         fill = UNLABELED if background is None else background
+        labeled = 0
         for r0 in range(0, src.height, block_rows):
             h = min(block_rows, src.height - r0)
             win = Window(0, r0, src.width, h)
@@ -283,7 +284,13 @@ def evaluate_rasters(
             ref_bad = ref < 0
             excluded["prediction_nodata"] += int(pred_bad.sum())
             excluded["reference_unlabeled"] += int((ref_bad & ~pred_bad).sum())
+            labeled += int((~ref_bad).sum())
             cm.update(ref, pred, valid=~(pred_bad | ref_bad))
+    if labeled == 0:
+        raise (InputVectorError if vector is not None else InputRasterError)(
+            f"{ref_path}: no labelled reference pixel overlaps the prediction {pred_path}; "
+            "check the reference's CRS, extent and class field/values"
+        )
     if unknown_ref:
         ref_mapping.warn_unknown(unknown_ref, str(ref_path))
     if unknown_pred:

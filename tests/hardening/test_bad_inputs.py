@@ -249,11 +249,6 @@ def test_labels_in_another_crs_are_reprojected(cli, tmp_path, seen):
     seen("vector labels in another CRS (reprojected)", "exit 0; " + (res.err.strip() or "no message"))
 
 
-@pytest.mark.xfail(
-    reason="geopsp.eval scores labels that miss the prediction as an empty report (exit 0); "
-    "it should raise InputVectorError naming the file (no labeled pixel overlaps the prediction)",
-    strict=True,
-)
 def test_labels_not_overlapping_the_scene(cli, tmp_path, seen):
     from shapely.geometry import box
 
