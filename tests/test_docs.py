@@ -71,7 +71,7 @@ class Page:
 
 
 def parse_page(path: Path) -> Page:
-    page = Page(str(path.relative_to(DOCS)))
+    page = Page(str(path.relative_to(DOCS)) if path.is_relative_to(DOCS) else path.name)
     lines = path.read_text(encoding="utf-8").splitlines()
     i = 0
     while i < len(lines):
@@ -93,7 +93,9 @@ def parse_page(path: Path) -> Page:
 
 
 def doc_pages() -> list[Page]:
-    return [parse_page(p) for p in sorted(DOCS.rglob("*.md")) if "reference" not in p.relative_to(DOCS).parts]
+    """Every hand-written page, and the README (its commands are checked like the docs')."""
+    pages = [parse_page(p) for p in sorted(DOCS.rglob("*.md")) if "reference" not in p.relative_to(DOCS).parts]
+    return [*pages, parse_page(DOCS.parent / "README.md")]
 
 
 def commands(text: str) -> list[str]:
