@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
 
 from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+from geopsp.cli.progress import ProgressBar
 
 __all__ = ["batch"]
 
@@ -105,7 +105,7 @@ def batch(
     )
     from geopsp.batch.runner import run_batch
 
-    with _ProgressBar(ctx) as progress:
+    with ProgressBar("scenes", enabled=_show_progress(ctx)) as progress:
         report = run_batch(
             list(inputs),
             model_path,
@@ -122,38 +122,8 @@ def batch(
         ctx.exit(1)
 
 
-class _ProgressBar:
-    """A rich progress bar over scenes on stderr; silent with -q or when stderr is not a terminal."""
-
-    def __init__(self, ctx: click.Context) -> None:
-        obj = ctx.find_root().obj
-        verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
-        self.enabled = verbosity >= 0 and sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("scenes"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task("scenes", total=None)
-
-        def update(done: int, total: int) -> None:
-            self._bar.update(self._task, completed=done, total=total)
-
-        return update
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+def _show_progress(ctx: click.Context) -> bool:
+    """Draw the bar unless -q was given or stderr is not a terminal."""
+    obj = ctx.find_root().obj
+    verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
+    return verbosity >= 0 and sys.stderr.isatty()

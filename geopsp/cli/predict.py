@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
 
 import click
 
 from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+from geopsp.cli.progress import ProgressBar
 
 __all__ = ["predict"]
 
@@ -122,7 +123,7 @@ def predict(
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
     show = not no_progress and verbosity >= 0
     for scene in todo:
-        with _progress(scene, enabled=show) as progress:
+        with ProgressBar(Path(scene).name, unit="tiles", enabled=show) as progress:
             try:
                 result = segment_raster(
                     scene,
@@ -144,41 +145,3 @@ def predict(
     if failed:
         click.echo(f"Error: {failed} of {len(scenes)} scenes failed", err=True)
         sys.exit(1)
-
-
-class _progress:
-    """A rich progress bar on stderr over one scene's tiles; a no-op when disabled."""
-
-    def __init__(self, scene: str, *, enabled: bool) -> None:
-        self.scene = scene
-        self.enabled = enabled
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from pathlib import Path
-
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("tiles"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._bar.start()
-        self._task = self._bar.add_task(Path(self.scene).name, total=None)
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        self._bar.update(self._task, completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

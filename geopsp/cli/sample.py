@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from geopsp.cli.options import overwrite_option
+from geopsp.cli.progress import ProgressBar
 from geopsp.synthetic import DTYPES, MAX_BANDS
 
 __all__ = ["sample_scene"]
@@ -139,7 +140,9 @@ def sample_scene(
     obj = ctx.find_root().obj
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
     extra: dict[str, Any] = {} if origin is None else {"origin": origin}
-    with _Progress(enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as progress:
+    with ProgressBar(
+        "sample-scene", unit="windows", enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()
+    ) as progress:
         paths = make_scene(
             out,
             width=width,
@@ -158,37 +161,3 @@ def sample_scene(
         )
     for path in paths:
         click.echo(str(path))
-
-
-class _Progress:
-    """A rich progress bar on stderr over the scene's windows; a no-op when disabled."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("sample-scene"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("windows"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        self._bar.start()
-        self._task = self._bar.add_task("windows", total=None)
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        self._bar.update(self._task, completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
