@@ -44,7 +44,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # TODO(lead): img/preview.png comes from `make demo`; until it is committed the build test puts a
 # placeholder in its place. Remove it from this set once docs/img/preview.png exists.
-PENDING_IMAGES = {"img/preview.png", "img/qgis.png"}
+PENDING_IMAGES: set[str] = set()
 # Make targets documented before they exist (none now).
 PENDING_MAKE_TARGETS: set[str] = set()
 
