@@ -134,7 +134,7 @@ def output_paths(
     if probabilities:
         paths["probability"] = base.with_name(base.name + "_probability.tif")
     if vector:
-        paths["vector"] = base.with_name(base.name + f"_classes.{vector_format}")
+        paths["vector"] = base.with_name(base.name + f"_polygons.{vector_format}")
     if preview:
         paths["preview"] = base.with_name(base.name + "_preview.png")
     return paths

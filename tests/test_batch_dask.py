@@ -341,7 +341,7 @@ def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundl
     # Vectorizing ran as its own task after each scene; the polygons are listed as outputs.
     for rec in report.records:
         if rec.status == "done":
-            vector = next(o for o in rec.outputs if o.endswith("_classes.gpkg"))
+            vector = next(o for o in rec.outputs if o.endswith("_polygons.gpkg"))
             assert (out / vector).is_file()
     big = next(r for r in report.records if r.id == BIG[0])
     assert big.strips == 2

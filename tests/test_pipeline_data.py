@@ -310,7 +310,7 @@ def test_vector_and_preview_outputs(tmp_path):
         tmp_path / "out",
         config=cfg(tile_size=32, overlap=4, vector=True, preview=True),
     )
-    assert res.outputs["vector"].name == "s_classes.gpkg" and res.outputs["vector"].exists()
+    assert res.outputs["vector"].name == "s_polygons.gpkg" and res.outputs["vector"].exists()
     assert res.outputs["preview"].name == "s_preview.png" and res.outputs["preview"].exists()
     assert leftovers(tmp_path) == []
 

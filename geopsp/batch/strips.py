@@ -233,8 +233,7 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     Returns
     -------
     list of Path
-        The vector file (``<stem>_classes.gpkg``, whose style is inside the GeoPackage, or
-        ``<stem>_polygons.<format>``) and its ``.qml`` style when written.
+        The vector file (``<stem>_polygons.<format>``) and its ``.qml`` style when written.
     """
     from geopsp.pipeline import output_paths
 
@@ -243,9 +242,6 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     if classes is None:
         raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
     target = output_paths(classes, classes, vector=True, vector_format=config.format)["vector"]
-    if config.format != "gpkg":
-        # <stem>_classes.qml styles the raster; other formats need a name whose style sidecar differs.
-        target = target.with_name(target.name.replace("_classes.", "_polygons."))
     path = Path(vec.vectorize(classes, target, config=config, overwrite=True))
     style = path.with_suffix(".qml")
     return [path, style] if style.is_file() and style != classes.with_suffix(".qml") else [path]
