@@ -26,8 +26,8 @@ SIGNALS = {"SIGINT": (signal.SIGINT, 130, "Interrupted"), "SIGTERM": (signal.SIG
 
 @pytest.fixture(scope="module")
 def big_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 256x256 scene: 25 tiles of 64 px, a few seconds of CPU inference."""
-    return small_scene(tmp_path_factory.mktemp("big"), width=256, height=256, name="big.tif")[0]
+    """A 640x640 scene: ~150 tiles of 64 px run one at a time, seconds of CPU inference even on an idle machine."""
+    return small_scene(tmp_path_factory.mktemp("big"), width=640, height=640, name="big.tif")[0]
 
 
 def _wait(cond: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
@@ -59,7 +59,8 @@ def _started(args: list[object], err: Path) -> Iterator[subprocess.Popen[bytes]]
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> int:
-    time.sleep(0.2)
+    # The temporary output exists, so the tile loop is under way; signal at once, so that the
+    # run is still mid-way however fast the machine is.
     proc.send_signal(sig)
     return proc.wait(timeout=60)
 
@@ -96,7 +97,7 @@ def test_signal_during_predict(cli, bundle, big_scene, tmp_path, seen, name):
         assert temp_outputs(out) == [".geopsp-tmp-unrelated.txt"]
         seen("rerun after SIGKILL", f"exit 0; the {len(left)} temporary file(s) of the killed run are removed")
     with rasterio.open(out / "big_classes.tif") as src:
-        assert src.read(1).shape == (256, 256)
+        assert src.read(1).shape == (640, 640)
 
 
 @pytest.fixture(scope="module")
