@@ -69,3 +69,11 @@ def test_every_command_has_help(cmd: str) -> None:
     assert res.returncode == 0, res.stderr
     assert "Usage:" in res.stdout
     assert time.perf_counter() - t < 60
+
+
+def test_every_public_name_resolves() -> None:
+    import geopsp
+
+    for name in geopsp.__all__:
+        assert getattr(geopsp, name) is not None, name
+    assert callable(geopsp.segment_raster) and callable(geopsp.vectorize)
