@@ -198,6 +198,28 @@ def check_inputs(
         info = inspect_scene(scene)
     check_scene_for_model(info, meta)
     tile, overlap = resolve_tiling(cfg, meta)
+    return _plan_outputs(
+        Path(scene), info, cfg, out_dir_or_path, tile, overlap, row_range=row_range, overwrite=overwrite, prepare=False
+    )[3]
+
+
+def _plan_outputs(
+    scene: Path,
+    info: Any,
+    cfg: PredictConfig,
+    out_dir_or_path: str | os.PathLike[str],
+    tile: int,
+    overlap: int,
+    *,
+    row_range: tuple[int, int] | None,
+    overwrite: bool,
+    prepare: bool,
+) -> tuple[TileGrid, int, int, dict[str, Path]]:
+    """Tile grid, checked row range and output paths of one run; refuse outputs that may not be written.
+
+    With ``prepare`` every output is fully checked (its folder created and tested for writing);
+    without, only existing outputs are refused, so a dry check leaves the file system untouched.
+    """
     grid = TileGrid(info.height, info.width, tile, overlap)
     r0, r1 = grid.check_row_range(row_range)
     paths = output_paths(
@@ -209,9 +231,9 @@ def check_inputs(
         row_range=None if row_range is None else (r0, r1),
     )
     for key, p in paths.items():
-        if key != "qml" and p.exists() and not overwrite:
-            check_output_path(p, overwrite=overwrite, inputs=[Path(scene)])
-    return paths
+        if key != "qml" and (prepare or (p.exists() and not overwrite)):
+            check_output_path(p, overwrite=overwrite, inputs=[scene])
+    return grid, r0, r1, paths
 
 
 def _resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
@@ -446,19 +468,17 @@ def segment_raster(
 
     with open_scene(scene_path) as (src, info):
         check_scene_for_model(info, meta)
-        grid = TileGrid(info.height, info.width, tile_size, overlap)
-        r0, r1 = grid.check_row_range(row_range)
-        paths = output_paths(
+        grid, r0, r1, paths = _plan_outputs(
             scene_path,
+            info,
+            cfg,
             out_dir_or_path,
-            probabilities=cfg.probabilities,
-            vector=cfg.vector,
-            preview=cfg.preview,
-            row_range=None if row_range is None else (r0, r1),
+            tile_size,
+            overlap,
+            row_range=row_range,
+            overwrite=overwrite,
+            prepare=True,
         )
-        for key, p in paths.items():
-            if key != "qml":
-                check_output_path(p, overwrite=overwrite, inputs=[scene_path])
         if cfg.vector:
             _require_vectorize()
         if cfg.preview:
