@@ -283,6 +283,54 @@ def test_alpha_band(tmp_path):
     assert np.array_equal(valid, alpha[0] > 0)
 
 
+@pytest.mark.parametrize("source", ["nodata", "mask", "alpha", "none"])
+def test_column_window_reads_equal_the_full_width_read(tmp_path, source):
+    data = rgb()
+    data[:, 20:30, 40:90] = 0
+    inv = np.zeros((97, 131), bool)
+    inv[20:30, 40:90] = True
+    p = tmp_path / f"{source}.tif"
+    if source == "alpha":
+        p = make_tif(p, np.concatenate([data, np.where(inv, 0, 255).astype(np.uint8)[None]]))
+        with rasterio.open(p, "r+") as dst:
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    elif source == "mask":
+        with (
+            rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+            rasterio.open(
+                p,
+                "w",
+                driver="GTiff",
+                width=131,
+                height=97,
+                count=3,
+                dtype="uint8",
+                transform=TRANSFORM,
+                crs="EPSG:32633",
+                tiled=True,
+                blockxsize=32,
+                blockysize=32,
+            ) as dst,
+        ):
+            dst.write(data)
+            dst.write_mask(np.where(inv, 0, 255).astype(np.uint8))
+    else:
+        p = make_tif(p, data, **({"nodata": 0} if source == "nodata" else {}))
+    with open_scene(p) as (src, info):
+        assert info.mask_source == source
+        full, fvalid = read_rows(src, info, 10, 40, [3, 1])
+        part, pvalid = read_rows(src, info, 10, 40, [3, 1], col_off=35, width=60)
+        tail, tvalid = read_rows(src, info, 10, 40, [3, 1], col_off=100)
+        with pytest.raises(ValueError, match=r"columns 100\.\.159 are outside"):
+            read_rows(src, info, 10, 40, [3, 1], col_off=100, width=60)
+    assert part.shape == (2, 40, 60) and tail.shape == (2, 40, 31)
+    np.testing.assert_array_equal(part, full[:, :, 35:95])
+    np.testing.assert_array_equal(pvalid, fvalid[:, 35:95])
+    np.testing.assert_array_equal(tail, full[:, :, 100:])
+    np.testing.assert_array_equal(tvalid, fvalid[:, 100:])
+    assert np.array_equal(fvalid, ~inv[10:50]) if source != "none" else fvalid.all()
+
+
 @pytest.mark.parametrize("nodata", [None, float("nan"), -9999.0])
 def test_float_nan_and_inf_are_invalid(tmp_path, nodata):
     data = np.random.default_rng(1).random((2, 97, 131)).astype("float32")
@@ -357,7 +405,8 @@ def test_block_that_fails_to_decode(tmp_path):
     with open_scene(p) as (src, info):
         read_rows(src, info, 0, 64, [1, 2, 3])  # rows above the damage are fine
         with pytest.raises(
-            InputRasterError, match=r"bad\.tif: pixels fail to decode at rows 64-95 \(file is corrupt or truncated\)"
+            InputRasterError,
+            match=r"bad\.tif: pixels fail to decode at rows 64-95, columns 0-127 \(file is corrupt or truncated\)",
         ):
             read_rows(src, info, 64, 32, [1, 2, 3])
 
