@@ -258,8 +258,9 @@ def _resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
 class _WriterThread:
     """Hands finished rows to the raster writer on a background thread.
 
-    Rows arrive in strips of the tile stride; they are regrouped into strips that end on the
-    writer's block rows, so each output block is compressed once.
+    Rows arrive in strips of the tile stride; they are regrouped, through one preallocated
+    block-row buffer, into strips that end on the writer's block rows, so each output block is
+    compressed once and no strip-sized array is allocated per write.
     """
 
     def __init__(self, writer: Any, r0: int, block_rows: int) -> None:
@@ -268,9 +269,13 @@ class _WriterThread:
         self.block_rows = max(1, int(block_rows))
         self.seconds = 0.0
         self.rows = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)
+        # one band of rows waiting is enough to overlap writing with the model; each is a
+        # full-width band, so a deeper queue costs memory that grows with the width
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
-        self._pending: tuple[int, Any, Any] | None = None
+        self._buf: list[Any] | None = None  # [class rows, probability rows or None]
+        self._buf_row = 0  # output row of the buffer's first row
+        self._fill = 0  # rows of the buffer in use
         self._thread = threading.Thread(target=self._run, name="geopsp-writer", daemon=True)
         self._thread.start()
 
@@ -310,25 +315,41 @@ class _WriterThread:
         trim_heap()
         self.seconds += time.perf_counter() - t0
 
+    def _flush(self) -> None:
+        if self._fill and self._buf is not None:
+            cls, prob = self._buf
+            n = self._fill
+            self._fill = 0
+            self._write(self._buf_row, cls[:n], None if prob is None else prob[:n])
+
     def _take(self, row: int, cls: Any, prob: Any) -> None:
         import numpy as np
 
-        if self._pending is not None:
-            prow, pcls, pprob = self._pending
-            if prow + pcls.shape[0] != row:
-                self._write(prow, pcls, pprob)
+        if self._fill and self._buf_row + self._fill != row:
+            self._flush()  # not contiguous with the buffered rows
+        i, n = 0, cls.shape[0]
+        while i < n:
+            if not self._fill:
+                self._buf_row = row + i
+            # rows left until the end of the output block row the buffer lies in
+            room = (self._buf_row // self.block_rows + 1) * self.block_rows - self._buf_row - self._fill
+            k = min(room, n - i)
+            part_prob = None if prob is None else prob[i : i + k]
+            if not self._fill and k == room:  # a whole block row at once: no copy
+                self._write(row + i, cls[i : i + k], part_prob)
             else:
-                row = prow
-                cls = np.concatenate([pcls, cls])
-                prob = None if prob is None else np.concatenate([pprob, prob])
-            self._pending = None
-        end = row + cls.shape[0]
-        cut = (end // self.block_rows) * self.block_rows - row
-        if cut > 0:
-            self._write(row, cls[:cut], None if prob is None else prob[:cut])
-        if cut < cls.shape[0]:
-            cut = max(cut, 0)
-            self._pending = (row + cut, cls[cut:], None if prob is None else prob[cut:])
+                if self._buf is None or self._buf[0].shape[1:] != cls.shape[1:] or self._buf[0].dtype != cls.dtype:
+                    self._buf = [
+                        np.empty((self.block_rows, *cls.shape[1:]), cls.dtype),
+                        None if prob is None else np.empty((self.block_rows, *prob.shape[1:]), prob.dtype),
+                    ]
+                self._buf[0][self._fill : self._fill + k] = cls[i : i + k]
+                if part_prob is not None:
+                    self._buf[1][self._fill : self._fill + k] = part_prob
+                self._fill += k
+                if k == room:
+                    self._flush()
+            i += k
 
     def _run(self) -> None:
         while True:
@@ -341,12 +362,12 @@ class _WriterThread:
                 self._take(*item)
             except BaseException as exc:
                 self._error = exc
-        if self._pending is not None and self._error is None:
+        if self._error is None:
             try:
-                self._write(*self._pending)
+                self._flush()
             except BaseException as exc:
                 self._error = exc
-        self._pending = None
+        self._buf = None
 
 
 _LIBC: Any = None
@@ -654,6 +675,7 @@ def segment_raster(
         "megapixels_per_second_tiles_loop": round(pixels / 1e6 / loop_s, 4) if loop_s > 0 else None,
         "peak_rss_mb": _peak_rss_mb(),
         "strip_bytes": mosaic.strip_bytes,
+        "read_buffer_bytes": reader.buffer.peak_bytes,
         "device": predictor.settings,
         "settings": {
             "tile_size": tile_size,

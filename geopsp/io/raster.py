@@ -298,9 +298,10 @@ class ClassRasterWriter:
             prob[arr == self.nodata] = PROBABILITY_NODATA
         window = Window(0, row_off, self.width, h)
         try:
-            self._dst.write(arr, 1, window=window)
+            # a (1, h, W) view with a list of indexes: rasterio copies a 2-D array given an int
+            self._dst.write(arr[np.newaxis], [1], window=window)
             if prob is not None and self._pdst is not None:
-                self._pdst.write(prob, 1, window=window)
+                self._pdst.write(prob[np.newaxis], [1], window=window)
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
         self._rows[row_off : row_off + h] = True
