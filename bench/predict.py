@@ -301,6 +301,7 @@ def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
                 "peak_rss_cog_finalize_mb": round(max(fin), 1) if fin else None,
                 "rss_after_imports_mb": round(rss_before, 1),
                 "strip_bytes": s["strip_bytes"],
+                "read_buffer_bytes": s.get("read_buffer_bytes"),
                 "tiles": s["tiles"],
                 "seconds": s["seconds"],
                 "megapixels_per_second": s["megapixels_per_second"],

@@ -120,20 +120,22 @@ class ArrayScene:
         self.data = data
         self.valid = valid
         self.block_rows = block_rows
-        self.reads: list[tuple[int, int]] = []
+        self.reads: list[tuple[int, int, int, int]] = []
 
-    def read_rows(self, src, info, row_off, height, bands):
-        self.reads.append((row_off, height))
+    def read_rows(self, src, info, row_off, height, bands, col_off=0, width=None):
+        width = self.data.shape[2] - col_off if width is None else width
+        self.reads.append((row_off, height, col_off, width))
         idx = [b - 1 for b in bands]
-        return self.data[idx, row_off : row_off + height].copy(), self.valid[row_off : row_off + height].copy()
+        rows, cols = slice(row_off, row_off + height), slice(col_off, col_off + width)
+        return self.data[idx, rows, cols].copy(), self.valid[rows, cols].copy()
 
 
-@given(grids(), st.integers(1, 64), st.data())
+@given(grids(), st.integers(1, 64), st.integers(1, 80), st.data())
 @settings(max_examples=60, deadline=None)
-def test_reader_decodes_each_block_once_and_cuts_exact_tiles(grid, block_rows, data):
+def test_reader_decodes_each_block_once_and_cuts_exact_tiles(grid, block_rows, block_cols, data):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, size=(3, grid.height, grid.width), dtype=np.uint8)
-    valid = np.ones((grid.height, grid.width), dtype=bool)
+    valid = rng.random((grid.height, grid.width)) < 0.9  # the mask is stored bit-packed
     use_range = data.draw(st.booleans())
     rr = None
     if use_range:
@@ -141,7 +143,16 @@ def test_reader_decodes_each_block_once_and_cuts_exact_tiles(grid, block_rows, d
         rr = (r0, data.draw(st.integers(r0 + 1, grid.height)))
     scene = ArrayScene(arr, valid, block_rows)
     with TileReader(
-        None, None, grid, [3, 1], row_range=rr, threads=2, prefetch=3, read_rows=scene.read_rows, block_rows=block_rows
+        None,
+        None,
+        grid,
+        [3, 1],
+        row_range=rr,
+        threads=2,
+        prefetch=3,
+        read_rows=scene.read_rows,
+        block_rows=block_rows,
+        block_cols=block_cols,
     ) as reader:
         items = list(reader)
     assert [it.tile.index for it in items] == [t.index for t in grid.tiles(rr)]
@@ -151,13 +162,18 @@ def test_reader_decodes_each_block_once_and_cuts_exact_tiles(grid, block_rows, d
         np.testing.assert_array_equal(
             it.data[:, : t.height, : t.width], arr[[2, 0], t.row : t.row_end, t.col : t.col_end]
         )
-    # every row read at most once, reads contiguous and increasing
-    rows = [r for off, h in scene.reads for r in range(off, off + h)]
-    assert len(rows) == len(set(rows))
-    assert rows == sorted(rows)
-    # reads end on block boundaries (or the scene edge) unless blocks are huge
-    if block_rows <= 4 * grid.tile_size:
-        for off, h in scene.reads:
+        np.testing.assert_array_equal(it.valid[: t.height, : t.width], valid[t.row : t.row_end, t.col : t.col_end])
+        assert not it.valid[t.height :].any() and not it.valid[:, t.width :].any()  # padding is never valid
+    # every pixel read at most once
+    count = np.zeros((grid.height, grid.width), dtype=int)
+    for off, h, c0, w in scene.reads:
+        count[off : off + h, c0 : c0 + w] += 1
+    assert count.max() == 1
+    # reads cover whole blocks: columns on block columns, rows ending on block rows (or the
+    # scene edge) unless blocks are huge
+    for off, h, c0, w in scene.reads:
+        assert c0 % block_cols == 0 and ((c0 + w) % block_cols == 0 or c0 + w == grid.width)
+        if block_rows <= 4 * grid.tile_size:
             assert (off + h) % block_rows == 0 or off + h == grid.height
 
 
@@ -180,10 +196,10 @@ def test_reader_skips_all_nodata_tiles():
 def test_reader_error_surfaces_in_consumer():
     grid = TileGrid(100, 50, 32, 4)
 
-    def broken(src, info, row_off, height, bands):
+    def broken(src, info, row_off, height, bands, col_off=0, width=None):
         if row_off > 30:
             raise OSError("block failed to decode")
-        return np.zeros((1, height, 50), np.uint8), np.ones((height, 50), bool)
+        return np.zeros((1, height, width), np.uint8), np.ones((height, width), bool)
 
     reader = TileReader(None, None, grid, [1], read_rows=broken, block_rows=8)
     with pytest.raises(OSError, match="decode"), reader:
@@ -199,22 +215,99 @@ def test_reader_close_mid_iteration_stops_threads():
     next(it)
     reader.close()
     assert reader._thread is not None and not reader._thread.is_alive()
-    assert max(off + h for off, h in scene.reads) < 2000  # it stopped early
+    assert max(off + h for off, h, _, _ in scene.reads) < 2000  # it stopped early
 
 
-def test_row_buffer_reads_aligned_chunks_and_drops_passed_ones():
+def test_row_buffer_reads_lazily_in_aligned_chunks_and_drops_passed_rows():
     data = np.arange(100 * 4, dtype=np.int32).reshape(1, 100, 4)
     scene = ArrayScene(data, np.ones((100, 4), bool), 10)
-    buf = RowBuffer(scene.read_rows, None, None, height=100, bands=[1], block_rows=10, max_align=100)
+    buf = RowBuffer(scene.read_rows, None, None, height=100, width=4, bands=[1], block_rows=10, max_align=100)
     buf.ensure(0, 25)
+    assert scene.reads == []  # nothing is read before a tile needs it
     a, _ = buf.cut(0, 25, 1, 3)
     np.testing.assert_array_equal(a[0], data[0, 0:25, 1:3])
+    assert scene.reads == [(0, 30, 0, 4)]  # to the end of the block row
     buf.ensure(20, 55)
+    # rows 0-19 are cut off the first chunk before the next read: 4 int32 columns and a
+    # 1-byte packed mask a row
+    assert buf.nbytes == 10 * (4 * 4 + 1)
     b, v = buf.cut(20, 55, 0, 4)  # spans two chunks
     np.testing.assert_array_equal(b[0], data[0, 20:55])
     assert v.shape == (35, 4) and v.all()
-    assert scene.reads == [(0, 30), (30, 30)]
+    assert scene.reads == [(0, 30, 0, 4), (30, 30, 0, 4)]
+    assert buf.nbytes == 40 * (4 * 4 + 1)
     buf.ensure(40, 60)
-    assert buf.nbytes == 30 * 4 * (4 + 1)  # the first chunk (rows 0-29) is gone
+    assert buf.nbytes == 20 * (4 * 4 + 1)  # the first chunk is gone, the second cut to rows 40-59
     with pytest.raises(ValueError, match="not buffered"):
         buf.cut(20, 30, 0, 4)
+
+
+def test_row_buffer_reads_column_groups_on_demand_and_releases_passed_ones():
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 9, size=(2, 64, 40), dtype=np.uint8)
+    valid = rng.random((64, 40)) < 0.7
+    scene = ArrayScene(data, valid, 16)
+    # blocks 16 x 8, groups of whole blocks at least 12 wide: [0, 16), [16, 32), [32, 40)
+    buf = RowBuffer(
+        scene.read_rows,
+        None,
+        None,
+        height=64,
+        width=40,
+        bands=[2, 1],
+        block_rows=16,
+        max_align=64,
+        block_cols=8,
+        group_cols=12,
+    )
+    buf.ensure(0, 20)
+    d, v = buf.cut(0, 20, 3, 14)
+    np.testing.assert_array_equal(d, data[[1, 0], 0:20, 3:14])
+    np.testing.assert_array_equal(v, valid[0:20, 3:14])
+    assert scene.reads == [(0, 32, 0, 16)]  # only the group the tile lies in
+    d, v = buf.cut(0, 20, 13, 35)  # three groups, read as the tile reaches them
+    np.testing.assert_array_equal(d, data[[1, 0], 0:20, 13:35])
+    np.testing.assert_array_equal(v, valid[0:20, 13:35])
+    assert scene.reads == [(0, 32, 0, 16), (0, 32, 16, 16), (0, 32, 32, 8)]
+    held = buf.nbytes
+    buf.release(16, 12)  # tiles to come start at column 16 or later; the next band at row 12
+    assert buf.nbytes == held - 12 * (16 * 2 + 2)  # group 0 lost rows 0-11 (2 bands, 2 mask bytes)
+    with pytest.raises(ValueError, match="released"):
+        buf.cut(0, 20, 10, 20)
+    np.testing.assert_array_equal(buf.cut(12, 20, 10, 20)[0], data[[1, 0], 12:20, 10:20])
+    buf.ensure(12, 40)
+    d, v = buf.cut(12, 40, 0, 40)
+    np.testing.assert_array_equal(d, data[[1, 0], 12:40, :])
+    np.testing.assert_array_equal(v, valid[12:40, :])
+    count = np.zeros((64, 40), int)
+    for off, h, c0, w in scene.reads:
+        count[off : off + h, c0 : c0 + w] += 1
+    assert count.max() == 1 and count[:48].min() == 1  # every block read once, none twice
+
+
+@pytest.mark.parametrize("width", [256, 2048])
+def test_reader_buffer_holds_about_one_tile_of_rows_at_any_width(width):
+    """Whole block-rows would peak at (tile + block) rows of the full width; the buffer holds
+    about one tile's rows, plus the few column groups the current tile reaches into."""
+    tile, overlap, block, group = 64, 8, 64, 128
+    grid = TileGrid(640, width, tile, overlap)
+    scene = ArrayScene(np.ones((3, 640, width), np.uint8), np.ones((640, width), bool), block)
+    reader = TileReader(None, None, grid, [1, 2, 3], read_rows=scene.read_rows, block_rows=block, prefetch=2)
+    reader.buffer = RowBuffer(
+        scene.read_rows,
+        None,
+        None,
+        height=640,
+        width=width,
+        bands=[1, 2, 3],
+        block_rows=block,
+        max_align=4 * tile,
+        block_cols=block,
+        group_cols=group,
+    )
+    with reader:
+        assert sum(1 for _ in reader) == len(grid)
+    per_px = 3 + 1 / 8
+    assert reader.buffer.peak_bytes <= tile * width * per_px + 3 * (tile + block) * group * per_px
+    if width == 2048:
+        assert reader.buffer.peak_bytes < 0.7 * (tile + block) * width * per_px

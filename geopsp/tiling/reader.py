@@ -1,10 +1,10 @@
 """Stream tiles of a scene in grid order, reading each compressed block once.
 
-A background thread reads full-width bands of block rows (``geopsp.io.raster.read_rows``)
-into a row buffer that slides down the scene, and cuts each band's tiles from memory.
-Windowed reads of overlapping tiles would decode every block several times (about 4x slower
-on compressed scenes); here reads are aligned to the file's block rows, so each block is
-decoded exactly once. Tiles that hold only nodata are reported as skipped and never
+A background thread reads the scene in block-aligned pieces (``geopsp.io.raster.read_rows``
+over groups of whole blocks, as the tiles reach them) into a row buffer that slides down the
+scene, and cuts each band's tiles from memory. Windowed reads of overlapping tiles would
+decode every block several times (about 4x slower on compressed scenes); here each block is
+decoded exactly once, and rows are forgotten as soon as no later tile needs them. Tiles that hold only nodata are reported as skipped and never
 preprocessed. A pool of ``threads`` workers pads (by reflection) and preprocesses the other
 tiles while the model runs; the consumer receives them in grid order.
 """
@@ -12,13 +12,14 @@ tiles while the model runs; the consumer receives them in grid order.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +30,22 @@ __all__ = ["PreparedTile", "RowBuffer", "TileReader", "pad_tile"]
 
 logger = logging.getLogger(__name__)
 
-ReadRows = Callable[[Any, Any, int, int, Sequence[int]], tuple[NDArray[Any], NDArray[np.bool_]]]
+
+class ReadRows(Protocol):
+    """A row reader: :func:`geopsp.io.scene.read_rows` or a stand-in with its signature."""
+
+    def __call__(
+        self,
+        src: Any,
+        info: Any,
+        row_off: int,
+        height: int,
+        bands: Sequence[int],
+        col_off: int = 0,
+        width: int | None = None,
+    ) -> tuple[NDArray[Any], NDArray[np.bool_]]: ...
+
+
 Prepare = Callable[[Tile, NDArray[Any], NDArray[np.bool_]], tuple[NDArray[Any], NDArray[np.bool_]]]
 
 
@@ -71,22 +87,54 @@ def pad_tile(
     return out, vout
 
 
-class RowBuffer:
-    """Full-width rows of the selected bands, read in block-aligned chunks and cut into tiles.
+class _Group:
+    """The buffered rows of one column group ``[c0, c1)``: chunks as read, rows ``< stop``."""
 
-    Rows are kept as the chunks ``read_rows`` returned (no concatenation, no copies of the
-    band); a chunk is dropped as soon as every row of it lies above the rows still needed, and
-    tiles are copied out of one or two chunks. Memory is therefore about
-    ``(tile + block_rows) x width x (bands + 1)`` bytes, whatever the scene height.
+    __slots__ = ("c0", "c1", "chunks", "stop")
+
+    def __init__(self, c0: int, c1: int) -> None:
+        self.c0 = c0
+        self.c1 = c1
+        self.stop = 0
+        # (first row, data (C, h, c1 - c0), valid mask packed 8 columns a byte)
+        self.chunks: list[tuple[int, NDArray[Any], NDArray[np.uint8]]] = []
+
+    def drop_above(self, row: int) -> None:
+        """Forget rows above ``row``; a chunk partly above it is cut down to a copy."""
+        kept = []
+        for r0, d, v in self.chunks:
+            if r0 + d.shape[1] <= row:
+                continue
+            if r0 < row:
+                d, v = d[:, row - r0 :].copy(), v[row - r0 :].copy()
+                r0 = row
+            kept.append((r0, d, v))
+        self.chunks = kept
+
+
+class RowBuffer:
+    """Rows of the selected bands, read in block-aligned pieces and cut into tiles.
+
+    The scene's columns are split into groups of whole blocks (``group_cols`` wide or more; a
+    file of full-width strips is one group). :meth:`ensure` names the rows a band of tiles
+    needs; a group's new rows are read only when the first tile reaching into it is cut, and
+    reads end on block rows, so each block is decoded exactly once. Rows no tile needs any
+    more are forgotten: those above the band at :meth:`ensure`, and, as tiles move right,
+    those above the next band in the groups left of them (:meth:`release`). The valid mask is
+    stored packed, eight pixels a byte. So a band starts with only the rows it shares with
+    the previous one (at most ``tile`` rows) in memory, and the buffer stays near
+    ``tile x width x (bands + 1/8)`` bytes, plus a few groups of ``tile + block_rows`` rows,
+    whatever the scene height.
 
     Parameters
     ----------
     read_rows : callable
-        ``read_rows(src, info, row_off, height, bands) -> (data (C, h, W), valid (h, W))``.
+        ``read_rows(src, info, row_off, height, bands, col_off=, width=) -> (data (C, h, w),
+        valid (h, w))``, as :func:`geopsp.io.scene.read_rows`.
     src, info : objects
         Passed through to ``read_rows``.
-    height : int
-        Scene height.
+    height, width : int
+        Scene size.
     bands : sequence of int
         1-based bands to read.
     block_rows : int
@@ -95,6 +143,12 @@ class RowBuffer:
         aligned to.
     max_align : int
         See ``block_rows``.
+    block_cols : int, optional
+        Columns per block; groups are whole blocks. Default (or blocks at least as wide as
+        the scene): one group of every column.
+    group_cols : int
+        Smallest group width. Each read covers a group, so GDAL can decode its blocks in
+        parallel (``GDAL_NUM_THREADS``).
     """
 
     def __init__(
@@ -104,66 +158,113 @@ class RowBuffer:
         info: Any,
         *,
         height: int,
+        width: int,
         bands: Sequence[int],
         block_rows: int,
         max_align: int,
+        block_cols: int | None = None,
+        group_cols: int = 2048,
     ) -> None:
         self._read_rows = read_rows
         self._src = src
         self._info = info
         self.height = height
+        self.width = width
         self.bands = list(bands)
         self.block_rows = max(1, int(block_rows))
         self.max_align = max_align
-        self.start = 0
-        self.stop = 0
-        self._chunks: list[tuple[int, NDArray[Any], NDArray[np.bool_]]] = []
+        if not block_cols or block_cols >= width:
+            step = width
+        else:
+            step = int(block_cols) * max(1, -(-group_cols // int(block_cols)))
+        self._groups = [_Group(c, min(width, c + step)) for c in range(0, width, step)]
+        self.start = 0  # rows above are forgotten
+        self.need = 0  # rows below are not promised (ensure)
         self.read_seconds = 0.0
-        self.rows_read = 0
-        self.reads: list[tuple[int, int]] = []
+        self.reads: list[tuple[int, int, int, int]] = []  # (row_off, height, col_off, width)
+        self.peak_bytes = 0
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the chunks."""
-        return sum(d.nbytes + v.nbytes for _, d, v in self._chunks)
+        return sum(d.nbytes + v.nbytes for g in self._groups for _, d, v in g.chunks)
 
     def ensure(self, start: int, stop: int) -> None:
-        """Make rows ``[start, stop)`` available; forget chunks entirely above ``start``."""
-        if start >= self.stop or start < self.start:
-            self._chunks.clear()
-            self.start = self.stop = start
-        self._chunks = [c for c in self._chunks if c[0] + c[1].shape[1] > start]
+        """Promise rows ``[start, stop)`` to :meth:`cut`; forget every row above ``start``."""
+        if start < self.start:  # going back up: start over
+            for g in self._groups:
+                g.chunks.clear()
+                g.stop = start
+        for g in self._groups:
+            if start >= g.stop:  # nothing buffered is still needed; read on from `start`
+                g.chunks.clear()
+                g.stop = start
+            else:
+                g.drop_above(start)
         self.start = start
-        if stop > self.stop:
-            end = stop
-            if self.block_rows <= self.max_align:
-                end = min(self.height, -(-stop // self.block_rows) * self.block_rows)
-            t0 = time.perf_counter()
-            data, valid = self._read_rows(self._src, self._info, self.stop, end - self.stop, self.bands)
-            self.read_seconds += time.perf_counter() - t0
-            self.rows_read += end - self.stop
-            self.reads.append((self.stop, end - self.stop))
-            self._chunks.append((self.stop, data, valid))
-            self.stop = end
+        self.need = stop
+
+    def release(self, col: int, keep_from: int) -> None:
+        """Forget rows above ``keep_from`` in the groups left of column ``col``.
+
+        Call it when every tile still to come starts at column ``col`` or later, or at row
+        ``keep_from`` or lower (the next band).
+        """
+        for g in self._groups:
+            if g.c1 > col:
+                break
+            g.drop_above(keep_from)
+
+    def _fill(self, g: _Group) -> None:
+        """Read the group's rows up to the promised stop, extended to a block row's end."""
+        if g.stop >= self.need:
+            return
+        end = self.need
+        if self.block_rows <= self.max_align:
+            end = min(self.height, -(-end // self.block_rows) * self.block_rows)
+        t0 = time.perf_counter()
+        data, valid = self._read_rows(
+            self._src, self._info, g.stop, end - g.stop, self.bands, col_off=g.c0, width=g.c1 - g.c0
+        )
+        self.read_seconds += time.perf_counter() - t0
+        self.reads.append((g.stop, end - g.stop, g.c0, g.c1 - g.c0))
+        g.chunks.append((g.stop, data, np.packbits(valid, axis=1)))
+        g.stop = end
+        self.peak_bytes = max(self.peak_bytes, self.nbytes)
 
     def cut(self, row: int, row_end: int, col: int, col_end: int) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-        """Copy rows ``[row, row_end)`` x columns ``[col, col_end)`` out of the chunks.
+        """Copy rows ``[row, row_end)`` x columns ``[col, col_end)``, reading them if needed.
 
         Returns
         -------
         data : ndarray, shape (C, rows, cols)
         valid : ndarray of bool, shape (rows, cols)
         """
-        if row < self.start or row_end > self.stop:
-            raise ValueError(f"rows {row}..{row_end} are not buffered ({self.start}..{self.stop})")
-        parts = []
-        for r0, d, v in self._chunks:
-            a, b = max(row, r0), min(row_end, r0 + d.shape[1])
-            if a < b:
-                parts.append((d[:, a - r0 : b - r0, col:col_end], v[a - r0 : b - r0, col:col_end]))
-        if len(parts) == 1:
-            return parts[0][0].copy(), parts[0][1].copy()
-        return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=0)
+        if row < self.start or row_end > self.need:
+            raise ValueError(f"rows {row}..{row_end} are not buffered ({self.start}..{self.need})")
+        data: NDArray[Any] | None = None
+        valid = np.empty((row_end - row, col_end - col), dtype=np.bool_)
+        for g in self._groups:
+            lo, hi = max(col, g.c0), min(col_end, g.c1)
+            if lo >= hi:
+                continue
+            self._fill(g)
+            b0, shift = (lo - g.c0) // 8, (lo - g.c0) % 8
+            covered = 0
+            for r0, d, v in g.chunks:
+                a, b = max(row, r0), min(row_end, r0 + d.shape[1])
+                if a >= b:
+                    continue
+                covered += b - a
+                if data is None:
+                    data = np.empty((d.shape[0], row_end - row, col_end - col), dtype=d.dtype)
+                data[:, a - row : b - row, lo - col : hi - col] = d[:, a - r0 : b - r0, lo - g.c0 : hi - g.c0]
+                bits = np.unpackbits(v[a - r0 : b - r0, b0 : -(-(hi - g.c0) // 8)], axis=1)
+                valid[a - row : b - row, lo - col : hi - col] = bits[:, shift : shift + hi - lo].view(np.bool_)
+            if covered != row_end - row:
+                raise ValueError(f"rows {row}..{row_end} of columns {lo}..{hi} were released")
+        assert data is not None
+        return data, valid
 
 
 _DONE = object()
@@ -191,8 +292,8 @@ class TileReader:
         Tiles prepared ahead of the consumer (bounds memory).
     read_rows : callable, optional
         Row reader; default ``geopsp.io.raster.read_rows``.
-    block_rows : int, optional
-        Rows per file block; default from ``info.block_shape``.
+    block_rows, block_cols : int, optional
+        Rows and columns per file block; default from ``info.block_shape``.
     """
 
     def __init__(
@@ -208,14 +309,17 @@ class TileReader:
         prefetch: int = 8,
         read_rows: ReadRows | None = None,
         block_rows: int | None = None,
+        block_cols: int | None = None,
     ) -> None:
         if read_rows is None:
             from geopsp.io.raster import read_rows as _read_rows
 
             read_rows = _read_rows
+        shape = getattr(info, "block_shape", None)
         if block_rows is None:
-            shape = getattr(info, "block_shape", None)
             block_rows = int(shape[0]) if shape else 1
+        if block_cols is None and shape:
+            block_cols = int(shape[1])
         self.grid = grid
         self.row_range = grid.check_row_range(row_range)
         self.prepare = prepare
@@ -224,13 +328,16 @@ class TileReader:
             src,
             info,
             height=grid.height,
+            width=grid.width,
             bands=bands,
             block_rows=block_rows,
             max_align=4 * grid.tile_size,
+            block_cols=block_cols,
+            # each read spans at least as many blocks as GDAL has decode threads
+            group_cols=max(2048, (block_cols or 0) * (os.cpu_count() or 1)),
         )
         self.total = grid.count(self.row_range)
         self.skipped = 0
-        self.peak_buffer_bytes = 0
         self.prepare_seconds = 0.0
         self.wait_seconds = 0.0
         self._lock = threading.Lock()
@@ -293,14 +400,16 @@ class TileReader:
 
     def _produce(self) -> None:
         try:
-            for _, grid_rows in self.grid.band_rows(self.row_range):
-                tiles = self.grid.band_tiles(grid_rows)
+            bands = [self.grid.band_tiles(rows) for _, rows in self.grid.band_rows(self.row_range)]
+            for k, tiles in enumerate(bands):
                 self.buffer.ensure(min(t.row for t in tiles), max(t.row_end for t in tiles))
-                self.peak_buffer_bytes = max(self.peak_buffer_bytes, self.buffer.nbytes)
-                for tile in tiles:
+                # rows the next band starts at: the groups that tiles have passed keep only those
+                keep = min(t.row for t in bands[k + 1]) if k + 1 < len(bands) else self.grid.height
+                for n, tile in enumerate(tiles):
                     if self._stop.is_set():
                         return
                     d, v = self.buffer.cut(tile.row, tile.row_end, tile.col, tile.col_end)
+                    self.buffer.release(tiles[n + 1].col if n + 1 < len(tiles) else self.grid.width, keep)
                     if not v.any():
                         self.skipped += 1
                         if not self._put(PreparedTile(tile, None, None)):
