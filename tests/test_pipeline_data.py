@@ -210,6 +210,19 @@ def test_georeferencing_nodata_and_outputs(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and rusage across exec are Linux behaviour")
+def test_summary_peak_rss_counts_this_process_not_its_parent():
+    """rusage's ru_maxrss survives exec, so a process started by a big parent reports the
+    parent's size; the summary's peak comes from VmHWM instead."""
+    big = np.ones(400 * 2**20, np.uint8)  # this (parent) process grows by 400 MiB
+    code = "import resource; from geopsp.pipeline import _peak_rss_mb as p; print(p(), resource.getrusage(0).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    del big
+    hwm_mib, maxrss_kib = out.split()
+    assert float(maxrss_kib) / 1024 > 400  # the parent's size, carried over exec
+    assert float(hwm_mib) < float(maxrss_kib) / 1024 - 300
+
+
 def test_scene_smaller_than_a_tile(tmp_path):
     rng = np.random.default_rng(4)
     arr = rng.integers(0, 256, size=(3, 23, 41), dtype=np.uint8)
