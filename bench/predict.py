@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -236,7 +235,8 @@ def bench_throughput(
         },
         "repeats": repeats,
         "target_ratio": 0.9,
-        "note": "2-core CPU shared with other jobs (load average ~8-15 during the run): timings are noisy; "
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "note": "timings on a small shared CPU are noisy: "
         "runs alternate end-to-end and model-only and the ratio uses medians (and best runs)",
     }
 
@@ -271,7 +271,9 @@ def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
 
     import psutil
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from geopsp.pipeline import _peak_rss_mb
+
+    rss_before = _peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's size before exec
     conf = PredictConfig(tile_size=tile, overlap=overlap, batch_size=4, device="cpu")
     proc = psutil.Process()
     samples: list[tuple[float, float]] = []

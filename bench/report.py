@@ -128,14 +128,24 @@ def section_machine(pm: dict[str, Any] | None) -> str:
         return "No results yet: run `make bench`.\n\n"
     m = pm["machine"]
     loads = [r["load_avg_1min_before"] for r in pm.get("sweep") or [] if "load_avg_1min_before" in r]
-    load_s = f"{min(loads):.0f} to {max(loads):.0f}" if loads else "unknown"
+    load_s = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "unknown"
+    cores = m["cores"]
+    if loads and max(loads) > cores + 0.5:
+        load_text = (
+            "**The machine was shared**: other jobs were using the same cores while these ran "
+            f"(the 1-minute load average before the sweep's runs was {load_s} on {cores} cores), so absolute "
+            "timings are pessimistic and noisy; ratios measured back to back are more reliable than single numbers. "
+        )
+    else:
+        load_text = (
+            f"The 1-minute load average before the sweep's runs was {load_s} on {cores} cores (the benchmarks "
+            "themselves use all of them); timings are still noisy, so compare ratios measured back to back. "
+        )
     return (
-        f"Measured on **{m['cpu']}, {m['cores']} cores** (torch {m['torch']}, {m['torch_threads']} threads, "
+        f"Measured on **{m['cpu']}, {cores} cores** (torch {m['torch']}, {m['torch_threads']} threads, "
         f"Python {m['python']}, no GPU), {pm['created']}. "
-        "**The machine was shared**: other jobs were using the same two cores while these ran "
-        f"(the 1-minute load average before the sweep's runs was {load_s} on 2 cores), so absolute "
-        "timings are pessimistic and noisy; ratios measured back to back are more reliable than single numbers. "
-        "Models are untrained bundles from `geopsp model create` (speed does not depend on the weights), "
+        + load_text
+        + "Models are untrained bundles from `geopsp model create` (speed does not depend on the weights), "
         "3-band uint8 synthetic scenes from `geopsp sample-scene`, 6 classes.\n\n"
     )
 

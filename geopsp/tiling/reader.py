@@ -4,9 +4,10 @@ A background thread reads the scene in block-aligned pieces (``geopsp.io.raster.
 over groups of whole blocks, as the tiles reach them) into a row buffer that slides down the
 scene, and cuts each band's tiles from memory. Windowed reads of overlapping tiles would
 decode every block several times (about 4x slower on compressed scenes); here each block is
-decoded exactly once, and rows are forgotten as soon as no later tile needs them. Tiles that hold only nodata are reported as skipped and never
-preprocessed. A pool of ``threads`` workers pads (by reflection) and preprocesses the other
-tiles while the model runs; the consumer receives them in grid order.
+decoded exactly once, and rows are forgotten as soon as no later tile needs them. Tiles
+that hold only nodata are reported as skipped and never preprocessed. A pool of ``threads``
+workers pads (by reflection) and preprocesses the other tiles while the model runs; the
+consumer receives them in grid order.
 """
 
 from __future__ import annotations
