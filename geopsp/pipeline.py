@@ -487,7 +487,7 @@ def segment_raster(
     import torch
 
     from geopsp.inference.mosaic import Mosaicker
-    from geopsp.inference.predict import Predictor
+    from geopsp.inference.predict import Predictor, default_batch_size
     from geopsp.io.raster import ClassRasterWriter, check_scene_for_model, open_scene
     from geopsp.tiling.reader import TileReader
 
@@ -526,6 +526,7 @@ def segment_raster(
             compile=cfg.compile,
             tta=cfg.tta,
         )
+        batch_size = cfg.batch_size or default_batch_size(predictor.device, tile_size)
         transform = info.transform
         if r0:
             from affine import Affine
@@ -575,7 +576,7 @@ def segment_raster(
                 prepare=predictor.prepare,
                 row_range=(r0, r1),
                 threads=cfg.reader_threads,
-                prefetch=max(2 * cfg.batch_size, 4),
+                prefetch=max(2 * batch_size, 4),
             )
             total = reader.total
             done = 0
@@ -604,7 +605,7 @@ def segment_raster(
                         progress(done, total)
                     continue
                 batch.append(item)
-                if len(batch) >= cfg.batch_size:
+                if len(batch) >= batch_size:
                     flush()
             flush()
             mosaic.finish()
@@ -692,7 +693,7 @@ def segment_raster(
         "settings": {
             "tile_size": tile_size,
             "overlap": overlap,
-            "batch_size": cfg.batch_size,
+            "batch_size": batch_size,
             "tta": cfg.tta,
             "blend": cfg.blend,
             "blend_floor": cfg.blend_floor,
