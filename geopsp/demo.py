@@ -152,7 +152,7 @@ def run_demo(
         scene,
         run.best,
         out / "predict",
-        config=PredictConfig(tile_size=256, overlap=32, probabilities=True),
+        config=PredictConfig(tile_size=256, overlap=32, batch_size=8, probabilities=True),
         overwrite=overwrite,
     )
     seconds["predict"] = time.perf_counter() - t

@@ -487,7 +487,7 @@ def segment_raster(
     import torch
 
     from geopsp.inference.mosaic import Mosaicker
-    from geopsp.inference.predict import Predictor, default_batch_size
+    from geopsp.inference.predict import Predictor
     from geopsp.io.raster import ClassRasterWriter, check_scene_for_model, open_scene
     from geopsp.tiling.reader import TileReader
 
@@ -526,7 +526,6 @@ def segment_raster(
             compile=cfg.compile,
             tta=cfg.tta,
         )
-        batch_size = cfg.batch_size or default_batch_size(predictor.device, tile_size)
         transform = info.transform
         if r0:
             from affine import Affine
@@ -576,7 +575,7 @@ def segment_raster(
                 prepare=predictor.prepare,
                 row_range=(r0, r1),
                 threads=cfg.reader_threads,
-                prefetch=max(2 * batch_size, 4),
+                prefetch=max(2 * cfg.batch_size, 4),
             )
             total = reader.total
             done = 0
@@ -605,7 +604,7 @@ def segment_raster(
                         progress(done, total)
                     continue
                 batch.append(item)
-                if len(batch) >= batch_size:
+                if len(batch) >= cfg.batch_size:
                     flush()
             flush()
             mosaic.finish()
@@ -693,7 +692,7 @@ def segment_raster(
         "settings": {
             "tile_size": tile_size,
             "overlap": overlap,
-            "batch_size": batch_size,
+            "batch_size": cfg.batch_size,
             "tta": cfg.tta,
             "blend": cfg.blend,
             "blend_floor": cfg.blend_floor,

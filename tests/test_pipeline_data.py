@@ -210,29 +210,6 @@ def test_georeferencing_nodata_and_outputs(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize(("tile", "asked", "used"), [(64, None, 64), (128, None, 16), (128, 3, 3)])
-def test_cpu_batch_size_defaults_to_about_512_squared_pixels_a_pass(tmp_path, tile, asked, used):
-    rng = np.random.default_rng(3)
-    scene = write_tif(tmp_path / "s.tif", rng.integers(0, 256, size=(3, 600, 800), dtype=np.uint8))
-    shapes: list[int] = []
-
-    class Counting(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = stand_in()
-
-        def forward(self, x):
-            shapes.append(x.shape[0])
-            return self.conv(x)
-
-    res = segment_raster(
-        scene, (Counting(), make_meta()), tmp_path / "out", config=cfg(tile_size=tile, overlap=8, batch_size=asked)
-    )
-    assert res.summary["settings"]["batch_size"] == used
-    assert max(shapes) == used
-    assert len(shapes) == -(-res.summary["tiles"]["run"] // used) > 1
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and rusage across exec are Linux behaviour")
 def test_summary_peak_rss_counts_this_process_not_its_parent():
     """rusage's ru_maxrss survives exec, so a process started by a big parent reports the
@@ -401,7 +378,7 @@ def test_failure_midway_leaves_nothing(tmp_path, when):
             scene,
             (Flaky(), meta),
             tmp_path / "out",
-            config=cfg(tile_size=32, overlap=4, batch_size=4, probabilities=True),  # many passes
+            config=cfg(tile_size=32, overlap=4, probabilities=True),
             progress=progress,
         )
     out = tmp_path / "out"

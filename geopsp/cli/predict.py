@@ -26,12 +26,7 @@ __all__ = ["predict"]
 )
 @click.option("--tile", "tile", type=int, default=None, help="Tile edge in pixels [default: the bundle's].")
 @click.option("--overlap", type=int, default=None, help="Overlap between tiles in pixels [default: the bundle's].")
-@click.option(
-    "--batch-size",
-    type=int,
-    default=None,
-    help="Tiles per forward pass [default: CPU about 512x512 px a pass, CUDA 4].",
-)
+@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass [default: 4].")
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the model runs [default: auto]."
 )

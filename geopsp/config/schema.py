@@ -40,13 +40,7 @@ class PredictConfig(_Section):
     overlap: int | None = Field(
         None, ge=0, le=4096, description="Overlap between neighbouring tiles in pixels (default: the bundle's)."
     )
-    batch_size: int | None = Field(
-        None,
-        ge=1,
-        le=1024,
-        description="Tiles per forward pass; None: about 512 x 512 px a pass on CPU (1 tile of 512, 4 of 256: "
-        "fastest per pixel there), 4 on CUDA.",
-    )
+    batch_size: int = Field(4, ge=1, le=1024, description="Tiles per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs; auto picks CUDA when present."
     )

@@ -35,7 +35,6 @@ __all__ = [
     "TTA_TRANSFORMS",
     "Predictor",
     "cpu_has_native_bf16",
-    "default_batch_size",
     "resolve_device",
     "unwrap_logits",
 ]
@@ -121,25 +120,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
-
-
-def default_batch_size(device: torch.device, tile_size: int) -> int:
-    """Tiles per forward pass when the configuration leaves it open.
-
-    On a CPU about 512 x 512 pixels a pass is fastest per pixel: the activations stay in
-    cache (measured on a 2-core EPYC, ``fast`` preset: at 512 px tiles batch 1 runs 1.5x
-    faster in fp32 than batch 4 and as fast in bf16; at 256 px tiles batch 4 beats 1 and 8 by
-    up to 25 % in bf16; the ``paper`` preset at 512 px is 3-10 % faster at batch 1). On CUDA,
-    batches keep the GPU busy: 4.
-
-    Examples
-    --------
-    >>> default_batch_size(torch.device("cpu"), 512), default_batch_size(torch.device("cpu"), 256)
-    (1, 4)
-    """
-    if device.type != "cpu":
-        return 4
-    return max(1, min(64, (512 * 512) // (tile_size * tile_size)))
 
 
 def unwrap_logits(out: Any) -> Tensor:
