@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 GEOPSP = Path(sys.executable).with_name("geopsp")
 
 SCENES = {"fast": 2048, "paper": 1024}
-BASE: dict[str, Any] = {"tile_size": 512, "overlap": 64, "amp": False, "channels_last": True, "batch_size": None}
+BASE: dict[str, Any] = {"tile_size": 512, "overlap": 64, "amp": False, "channels_last": True, "batch_size": 4}
 
 
 def variants() -> list[tuple[str, dict[str, Any]]]:
