@@ -178,7 +178,9 @@ class Normalization:
         shape[axis] = self.bands
         off = np.asarray(self.offset, dtype=np.float32).reshape(shape)
         sc = np.asarray(self.scale, dtype=np.float32).reshape(shape)
-        out = (x.astype(np.float32) - off) / sc
+        out = x.astype(np.float32)  # one allocation; the arithmetic runs in place
+        out -= off
+        out /= sc
         if self.clip is not None:
             np.clip(out, self.clip[0], self.clip[1], out=out)
         return out
