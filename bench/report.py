@@ -249,8 +249,10 @@ def section_memory(pm: dict[str, Any], pr: dict[str, Any] | None) -> str:
         "with the scene **width**, not its height: the strip accumulator holds `classes × overlap × width` "
         "float32 values plus a few tiles (the `strip accumulator` column), the tile reader about one tile's "
         "rows of the input (it reads blocks as the tiles reach them and forgets rows no later tile needs), and "
-        "the writer one band of class rows; what remains is allocator retention, which "
-        "`geopsp.pipeline.bound_heap_retention` keeps small.\n\n"
+        "the writer one band of class rows; what remains is allocator retention, which `predict.bound_heap` "
+        "(on by default) keeps small: glibc then maps and unmaps every large block, which costs page faults "
+        "(the `fast` preset ran about 25 % slower on these 2 cores: 20000 × 2560 px in 27.5 s at 1115 MB peak, "
+        "21.1 s at 1275 MB with `--set predict.bound_heap=false`).\n\n"
         "![Peak memory against scene size](img/perf_memory.png)\n\n"
     )
     if pr and "memory" in pr:

@@ -312,7 +312,8 @@ class _WriterThread:
         t0 = time.perf_counter()
         self.writer.write_rows(row, cls, prob)
         self.rows += cls.shape[0]
-        trim_heap()
+        if _HEAP_BOUNDED:
+            trim_heap()
         self.seconds += time.perf_counter() - t0
 
     def _flush(self) -> None:
@@ -397,27 +398,40 @@ def trim_heap() -> None:
 HEAP_TRIM_THRESHOLD = 16 << 20
 """glibc ``M_TRIM_THRESHOLD`` set by :func:`bound_heap_retention` (bytes)."""
 
+HEAP_MMAP_THRESHOLD = 128 << 10
+"""glibc ``M_MMAP_THRESHOLD`` set by :func:`bound_heap_retention` (bytes): glibc's own default."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _HEAP_BOUNDED = False
 
 
-def bound_heap_retention() -> None:
-    """Stop glibc from keeping ever larger freed blocks (a no-op off glibc; idempotent).
+def bound_heap_retention(enabled: bool = True) -> None:
+    """Choose how glibc hands large freed blocks back (a no-op off glibc; idempotent).
 
     By default glibc raises its mmap threshold each time a large block is freed, so later
-    full-width row buffers come from the heap and stay resident after they are freed; with
-    several threads allocating, the resident size then grows with the scene's size. Fixing
-    ``M_TRIM_THRESHOLD`` turns that adjustment off: large buffers are mapped and unmapped, and
-    peak memory stays bounded by the working set (measured: 20000^2 px at 1.28x the peak of
-    2000^2 instead of 1.58x, see ``bench/predict.py``).
+    full-width buffers come from the heap and stay resident after they are freed; with several
+    threads allocating, the resident size then grows with the scene's width. Enabled, the
+    thresholds are fixed (mmap above ``HEAP_MMAP_THRESHOLD``, trim above
+    ``HEAP_TRIM_THRESHOLD``): large buffers are mapped and unmapped, and peak memory stays near
+    the working set (measured: 20000^2 px at 1.14x the peak of 2000^2 with a stand-in model,
+    ``bench/predict.py``). That costs page faults on every large allocation, the model's
+    activations included: the ``fast`` preset ran about 25 % slower on a 2-core CPU (20000 x
+    2560 px: 27.5 s and 1115 MB peak enabled, 21.1 s and 1275 MB disabled). Disabling it after
+    it was enabled sets the thresholds to glibc's dynamic maxima (mmap 32 MiB, trim 64 MiB).
     """
     global _HEAP_BOUNDED
-    if _HEAP_BOUNDED:
+    if enabled == _HEAP_BOUNDED:
         return
-    _HEAP_BOUNDED = True
+    _HEAP_BOUNDED = enabled
     trim_heap()  # loads libc
     if _LIBC and hasattr(_LIBC, "mallopt"):
-        m_trim_threshold = -1
-        _LIBC.mallopt(m_trim_threshold, HEAP_TRIM_THRESHOLD)
+        if enabled:
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
+            _LIBC.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+        else:
+            _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _peak_rss_mb() -> float:
@@ -492,7 +506,7 @@ def segment_raster(
     from geopsp.tiling.reader import TileReader
 
     cfg = config if config is not None else PredictConfig.model_validate({})
-    bound_heap_retention()
+    bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
     scene_path = Path(scene)
     module, meta, bundle_path = _resolve_model(model)
@@ -698,6 +712,7 @@ def segment_raster(
             "blend_floor": cfg.blend_floor,
             "amp": predictor.amp,
             "reader_threads": cfg.reader_threads,
+            "bound_heap": cfg.bound_heap,
         },
         "config": cfg.model_dump(mode="json"),
         "classes": meta.classes.to_list(),

@@ -210,6 +210,21 @@ def test_georeferencing_nodata_and_outputs(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_heap_policy_changes_no_output(tmp_path):
+    rng = np.random.default_rng(5)
+    scene = write_tif(tmp_path / "s.tif", rng.integers(0, 256, size=(3, 200, 300), dtype=np.uint8))
+    model, meta = stand_in(), make_meta()
+    outs = {}
+    for bound in (False, True, False):
+        res = segment_raster(
+            scene, (model, meta), tmp_path / f"out_{bound}", config=cfg(bound_heap=bound), overwrite=True
+        )
+        assert res.summary["settings"]["bound_heap"] is bound
+        outs.setdefault(bound, []).append(read(res.classes)[0])
+    np.testing.assert_array_equal(outs[True][0], outs[False][0])
+    np.testing.assert_array_equal(outs[False][1], outs[False][0])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and rusage across exec are Linux behaviour")
 def test_summary_peak_rss_counts_this_process_not_its_parent():
     """rusage's ru_maxrss survives exec, so a process started by a big parent reports the

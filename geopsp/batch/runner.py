@@ -243,7 +243,9 @@ def _check_model(model: str | os.PathLike[str]) -> Path:
 
 def _fingerprint(model: Path, predict: PredictConfig) -> str:
     st = model.stat()
-    settings = predict.model_dump(mode="json", exclude={"batch_size", "reader_threads", "device", "compile"})
+    # settings that change speed or memory, never the outputs, do not count
+    speed_only = {"batch_size", "reader_threads", "device", "compile", "bound_heap"}
+    settings = predict.model_dump(mode="json", exclude=speed_only)
     blob = json.dumps([str(model), st.st_size, st.st_mtime_ns, settings], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
