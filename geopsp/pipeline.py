@@ -273,7 +273,8 @@ class _WriterThread:
         # full-width band, so a deeper queue costs memory that grows with the width
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
-        self._buf: list[Any] | None = None  # [class rows, probability rows or None]
+        self._cls_buf: Any = None  # block_rows x width, allocated at the first partial block row
+        self._prob_buf: Any = None
         self._buf_row = 0  # output row of the buffer's first row
         self._fill = 0  # rows of the buffer in use
         self._thread = threading.Thread(target=self._run, name="geopsp-writer", daemon=True)
@@ -317,11 +318,11 @@ class _WriterThread:
         self.seconds += time.perf_counter() - t0
 
     def _flush(self) -> None:
-        if self._fill and self._buf is not None:
-            cls, prob = self._buf
+        if self._fill:
             n = self._fill
             self._fill = 0
-            self._write(self._buf_row, cls[:n], None if prob is None else prob[:n])
+            prob = None if self._prob_buf is None else self._prob_buf[:n]
+            self._write(self._buf_row, self._cls_buf[:n], prob)
 
     def _take(self, row: int, cls: Any, prob: Any) -> None:
         import numpy as np
@@ -339,14 +340,13 @@ class _WriterThread:
             if not self._fill and k == room:  # a whole block row at once: no copy
                 self._write(row + i, cls[i : i + k], part_prob)
             else:
-                if self._buf is None or self._buf[0].shape[1:] != cls.shape[1:] or self._buf[0].dtype != cls.dtype:
-                    self._buf = [
-                        np.empty((self.block_rows, *cls.shape[1:]), cls.dtype),
-                        None if prob is None else np.empty((self.block_rows, *prob.shape[1:]), prob.dtype),
-                    ]
-                self._buf[0][self._fill : self._fill + k] = cls[i : i + k]
+                if self._cls_buf is None:  # one run: the width, dtypes and probabilities never change
+                    self._cls_buf = np.empty((self.block_rows, *cls.shape[1:]), cls.dtype)
+                    if prob is not None:
+                        self._prob_buf = np.empty((self.block_rows, *prob.shape[1:]), prob.dtype)
+                self._cls_buf[self._fill : self._fill + k] = cls[i : i + k]
                 if part_prob is not None:
-                    self._buf[1][self._fill : self._fill + k] = part_prob
+                    self._prob_buf[self._fill : self._fill + k] = part_prob
                 self._fill += k
                 if k == room:
                     self._flush()
@@ -368,7 +368,7 @@ class _WriterThread:
                 self._flush()
             except BaseException as exc:
                 self._error = exc
-        self._buf = None
+        self._cls_buf = self._prob_buf = None
 
 
 _LIBC: Any = None

@@ -102,6 +102,8 @@ class _Group:
 
     def drop_above(self, row: int) -> None:
         """Forget rows above ``row``; a chunk partly above it is cut down to a copy."""
+        if not self.chunks or self.chunks[0][0] >= row:
+            return  # chunks are in row order: nothing lies above (e.g. released already)
         kept = []
         for r0, d, v in self.chunks:
             if r0 + d.shape[1] <= row:
