@@ -101,15 +101,21 @@ def predict(
     # Cheap checks first (no torch): bundle header, scenes vs model, existing outputs.
     meta = read_bundle_meta(model_path)
     failed = 0
+
+    def skip(exc: GeopspError) -> None:
+        """One scene: fail with its error. Several: report it, count it, go on with the rest."""
+        nonlocal failed
+        if len(scenes) == 1:
+            raise exc
+        failed += 1
+        click.echo(f"Error: {exc}", err=True)
+
     todo: list[str] = []
     for scene in scenes:
         try:
             check_inputs(scene, meta, out, config=cfg, overwrite=overwrite, row_range=rows)
         except GeopspError as exc:
-            if len(scenes) == 1:
-                raise
-            failed += 1
-            click.echo(f"Error: {exc}", err=True)
+            skip(exc)
             continue
         todo.append(scene)
     if not todo:
@@ -135,10 +141,7 @@ def predict(
                     row_range=rows,
                 )
             except GeopspError as exc:
-                if len(scenes) == 1:
-                    raise
-                failed += 1
-                click.echo(f"Error: {exc}", err=True)
+                skip(exc)
                 continue
         for path in result.paths:
             click.echo(str(path))
