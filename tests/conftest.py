@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(os.environ.get("GEOPSP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+# One full run writes about 0.45 GB under its basetemp at its peak (measured); ask for room to spare.
+NEEDED_FREE_BYTES = int(float(os.environ.get("GEOPSP_TEST_NEEDED_FREE_GIB", "2")) * 1024**3)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, with one clear line, when the temporary folder's disk is nearly full.
+
+    Without this a full disk shows up as a handful of unrelated-looking failures deep inside
+    safetensors or GDAL ("No space left on device") halfway through the run.
+    """
+    where = Path(session.config.option.basetemp or tempfile.gettempdir())
+    probe = where if where.exists() else where.parent
+    free = shutil.disk_usage(probe).free
+    if free < NEEDED_FREE_BYTES:
+        pytest.exit(
+            f"{probe}: only {free / 1024**3:.1f} GiB free, the test suite needs about "
+            f"{NEEDED_FREE_BYTES / 1024**3:.0f} GiB for its temporary files; free some space "
+            f"or run with --basetemp on a larger disk",
+            returncode=3,
+        )
 
 
 @pytest.fixture(scope="session")
