@@ -255,6 +255,33 @@ def test_missing_keys(saved, tmp_path: Path) -> None:
     expect_error(bad, "1 missing tensors \\(head.classifier.bias\\)")
 
 
+def test_bundle_with_unused_encoder_stages_still_loads(saved, tmp_path: Path) -> None:
+    """A bundle written before geopsp dropped the stages a shallow encoder never runs."""
+    from safetensors import safe_open
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    model, _, path = saved
+    assert model.encoder.geopsp_dropped_stages == ("layer3", "layer4")
+    full = get_encoder("resnet18", in_channels=3, depth=3, weights=None, output_stride=8)
+    extra = {f"encoder.{k}": v for k, v in full.state_dict().items() if k.startswith(("layer3.", "layer4."))}
+    assert extra
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata())
+    tensors = {**load_file(str(path)), **extra}
+    metadata["sha256"] = _digest(metadata["geopsp"], tensors)
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata=metadata)
+    assert old.stat().st_size > 5 * path.stat().st_size
+    x = torch.randn(1, 3, 37, 41)
+    with torch.no_grad():
+        assert torch.equal(load_bundle(old).model(x), model(x))
+    # Only the dropped stages are forgiven: any other stray tensor is still an error.
+    tensors = {**load_file(str(path)), "head.stray": torch.zeros(2)}
+    metadata["sha256"] = _digest(metadata["geopsp"], tensors)
+    save_file(tensors, str(tmp_path / "stray.safetensors"), metadata=metadata)
+    expect_error(tmp_path / "stray.safetensors", "1 unexpected tensors \\(head.stray\\)")
+
+
 def test_newer_format_version(saved, tmp_path: Path) -> None:
     meta = saved[1].to_dict()
     meta["format_version"] = 99

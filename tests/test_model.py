@@ -161,6 +161,41 @@ def test_shallow_depth_aux_on_previous_stage() -> None:
     assert PSPNet.from_spec(small_spec(encoder_depth=1, aux=False)).aux_head is None
 
 
+@pytest.mark.parametrize(("depth", "dropped"), [(3, ("layer3", "layer4")), (4, ("layer4",)), (5, ())])
+def test_shallow_resnet_carries_no_unused_stages(depth: int, dropped: tuple[str, ...]) -> None:
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    torch.manual_seed(0)
+    model = PSPNet.from_spec(small_spec(encoder_depth=depth))
+    enc = model.encoder
+    assert enc.geopsp_dropped_stages == dropped
+    assert all(not hasattr(enc, name) for name in dropped)
+    # Every remaining parameter takes part in the forward pass: a backward reaches each one.
+    model.train()
+    logits, aux = model(torch.randn(2, 3, 48, 40))
+    (logits.sum() + aux.sum()).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None]
+    assert dead == []
+    # Same features as smp's full encoder with the same weights.
+    full = get_encoder("resnet18", in_channels=3, depth=depth, weights=None, output_stride=8).eval()
+    full_keys, kept = set(full.state_dict()), set(enc.state_dict())
+    assert kept <= full_keys and {k.split(".")[0] for k in full_keys - kept} == set(dropped)
+    full.load_state_dict(enc.state_dict(), strict=False)
+    enc.eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        for a, b in zip(full(x), enc(x), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_fast_preset_parameters_all_run() -> None:
+    model = build_model(spec_from_preset("fast", in_channels=3, num_classes=21))
+    # ResNet-18 stages 1-3 (0.68 M) and the paper head; smp's full ResNet-18 alone has 11.2 M.
+    assert 1.5e6 < count_parameters(model) < 2.5e6
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_unknown_encoder() -> None:
     with pytest.raises(ModelError, match="resnet18"):
         PSPNet.from_spec(small_spec(encoder="resnet19"))

@@ -272,6 +272,17 @@ def _structure_diff(expected: Mapping[str, tuple[int, ...]], actual: Mapping[str
     return problems
 
 
+def _dropped_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the encoder stages :func:`~geopsp.model.pspnet.drop_unused_stages` removed."""
+    from geopsp.model.pspnet import DROPPED_STAGES_ATTR
+
+    out: list[str] = []
+    for name, module in model.named_modules():
+        for child in getattr(module, DROPPED_STAGES_ATTR, ()):
+            out.append(f"{name}.{child}." if name else f"{child}.")
+    return tuple(out)
+
+
 def _reference_shapes(meta: BundleMeta) -> dict[str, tuple[int, ...]]:
     import torch
 
@@ -375,7 +386,13 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
     except (ConfigError, ModelError) as exc:
         raise CheckpointError(f"{p}: cannot build the model the bundle describes: {exc}") from exc
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    stored = {k: tuple(int(d) for d in e["shape"]) for k, e in header.tensors.items()}
+    # Bundles written before unused encoder stages were dropped still carry their weights.
+    dropped = tuple(p for p in _dropped_prefixes(model) if not any(k.startswith(p) for k in expected))
+    stored = {
+        k: tuple(int(d) for d in e["shape"])
+        for k, e in header.tensors.items()
+        if not (dropped and k.startswith(dropped))
+    }
     problems = _structure_diff(expected, stored)
     if problems:
         raise CheckpointError(
@@ -391,6 +408,12 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
         raise CheckpointError(f"{p}: bundle has no checksum; it was not written by geopsp.model.save_bundle")
     if _digest(header.metadata["geopsp"], state) != digest:
         raise CheckpointError(f"{p}: checksum mismatch: the weights or metadata were modified or corrupted")
+    if dropped:
+        unused = [k for k in state if k.startswith(dropped)]
+        if unused:
+            logger.debug("%s: ignoring %d tensors of encoder stages the model never runs", p, len(unused))
+            for k in unused:
+                del state[k]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -17,7 +17,7 @@ from torch import nn
 
 from geopsp.errors import ConfigError, ModelError
 from geopsp.model.meta import ModelSpec
-from geopsp.model.pspnet import PadToMultiple, PSPNet, _check_weights_cached, _no_network
+from geopsp.model.pspnet import PadToMultiple, PSPNet, _check_weights_cached, _no_network, drop_unused_stages
 
 __all__ = ["ARCHITECTURES", "PRESETS", "build_model", "spec_from_preset"]
 
@@ -61,6 +61,7 @@ def _smp_builder(arch: str) -> Callable[[ModelSpec], nn.Module]:
                 )
         except Exception as exc:
             raise ModelError(f"cannot build smp {arch} with encoder {spec.encoder!r}: {exc}") from exc
+        drop_unused_stages(model.encoder, spec.encoder_depth)
         return PadToMultiple(model, int(model.encoder.output_stride))
 
     build.__name__ = f"build_{arch}"
