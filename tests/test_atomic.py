@@ -61,3 +61,25 @@ def test_unwritable_directory(tmp_path: Path) -> None:
             check_output_path(d / "x.tif")
     finally:
         d.chmod(0o700)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_finished_outputs_get_the_umask_permissions(tmp_path: Path, umask: int) -> None:
+    """safetensors creates its file 0600: a bundle would be unreadable to the dask workers."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "model.safetensors"
+    old = os.umask(umask)
+    try:
+        with atomic_output(out, sidecars=[".json"]) as tmp:
+            save_file({"w": torch.zeros(3)}, str(tmp))
+            side = Path(str(tmp) + ".json")
+            side.write_text("{}")
+            side.chmod(0o600)
+            written = tmp.stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert written == 0o600  # what safetensors does on its own
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert Path(str(out) + ".json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -182,10 +182,13 @@ def atomic_output(
             raise OutputExistsError(
                 f"{final}: was created by another process meanwhile; pass --overwrite to replace it"
             )
+        mode = _default_file_mode()
         for suffix in sidecars:
             side = Path(str(tmp) + suffix)
             if side.exists():
+                _widen_to(side, mode)
                 os.replace(side, Path(str(final) + suffix))
+        _widen_to(tmp, mode)
         os.replace(tmp, final)
         logger.debug("wrote %s", final)
     except BaseException as exc:
@@ -193,6 +196,32 @@ def atomic_output(
         if isinstance(exc, OSError) and not isinstance(exc, GeopspError) and exc.errno == errno.ENOSPC:
             raise OutputError(f"{final}: disk full while writing; free space and run again") from exc
         raise
+
+
+def _default_file_mode() -> int:
+    """Return the mode a plainly created file gets here: ``0o666`` less the process umask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # no /proc: read it by setting it, and put it back at once
+    os.umask(current)
+    return 0o666 & ~current
+
+
+def _widen_to(path: Path, mode: int) -> None:
+    """Give a finished file the umask's permissions.
+
+    Some writers (safetensors, ``tempfile``) create files readable by their owner only, which
+    would keep a model or map from the dask workers and colleagues that share the folder.
+    """
+    st = path.stat()
+    if not path.is_dir() and (st.st_mode & 0o777) != mode:
+        with contextlib.suppress(OSError):  # not our file to change (another owner): leave it
+            os.chmod(path, mode)
 
 
 def _cleanup(tmp: Path, sidecars: Sequence[str]) -> None:
