@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -219,7 +220,7 @@ def _widen_to(path: Path, mode: int) -> None:
     would keep a model or map from the dask workers and colleagues that share the folder.
     """
     st = path.stat()
-    if not path.is_dir() and (st.st_mode & 0o777) != mode:
+    if stat.S_ISREG(st.st_mode) and (st.st_mode & 0o777) != mode:
         with contextlib.suppress(OSError):  # not our file to change (another owner): leave it
             os.chmod(path, mode)
 

@@ -387,12 +387,8 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
         raise CheckpointError(f"{p}: cannot build the model the bundle describes: {exc}") from exc
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     # Bundles written before unused encoder stages were dropped still carry their weights.
-    dropped = tuple(p for p in _dropped_prefixes(model) if not any(k.startswith(p) for k in expected))
-    stored = {
-        k: tuple(int(d) for d in e["shape"])
-        for k, e in header.tensors.items()
-        if not (dropped and k.startswith(dropped))
-    }
+    dropped = _dropped_prefixes(model)
+    stored = {k: tuple(int(d) for d in e["shape"]) for k, e in header.tensors.items() if not k.startswith(dropped)}
     problems = _structure_diff(expected, stored)
     if problems:
         raise CheckpointError(
@@ -408,12 +404,9 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
         raise CheckpointError(f"{p}: bundle has no checksum; it was not written by geopsp.model.save_bundle")
     if _digest(header.metadata["geopsp"], state) != digest:
         raise CheckpointError(f"{p}: checksum mismatch: the weights or metadata were modified or corrupted")
-    if dropped:
-        unused = [k for k in state if k.startswith(dropped)]
-        if unused:
-            logger.debug("%s: ignoring %d tensors of encoder stages the model never runs", p, len(unused))
-            for k in unused:
-                del state[k]
+    if len(stored) < len(state):
+        logger.debug("%s: ignoring %d tensors of encoder stages the model never runs", p, len(state) - len(stored))
+        state = {k: v for k, v in state.items() if k in stored}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
