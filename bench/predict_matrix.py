@@ -275,14 +275,6 @@ def run_child(*args: str, timeout: float = 900) -> dict[str, Any]:
     return result
 
 
-def _vm_hwm_mib() -> float:
-    with open("/proc/self/status", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def memory(folder: Path, sizes: list[int]) -> list[dict[str, Any]]:
     rows = []
     base = run_child("baseline")
@@ -342,7 +334,9 @@ def main() -> None:
             res = child_naive(Path(rest[0]), Path(rest[1]), Path(rest[2]))
         else:
             res = child_tiled(Path(rest[0]), Path(rest[1]), Path(rest[2]))
-        res["peak_rss_mib"] = _vm_hwm_mib()
+        from geopsp.pipeline import _peak_rss_mb
+
+        res["peak_rss_mib"] = _peak_rss_mb()
         print(json.dumps(res))
         return
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geopsp._procfs import proc_status
 from geopsp.config.schema import PredictConfig
 from geopsp.errors import ConfigError, TilingError
 from geopsp.io.atomic import atomic_output, check_output_path
@@ -440,13 +441,9 @@ def _peak_rss_mb() -> float:
     Linux's ``VmHWM`` first: ``ru_maxrss`` survives ``exec``, so in a process started by a
     large parent (a benchmark harness, a worker pool) it reports the parent's size.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024.0, 1)
-    except (OSError, ValueError, IndexError):
-        pass
+    hwm = proc_status("VmHWM")  # "734512 kB"
+    if hwm is not None:
+        return round(int(hwm.split()[0]) / 1024.0, 1)
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0, 1)
 

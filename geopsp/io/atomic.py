@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from geopsp._procfs import proc_status
 from geopsp.errors import GeopspError, OutputError, OutputExistsError
 
 __all__ = ["atomic_output", "check_output_path", "remove_stale_temps", "temp_name", "temp_prefix"]
@@ -201,13 +202,9 @@ def atomic_output(
 
 def _default_file_mode() -> int:
     """Return the mode a plainly created file gets here: ``0o666`` less the process umask."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+    umask = proc_status("Umask")
+    if umask is not None:
+        return 0o666 & ~int(umask, 8)
     current = os.umask(0o022)  # no /proc: read it by setting it, and put it back at once
     os.umask(current)
     return 0o666 & ~current
