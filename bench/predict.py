@@ -153,9 +153,11 @@ def model_only(model: Any, meta: Any, scene: Path, *, tile: int, overlap: int, b
     for t in grid.tiles():
         v = valid[t.row : t.row_end, t.col : t.col_end]
         if v.any():
-            d, _ = pad_tile(arr[:, t.row : t.row_end, t.col : t.col_end], v, tile)
-            tiles.append(pred.prepare(t, d, v)[0])
-    batches = [pred.to_device(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
+            tiles.append(pred.prepare(t, *pad_tile(arr[:, t.row : t.row_end, t.col : t.col_end], v, tile)))
+    batches = [
+        pred.to_device([d for d, _ in tiles[i : i + batch]], [m for _, m in tiles[i : i + batch]])[0]
+        for i in range(0, len(tiles), batch)
+    ]
     pred.probabilities(batches[0][:1])  # warm-up (oneDNN primitive creation)
     start = time.perf_counter()
     for x in batches:

@@ -598,8 +598,7 @@ def segment_raster(
                 nonlocal done, run
                 if not batch:
                     return
-                x = predictor.to_device([b.data for b in batch])
-                valid = predictor.masks_to_device([b.valid for b in batch])
+                x, valid = predictor.to_device([b.data for b in batch], [b.valid for b in batch])
                 probs = predictor.probabilities(x)
                 mosaic.add([b.tile for b in batch], probs, valid)
                 run += len(batch)
@@ -618,6 +617,7 @@ def segment_raster(
                 if len(batch) >= cfg.batch_size:
                     flush()
             flush()
+            predictor.raise_if_nonfinite()
             mosaic.finish()
             wthread.close()
             t_write0 = time.perf_counter()

@@ -10,6 +10,7 @@ from torch import nn
 from geopsp.classes import ClassTable
 from geopsp.errors import ConfigError, ModelError
 from geopsp.inference.predict import TTA_TRANSFORMS, Predictor, resolve_device, unwrap_logits
+from geopsp.model.inputs import MODEL_FILL
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.tiling import Tile
 
@@ -67,17 +68,24 @@ def test_device_normalization_equals_host_normalization(dtype, norm):
     info = np.iinfo(dtype) if dtype != "float32" else None
     lo, hi = (info.min, info.max) if info else (-1.0, 2.0)
     raw = (rng.uniform(lo, hi, size=(3, 32, 32))).astype(dtype)
+    valid = rng.random((32, 32)) > 0.2
+    if dtype == "float32":
+        raw[0, :3, :3] = np.nan  # not finite: the reader marks these invalid
+        valid[:3, :3] = False
     host = Predictor(conv_model(), meta, device="cpu")
     dev = Predictor(conv_model(), meta, device="cpu")
     dev.normalize_on_device = True  # exercise the GPU code path on the CPU
-    a, _ = host.prepare(TILE, raw, np.ones((32, 32), bool))
-    b, _ = dev.prepare(TILE, raw, np.ones((32, 32), bool))
+    a, _ = host.prepare(TILE, raw, valid)
+    b, _ = dev.prepare(TILE, raw, valid)
     assert a.dtype == np.float32 and b.dtype != np.uint16
-    np.testing.assert_array_equal(a, norm.apply(raw))
-    xa = host.to_device([a])
-    xb = dev.to_device([b])
-    assert xb.dtype == torch.float32
+    expected = norm.apply(raw)
+    expected[:, ~valid] = MODEL_FILL
+    np.testing.assert_array_equal(a, expected)
+    xa, va = host.to_device([a], [valid])
+    xb, vb = dev.to_device([b], [valid])
+    assert xb.dtype == torch.float32 and torch.isfinite(xb).all()
     torch.testing.assert_close(xa, xb, rtol=0, atol=0)
+    assert torch.equal(va, vb) and torch.equal(va[0], torch.from_numpy(valid))
 
 
 def test_probabilities_are_softmax_of_the_model():
@@ -173,8 +181,9 @@ def test_cuda_path_matches_cpu():
     cpu = Predictor(model, meta, device="cpu", amp=False)
     gpu = Predictor(conv_model(k=3, seed=3), meta, device="cuda", amp=True)
     assert gpu.normalize_on_device
-    pc = cpu.probabilities(cpu.to_device([cpu.prepare(TILE, r, np.ones((64, 64), bool))[0] for r in raw]))
-    pg = gpu.probabilities(gpu.to_device([gpu.prepare(TILE, r, np.ones((64, 64), bool))[0] for r in raw]))
+    ones = [np.ones((64, 64), bool)] * len(raw)
+    pc = cpu.probabilities(cpu.to_device([cpu.prepare(TILE, r, ones[0])[0] for r in raw], ones)[0])
+    pg = gpu.probabilities(gpu.to_device([gpu.prepare(TILE, r, ones[0])[0] for r in raw], ones)[0])
     assert pg.device.type == "cuda"
     agree = (pc.argmax(1) == pg.argmax(1).cpu()).float().mean().item()
     assert agree >= 0.99

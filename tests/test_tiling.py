@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopsp.errors import TilingError
+from geopsp.model.inputs import model_input
+from geopsp.model.meta import Normalization
 from geopsp.tiling import TileGrid, axis_offsets
 from geopsp.tiling.reader import RowBuffer, TileReader, pad_tile
 
@@ -100,17 +102,23 @@ def test_bad_row_range(rr):
         TileGrid(100, 100, 64, 8).check_row_range(rr)
 
 
-@given(st.integers(1, 20), st.integers(1, 20), st.integers(20, 40))
+@given(st.integers(1, 20), st.integers(1, 20), st.integers(20, 40), st.integers(0, 2**32 - 1))
 @settings(max_examples=50, deadline=None)
-def test_pad_tile_reflects_and_masks_padding(h, w, size):
+def test_pad_tile_reflects_data_and_validity_together(h, w, size, seed):
     data = np.arange(2 * h * w, dtype=np.uint16).reshape(2, h, w)
-    valid = np.ones((h, w), dtype=bool)
+    valid = np.random.default_rng(seed).random((h, w)) > 0.3
     d, v = pad_tile(data, valid, size)
     assert d.shape == (2, size, size) and v.shape == (size, size)
     np.testing.assert_array_equal(d[:, :h, :w], data)
-    assert v[:h, :w].all() and v.sum() == h * w
+    np.testing.assert_array_equal(v[:h, :w], valid)
     if h > 1 and size > h:
         np.testing.assert_array_equal(d[:, h, :w], data[:, h - 2])  # reflection, not edge repeat
+        np.testing.assert_array_equal(v[h, :w], valid[h - 2])  # a padding pixel is valid where its source is
+    # so normalizing (and filling invalid pixels) commutes with padding
+    norm = Normalization.from_stats([3.0, 5.0], [2.0, 4.0])
+    pad_then_fill = model_input(d, v, norm)
+    fill_then_pad, _ = pad_tile(model_input(data, valid, norm), valid, size)
+    np.testing.assert_array_equal(pad_then_fill, fill_then_pad)
 
 
 class ArrayScene:
@@ -163,7 +171,9 @@ def test_reader_decodes_each_block_once_and_cuts_exact_tiles(grid, block_rows, b
             it.data[:, : t.height, : t.width], arr[[2, 0], t.row : t.row_end, t.col : t.col_end]
         )
         np.testing.assert_array_equal(it.valid[: t.height, : t.width], valid[t.row : t.row_end, t.col : t.col_end])
-        assert not it.valid[t.height :].any() and not it.valid[:, t.width :].any()  # padding is never valid
+        pad = ((0, it.valid.shape[0] - t.height), (0, it.valid.shape[1] - t.width))
+        # padding copies the validity of the pixels it reflects (the mosaic crops it away)
+        np.testing.assert_array_equal(it.valid, np.pad(it.valid[: t.height, : t.width], pad, mode="reflect"))
     # every pixel read at most once
     count = np.zeros((grid.height, grid.width), dtype=int)
     for off, h, c0, w in scene.reads:

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from geopsp.errors import ConfigError, ModelError
+from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
 from geopsp.tiling.windows import Tile
 
@@ -178,17 +179,13 @@ class Predictor:
         self.normalize_on_device = self.is_cuda
         self.model_seconds = 0.0
         self.transfer_seconds = 0.0
+        self._nonfinite: Tensor | None = None
         model = model.eval().to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         if compile:
             model = torch.compile(model)  # type: ignore[assignment]
         self.model = model
-        norm = meta.normalization
-        shape = (1, norm.bands, 1, 1)
-        self._offset = torch.tensor(norm.offset, dtype=torch.float32, device=self.device).view(shape)
-        self._scale = torch.tensor(norm.scale, dtype=torch.float32, device=self.device).view(shape)
-        self._clip = norm.clip
         if self.is_cuda:
             torch.backends.cudnn.benchmark = True
 
@@ -212,33 +209,34 @@ class Predictor:
     ) -> tuple[NDArray[Any], NDArray[np.bool_]]:
         """Host-side preprocessing of one padded ``(C, size, size)`` tile (runs in reader threads).
 
-        On CPU this normalizes to float32 exactly as ``meta.normalization.apply``; on CUDA it only
-        makes the raw integers contiguous (widening uint16) for the device to normalize.
+        On CPU this is :func:`geopsp.model.inputs.model_input`: normalized float32 with
+        :data:`~geopsp.model.inputs.MODEL_FILL` where ``valid`` is False; on CUDA it only makes
+        the raw integers contiguous (widening uint16), and :meth:`to_device` does the same there.
         """
         if self.normalize_on_device:
             target = _HOST_DTYPES.get(data.dtype.name, data.dtype)
             return np.ascontiguousarray(data, dtype=target), valid
-        return np.ascontiguousarray(self.meta.normalization.apply(data)), valid
+        return np.ascontiguousarray(model_input(data, valid, self.meta.normalization)), valid
 
-    def to_device(self, arrays: Sequence[NDArray[Any]]) -> Tensor:
-        """Stack prepared tiles and move them to the device, normalized float32 ``(N, C, S, S)``."""
+    def to_device(self, arrays: Sequence[NDArray[Any]], masks: Sequence[NDArray[np.bool_]]) -> tuple[Tensor, Tensor]:
+        """Stack prepared tiles and their valid masks on the device.
+
+        Returns
+        -------
+        x : Tensor, shape (N, C, S, S), float32
+            The model input (:func:`geopsp.model.inputs.model_input` of every tile).
+        valid : Tensor, shape (N, S, S), bool
+        """
         t0 = time.perf_counter()
         x = torch.from_numpy(np.stack(arrays))
-        if self.is_cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        if self.normalize_on_device:
-            x = (x.to(torch.float32) - self._offset) / self._scale
-            if self._clip is not None:
-                x = x.clamp_(self._clip[0], self._clip[1])
-        self.transfer_seconds += time.perf_counter() - t0
-        return x
-
-    def masks_to_device(self, masks: Sequence[NDArray[np.bool_]]) -> Tensor:
-        """Stack valid masks ``(N, S, S)`` on the device."""
         m = torch.from_numpy(np.stack(masks))
         if self.is_cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True)
             m = m.pin_memory().to(self.device, non_blocking=True)
-        return m
+        if self.normalize_on_device:
+            x = model_input(x, m, self.meta.normalization)
+        self.transfer_seconds += time.perf_counter() - t0
+        return x, m
 
     @torch.inference_mode()
     def logits(self, x: Tensor) -> Tensor:
@@ -275,8 +273,32 @@ class Predictor:
         if len(transforms) > 1:
             acc = acc.div_(len(transforms))
         acc = acc[:, :, :h, :w]
+        self._check_finite(acc)
         self.model_seconds += time.perf_counter() - t0
         return acc.contiguous()
+
+    def _check_finite(self, probs: Tensor) -> None:
+        """Refuse NaN/inf probabilities: an argmax over NaN picks class 0 without a word.
+
+        On CPU this checks at once; on CUDA the verdict stays on the device (no sync per batch)
+        until :meth:`raise_if_nonfinite`.
+        """
+        bad = ~torch.isfinite(probs).all()
+        if self.is_cuda:
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        elif bool(bad):
+            raise ModelError(_NONFINITE)
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise :class:`~geopsp.errors.ModelError` if any batch so far gave non-finite probabilities."""
+        if self._nonfinite is not None and bool(self._nonfinite):
+            raise ModelError(_NONFINITE)
+
+
+_NONFINITE = (
+    "the model returned NaN or infinite probabilities (its inputs are always finite); its weights are "
+    "corrupt or bf16 overflowed: try --no-amp, or retrain the model"
+)
 
 
 def _cpu_name() -> str:

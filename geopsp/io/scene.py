@@ -457,7 +457,7 @@ def _default_cache_bytes(info: SceneInfo, n_bands: int) -> int:
 
 @contextlib.contextmanager
 def open_scene(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | SceneInfo,
     *,
     cache_bytes: int | None = None,
     threads: int | Literal["ALL_CPUS"] = "ALL_CPUS",
@@ -466,8 +466,9 @@ def open_scene(
 
     Parameters
     ----------
-    path : str or os.PathLike
-        The scene.
+    path : str, os.PathLike or SceneInfo
+        The scene, or its description from :func:`inspect_scene` (then it is not inspected
+        again: readers that reopen a scene for each window, like training, pay for one open).
     cache_bytes : int, optional
         GDAL block cache size; default: 4 blocks of all bands, at least 8 MiB (enough for
         aligned strip reads, which decode each block once).
@@ -485,7 +486,7 @@ def open_scene(
     """
     import rasterio
 
-    info = inspect_scene(path)
+    info = path if isinstance(path, SceneInfo) else inspect_scene(path)
     cache = cache_bytes if cache_bytes is not None else _default_cache_bytes(info, info.count)
     with rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_NUM_THREADS=str(threads)), _quiet_open(info.path) as src:
         yield src, info

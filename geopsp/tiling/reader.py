@@ -69,22 +69,24 @@ def pad_tile(
 ) -> tuple[NDArray[Any], NDArray[np.bool_]]:
     """Pad a ``(C, h, w)`` window to ``(C, rows, cols)`` by reflection (bottom and right).
 
-    ``size`` is ``(rows, cols)`` or one edge for both. The valid mask is padded with False so
-    padding never reaches the output. Reflection of an axis of length 1 repeats it.
+    ``size`` is ``(rows, cols)`` or one edge for both. The valid mask is reflected with the
+    data, so a padding pixel is valid exactly where the pixel it copies is, and the model input
+    (:func:`geopsp.model.inputs.model_input`) is the same whether padding or normalization comes
+    first. Padding never reaches the output: the mosaic keeps only the tile's own extent.
+    Reflection of an axis of length 1 repeats it.
 
     Examples
     --------
-    >>> d, v = pad_tile(np.arange(3, dtype=np.uint8).reshape(1, 1, 3), np.ones((1, 3), bool), 5)
-    >>> d[0, 0].tolist(), v.sum()
-    ([0, 1, 2, 1, 0], np.int64(3))
+    >>> d, v = pad_tile(np.arange(3, dtype=np.uint8).reshape(1, 1, 3), np.array([[True, False, True]]), 5)
+    >>> d[0, 0].tolist(), v[0].tolist()
+    ([0, 1, 2, 1, 0], [True, False, True, False, True])
     """
     rows, cols = (size, size) if isinstance(size, int) else size
     _, h, w = data.shape
     if h == rows and w == cols:
         return data, valid
     out = np.pad(data, ((0, 0), (0, rows - h), (0, cols - w)), mode="reflect")
-    vout = np.zeros((rows, cols), dtype=bool)
-    vout[:h, :w] = valid
+    vout = np.pad(valid, ((0, rows - h), (0, cols - w)), mode="reflect")
     return out, vout
 
 

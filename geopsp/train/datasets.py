@@ -22,9 +22,9 @@ from __future__ import annotations
 import fnmatch
 import glob
 import logging
-import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +36,8 @@ from numpy.typing import NDArray
 
 from geopsp.classes import ClassInfo, ClassTable
 from geopsp.config.schema import ColorLabel, DataConfig, SplitConfig, TrainConfig
-from geopsp.errors import ConfigError, InputRasterError
+from geopsp.errors import ConfigError, InputRasterError, NotGeoreferencedWarning
+from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 from geopsp.labels import UNLABELED, LabelMapping, VectorLabels, window_transform
 
 __all__ = [
@@ -444,34 +445,31 @@ class SceneReader:
     descriptions: tuple[str | None, ...] = ()
     unknown: set[str] = field(default_factory=set)
     _vector: VectorLabels | None = None
+    _info: SceneInfo | None = None
 
     def __post_init__(self) -> None:
-        if self.scene.kind == "deepglobe":
-            from PIL import Image
-
-            try:
-                with Image.open(self.scene.image) as im:
-                    self.width, self.height = im.size
-                    self.count = len(im.getbands())
-            except OSError as exc:
-                raise InputRasterError(f"{self.scene.image}: cannot open image ({exc})") from exc
-            self.dtype = "uint8"
+        with warnings.catch_warnings():
+            # training needs no CRS (DeepGlobe JPEGs have none; vector labels say so themselves)
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            info = inspect_scene(self.scene.image)
+        self._info = info
+        self.width, self.height, self.count = info.width, info.height, info.count
+        self.dtype = info.dtype
+        self.crs, self.transform, self.nodata = info.crs, info.transform, info.nodata
+        self.descriptions = info.band_descriptions
+        if self.scene.kind == "deepglobe" and not any(self.descriptions):
             self.descriptions = ("red", "green", "blue")[: self.count]
-        else:
-            import rasterio
-
-            try:
-                with rasterio.open(self.scene.image) as src:
-                    self.width, self.height, self.count = src.width, src.height, src.count
-                    self.dtype = src.dtypes[0]
-                    self.crs, self.transform, self.nodata = src.crs, src.transform, src.nodata
-                    self.descriptions = tuple(src.descriptions)
-            except rasterio.errors.RasterioIOError as exc:
-                raise InputRasterError(f"{self.scene.image}: cannot open scene ({exc}); check the file") from exc
-        bands = self.bands or tuple(range(1, self.count + 1))
+        # the alpha band is validity, never data (as at prediction)
+        bands = self.bands or info.data_bands
         if max(bands) > self.count or min(bands) < 1:
             raise ConfigError(
                 f"{self.scene.image.name} has {self.count} bands but train.data.bands asks for {list(bands)}",
+                key="train.data.bands",
+            )
+        if info.alpha_band in bands:
+            raise ConfigError(
+                f"{self.scene.image.name}: band {info.alpha_band} is the alpha (transparency) band, which "
+                f"marks valid pixels and is not data; drop it from train.data.bands",
                 key="train.data.bands",
             )
         self.bands = bands
@@ -490,37 +488,14 @@ class SceneReader:
 
     # -- whole-scene loaders ------------------------------------------------------------
     def _load_image(self, window: tuple[int, int, int, int] | None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        assert self.bands is not None
-        if self.scene.kind == "deepglobe":
-            from PIL import Image
-
-            with Image.open(self.scene.image) as im:
-                arr = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
-            if arr.ndim == 2:
-                arr = arr[None]
-            else:
-                arr = np.moveaxis(arr, -1, 0)
-            arr = arr[[b - 1 for b in self.bands]]
-            if window is not None:
-                r, c, h, w = window
-                arr = arr[:, r : r + h, c : c + w]
-            return arr.astype(np.float32), np.ones(arr.shape[1:], dtype=bool)
-        import rasterio
-        from rasterio.windows import Window
-
-        win = None if window is None else Window(window[1], window[0], window[3], window[2])
-        try:
-            with rasterio.open(self.scene.image) as src:
-                arr = src.read(list(self.bands), window=win, out_dtype="float32")
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputRasterError(f"{self.scene.image}: cannot read pixels ({exc}); the file may be damaged") from exc
-        valid = np.ones(arr.shape[1:], dtype=bool)
-        if self.nodata is not None:
-            nd = float(self.nodata)
-            invalid = np.all(np.isnan(arr), axis=0) if math.isnan(nd) else np.all(arr == nd, axis=0)
-            valid &= ~invalid
-        valid &= np.all(np.isfinite(arr), axis=0)
-        return arr, valid
+        # the pixels and their validity exactly as prediction reads them (nodata per band,
+        # alpha, GDAL masks, NaN/inf): one definition of a valid pixel
+        info = self._info
+        assert info is not None and self.bands is not None
+        r, c, h, w = window if window is not None else (0, 0, self.height, self.width)
+        with open_scene(info, threads=1) as (src, _):
+            data, valid = read_rows(src, info, r, h, self.bands, col_off=c, width=w)
+        return data.astype(np.float32, copy=False), valid
 
     def _load_labels(self, window: tuple[int, int, int, int] | None) -> NDArray[Any]:
         kind = self.scene.kind
@@ -617,13 +592,12 @@ class SceneReader:
         if full is not None:
             return full[1]
         labels = self._load_labels(None)
-        if self.scene.kind != "deepglobe":
-            # The scene does not fit the cache: find its nodata in blocks of rows.
-            block = max(1, (64 * 1024 * 1024) // max(1, 4 * len(self.bands or ()) * self.width))
-            for r0 in range(0, self.height, block):
-                h = min(block, self.height - r0)
-                _, valid = self._load_image((r0, 0, h, self.width))
-                labels[r0 : r0 + h][~valid] = self.mapping.ignore_index
+        # The scene does not fit the cache: find its nodata in blocks of rows.
+        block = max(1, (64 * 1024 * 1024) // max(1, 4 * len(self.bands or ()) * self.width))
+        for r0 in range(0, self.height, block):
+            h = min(block, self.height - r0)
+            _, valid = self._load_image((r0, 0, h, self.width))
+            labels[r0 : r0 + h][~valid] = self.mapping.ignore_index
         return labels
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[NDArray[np.float32], NDArray[Any]]:

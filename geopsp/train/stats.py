@@ -2,7 +2,8 @@
 
 Statistics are streamed over a random subsample of windows of the training regions, valid
 pixels only (nodata and padding are skipped), so memory stays bounded whatever the scene size.
-The result is stored in the bundle and applied identically at prediction time.
+The result is stored in the bundle, and training and prediction both apply it through
+:func:`geopsp.model.inputs.model_input`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from numpy.typing import NDArray
 
 from geopsp.config.schema import NormalizationConfig
 from geopsp.errors import InputRasterError
+from geopsp.model.inputs import model_input
 from geopsp.model.meta import Normalization
 from geopsp.train.datasets import Region, SceneReader
 from geopsp.train.sampling import read_region_window
@@ -101,7 +103,10 @@ def compute_normalization(
 
 
 def normalize_window(image: NDArray[np.float32], norm: Normalization) -> NDArray[np.float32]:
-    """Normalize a (C, H, W) raw window; pixels without data (NaN) become 0.
+    """Normalize a (C, H, W) raw window as prediction does (:func:`geopsp.model.inputs.model_input`).
+
+    The training readers mark pixels without data (nodata, masked, transparent, not finite,
+    padding) NaN in every band; they get :data:`~geopsp.model.inputs.MODEL_FILL`.
 
     Examples
     --------
@@ -109,8 +114,4 @@ def normalize_window(image: NDArray[np.float32], norm: Normalization) -> NDArray
     >>> normalize_window(np.array([[[12.0, np.nan]]], dtype="float32"), n).tolist()
     [[[1.0, 0.0]]]
     """
-    out = norm.apply(image, axis=0)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        out[bad] = 0.0
-    return out
+    return model_input(image, None, norm)
