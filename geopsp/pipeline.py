@@ -191,7 +191,8 @@ def check_inputs(
     import warnings
 
     from geopsp.errors import NotGeoreferencedWarning
-    from geopsp.io.raster import check_scene_for_model, inspect_scene
+    from geopsp.inference.plan import check_scene_for_model
+    from geopsp.io.raster import inspect_scene
 
     cfg = config if config is not None else PredictConfig.model_validate({})
     with warnings.catch_warnings():
@@ -499,7 +500,8 @@ def segment_raster(
 
     from geopsp.inference.mosaic import Mosaicker
     from geopsp.inference.predict import Predictor
-    from geopsp.io.raster import ClassRasterWriter, check_scene_for_model, open_scene
+    from geopsp.inference.plan import check_scene_for_model
+    from geopsp.io.raster import ClassRasterWriter, open_scene
     from geopsp.tiling.reader import TileReader
 
     cfg = config if config is not None else PredictConfig.model_validate({})

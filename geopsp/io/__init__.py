@@ -9,7 +9,7 @@ from geopsp.io.raster import (
     read_class_table,
     write_class_raster,
 )
-from geopsp.io.scene import SceneInfo, check_scene_for_model, inspect_scene, open_scene, read_rows
+from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 
 __all__ = [
     "PROBABILITY_NODATA",
@@ -18,7 +18,6 @@ __all__ = [
     "SceneInfo",
     "atomic_output",
     "check_output_path",
-    "check_scene_for_model",
     "inspect_scene",
     "open_scene",
     "probability_to_uint8",

@@ -45,7 +45,7 @@ from geopsp.io.class_metadata import (
     read_class_table,
 )
 from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs, to_cog
-from geopsp.io.scene import SceneInfo, check_scene_for_model, inspect_scene, open_scene, read_rows
+from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 from geopsp.style.raster import qml_path_for, raster_qml
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ __all__ = [
     "PROBABILITY_SCALE",
     "ClassRasterWriter",
     "SceneInfo",
-    "check_scene_for_model",
     "inspect_scene",
     "open_scene",
     "pam_xml",
