@@ -499,8 +499,8 @@ def segment_raster(
     import torch
 
     from geopsp.inference.mosaic import Mosaicker
-    from geopsp.inference.predict import Predictor
     from geopsp.inference.plan import check_scene_for_model
+    from geopsp.inference.predict import Predictor
     from geopsp.io.raster import ClassRasterWriter, open_scene
     from geopsp.tiling.reader import TileReader
 
