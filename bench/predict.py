@@ -273,9 +273,9 @@ def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
 
     import psutil
 
-    from geopsp.pipeline import _peak_rss_mb
+    from geopsp._procfs import peak_rss_mb
 
-    rss_before = _peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's size before exec
+    rss_before = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's size before exec
     conf = PredictConfig(tile_size=tile, overlap=overlap, device="cpu")  # the default batch
     proc = psutil.Process()
     samples: list[tuple[float, float]] = []

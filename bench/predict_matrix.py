@@ -334,9 +334,9 @@ def main() -> None:
             res = child_naive(Path(rest[0]), Path(rest[1]), Path(rest[2]))
         else:
             res = child_tiled(Path(rest[0]), Path(rest[1]), Path(rest[2]))
-        from geopsp.pipeline import _peak_rss_mb
+        from geopsp._procfs import peak_rss_mb
 
-        res["peak_rss_mib"] = _peak_rss_mb()
+        res["peak_rss_mib"] = peak_rss_mb()
         print(json.dumps(res))
         return
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["proc_status"]
+import resource
+import sys
+
+__all__ = ["peak_rss_mb", "proc_status"]
 
 
 def proc_status(field: str) -> str | None:
@@ -27,3 +30,16 @@ def proc_status(field: str) -> str | None:
     except OSError:
         pass
     return None
+
+
+def peak_rss_mb() -> float:
+    """Return the peak resident memory of this process in MiB.
+
+    Linux's ``VmHWM`` first: ``ru_maxrss`` survives ``exec``, so in a process started by a
+    large parent (a benchmark harness, a worker pool) it reports the parent's size.
+    """
+    hwm = proc_status("VmHWM")  # "734512 kB"
+    if hwm is not None:
+        return round(int(hwm.split()[0]) / 1024.0, 1)
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0, 1)

@@ -19,17 +19,14 @@ import importlib
 import json
 import logging
 import os
-import queue
-import resource
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geopsp._procfs import proc_status
+from geopsp._heap import bound_heap_retention
+from geopsp._procfs import peak_rss_mb
 from geopsp.config.schema import PredictConfig
 from geopsp.errors import ConfigError, TilingError
 from geopsp.io.atomic import atomic_output, check_output_path
@@ -257,198 +254,6 @@ def _resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
     )
 
 
-class _WriterThread:
-    """Hands finished rows to the raster writer on a background thread.
-
-    Rows arrive in strips of the tile stride; they are regrouped, through one preallocated
-    block-row buffer, into strips that end on the writer's block rows, so each output block is
-    compressed once and no strip-sized array is allocated per write.
-    """
-
-    def __init__(self, writer: Any, r0: int, block_rows: int) -> None:
-        self.writer = writer
-        self.r0 = r0
-        self.block_rows = max(1, int(block_rows))
-        self.seconds = 0.0
-        self.rows = 0
-        # one band of rows waiting is enough to overlap writing with the model; each is a
-        # full-width band, so a deeper queue costs memory that grows with the width
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._cls_buf: Any = None  # block_rows x width, allocated at the first partial block row
-        self._prob_buf: Any = None
-        self._buf_row = 0  # output row of the buffer's first row
-        self._fill = 0  # rows of the buffer in use
-        self._thread = threading.Thread(target=self._run, name="geopsp-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, scene_row: int, cls: Any, prob: Any) -> None:
-        """Queue finished rows (scene coordinates) for writing."""
-        self._check()
-        while True:
-            try:
-                self._queue.put((scene_row - self.r0, cls, prob), timeout=0.1)
-                return
-            except queue.Full:
-                self._check()
-
-    def close(self) -> None:
-        """Wait until every row is written; re-raise a write error."""
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-
-    def stop(self) -> None:
-        """Stop without waiting for queued rows (on failure)."""
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
-        self._thread.join(timeout=30)
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _write(self, row: int, cls: Any, prob: Any) -> None:
-        t0 = time.perf_counter()
-        self.writer.write_rows(row, cls, prob)
-        self.rows += cls.shape[0]
-        if _HEAP_BOUNDED:
-            trim_heap()
-        self.seconds += time.perf_counter() - t0
-
-    def _flush(self) -> None:
-        if self._fill:
-            n = self._fill
-            self._fill = 0
-            prob = None if self._prob_buf is None else self._prob_buf[:n]
-            self._write(self._buf_row, self._cls_buf[:n], prob)
-
-    def _take(self, row: int, cls: Any, prob: Any) -> None:
-        import numpy as np
-
-        if self._fill and self._buf_row + self._fill != row:
-            self._flush()  # not contiguous with the buffered rows
-        i, n = 0, cls.shape[0]
-        while i < n:
-            if not self._fill:
-                self._buf_row = row + i
-            # rows left until the end of the output block row the buffer lies in
-            room = (self._buf_row // self.block_rows + 1) * self.block_rows - self._buf_row - self._fill
-            k = min(room, n - i)
-            part_prob = None if prob is None else prob[i : i + k]
-            if not self._fill and k == room:  # a whole block row at once: no copy
-                self._write(row + i, cls[i : i + k], part_prob)
-            else:
-                if self._cls_buf is None:  # one run: the width, dtypes and probabilities never change
-                    self._cls_buf = np.empty((self.block_rows, *cls.shape[1:]), cls.dtype)
-                    if prob is not None:
-                        self._prob_buf = np.empty((self.block_rows, *prob.shape[1:]), prob.dtype)
-                self._cls_buf[self._fill : self._fill + k] = cls[i : i + k]
-                if part_prob is not None:
-                    self._prob_buf[self._fill : self._fill + k] = part_prob
-                self._fill += k
-                if k == room:
-                    self._flush()
-            i += k
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            if self._error is not None:
-                continue  # keep draining so producers never block
-            try:
-                self._take(*item)
-            except BaseException as exc:
-                self._error = exc
-        if self._error is None:
-            try:
-                self._flush()
-            except BaseException as exc:
-                self._error = exc
-        self._cls_buf = self._prob_buf = None
-
-
-_LIBC: Any = None
-
-
-def trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Row buffers, chunks and batches are freed and reallocated by several threads, each with
-    its own malloc arena; glibc keeps the freed pages, so without trimming the resident size
-    creeps up with the scene width.
-    """
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = False
-        if sys.platform.startswith("linux"):
-            import ctypes
-            import ctypes.util
-
-            with contextlib.suppress(OSError, AttributeError):
-                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _LIBC = lib if hasattr(lib, "malloc_trim") else False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-HEAP_TRIM_THRESHOLD = 16 << 20
-"""glibc ``M_TRIM_THRESHOLD`` set by :func:`bound_heap_retention` (bytes)."""
-
-HEAP_MMAP_THRESHOLD = 128 << 10
-"""glibc ``M_MMAP_THRESHOLD`` set by :func:`bound_heap_retention` (bytes): glibc's own default."""
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_HEAP_BOUNDED = False
-
-
-def bound_heap_retention(enabled: bool = True) -> None:
-    """Choose how glibc hands large freed blocks back (a no-op off glibc; idempotent).
-
-    By default glibc raises its mmap threshold each time a large block is freed, so later
-    full-width buffers come from the heap and stay resident after they are freed; with several
-    threads allocating, the resident size then grows with the scene's width. Enabled, the
-    thresholds are fixed (mmap above ``HEAP_MMAP_THRESHOLD``, trim above
-    ``HEAP_TRIM_THRESHOLD``): large buffers are mapped and unmapped, and peak memory stays near
-    the working set (measured: 20000^2 px at 1.14x the peak of 2000^2 with a stand-in model,
-    ``bench/predict.py``). That costs page faults on every large allocation, the model's
-    activations included: the ``fast`` preset ran about 25 % slower on a 2-core CPU (20000 x
-    2560 px: 27.5 s and 1115 MB peak enabled, 21.1 s and 1275 MB disabled). Disabling it after
-    it was enabled sets the thresholds to glibc's dynamic maxima (mmap 32 MiB, trim 64 MiB).
-    """
-    global _HEAP_BOUNDED
-    if enabled == _HEAP_BOUNDED:
-        return
-    _HEAP_BOUNDED = enabled
-    trim_heap()  # loads libc
-    if _LIBC and hasattr(_LIBC, "mallopt"):
-        if enabled:
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)
-            _LIBC.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
-        else:
-            _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-
-
-def _peak_rss_mb() -> float:
-    """Return the peak resident memory of this process in MiB.
-
-    Linux's ``VmHWM`` first: ``ru_maxrss`` survives ``exec``, so in a process started by a
-    large parent (a benchmark harness, a worker pool) it reports the parent's size.
-    """
-    hwm = proc_status("VmHWM")  # "734512 kB"
-    if hwm is not None:
-        return round(int(hwm.split()[0]) / 1024.0, 1)
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0, 1)
-
-
 def segment_raster(
     scene: str | os.PathLike[str],
     model: Any,
@@ -502,6 +307,7 @@ def segment_raster(
     from geopsp.inference.plan import check_scene_for_model
     from geopsp.inference.predict import Predictor
     from geopsp.io.raster import ClassRasterWriter, open_scene
+    from geopsp.io.row_writer import RowWriterThread
     from geopsp.tiling.reader import TileReader
 
     cfg = config if config is not None else PredictConfig.model_validate({})
@@ -564,10 +370,10 @@ def segment_raster(
             probability_path=paths.get("probability"),
             tags=tags,
         )
-        wthread: _WriterThread | None = None
+        wthread: RowWriterThread | None = None
         reader: TileReader | None = None
         try:
-            wthread = _WriterThread(writer, r0, writer.blocksize)
+            wthread = RowWriterThread(writer, r0, writer.blocksize)
             mosaic = Mosaicker(
                 grid,
                 class_ids=meta.classes.ids,
@@ -698,7 +504,7 @@ def segment_raster(
         },
         "megapixels_per_second": round(pixels / 1e6 / wall, 4) if wall > 0 else None,
         "megapixels_per_second_tiles_loop": round(pixels / 1e6 / loop_s, 4) if loop_s > 0 else None,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "strip_bytes": mosaic.strip_bytes,
         "read_buffer_bytes": reader.buffer.peak_bytes,
         "device": predictor.settings,

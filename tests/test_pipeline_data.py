@@ -230,7 +230,7 @@ def test_summary_peak_rss_counts_this_process_not_its_parent():
     """rusage's ru_maxrss survives exec, so a process started by a big parent reports the
     parent's size; the summary's peak comes from VmHWM instead."""
     big = np.ones(400 * 2**20, np.uint8)  # this (parent) process grows by 400 MiB
-    code = "import resource; from geopsp.pipeline import _peak_rss_mb as p; print(p(), resource.getrusage(0).ru_maxrss)"
+    code = "import resource; from geopsp._procfs import peak_rss_mb as p; print(p(), resource.getrusage(0).ru_maxrss)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     del big
     hwm_mib, maxrss_kib = out.split()
