@@ -362,3 +362,28 @@ def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundl
     summary = json.loads((out / "big_summary.json").read_text())
     assert summary["rows"] == [0, BIG[1][1]]
     assert len(summary["strips"]) == 2
+
+
+# ---------------------------------------------------------------- worker tasks in this process
+
+
+def test_model_error_is_a_permanent_failure_not_retried(bundle, scenes, tmp_path, monkeypatch):
+    """A model that returns no logits fails the same way on every retry: the task reports it, dask never retries."""
+    import torch
+
+    import geopsp.batch.tasks as tasks
+    from geopsp.config.schema import PredictConfig
+    from geopsp.model.bundle import read_bundle_meta
+
+    class NoLogits(torch.nn.Module):
+        def forward(self, x):
+            return {"features": x}
+
+    meta = read_bundle_meta(bundle)
+    monkeypatch.setattr(tasks, "cached_bundle", lambda path, device: (NoLogits(), meta))
+    task = tasks.SceneTask(str(scenes / "a.tif"), str(tmp_path / "a_classes.tif"), str(bundle), PredictConfig())
+    result = tasks.run_scene(task)  # raising would hand the task to dask's retries
+    assert result["status"] == "failed"
+    assert result["error_type"] == "ModelError"
+    assert "expected a logits tensor" in result["error"]
+    assert not (tmp_path / "a_classes.tif").exists()
