@@ -387,3 +387,17 @@ def test_model_error_is_a_permanent_failure_not_retried(bundle, scenes, tmp_path
     assert result["error_type"] == "ModelError"
     assert "expected a logits tensor" in result["error"]
     assert not (tmp_path / "a_classes.tif").exists()
+
+
+def test_batch_plans_tiles_with_the_pipeline_rule_and_refuses_a_bad_plan_before_any_cluster(bundle, scenes, tmp_path):
+    from geopsp.batch import run_batch
+    from geopsp.config.schema import GeopspConfig, PredictConfig
+    from geopsp.errors import TilingError
+
+    # The bundle's tile is 64: segment_raster refuses an overlap of 32, batch must not plan strips with 31.
+    cfg = GeopspConfig(predict=PredictConfig(overlap=32))
+    t0 = time.perf_counter()
+    with pytest.raises(TilingError, match=r"overlap \(32\) must be less than half the tile size \(64\)"):
+        run_batch([scenes / "a.tif"], bundle, tmp_path / "out", config=cfg)
+    assert time.perf_counter() - t0 < 10  # no LocalCluster was started
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
