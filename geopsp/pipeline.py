@@ -33,6 +33,7 @@ from geopsp._procfs import proc_status
 from geopsp.config.schema import PredictConfig
 from geopsp.errors import ConfigError, TilingError
 from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.model.meta import BundleMeta
 from geopsp.tiling.windows import TileGrid
 
@@ -543,7 +544,7 @@ def segment_raster(
 
             transform = transform @ Affine.translation(0, r0)
         tags = {
-            "GEOPSP_SOURCE": str(scene_path.name),
+            SCENE_TAG: str(scene_path.name),
             "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
             "GEOPSP_ROWS": f"{r0}-{r1}",
         }

@@ -285,6 +285,16 @@ def test_attributes_projected(tmp_path):
     assert set(other.class_name) == {"class_0", "class_2"}  # no class table anywhere
 
 
+def test_scene_attribute_reads_the_tag_geopsp_writes_and_the_older_name(tmp_path):
+    from geopsp.io.class_metadata import LEGACY_SCENE_TAG, SCENE_TAG
+
+    a = np.zeros((20, 20), dtype=np.uint8)
+    old = write_raster(tmp_path / "old_classes.tif", a, tags={LEGACY_SCENE_TAG: "s1.tif"})
+    assert set(read(vectorize(old, tmp_path / "old_polygons.gpkg", config=cfg())).scene) == {"s1.tif"}
+    both = write_raster(tmp_path / "both_classes.tif", a, tags={SCENE_TAG: "s2.tif", LEGACY_SCENE_TAG: "stale.tif"})
+    assert set(read(vectorize(both, tmp_path / "both_polygons.gpkg", config=cfg())).scene) == {"s2.tif"}
+
+
 def test_area_in_metres_for_geographic_crs(tmp_path):
     # 0.0005 degree pixels around 52 N, 13 E: compare with the polygons projected to UTM 33N.
     a = np.zeros((60, 80), dtype=np.uint8)

@@ -21,6 +21,7 @@ from typing import Any
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
 from geopsp.io.atomic import atomic_output
+from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.tiling.windows import axis_offsets
 
 __all__ = ["plan_strips", "stitch_strips", "vectorize_outputs"]
@@ -129,7 +130,7 @@ def stitch_strips(
         raise OutputError(f"{scene_path}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
     paths = output_paths(scene_path, out, probabilities=predict.probabilities)
     tags = {
-        "GEOPSP_SOURCE": scene_path.name,
+        SCENE_TAG: scene_path.name,
         "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
         "GEOPSP_ROWS": f"0-{info.height}",
     }
