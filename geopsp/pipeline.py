@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geopsp._procfs import proc_status
-from geopsp.config.schema import PredictConfig
+from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import ConfigError, TilingError
 from geopsp.io.atomic import atomic_output, check_output_path
 from geopsp.io.class_metadata import SCENE_TAG
@@ -176,6 +176,7 @@ def check_inputs(
     config: PredictConfig | None = None,
     overwrite: bool = False,
     row_range: tuple[int, int] | None = None,
+    vector_config: VectorizeConfig | None = None,
 ) -> dict[str, Path]:
     """Check a scene, the model metadata and the outputs without reading pixels or importing torch.
 
@@ -200,8 +201,18 @@ def check_inputs(
         info = inspect_scene(scene)
     check_scene_for_model(info, meta)
     tile, overlap = resolve_tiling(cfg, meta)
+    vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     return _plan_outputs(
-        Path(scene), info, cfg, out_dir_or_path, tile, overlap, row_range=row_range, overwrite=overwrite, prepare=False
+        Path(scene),
+        info,
+        cfg,
+        out_dir_or_path,
+        tile,
+        overlap,
+        row_range=row_range,
+        overwrite=overwrite,
+        prepare=False,
+        vector_format=vcfg.format,
     )[3]
 
 
@@ -216,6 +227,7 @@ def _plan_outputs(
     row_range: tuple[int, int] | None,
     overwrite: bool,
     prepare: bool,
+    vector_format: str,
 ) -> tuple[TileGrid, int, int, dict[str, Path]]:
     """Tile grid, checked row range and output paths of one run; refuse outputs that may not be written.
 
@@ -231,6 +243,7 @@ def _plan_outputs(
         vector=cfg.vector,
         preview=cfg.preview,
         row_range=None if row_range is None else (r0, r1),
+        vector_format=vector_format,
     )
     for key, p in paths.items():
         if key != "qml" and (prepare or (p.exists() and not overwrite)):
@@ -458,6 +471,7 @@ def segment_raster(
     overwrite: bool = False,
     progress: Progress | None = None,
     row_range: tuple[int, int] | None = None,
+    vector_config: VectorizeConfig | None = None,
 ) -> PredictResult:
     """Segment one scene into a georeferenced class raster.
 
@@ -481,6 +495,9 @@ def segment_raster(
         Compute only output rows ``[r0, r1)`` with the whole scene's tile grid, writing a class
         raster of those rows (its transform shifted to row ``r0``). Strips stitched together
         equal the whole-scene result bit for bit.
+    vector_config : VectorizeConfig, optional
+        How ``config.vector`` vectorizes the classes (simplification, sieve, format ...), as
+        ``geopsp batch`` does; default: ``VectorizeConfig()``.
 
     Returns
     -------
@@ -504,6 +521,7 @@ def segment_raster(
     from geopsp.tiling.reader import TileReader
 
     cfg = config if config is not None else PredictConfig.model_validate({})
+    vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
     scene_path = Path(scene)
@@ -523,6 +541,7 @@ def segment_raster(
             row_range=row_range,
             overwrite=overwrite,
             prepare=True,
+            vector_format=vcfg.format,
         )
         if cfg.vector:
             _require_vectorize()
@@ -650,7 +669,7 @@ def segment_raster(
     if cfg.vector:
         vec = _require_vectorize()
         outputs["vector"] = _first_path(
-            vec.vectorize(paths["classes"], paths["vector"], classes=meta.classes, overwrite=overwrite),
+            vec.vectorize(paths["classes"], paths["vector"], config=vcfg, classes=meta.classes, overwrite=overwrite),
             paths["vector"],
         )
     if cfg.preview:

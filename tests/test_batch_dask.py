@@ -401,3 +401,33 @@ def test_batch_plans_tiles_with_the_pipeline_rule_and_refuses_a_bad_plan_before_
         run_batch([scenes / "a.tif"], bundle, tmp_path / "out", config=cfg)
     assert time.perf_counter() - t0 < 10  # no LocalCluster was started
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_predict_and_batch_vectorize_alike_from_the_vectorize_section(bundle, scenes, tmp_path, restore_logging):
+    import pyogrio
+    import shapely
+    from click.testing import CliRunner
+
+    from geopsp.cli.main import cli
+    from geopsp.config.schema import VectorizeConfig
+    from geopsp.vectorize import vectorize
+
+    scene = str(scenes / "e.tif")
+    sets = ["--set", "vectorize.simplify=25", "--set", "vectorize.format=fgb", "--vector"]
+    res = CliRunner().invoke(
+        cli, ["predict", scene, "-m", str(bundle), "-o", str(tmp_path / "p"), "--no-progress", *sets]
+    )
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["batch", scene, "--model", str(bundle), "--out", str(tmp_path / "b"), *sets])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(read(tmp_path / "p" / "e_classes.tif"), read(tmp_path / "b" / "e_classes.tif"))
+    # The same config gives the same file, format and polygons from both commands.
+    predicted = pyogrio.read_dataframe(tmp_path / "p" / "e_polygons.fgb")
+    batched = pyogrio.read_dataframe(tmp_path / "b" / "e_polygons.fgb")
+    assert len(predicted) == len(batched) > 0
+    assert list(predicted.class_id) == list(batched.class_id)
+    assert shapely.equals_exact(predicted.geometry.values, batched.geometry.values, tolerance=1e-6).all()
+    # ...and simplification ran: 25 m (2.5 px) leaves far fewer vertices than the pixel staircase.
+    raw = vectorize(tmp_path / "p" / "e_classes.tif", tmp_path / "raw.fgb", config=VectorizeConfig(format="fgb"))
+    vertices = shapely.get_num_coordinates(predicted.geometry.values).sum()
+    assert vertices < 0.7 * shapely.get_num_coordinates(pyogrio.read_dataframe(raw).geometry.values).sum()
