@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from rasterio.features import rasterize, shapes
 
 from geopsp.classes import ClassInfo, ClassTable
 from geopsp.config.schema import VectorizeConfig
-from geopsp.errors import InputRasterError, OutputError, OutputExistsError
+from geopsp.errors import InputRasterError, NotGeoreferencedWarning, OutputError, OutputExistsError
 from geopsp.vectorize import FIELDS, vectorize
 from geopsp.vectorize._geometry import drop_collinear, node_grid_polygons
 from geopsp.vectorize._stitch import Stitcher
@@ -293,6 +294,20 @@ def test_scene_attribute_reads_the_tag_geopsp_writes_and_the_older_name(tmp_path
     assert set(read(vectorize(old, tmp_path / "old_polygons.gpkg", config=cfg())).scene) == {"s1.tif"}
     both = write_raster(tmp_path / "both_classes.tif", a, tags={SCENE_TAG: "s2.tif", LEGACY_SCENE_TAG: "stale.tif"})
     assert set(read(vectorize(both, tmp_path / "both_polygons.gpkg", config=cfg())).scene) == {"s2.tif"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_raster_without_georeferencing_gives_only_our_warning(tmp_path, capfd, workers):
+    from geopsp.testing import write_geotiff
+
+    path = write_geotiff(tmp_path / "plain_classes.tif", landcover(64, 48), crs=None, nodata=NODATA)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = vectorize(path, tmp_path / "plain_polygons.gpkg", config=cfg(block_rows=16, workers=workers))
+    # Neither rasterio ("no geotransform") nor pyogrio ("'crs' was not provided"), in this process or a pool's.
+    assert [type(w.message) for w in caught] == [NotGeoreferencedWarning], [str(w.message) for w in caught]
+    assert capfd.readouterr().err == ""
+    assert read(out).crs is None
 
 
 def test_area_in_metres_for_geographic_crs(tmp_path):

@@ -25,7 +25,16 @@ from geopsp.vectorize._geometry import simplify_coverage
 from geopsp.vectorize._measure import Measurer
 from geopsp.vectorize._source import RasterSource, complete_classes, inspect_class_raster
 from geopsp.vectorize._stitch import Components, Stitcher
-from geopsp.vectorize._strips import NODATA_VALUE, Strip, StripJob, cache_mb, process_strip, strip_task, unpack
+from geopsp.vectorize._strips import (
+    NODATA_VALUE,
+    Strip,
+    StripJob,
+    cache_mb,
+    open_quietly,
+    process_strip,
+    strip_task,
+    unpack,
+)
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -249,7 +258,7 @@ def _strips(src: RasterSource, cfg: VectorizeConfig, *, keep_nodata: bool, simpl
     if workers == 1:
         import rasterio
 
-        with rasterio.open(src.path) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
+        with open_quietly(src.path) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
             for job in jobs:
                 yield process_strip(ds, job)
         return
