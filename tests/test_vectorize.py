@@ -306,8 +306,28 @@ def test_raster_without_georeferencing_gives_only_our_warning(tmp_path, capfd, w
         out = vectorize(path, tmp_path / "plain_polygons.gpkg", config=cfg(block_rows=16, workers=workers))
     # Neither rasterio ("no geotransform") nor pyogrio ("'crs' was not provided"), in this process or a pool's.
     assert [type(w.message) for w in caught] == [NotGeoreferencedWarning], [str(w.message) for w in caught]
+    assert str(caught[0].message) == (
+        f"{path}: class raster has no CRS or geotransform; polygons are in pixel coordinates and areas in pixels"
+    )
     assert capfd.readouterr().err == ""
     assert read(out).crs is None
+
+
+def test_raster_with_a_geotransform_but_no_crs_says_polygons_are_in_map_units(tmp_path):
+    a = np.zeros((30, 40), dtype=np.uint8)
+    a[10:20, 5:25] = 2
+    path = write_raster(tmp_path / "nocrs_classes.tif", a, crs=None)  # 2 m pixels at (500000, 5600000)
+    with pytest.warns(NotGeoreferencedWarning) as caught:
+        out = vectorize(path, tmp_path / "nocrs_polygons.gpkg", config=cfg())
+    assert [str(w.message) for w in caught] == [
+        f"{path}: class raster has a geotransform but no CRS; polygons are in its map units with no CRS, "
+        "and so are areas and lengths"
+    ]
+    df = read(out)
+    assert df.crs is None
+    water = df[df.class_id == 2].iloc[0]
+    assert water.geometry.bounds == (500_010.0, 5_599_960.0, 500_050.0, 5_599_980.0)  # map units, not pixels
+    assert water.area_m2 == pytest.approx(800.0)
 
 
 def test_area_in_metres_for_geographic_crs(tmp_path):

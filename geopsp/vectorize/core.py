@@ -154,11 +154,11 @@ def vectorize(
     table = classes if classes is not None else src.classes
     scene_name = scene if scene is not None else (src.scene or src.path.stem)
     if not src.georeferenced:
-        warnings.warn(
-            f"{src.path}: class raster has no CRS; polygons are in pixel coordinates and areas in pixels",
-            NotGeoreferencedWarning,
-            stacklevel=2,
-        )
+        if src.transform.is_identity:
+            what = "no CRS or geotransform; polygons are in pixel coordinates and areas in pixels"
+        else:
+            what = "a geotransform but no CRS; polygons are in its map units with no CRS, and so are areas and lengths"
+        warnings.warn(f"{src.path}: class raster has {what}", NotGeoreferencedWarning, stacklevel=2)
     pixel = math.sqrt(abs(src.transform.determinant)) or 1.0
     simplify_px = cfg.simplify / pixel
     eliminate = cfg.sieve_px > 0 or cfg.min_area_m2 > 0 or cfg.fill_holes_m2 > 0
