@@ -431,3 +431,33 @@ def test_predict_and_batch_vectorize_alike_from_the_vectorize_section(bundle, sc
     raw = vectorize(tmp_path / "p" / "e_classes.tif", tmp_path / "raw.fgb", config=VectorizeConfig(format="fgb"))
     vertices = shapely.get_num_coordinates(predicted.geometry.values).sum()
     assert vertices < 0.7 * shapely.get_num_coordinates(pyogrio.read_dataframe(raw).geometry.values).sum()
+
+
+def test_batch_over_scenes_without_georeferencing_prints_one_warning_each_and_nothing_raw(bundle, tmp_path):
+    from PIL import Image
+
+    from geopsp.testing import write_geotiff
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    png = folder / "photo.png"
+    Image.fromarray(rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)).save(png)
+    tif = write_geotiff(folder / "nogeo.tif", rng.integers(0, 256, size=(3, 150, 600), dtype=np.uint8), crs=None)
+    out = tmp_path / "out"
+    args = ["batch", folder, "--model", bundle, "--out", out, "--workers", 1, "--vector"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "geopsp", *map(str, args), "--set", "batch.strip_pixels=65536"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "nogeo_summary.json").read_text())["strips"]  # two strips, stitched
+    # geopsp's one line per scene (not one per strip, no source line), and nothing from rasterio or pyogrio
+    assert proc.stderr.splitlines() == [
+        f"Warning: {tif}: has no CRS or geotransform (pixel grid); output will have no CRS",
+        f"Warning: {png}: has no CRS or geotransform (pixel grid); output will have no CRS",
+        f"2 scenes: 2 done (see {out / 'manifest.jsonl'})",
+    ]

@@ -551,16 +551,17 @@ def _have_vectorize() -> bool:
 
 
 def _scene_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of a scene, or None when it cannot be read here (the worker reports why)."""
-    try:
-        import rasterio
+    """(height, width) of a scene, or None when it cannot be read here (the worker reports why).
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with rasterio.open(path) as ds:
-                return int(ds.height), int(ds.width)
+    A scene without georeferencing gets geopsp's warning here, once; the workers stay quiet about it.
+    """
+    from geopsp.io.scene import inspect_scene
+
+    try:
+        info = inspect_scene(path)
     except Exception:
         return None
+    return info.height, info.width
 
 
 def _cleanup_temps(out: Path, jobs: Sequence[Job]) -> None:
