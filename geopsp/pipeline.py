@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from geopsp._heap import bound_heap_retention
 from geopsp._procfs import peak_rss_mb
-from geopsp.config.schema import PredictConfig
+from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import ConfigError, TilingError
 from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.model.meta import BundleMeta
 from geopsp.tiling.windows import TileGrid
 
@@ -172,6 +173,7 @@ def check_inputs(
     config: PredictConfig | None = None,
     overwrite: bool = False,
     row_range: tuple[int, int] | None = None,
+    vector_config: VectorizeConfig | None = None,
 ) -> dict[str, Path]:
     """Check a scene, the model metadata and the outputs without reading pixels or importing torch.
 
@@ -197,8 +199,18 @@ def check_inputs(
         info = inspect_scene(scene)
     check_scene_for_model(info, meta)
     tile, overlap = resolve_tiling(cfg, meta)
+    vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     return _plan_outputs(
-        Path(scene), info, cfg, out_dir_or_path, tile, overlap, row_range=row_range, overwrite=overwrite, prepare=False
+        Path(scene),
+        info,
+        cfg,
+        out_dir_or_path,
+        tile,
+        overlap,
+        row_range=row_range,
+        overwrite=overwrite,
+        prepare=False,
+        vector_format=vcfg.format,
     )[3]
 
 
@@ -213,6 +225,7 @@ def _plan_outputs(
     row_range: tuple[int, int] | None,
     overwrite: bool,
     prepare: bool,
+    vector_format: str,
 ) -> tuple[TileGrid, int, int, dict[str, Path]]:
     """Tile grid, checked row range and output paths of one run; refuse outputs that may not be written.
 
@@ -228,6 +241,7 @@ def _plan_outputs(
         vector=cfg.vector,
         preview=cfg.preview,
         row_range=None if row_range is None else (r0, r1),
+        vector_format=vector_format,
     )
     for key, p in paths.items():
         if key != "qml" and (prepare or (p.exists() and not overwrite)):
@@ -263,6 +277,7 @@ def segment_raster(
     overwrite: bool = False,
     progress: Progress | None = None,
     row_range: tuple[int, int] | None = None,
+    vector_config: VectorizeConfig | None = None,
 ) -> PredictResult:
     """Segment one scene into a georeferenced class raster.
 
@@ -286,6 +301,9 @@ def segment_raster(
         Compute only output rows ``[r0, r1)`` with the whole scene's tile grid, writing a class
         raster of those rows (its transform shifted to row ``r0``). Strips stitched together
         equal the whole-scene result bit for bit.
+    vector_config : VectorizeConfig, optional
+        How ``config.vector`` vectorizes the classes (simplification, sieve, format ...), as
+        ``geopsp batch`` does; default: ``VectorizeConfig()``.
 
     Returns
     -------
@@ -311,6 +329,7 @@ def segment_raster(
     from geopsp.tiling.reader import TileReader
 
     cfg = config if config is not None else PredictConfig.model_validate({})
+    vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
     scene_path = Path(scene)
@@ -330,6 +349,7 @@ def segment_raster(
             row_range=row_range,
             overwrite=overwrite,
             prepare=True,
+            vector_format=vcfg.format,
         )
         if cfg.vector:
             _require_vectorize()
@@ -351,7 +371,7 @@ def segment_raster(
 
             transform = transform @ Affine.translation(0, r0)
         tags = {
-            "GEOPSP_SOURCE": str(scene_path.name),
+            SCENE_TAG: str(scene_path.name),
             "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
             "GEOPSP_ROWS": f"{r0}-{r1}",
         }
@@ -457,7 +477,7 @@ def segment_raster(
     if cfg.vector:
         vec = _require_vectorize()
         outputs["vector"] = _first_path(
-            vec.vectorize(paths["classes"], paths["vector"], classes=meta.classes, overwrite=overwrite),
+            vec.vectorize(paths["classes"], paths["vector"], config=vcfg, classes=meta.classes, overwrite=overwrite),
             paths["vector"],
         )
     if cfg.preview:

@@ -362,3 +362,102 @@ def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundl
     summary = json.loads((out / "big_summary.json").read_text())
     assert summary["rows"] == [0, BIG[1][1]]
     assert len(summary["strips"]) == 2
+
+
+# ---------------------------------------------------------------- worker tasks in this process
+
+
+def test_model_error_is_a_permanent_failure_not_retried(bundle, scenes, tmp_path, monkeypatch):
+    """A model that returns no logits fails the same way on every retry: the task reports it, dask never retries."""
+    import torch
+
+    import geopsp.batch.tasks as tasks
+    from geopsp.config.schema import PredictConfig
+    from geopsp.model.bundle import read_bundle_meta
+
+    class NoLogits(torch.nn.Module):
+        def forward(self, x):
+            return {"features": x}
+
+    meta = read_bundle_meta(bundle)
+    monkeypatch.setattr(tasks, "cached_bundle", lambda path, device: (NoLogits(), meta))
+    task = tasks.SceneTask(str(scenes / "a.tif"), str(tmp_path / "a_classes.tif"), str(bundle), PredictConfig())
+    result = tasks.run_scene(task)  # raising would hand the task to dask's retries
+    assert result["status"] == "failed"
+    assert result["error_type"] == "ModelError"
+    assert "expected a logits tensor" in result["error"]
+    assert not (tmp_path / "a_classes.tif").exists()
+
+
+def test_batch_plans_tiles_with_the_pipeline_rule_and_refuses_a_bad_plan_before_any_cluster(bundle, scenes, tmp_path):
+    from geopsp.batch import run_batch
+    from geopsp.config.schema import GeopspConfig, PredictConfig
+    from geopsp.errors import TilingError
+
+    # The bundle's tile is 64: segment_raster refuses an overlap of 32, batch must not plan strips with 31.
+    cfg = GeopspConfig(predict=PredictConfig(overlap=32))
+    t0 = time.perf_counter()
+    with pytest.raises(TilingError, match=r"overlap \(32\) must be less than half the tile size \(64\)"):
+        run_batch([scenes / "a.tif"], bundle, tmp_path / "out", config=cfg)
+    assert time.perf_counter() - t0 < 10  # no LocalCluster was started
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_predict_and_batch_vectorize_alike_from_the_vectorize_section(bundle, scenes, tmp_path, restore_logging):
+    import pyogrio
+    import shapely
+    from click.testing import CliRunner
+
+    from geopsp.cli.main import cli
+    from geopsp.config.schema import VectorizeConfig
+    from geopsp.vectorize import vectorize
+
+    scene = str(scenes / "e.tif")
+    sets = ["--set", "vectorize.simplify=25", "--set", "vectorize.format=fgb", "--vector"]
+    res = CliRunner().invoke(
+        cli, ["predict", scene, "-m", str(bundle), "-o", str(tmp_path / "p"), "--no-progress", *sets]
+    )
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["batch", scene, "--model", str(bundle), "--out", str(tmp_path / "b"), *sets])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(read(tmp_path / "p" / "e_classes.tif"), read(tmp_path / "b" / "e_classes.tif"))
+    # The same config gives the same file, format and polygons from both commands.
+    predicted = pyogrio.read_dataframe(tmp_path / "p" / "e_polygons.fgb")
+    batched = pyogrio.read_dataframe(tmp_path / "b" / "e_polygons.fgb")
+    assert len(predicted) == len(batched) > 0
+    assert list(predicted.class_id) == list(batched.class_id)
+    assert shapely.equals_exact(predicted.geometry.values, batched.geometry.values, tolerance=1e-6).all()
+    # ...and simplification ran: 25 m (2.5 px) leaves far fewer vertices than the pixel staircase.
+    raw = vectorize(tmp_path / "p" / "e_classes.tif", tmp_path / "raw.fgb", config=VectorizeConfig(format="fgb"))
+    vertices = shapely.get_num_coordinates(predicted.geometry.values).sum()
+    assert vertices < 0.7 * shapely.get_num_coordinates(pyogrio.read_dataframe(raw).geometry.values).sum()
+
+
+def test_batch_over_scenes_without_georeferencing_prints_one_warning_each_and_nothing_raw(bundle, tmp_path):
+    from PIL import Image
+
+    from geopsp.testing import write_geotiff
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    png = folder / "photo.png"
+    Image.fromarray(rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)).save(png)
+    tif = write_geotiff(folder / "nogeo.tif", rng.integers(0, 256, size=(3, 150, 600), dtype=np.uint8), crs=None)
+    out = tmp_path / "out"
+    args = ["batch", folder, "--model", bundle, "--out", out, "--workers", 1, "--vector"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "geopsp", *map(str, args), "--set", "batch.strip_pixels=65536"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "nogeo_summary.json").read_text())["strips"]  # two strips, stitched
+    # geopsp's one line per scene (not one per strip, no source line), and nothing from rasterio or pyogrio
+    assert proc.stderr.splitlines() == [
+        f"Warning: {tif}: has no CRS or geotransform (pixel grid); output will have no CRS",
+        f"Warning: {png}: has no CRS or geotransform (pixel grid); output will have no CRS",
+        f"2 scenes: 2 done (see {out / 'manifest.jsonl'})",
+    ]

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import torch
@@ -339,6 +340,9 @@ def test_vector_and_preview_outputs(tmp_path):
         config=cfg(tile_size=32, overlap=4, vector=True, preview=True),
     )
     assert res.outputs["vector"].name == "s_polygons.gpkg" and res.outputs["vector"].exists()
+    # The class raster names its scene in the tag the vectorizer reads: the polygons' scene is the input.
+    polygons = pyogrio.read_dataframe(res.outputs["vector"], layer="s_polygons")
+    assert set(polygons.scene) == {"s.tif"}
     assert res.outputs["preview"].name == "s_preview.png" and res.outputs["preview"].exists()
     assert leftovers(tmp_path) == []
 

@@ -479,6 +479,19 @@ def test_dry_run_writes_nothing(easy_data):
     assert sorted(p.name for p in easy_data.rglob("*")) == before
 
 
+def test_dry_run_builds_the_loss_fit_builds(easy_data):
+    # Class weights are checked against the classes, as fit checks them.
+    with pytest.raises(ConfigError, match="2 class weights for 3 classes"):
+        dry_run(tiny_config(easy_data, optim={"class_weights": [1.0, 2.0]}))
+    # Label smoothing and class weights reach the loss the dry run computes.
+    plain = dry_run(tiny_config(easy_data))["loss"]
+    smoothed = dry_run(tiny_config(easy_data, optim={"label_smoothing": 0.5}))["loss"]
+    weighted = dry_run(tiny_config(easy_data, optim={"class_weights": [1.0, 5.0, 0.1]}))["loss"]
+    assert smoothed != pytest.approx(plain)
+    assert weighted != pytest.approx(plain)
+    assert dry_run(tiny_config(easy_data, optim={"class_weights": "balanced"}))["loss"] > 0
+
+
 def test_cli_train_and_dry_run(easy_data):
     cfg = easy_data / "train.yaml"
     cfg.write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from rasterio.features import rasterize, shapes
 
 from geopsp.classes import ClassInfo, ClassTable
 from geopsp.config.schema import VectorizeConfig
-from geopsp.errors import InputRasterError, OutputError, OutputExistsError
+from geopsp.errors import InputRasterError, NotGeoreferencedWarning, OutputError, OutputExistsError
 from geopsp.vectorize import FIELDS, vectorize
 from geopsp.vectorize._geometry import drop_collinear, node_grid_polygons
 from geopsp.vectorize._stitch import Stitcher
@@ -283,6 +284,50 @@ def test_attributes_projected(tmp_path):
     other = read(vectorize(path, tmp_path / "named.gpkg", config=cfg(), scene="mine"))
     assert set(other.scene) == {"mine"}
     assert set(other.class_name) == {"class_0", "class_2"}  # no class table anywhere
+
+
+def test_scene_attribute_reads_the_tag_geopsp_writes_and_the_older_name(tmp_path):
+    from geopsp.io.class_metadata import LEGACY_SCENE_TAG, SCENE_TAG
+
+    a = np.zeros((20, 20), dtype=np.uint8)
+    old = write_raster(tmp_path / "old_classes.tif", a, tags={LEGACY_SCENE_TAG: "s1.tif"})
+    assert set(read(vectorize(old, tmp_path / "old_polygons.gpkg", config=cfg())).scene) == {"s1.tif"}
+    both = write_raster(tmp_path / "both_classes.tif", a, tags={SCENE_TAG: "s2.tif", LEGACY_SCENE_TAG: "stale.tif"})
+    assert set(read(vectorize(both, tmp_path / "both_polygons.gpkg", config=cfg())).scene) == {"s2.tif"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_raster_without_georeferencing_gives_only_our_warning(tmp_path, capfd, workers):
+    from geopsp.testing import write_geotiff
+
+    path = write_geotiff(tmp_path / "plain_classes.tif", landcover(64, 48), crs=None, nodata=NODATA)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = vectorize(path, tmp_path / "plain_polygons.gpkg", config=cfg(block_rows=16, workers=workers))
+    # Neither rasterio ("no geotransform") nor pyogrio ("'crs' was not provided"), in this process or a pool's.
+    assert [type(w.message) for w in caught] == [NotGeoreferencedWarning], [str(w.message) for w in caught]
+    assert str(caught[0].message) == (
+        f"{path}: class raster has no CRS or geotransform; polygons are in pixel coordinates and areas in pixels"
+    )
+    assert capfd.readouterr().err == ""
+    assert read(out).crs is None
+
+
+def test_raster_with_a_geotransform_but_no_crs_says_polygons_are_in_map_units(tmp_path):
+    a = np.zeros((30, 40), dtype=np.uint8)
+    a[10:20, 5:25] = 2
+    path = write_raster(tmp_path / "nocrs_classes.tif", a, crs=None)  # 2 m pixels at (500000, 5600000)
+    with pytest.warns(NotGeoreferencedWarning) as caught:
+        out = vectorize(path, tmp_path / "nocrs_polygons.gpkg", config=cfg())
+    assert [str(w.message) for w in caught] == [
+        f"{path}: class raster has a geotransform but no CRS; polygons are in its map units with no CRS, "
+        "and so are areas and lengths"
+    ]
+    df = read(out)
+    assert df.crs is None
+    water = df[df.class_id == 2].iloc[0]
+    assert water.geometry.bounds == (500_010.0, 5_599_960.0, 500_050.0, 5_599_980.0)  # map units, not pixels
+    assert water.area_m2 == pytest.approx(800.0)
 
 
 def test_area_in_metres_for_geographic_crs(tmp_path):

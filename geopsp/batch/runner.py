@@ -38,6 +38,8 @@ from geopsp.errors import (
     OutputError,
 )
 from geopsp.io.atomic import TEMP_MARKER
+from geopsp.model.meta import BundleMeta
+from geopsp.pipeline import resolve_tiling
 
 __all__ = ["SCHEDULER_ENV", "BatchReport", "run_batch"]
 
@@ -170,6 +172,8 @@ def run_batch(
         If the inputs name no scene.
     CheckpointError
         If the model bundle is missing or damaged.
+    TilingError
+        If the tile size and overlap cannot work (see :func:`geopsp.pipeline.resolve_tiling`).
     ConfigError
         If no worker of the cluster offers the requested resources.
     OutputError
@@ -185,7 +189,8 @@ def run_batch(
         raise OutputError(
             f"{out}: cannot create the output folder ({exc.strerror}); choose a writable location"
         ) from exc
-    model_path = _check_model(model)
+    model_path, meta = _check_model(model)
+    tiling = resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
     jobs = discover_jobs(inputs, out_dir=out, spacenet_products=bcfg.spacenet_products)
     if not jobs:
         raise InputRasterError(f"{', '.join(map(str, inputs)) or 'no inputs'}: no scenes to process")
@@ -219,7 +224,18 @@ def run_batch(
         try:
             with _connect(address, cfg, n_workers, res) as (client, dashboard):
                 for rec in _run_jobs(
-                    client, todo, out, model_path, cfg, res, fingerprint, manifest, progress, len(records), total
+                    client,
+                    todo,
+                    out,
+                    model_path,
+                    tiling,
+                    cfg,
+                    res,
+                    fingerprint,
+                    manifest,
+                    progress,
+                    len(records),
+                    total,
                 ):
                     records[rec.id] = rec
         finally:
@@ -229,7 +245,7 @@ def run_batch(
     return report
 
 
-def _check_model(model: str | os.PathLike[str]) -> Path:
+def _check_model(model: str | os.PathLike[str]) -> tuple[Path, BundleMeta]:
     path = Path(model).expanduser().resolve()
     if not path.is_file():
         raise CheckpointError(
@@ -237,8 +253,7 @@ def _check_model(model: str | os.PathLike[str]) -> Path:
         )
     from geopsp.model.bundle import read_bundle_meta
 
-    read_bundle_meta(path)  # fail fast on a damaged bundle, before any cluster starts
-    return path
+    return path, read_bundle_meta(path)  # fail fast on a damaged bundle, before any cluster starts
 
 
 def _fingerprint(model: Path, predict: PredictConfig) -> str:
@@ -409,6 +424,7 @@ def _run_jobs(
     jobs: Sequence[Job],
     out: Path,
     model: Path,
+    tiling: tuple[int, int],
     cfg: GeopspConfig,
     resources: Mapping[str, float],
     fingerprint: str,
@@ -421,7 +437,7 @@ def _run_jobs(
 
     vectorize = cfg.predict.vector and _have_vectorize()
     predict = cfg.predict.model_copy(update={"vector": False}) if vectorize else cfg.predict
-    tile, overlap = _tile_geometry(model, predict)
+    tile, overlap = tiling
     pending: dict[Any, _Pending] = {}
     for job in jobs:
         try:
@@ -534,26 +550,18 @@ def _have_vectorize() -> bool:
     return importlib.util.find_spec("geopsp.vectorize") is not None
 
 
-def _tile_geometry(model: Path, predict: PredictConfig) -> tuple[int, int]:
-    from geopsp.model.bundle import read_bundle_meta
-
-    meta = read_bundle_meta(model)
-    tile = predict.tile_size or meta.tile_size
-    overlap = predict.overlap if predict.overlap is not None else meta.overlap
-    return tile, min(overlap, max(0, (tile - 1) // 2))
-
-
 def _scene_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of a scene, or None when it cannot be read here (the worker reports why)."""
-    try:
-        import rasterio
+    """(height, width) of a scene, or None when it cannot be read here (the worker reports why).
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with rasterio.open(path) as ds:
-                return int(ds.height), int(ds.width)
+    A scene without georeferencing gets geopsp's warning here, once; the workers stay quiet about it.
+    """
+    from geopsp.io.scene import inspect_scene
+
+    try:
+        info = inspect_scene(path)
     except Exception:
         return None
+    return info.height, info.width
 
 
 def _cleanup_temps(out: Path, jobs: Sequence[Job]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
 from geopsp.io.atomic import atomic_output
+from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.tiling.windows import axis_offsets
 
 __all__ = ["plan_strips", "stitch_strips", "vectorize_outputs"]
@@ -112,6 +113,7 @@ def stitch_strips(
         If the strips do not cover the scene exactly or an output cannot be written.
     """
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
     from rasterio.windows import Window
 
     from geopsp.io.raster import ClassRasterWriter, inspect_scene
@@ -129,7 +131,7 @@ def stitch_strips(
         raise OutputError(f"{scene_path}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
     paths = output_paths(scene_path, out, probabilities=predict.probabilities)
     tags = {
-        "GEOPSP_SOURCE": scene_path.name,
+        SCENE_TAG: scene_path.name,
         "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
         "GEOPSP_ROWS": f"0-{info.height}",
     }
@@ -151,8 +153,10 @@ def stitch_strips(
         for part, (r0, r1) in zip(ordered, rows, strict=True):
             strip = _strip_outputs(part)
             with contextlib.ExitStack() as stack:
-                src = stack.enter_context(rasterio.open(strip["classes"]))
-                psrc = stack.enter_context(rasterio.open(strip["probability"])) if "probability" in paths else None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RioNotGeoreferenced)  # the scene's own warning was given
+                    src = stack.enter_context(rasterio.open(strip["classes"]))
+                    psrc = stack.enter_context(rasterio.open(strip["probability"])) if "probability" in paths else None
                 if (src.height, src.width) != (r1 - r0, info.width):
                     raise OutputError(f"{strip['classes']}: strip is {src.height}x{src.width}, expected rows {r0}-{r1}")
                 for off in range(0, r1 - r0, block_rows):

@@ -8,11 +8,13 @@ them); anything else is raised so dask retries the task.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from geopsp.errors import (
     ConfigError,
     CRSMismatchError,
     InputRasterError,
+    ModelError,
+    NotGeoreferencedWarning,
     OutputError,
     OutputExistsError,
     TilingError,
@@ -50,6 +54,7 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     ConfigError,
     TilingError,
     CRSMismatchError,
+    ModelError,
     OutputExistsError,
     OutputError,
     ValueError,
@@ -165,6 +170,18 @@ def worker_stats() -> dict[str, Any]:
     return {"bundle_loads": BUNDLE_LOADS, "cached": len(_BUNDLES), "torch_threads": _TORCH_THREADS}
 
 
+@contextlib.contextmanager
+def _quiet_georeferencing() -> Iterator[None]:
+    """Silence the missing-georeferencing warning: the client gave it, once per scene, already.
+
+    A worker's warnings go to its own stderr (a LocalCluster's is the user's terminal), raw, and
+    once per strip; the client's one goes through the CLI's handler like every other message.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def _set_torch_threads() -> None:
     if _TORCH_THREADS is None:
         return
@@ -202,7 +219,8 @@ def run_scene(task: SceneTask) -> dict[str, Any]:
     t0 = time.perf_counter()
     _set_torch_threads()
     try:
-        result = _segment(task)
+        with _quiet_georeferencing():
+            result = _segment(task)
     except _PERMANENT as exc:
         return _failure(exc, t0)
     return {
@@ -269,7 +287,8 @@ def vectorize_scene(result: Mapping[str, Any], config: VectorizeConfig) -> dict[
 
     t0 = time.perf_counter()
     try:
-        extra = vectorize_outputs([Path(p) for p in result["outputs"]], config)
+        with _quiet_georeferencing():
+            extra = vectorize_outputs([Path(p) for p in result["outputs"]], config)
     except _PERMANENT as exc:
         return _failure(exc, t0)
     out = dict(result)

@@ -36,7 +36,9 @@ __all__ = ["predict"]
     "--blend", type=click.Choice(["cosine", "uniform", "gaussian"]), default=None, help="Tile blending kernel."
 )
 @click.option("--probabilities/--no-probabilities", default=None, help="Also write the winning class probability.")
-@click.option("--vector/--no-vector", default=None, help="Also vectorize the classes to polygons.")
+@click.option(
+    "--vector/--no-vector", default=None, help="Also vectorize the classes to polygons (with the vectorize.* settings)."
+)
 @click.option("--preview/--no-preview", default=None, help="Also write a preview PNG.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @click.option("--rows", type=(int, int), default=None, metavar="START STOP", help="Compute only rows [START, STOP).")
@@ -113,7 +115,9 @@ def predict(
     todo: list[str] = []
     for scene in scenes:
         try:
-            check_inputs(scene, meta, out, config=cfg, overwrite=overwrite, row_range=rows)
+            check_inputs(
+                scene, meta, out, config=cfg, overwrite=overwrite, row_range=rows, vector_config=conf.vectorize
+            )
         except GeopspError as exc:
             skip(exc)
             continue
@@ -139,6 +143,7 @@ def predict(
                     overwrite=overwrite,
                     progress=progress,
                     row_range=rows,
+                    vector_config=conf.vectorize,
                 )
             except GeopspError as exc:
                 skip(exc)

@@ -4,7 +4,7 @@
   thematic raster attribute table; GeoTIFF has no place for either, and every GDAL reader
   (QGIS included) loads the PAM sidecar.
 - :data:`CLASSES_TAG`: the dataset tag holding the class table as JSON
-  (:func:`read_class_table`).
+  (:func:`read_class_table`); :data:`SCENE_TAG`: the name of the scene it was predicted from.
 - :func:`probability_to_uint8`: the probability raster's encoding, ``round(p * 255)`` (at
   least 1) and 0 for nodata. The winning probability of ``K`` classes is at least ``1/K``, so
   0 is free for nodata and 1.0 keeps full resolution.
@@ -25,8 +25,10 @@ from geopsp.classes import ClassTable
 
 __all__ = [
     "CLASSES_TAG",
+    "LEGACY_SCENE_TAG",
     "PROBABILITY_NODATA",
     "PROBABILITY_SCALE",
+    "SCENE_TAG",
     "pam_xml",
     "probability_to_uint8",
     "read_class_table",
@@ -40,6 +42,12 @@ PROBABILITY_NODATA = 0
 
 CLASSES_TAG = "GEOPSP_CLASSES"
 """Dataset tag holding the class table as JSON."""
+
+SCENE_TAG = "GEOPSP_SCENE"
+"""Dataset tag holding the file name of the scene a class raster was predicted from."""
+
+LEGACY_SCENE_TAG = "GEOPSP_SOURCE"
+"""The name earlier geopsp versions wrote :data:`SCENE_TAG` under; still read."""
 
 
 def probability_to_uint8(prob: NDArray[np.floating[Any]], valid: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -231,15 +232,18 @@ def _write_ogr(
             # GeoPackage 1.3: read without warnings by the GDAL of QGIS 3.22 LTR (Debian 12).
             options["dataset_options"] = {"VERSION": "1.3"}
         try:
-            pyogrio.write_dataframe(
-                chunk,
-                tmp,
-                layer=layer,
-                driver=driver,
-                append=not first,
-                geometry_type=gtype,
-                **options,
-            )
+            with warnings.catch_warnings():
+                # A layer without CRS is what was asked for; callers say so in their own words.
+                warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+                pyogrio.write_dataframe(
+                    chunk,
+                    tmp,
+                    layer=layer,
+                    driver=driver,
+                    append=not first,
+                    geometry_type=gtype,
+                    **options,
+                )
         except Exception as exc:  # pyogrio raises its own DataSourceError/FieldError family
             raise OutputError(f"{tmp.name}: {driver} driver failed: {exc}") from exc
         first = False

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,14 +126,14 @@ def _device(config: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _class_weights(config: TrainConfig, data: TrainingData) -> list[float] | None:
+def _class_weights(config: TrainConfig, data: TrainingData, regions: Sequence[Region]) -> list[float] | None:
     cw = config.optim.class_weights
     k = len(data.classes)
     if cw is None:
         return None
     if cw == "balanced":
         counts = np.zeros(k, dtype=np.float64)
-        for reg in data.train:
+        for reg in regions:
             lab = data.readers[reg.scene].labels()[reg.row : reg.row + reg.height, reg.col : reg.col + reg.width]
             lab = lab[lab != data.mapping.ignore_index]
             counts += np.bincount(lab.ravel(), minlength=k)[:k]
@@ -144,6 +144,22 @@ def _class_weights(config: TrainConfig, data: TrainingData) -> list[float] | Non
     if len(cw) != k:
         raise ConfigError(f"{len(cw)} class weights for {k} classes", key="train.optim.class_weights")
     return [float(v) for v in cw]
+
+
+def _loss(config: TrainConfig, data: TrainingData, spec: ModelSpec, regions: Sequence[Region]) -> SegmentationLoss:
+    """Build the loss of a run, checking its class weights against the classes (fit and the dry run alike).
+
+    ``balanced`` weights count the labels of ``regions``: the training regions, or the dry
+    run's subsample of them.
+    """
+    return SegmentationLoss(
+        config.optim.loss,
+        ignore_index=config.ignore_index,
+        class_weights=_class_weights(config, data, regions),
+        aux_weight=spec.aux_weight if spec.aux else 0.0,
+        focal_gamma=config.optim.focal_gamma,
+        label_smoothing=config.optim.label_smoothing,
+    )
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -456,14 +472,7 @@ def _fit(
         uniform=cfg.sampling.uniform,
     )
     data.warn_unknown()
-    loss_fn = SegmentationLoss(
-        cfg.optim.loss,
-        ignore_index=cfg.ignore_index,
-        class_weights=_class_weights(cfg, data),
-        aux_weight=spec.aux_weight if spec.aux else 0.0,
-        focal_gamma=cfg.optim.focal_gamma,
-        label_smoothing=cfg.optim.label_smoothing,
-    ).to(device)
+    loss_fn = _loss(cfg, data, spec, data.train).to(device)
     logger.info(
         "training %s/%s on %d train and %d val regions (%s), %d classes, %d bands",
         spec.arch,
@@ -692,7 +701,8 @@ def dry_run(
     """Check a training config end to end without writing anything.
 
     Resolves the data, computes the split and normalization statistics on a tiny subsample,
-    builds the model, and runs one forward/backward pass on one tiny batch.
+    builds the model, and runs one forward/backward pass on one tiny batch with the loss
+    :func:`fit` would use (its class weights checked, ``balanced`` ones counted on the subsample).
 
     Returns
     -------
@@ -745,12 +755,7 @@ def _dry_run(
         images.append(img)
         labels.append(lab.astype(np.int64))
     x, y = torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
-    loss_fn = SegmentationLoss(
-        cfg.optim.loss,
-        ignore_index=cfg.ignore_index,
-        aux_weight=spec.aux_weight if spec.aux else 0.0,
-        focal_gamma=cfg.optim.focal_gamma,
-    )
+    loss_fn = _loss(cfg, data, spec, train_small)
     optimizer = _optimizer(cfg, model)
     total, _ = loss_fn(model(x), y)
     optimizer.zero_grad()

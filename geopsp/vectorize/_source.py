@@ -13,13 +13,11 @@ import numpy as np
 
 from geopsp.classes import ClassInfo, ClassTable, default_palette
 from geopsp.errors import InputRasterError
+from geopsp.io.class_metadata import LEGACY_SCENE_TAG, SCENE_TAG
 
-__all__ = ["SCENE_TAG", "RasterSource", "inspect_class_raster"]
+__all__ = ["RasterSource", "inspect_class_raster"]
 
 logger = logging.getLogger(__name__)
-
-SCENE_TAG = "GEOPSP_SCENE"
-"""Dataset tag naming the scene a class raster was predicted from (optional)."""
 
 _INT_DTYPES = ("uint8", "uint16", "int8", "int16", "int32", "uint32")
 _FLOAT_DTYPES = ("float32", "float64")  # accepted when every value is a whole number
@@ -86,7 +84,7 @@ def inspect_class_raster(path: str | os.PathLike[str]) -> RasterSource:
                     transform=src.transform,
                     nodata=src.nodata,
                     classes=None,
-                    scene=tags.get(SCENE_TAG) or None,
+                    scene=tags.get(SCENE_TAG) or tags.get(LEGACY_SCENE_TAG) or None,
                 )
     except RasterioIOError as exc:
         raise InputRasterError(f"{p}: cannot open as a raster ({exc}); is it a GeoTIFF class raster?") from exc

@@ -8,8 +8,12 @@ last row ("seam intervals"), which is all the stitcher needs to join pieces acro
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -303,11 +307,24 @@ def cache_mb(src: Any) -> int:
     return max(64, needed)
 
 
+@contextlib.contextmanager
+def open_quietly(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """Open a class raster without rasterio's NotGeoreferencedWarning (vectorize warns in its own words)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RioNotGeoreferenced)
+        src = rasterio.open(path)
+    with src:
+        yield src
+
+
 def strip_task(job: StripJob) -> tuple[int, int, int, bytes, IntArray, IntArray, IntArray]:
     """Process one strip in a worker process; geometries travel back as WKB."""
     import rasterio
 
-    with rasterio.Env(GDAL_NUM_THREADS="1"), rasterio.open(job.path) as src:
+    with rasterio.Env(GDAL_NUM_THREADS="1"), open_quietly(job.path) as src:
         with rasterio.Env(GDAL_CACHEMAX=cache_mb(src)):
             strip = process_strip(src, job)
     return (job.index, job.row0, job.row1, _pack(strip.geoms), strip.values, strip.top, strip.bottom)

@@ -25,7 +25,16 @@ from geopsp.vectorize._geometry import simplify_coverage
 from geopsp.vectorize._measure import Measurer
 from geopsp.vectorize._source import RasterSource, complete_classes, inspect_class_raster
 from geopsp.vectorize._stitch import Components, Stitcher
-from geopsp.vectorize._strips import NODATA_VALUE, Strip, StripJob, cache_mb, process_strip, strip_task, unpack
+from geopsp.vectorize._strips import (
+    NODATA_VALUE,
+    Strip,
+    StripJob,
+    cache_mb,
+    open_quietly,
+    process_strip,
+    strip_task,
+    unpack,
+)
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -145,11 +154,11 @@ def vectorize(
     table = classes if classes is not None else src.classes
     scene_name = scene if scene is not None else (src.scene or src.path.stem)
     if not src.georeferenced:
-        warnings.warn(
-            f"{src.path}: class raster has no CRS; polygons are in pixel coordinates and areas in pixels",
-            NotGeoreferencedWarning,
-            stacklevel=2,
-        )
+        if src.transform.is_identity:
+            what = "no CRS or geotransform; polygons are in pixel coordinates and areas in pixels"
+        else:
+            what = "a geotransform but no CRS; polygons are in its map units with no CRS, and so are areas and lengths"
+        warnings.warn(f"{src.path}: class raster has {what}", NotGeoreferencedWarning, stacklevel=2)
     pixel = math.sqrt(abs(src.transform.determinant)) or 1.0
     simplify_px = cfg.simplify / pixel
     eliminate = cfg.sieve_px > 0 or cfg.min_area_m2 > 0 or cfg.fill_holes_m2 > 0
@@ -249,7 +258,7 @@ def _strips(src: RasterSource, cfg: VectorizeConfig, *, keep_nodata: bool, simpl
     if workers == 1:
         import rasterio
 
-        with rasterio.open(src.path) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
+        with open_quietly(src.path) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
             for job in jobs:
                 yield process_strip(ds, job)
         return
