@@ -341,6 +341,71 @@ def test_vector_and_preview_outputs(tmp_path):
     assert res.outputs["vector"].name == "s_polygons.gpkg" and res.outputs["vector"].exists()
     assert res.outputs["preview"].name == "s_preview.png" and res.outputs["preview"].exists()
     assert leftovers(tmp_path) == []
+    summary = json.loads(res.summary_path.read_text())
+    # the summary names the whole set, the vector's style included, and nothing else is there
+    assert sorted(Path(p).name for p in summary["outputs"].values()) == sorted(
+        p.name for p in (tmp_path / "out").iterdir()
+    )
+    assert "vector_qml" in summary["outputs"]
+
+
+def _blocky_scene(tmp_path):
+    rng = np.random.default_rng(10)
+    arr = np.kron(rng.integers(0, 256, size=(3, 7, 9), dtype=np.uint8), np.ones((1, 12, 12), np.uint8))
+    return write_tif(tmp_path / "s.tif", arr)
+
+
+def test_a_failing_vectorize_leaves_no_output_of_the_run(tmp_path, monkeypatch):
+    """The class raster is finished when vectorizing fails: it must not stay without its summary."""
+    import geopsp.vectorize as vec
+
+    real = vec.vectorize
+
+    def disk_full_after_writing(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vec, "vectorize", disk_full_after_writing)
+    scene = _blocky_scene(tmp_path)
+    config = cfg(tile_size=32, overlap=4, vector=True, preview=True)
+    with pytest.raises(OSError, match="No space"):
+        segment_raster(scene, (stand_in(), make_meta()), tmp_path / "out", config=config)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_failing_output_keeps_the_previous_set_when_overwriting(tmp_path, monkeypatch):
+    import geopsp.vectorize as vec
+
+    scene = _blocky_scene(tmp_path)
+    out = tmp_path / "out"
+    config = cfg(tile_size=32, overlap=4, vector=True)
+    segment_raster(scene, (stand_in(seed=1), make_meta()), out, config=config)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("vectorize failed")
+
+    monkeypatch.setattr(vec, "vectorize", broken)
+    with pytest.raises(RuntimeError, match="vectorize failed"):
+        segment_raster(scene, (stand_in(seed=2), make_meta()), out, config=config, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_preview_made_by_another_run_meanwhile_stops_the_whole_set(tmp_path):
+    """Another run finishes s_preview.png after our checks: nothing of ours may be left, theirs untouched."""
+    scene = _blocky_scene(tmp_path)
+    out = tmp_path / "out"
+    theirs = out / "s_preview.png"
+
+    def other_run_finishes(done, total):
+        if not theirs.exists():
+            theirs.write_bytes(b"their preview")
+
+    config = cfg(tile_size=32, overlap=4, vector=True, preview=True)
+    with pytest.raises(OutputExistsError, match=r"s_preview\.png.*--overwrite"):
+        segment_raster(scene, (stand_in(), make_meta()), out, config=config, progress=other_run_finishes)
+    assert sorted(p.name for p in out.iterdir()) == ["s_preview.png"]
+    assert theirs.read_bytes() == b"their preview"
 
 
 def test_output_file_path_naming(tmp_path):
