@@ -495,6 +495,38 @@ def test_row_range_strips_stitch_to_the_whole_run(tmp_path, tiny_pspnet):
     assert len(np.unique(w_cls)) > 1  # a meaningful comparison
 
 
+@pytest.mark.parametrize("fail", [False, True])
+def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path, tiny_pspnet, monkeypatch, fail):
+    from geopsp.batch import strips
+    from geopsp.model.bundle import save_bundle
+
+    model, meta = tiny_pspnet
+    bundle = save_bundle(model, meta, tmp_path / "m.safetensors")
+    arr = np.random.default_rng(3).integers(0, 256, size=(3, 120, 100), dtype=np.uint8)
+    scene = write_tif(tmp_path / "s.tif", arr)
+    conf = cfg(tile_size=96, overlap=16)
+    parts = []
+    for r0, r1 in [(0, 60), (60, 120)]:
+        res = segment_raster(scene, (model, meta), tmp_path / "work", config=conf, row_range=(r0, r1))
+        parts.append({"row_range": (r0, r1), "outputs": [str(p) for p in res.paths], "summary": res.summary})
+    if fail:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("summary failed")
+
+        monkeypatch.setattr(strips, "_merged_summary", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    if fail:
+        with pytest.raises(RuntimeError, match="summary failed"):
+            strips.stitch_strips(scene, parts, out / "s_classes.tif", model=bundle, predict=conf)
+        assert list(out.iterdir()) == []
+    else:
+        done = strips.stitch_strips(scene, parts, out / "s_classes.tif", model=bundle, predict=conf)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in done)
+        assert "s_summary.json" in {p.name for p in done}
+
+
 def _change_density(cls, lines, axis):
     """Class changes across pixel boundaries ``lines`` (between i-1 and i) vs all other boundaries."""
     d = np.diff(cls.astype(np.int32), axis=axis) != 0  # boundary i-1|i at index i-1
