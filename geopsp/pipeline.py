@@ -8,8 +8,9 @@ The stages overlap::
     writer thread      finished rows -> ClassRasterWriter (COG, colours, RAT, QML)
 
 Memory is bounded by ``width x tile_size`` (the strip and the row buffer), never by the scene
-height. Every output is written under a temporary name and renamed when complete, so a
-failure (a corrupt block, Ctrl-C) leaves nothing under the final names.
+height. Every output is written under a temporary name; when all are finished they are
+committed as one set, the summary last, so a failure (a corrupt block, an error while
+vectorizing, Ctrl-C) leaves none of them under the final names (:mod:`geopsp.io.atomic`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from geopsp._heap import bound_heap_retention
 from geopsp._procfs import peak_rss_mb
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import ConfigError, TilingError
-from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.atomic import OutputSet, check_output_path
 from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.model.meta import BundleMeta
 from geopsp.tiling.windows import TileGrid
@@ -56,10 +57,11 @@ class PredictResult:
     scene : Path
         The input scene.
     outputs : dict of str to Path
-        ``classes`` (always), ``qml`` and ``summary`` (always), ``probability``, ``vector``
-        and ``preview`` when asked for.
+        ``classes`` (always), ``qml``, ``aux`` and ``summary`` (always), ``probability``,
+        ``vector`` (with its style ``vector_qml``) and ``preview`` when asked for.
     summary : dict
-        The run summary also written to ``outputs["summary"]``.
+        The run summary also written to ``outputs["summary"]``; it is committed after every
+        other output, so its presence marks a complete set.
     """
 
     scene: Path
@@ -134,6 +136,7 @@ def output_paths(
         paths["probability"] = base.with_name(base.name + "_probability.tif")
     if vector:
         paths["vector"] = base.with_name(base.name + f"_polygons.{vector_format}")
+        paths["vector_qml"] = paths["vector"].with_suffix(".qml")  # its QGIS style
     if preview:
         paths["preview"] = base.with_name(base.name + "_preview.png")
     return paths
@@ -318,7 +321,39 @@ def segment_raster(
         An output exists and ``overwrite`` is False (checked before any work).
     TilingError, ConfigError, ModelError, OutputError
         Bad options, a model that misbehaves, an output that cannot be written.
+
+    Notes
+    -----
+    The outputs are one set (:class:`~geopsp.io.atomic.OutputSet`): each is written under
+    a temporary name, and only when all are finished are they committed, the summary last.
+    After a failure or an interrupt (an error while vectorizing, Ctrl-C) none of them is
+    under its final name; a summary under its final name means the whole set is there.
     """
+    with OutputSet(overwrite=overwrite) as staged:  # left without a commit: every temporary is removed
+        return _segment_into(
+            staged,
+            scene,
+            model,
+            out_dir_or_path,
+            config=config,
+            progress=progress,
+            row_range=row_range,
+            vector_config=vector_config,
+        )
+
+
+def _segment_into(
+    staged: OutputSet,
+    scene: str | os.PathLike[str],
+    model: Any,
+    out_dir_or_path: str | os.PathLike[str],
+    *,
+    config: PredictConfig | None,
+    progress: Progress | None,
+    row_range: tuple[int, int] | None,
+    vector_config: VectorizeConfig | None,
+) -> PredictResult:
+    """Run :func:`segment_raster`, writing every output into ``staged``, then commit the set."""
     import torch
 
     from geopsp.inference.mosaic import Mosaicker
@@ -347,7 +382,7 @@ def segment_raster(
             tile_size,
             overlap,
             row_range=row_range,
-            overwrite=overwrite,
+            overwrite=staged.overwrite,
             prepare=True,
             vector_format=vcfg.format,
         )
@@ -385,7 +420,7 @@ def segment_raster(
             nodata=meta.nodata,
             dtype=meta.output_dtype,
             compress=cfg.compress,
-            overwrite=overwrite,
+            overwrite=staged.overwrite,
             inputs=(scene_path,),
             probability_path=paths.get("probability"),
             tags=tags,
@@ -449,7 +484,7 @@ def segment_raster(
             mosaic.finish()
             wthread.close()
             t_write0 = time.perf_counter()
-            written = writer.close()
+            written = writer.close(staged)
             t_close = time.perf_counter() - t_write0
             if progress is not None:
                 progress(total, total)
@@ -474,20 +509,27 @@ def segment_raster(
             outputs["qml"] = p
         elif p.name.endswith(".aux.xml"):
             outputs["aux"] = p
+    # vector and preview are made from the staged class raster, into the same set
     if cfg.vector:
-        vec = _require_vectorize()
-        outputs["vector"] = _first_path(
-            vec.vectorize(paths["classes"], paths["vector"], config=vcfg, classes=meta.classes, overwrite=overwrite),
-            paths["vector"],
-        )
+        vec_tmp = staged.temp(paths["vector"])
+        outputs["vector"] = paths["vector"]
+        try:
+            _require_vectorize().vectorize(
+                staged.staged(paths["classes"]),
+                vec_tmp,
+                config=vcfg,
+                classes=meta.classes,
+                layer=paths["vector"].stem,
+            )
+        finally:  # its style joins the set, to be committed or removed with it
+            if vec_tmp.with_suffix(".qml").is_file():
+                staged.add(vec_tmp.with_suffix(".qml"), paths["vector_qml"])
+                outputs["vector_qml"] = paths["vector_qml"]
     if cfg.preview:
-        prev = _require_preview()
-        outputs["preview"] = _first_path(
-            prev.render_preview(
-                scene_path, paths["classes"], paths["preview"], classes=meta.classes, overwrite=overwrite
-            ),
-            paths["preview"],
+        _require_preview().render_preview(
+            scene_path, staged.staged(paths["classes"]), staged.temp(paths["preview"]), classes=meta.classes
         )
+        outputs["preview"] = paths["preview"]
 
     wall = time.perf_counter() - t_start
     pixels = info.width * (r1 - r0)
@@ -547,7 +589,8 @@ def segment_raster(
         summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(predictor.device) / 2**20, 1)
     outputs["summary"] = paths["summary"]
     summary["outputs"]["summary"] = str(paths["summary"])
-    _write_json(paths["summary"], summary, overwrite=overwrite, inputs=[scene_path])
+    _write_json(staged.temp(paths["summary"], marker=True), paths["summary"], summary)
+    staged.commit()
     logger.info(
         "%s: %d tiles run, %d skipped, %.2f MP/s -> %s",
         scene_path.name,
@@ -559,9 +602,13 @@ def segment_raster(
     return PredictResult(scene=scene_path, outputs=outputs, summary=summary)
 
 
-def _write_json(path: Path, data: Mapping[str, Any], *, overwrite: bool, inputs: list[Path]) -> None:
-    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+def _write_json(tmp: Path, final: Path, data: dict[str, Any]) -> None:
+    from geopsp.io.cog import output_error
+
+    try:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise output_error(final, exc, "writing the summary") from exc
 
 
 def _require_vectorize() -> Any:
@@ -584,13 +631,3 @@ def _require_preview() -> Any:
             "drop --preview (predict.preview=false)"
         ) from exc
     return prev
-
-
-def _first_path(result: Any, default: Path) -> Path:
-    if isinstance(result, (str, os.PathLike)):
-        return Path(result)
-    for attr in ("path", "out_path", "output"):
-        value = getattr(result, attr, None)
-        if isinstance(value, (str, os.PathLike)):
-            return Path(value)
-    return default

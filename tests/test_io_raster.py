@@ -436,6 +436,37 @@ def test_no_clobber_of_an_existing_style(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qml"]
 
 
+def test_a_style_made_by_another_run_meanwhile_stops_the_commit_and_nothing_stays(tmp_path):
+    arr = class_map(32, 32)
+    w = writer(tmp_path / "c.tif", arr)  # the checks pass here
+    w.write_rows(0, arr)
+    (tmp_path / "c.qml").write_text("<qgis>theirs</qgis>")  # another run finishes first
+    with pytest.raises(OutputExistsError, match=r"c\.qml.*--overwrite"):
+        w.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qml"]
+    assert (tmp_path / "c.qml").read_text() == "<qgis>theirs</qgis>"
+
+
+def test_close_into_a_set_commits_with_it_or_not_at_all(tmp_path):
+    from geopsp.io.atomic import OutputSet
+
+    arr = class_map(32, 32)
+    for commit in (False, True):
+        with OutputSet() as outputs:
+            w = writer(tmp_path / "c.tif", arr)
+            w.write_rows(0, arr)
+            finals = w.close(outputs)
+            assert [p.name for p in finals] == ["c.tif", "c.qml", "c.tif.aux.xml"]
+            assert not any(p.exists() for p in finals)  # staged, not committed
+            with rasterio.open(outputs.staged(tmp_path / "c.tif")) as src:  # readable before the commit
+                assert np.array_equal(src.read(1), arr)
+            if commit:
+                outputs.temp(tmp_path / "c_summary.json", marker=True).write_text("{}")
+                outputs.commit()
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == (["c.qml", "c.tif", "c.tif.aux.xml", "c_summary.json"] if commit else [])
+
+
 def test_overwrite_replaces_outputs_and_stale_sidecars(tmp_path):
     first, second = class_map(32, 32, seed=1), class_map(32, 32, seed=2)
     out = write_class_raster(

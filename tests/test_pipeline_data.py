@@ -345,6 +345,71 @@ def test_vector_and_preview_outputs(tmp_path):
     assert set(polygons.scene) == {"s.tif"}
     assert res.outputs["preview"].name == "s_preview.png" and res.outputs["preview"].exists()
     assert leftovers(tmp_path) == []
+    summary = json.loads(res.summary_path.read_text())
+    # the summary names the whole set, the vector's style included, and nothing else is there
+    assert sorted(Path(p).name for p in summary["outputs"].values()) == sorted(
+        p.name for p in (tmp_path / "out").iterdir()
+    )
+    assert "vector_qml" in summary["outputs"]
+
+
+def _blocky_scene(tmp_path):
+    rng = np.random.default_rng(10)
+    arr = np.kron(rng.integers(0, 256, size=(3, 7, 9), dtype=np.uint8), np.ones((1, 12, 12), np.uint8))
+    return write_tif(tmp_path / "s.tif", arr)
+
+
+def test_a_failing_vectorize_leaves_no_output_of_the_run(tmp_path, monkeypatch):
+    """The class raster is finished when vectorizing fails: it must not stay without its summary."""
+    import geopsp.vectorize as vec
+
+    real = vec.vectorize
+
+    def disk_full_after_writing(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vec, "vectorize", disk_full_after_writing)
+    scene = _blocky_scene(tmp_path)
+    config = cfg(tile_size=32, overlap=4, vector=True, preview=True)
+    with pytest.raises(OSError, match="No space"):
+        segment_raster(scene, (stand_in(), make_meta()), tmp_path / "out", config=config)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_a_failing_output_keeps_the_previous_set_when_overwriting(tmp_path, monkeypatch):
+    import geopsp.vectorize as vec
+
+    scene = _blocky_scene(tmp_path)
+    out = tmp_path / "out"
+    config = cfg(tile_size=32, overlap=4, vector=True)
+    segment_raster(scene, (stand_in(seed=1), make_meta()), out, config=config)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("vectorize failed")
+
+    monkeypatch.setattr(vec, "vectorize", broken)
+    with pytest.raises(RuntimeError, match="vectorize failed"):
+        segment_raster(scene, (stand_in(seed=2), make_meta()), out, config=config, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_preview_made_by_another_run_meanwhile_stops_the_whole_set(tmp_path):
+    """Another run finishes s_preview.png after our checks: nothing of ours may be left, theirs untouched."""
+    scene = _blocky_scene(tmp_path)
+    out = tmp_path / "out"
+    theirs = out / "s_preview.png"
+
+    def other_run_finishes(done, total):
+        if not theirs.exists():
+            theirs.write_bytes(b"their preview")
+
+    config = cfg(tile_size=32, overlap=4, vector=True, preview=True)
+    with pytest.raises(OutputExistsError, match=r"s_preview\.png.*--overwrite"):
+        segment_raster(scene, (stand_in(), make_meta()), out, config=config, progress=other_run_finishes)
+    assert sorted(p.name for p in out.iterdir()) == ["s_preview.png"]
+    assert theirs.read_bytes() == b"their preview"
 
 
 def test_output_file_path_naming(tmp_path):
@@ -432,6 +497,38 @@ def test_row_range_strips_stitch_to_the_whole_run(tmp_path, tiny_pspnet):
     np.testing.assert_array_equal(np.concatenate(cls), w_cls)
     np.testing.assert_array_equal(np.concatenate(prob), w_prob)
     assert len(np.unique(w_cls)) > 1  # a meaningful comparison
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path, tiny_pspnet, monkeypatch, fail):
+    from geopsp.batch import strips
+    from geopsp.model.bundle import save_bundle
+
+    model, meta = tiny_pspnet
+    bundle = save_bundle(model, meta, tmp_path / "m.safetensors")
+    arr = np.random.default_rng(3).integers(0, 256, size=(3, 120, 100), dtype=np.uint8)
+    scene = write_tif(tmp_path / "s.tif", arr)
+    conf = cfg(tile_size=96, overlap=16)
+    parts = []
+    for r0, r1 in [(0, 60), (60, 120)]:
+        res = segment_raster(scene, (model, meta), tmp_path / "work", config=conf, row_range=(r0, r1))
+        parts.append({"row_range": (r0, r1), "outputs": [str(p) for p in res.paths], "summary": res.summary})
+    if fail:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("summary failed")
+
+        monkeypatch.setattr(strips, "_merged_summary", broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    if fail:
+        with pytest.raises(RuntimeError, match="summary failed"):
+            strips.stitch_strips(scene, parts, out / "s_classes.tif", model=bundle, predict=conf)
+        assert list(out.iterdir()) == []
+    else:
+        done = strips.stitch_strips(scene, parts, out / "s_classes.tif", model=bundle, predict=conf)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in done)
+        assert "s_summary.json" in {p.name for p in done}
 
 
 def _change_density(cls, lines, axis):

@@ -18,8 +18,9 @@ from rasterio.enums import ColorInterp
 from geopsp.classes import ClassTable
 from geopsp.config import PredictConfig
 from geopsp.errors import ModelError
+from geopsp.inference.plan import check_scene_for_model
 from geopsp.inference.predict import Predictor
-from geopsp.io.scene import check_scene_for_model, inspect_scene, open_scene, read_rows
+from geopsp.io.scene import inspect_scene, open_scene, read_rows
 from geopsp.model.inputs import MODEL_FILL, model_input
 from geopsp.model.meta import BundleMeta, Normalization
 from geopsp.pipeline import segment_raster

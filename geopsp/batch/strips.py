@@ -20,7 +20,7 @@ from typing import Any
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
-from geopsp.io.atomic import atomic_output
+from geopsp.io.atomic import OutputSet, check_output_path
 from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.tiling.windows import axis_offsets
 
@@ -135,21 +135,26 @@ def stitch_strips(
         "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
         "GEOPSP_ROWS": f"0-{info.height}",
     }
-    with ClassRasterWriter(
-        paths["classes"],
-        width=info.width,
-        height=info.height,
-        crs=info.crs,
-        transform=info.transform,
-        classes=meta.classes,
-        nodata=meta.nodata,
-        dtype=meta.output_dtype,
-        compress=predict.compress,
-        overwrite=True,
-        inputs=(scene_path,),
-        probability_path=paths.get("probability"),
-        tags=tags,
-    ) as writer:
+    check_output_path(paths["summary"], overwrite=True, inputs=[scene_path])
+    # the class raster, its sidecars and the summary go into place together, the summary last
+    with (
+        OutputSet(overwrite=True) as staged,
+        ClassRasterWriter(
+            paths["classes"],
+            width=info.width,
+            height=info.height,
+            crs=info.crs,
+            transform=info.transform,
+            classes=meta.classes,
+            nodata=meta.nodata,
+            dtype=meta.output_dtype,
+            compress=predict.compress,
+            overwrite=True,
+            inputs=(scene_path,),
+            probability_path=paths.get("probability"),
+            tags=tags,
+        ) as writer,
+    ):
         for part, (r0, r1) in zip(ordered, rows, strict=True):
             strip = _strip_outputs(part)
             with contextlib.ExitStack() as stack:
@@ -164,10 +169,11 @@ def stitch_strips(
                     cls = src.read(1, window=win)
                     prob = psrc.read(1, window=win) if psrc is not None else None
                     writer.write_rows(r0 + off, cls, prob)
-        written = writer.close()
-    summary = _merged_summary(ordered, info.width, info.height, {k: Path(v) for k, v in paths.items()}, written)
-    with atomic_output(paths["summary"], overwrite=True, inputs=[scene_path]) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        written = writer.close(staged)
+        summary = _merged_summary(ordered, info.width, info.height, {k: Path(v) for k, v in paths.items()}, written)
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        staged.temp(paths["summary"], marker=True).write_text(text, encoding="utf-8")
+        staged.commit()
     outputs = [*map(Path, written), paths["summary"]]
     logger.info("%s: stitched %d strips -> %s", scene_path.name, len(ordered), paths["classes"])
     return outputs

@@ -1,6 +1,6 @@
 """Input and output: rasters, vectors, and safe (atomic) output files."""
 
-from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.atomic import OutputSet, atomic_output, check_output_path
 from geopsp.io.raster import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
@@ -15,6 +15,7 @@ __all__ = [
     "PROBABILITY_NODATA",
     "PROBABILITY_SCALE",
     "ClassRasterWriter",
+    "OutputSet",
     "SceneInfo",
     "atomic_output",
     "check_output_path",

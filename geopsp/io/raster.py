@@ -3,7 +3,8 @@
 :class:`ClassRasterWriter` takes full-width row strips in any order and keeps memory
 independent of the scene's height: rows go into a tiled staging GeoTIFF, and :meth:`close`
 turns it into a COG (internal overviews built by MODE resampling, so every overview pixel is
-a class id) next to the final path and renames everything into place at once.
+a class id) next to the final path and commits its files together, the class raster last
+(:class:`~geopsp.io.atomic.OutputSet`; or stages them in the caller's set of outputs).
 
 Each class raster carries:
 
@@ -34,8 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
-from geopsp.errors import GeopspError, OutputError, OutputExistsError
-from geopsp.io.atomic import check_output_path, temp_prefix
+from geopsp.errors import GeopspError, OutputError
+from geopsp.io.atomic import OutputSet, check_output_path, temp_prefix
 from geopsp.io.class_metadata import (
     CLASSES_TAG,
     PROBABILITY_NODATA,
@@ -318,8 +319,15 @@ class ClassRasterWriter:
 
     # -- finishing ---------------------------------------------------------------------------
 
-    def close(self) -> list[Path]:
-        """Finish: build the COG(s) and sidecars, then rename everything into place.
+    def close(self, outputs: OutputSet | None = None) -> list[Path]:
+        """Finish: build the COG(s) and sidecars, then commit them (class raster last).
+
+        Parameters
+        ----------
+        outputs : OutputSet, optional
+            Stage the finished files in this set instead of committing them; they reach
+            their final names when the caller commits the set with its other outputs (or
+            are removed with it). The set's ``overwrite`` applies.
 
         Returns
         -------
@@ -348,7 +356,7 @@ class ClassRasterWriter:
                 )
             self._close_stages()
             moves = self._finish()
-            self._commit(moves)
+            self._commit(moves, outputs)
         except BaseException as exc:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
@@ -358,7 +366,10 @@ class ClassRasterWriter:
         self._final = [final for _, final in moves]
         order = [self.path, self.probability_path, self.qml_path, self.aux_path]
         self._final = [p for p in order if p is not None and p in self._final]
-        logger.info("wrote %s", self.path)
+        if outputs is None:
+            logger.info("wrote %s", self.path)
+        else:
+            logger.debug("finished %s; it is committed with its set", self.path)
         return list(self._final)
 
     def _close_stages(self) -> None:
@@ -398,30 +409,21 @@ class ClassRasterWriter:
         moves.append((cog_tmp, self.path))
         return moves
 
-    def _commit(self, moves: list[tuple[Path, Path]]) -> None:
-        finals = [final for _, final in moves]
-        if not self.overwrite:
-            taken = [p for p in finals if p.exists()]
-            if taken:
-                raise OutputExistsError(f"{taken[0]}: was created meanwhile by another process; pass --overwrite")
-        else:
+    def _commit(self, moves: list[tuple[Path, Path]], outputs: OutputSet | None) -> None:
+        own = outputs is None
+        staged = OutputSet(overwrite=self.overwrite) if outputs is None else outputs
+        for tmp, final in moves:
+            staged.add(tmp, final, marker=own and final == self.path)
+        if staged.overwrite:
             # Sidecars of a previous output (external overviews, masks, PAM) would apply to the new one.
+            finals = [final for _, final in moves]
             for raster in (self.path, self.probability_path):
                 for suffix in _STALE_SIDECARS if raster is not None else ():
                     stale = Path(f"{raster}{suffix}")
                     if stale not in finals:
-                        with contextlib.suppress(FileNotFoundError):
-                            stale.unlink()
-        done: list[Path] = []
-        try:
-            for tmp, final in moves:
-                os.replace(tmp, final)
-                done.append(final)
-        except BaseException:
-            for final in done:
-                with contextlib.suppress(OSError):
-                    final.unlink()
-            raise
+                        staged.remove(stale)
+        if own:
+            staged.commit()
 
     def abort(self) -> None:
         """Drop everything written so far: close the staging files and remove all temporaries.

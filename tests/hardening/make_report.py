@@ -32,8 +32,10 @@ Rules the suite enforces:
 * odd but usable inputs (PNG/JPEG without georeferencing, no CRS, all nodata, NaN/inf,
   1x1 and 1x100000 pixels, labels in another CRS, invalid polygons) work, with at most a
   one-line `Warning:`;
-* Ctrl-C exits 130 and SIGTERM 143 after removing temporary files; after SIGKILL nothing is
-  under a final name; a rerun completes and `train --resume` continues from the last epoch;
+* Ctrl-C exits 130 and SIGTERM 143 after removing temporary files; a run's outputs are under
+  their final names all together with their summary, or none of them is (a signal during the
+  final renames is held until the set is in place); after SIGKILL nothing is under a final
+  name; a rerun completes and `train --resume` continues from the last epoch;
 * nothing is unpickled, no shell is used, GDAL options are a fixed choice, and list files and
   manifests cannot make geopsp write outside `--out`.
 """
