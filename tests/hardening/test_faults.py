@@ -129,13 +129,13 @@ import geopsp.pipeline as pipeline
 
 stage, sig = sys.argv[1], getattr(signal, sys.argv[2])
 if stage == "summary":  # the rasters and polygons are finished; the summary is being made
-    real_rss = pipeline._peak_rss_mb
+    real_rss = pipeline.peak_rss_mb
 
     def hooked_rss():
         os.kill(os.getpid(), sig)
         return real_rss()
 
-    pipeline._peak_rss_mb = hooked_rss
+    pipeline.peak_rss_mb = hooked_rss
 else:  # the first file of the set has just been renamed to its final name
     real_rename = atomic.rename_noreplace
 
