@@ -338,13 +338,9 @@ def _dashboard(client: Any) -> str | None:
 
 
 def _uses_cuda(predict: PredictConfig) -> bool:
-    if predict.device == "cpu":
-        return False
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(torch.cuda.is_available())
+    from geopsp.device import resolve_device
+
+    return predict.device != "cpu" and resolve_device(predict.device, key="predict.device").type == "cuda"
 
 
 def _local_sizing(cfg: GeopspConfig, n_workers: int | None) -> tuple[int, int, int]:

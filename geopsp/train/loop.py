@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from geopsp.config.schema import GeopspConfig, TrainConfig
+from geopsp.device import resolve_device
 from geopsp.errors import CheckpointError, ConfigError, OutputError, OutputExistsError
 from geopsp.eval.metrics import ConfusionMatrix, Scores
 from geopsp.io.atomic import atomic_output
@@ -116,14 +117,6 @@ def build_spec(config: TrainConfig, *, in_channels: int, num_classes: int) -> Mo
     if "ppm_bins" in overrides:
         overrides["ppm_bins"] = tuple(overrides["ppm_bins"])
     return spec_from_preset(m.preset, encoder=m.encoder, in_channels=in_channels, num_classes=num_classes, **overrides)
-
-
-def _device(config: TrainConfig) -> torch.device:
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but CUDA is not available; use device=cpu", key="train.device")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _class_weights(config: TrainConfig, data: TrainingData) -> list[float] | None:
@@ -394,7 +387,7 @@ def _fit(
         raise ConfigError("no output folder; pass out= (--out) or set train.out", key="train.out")
     out_dir = Path(out if out is not None else str(cfg.out)).resolve()
     _check_out(out_dir, resume=resume, overwrite=overwrite)
-    device = _device(cfg)
+    device = resolve_device(cfg.device, key="train.device")
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
 
     started = time.monotonic()
