@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE
 from geopsp.errors import ConfigError
 from geopsp.inference.blend import KERNELS, tile_weights
-from geopsp.inference.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, Mosaicker
+from geopsp.inference.mosaic import Mosaicker
 from geopsp.tiling import TileGrid
 
 
