@@ -22,9 +22,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
-from geopsp.errors import CRSMismatchError, InputRasterError, InputVectorError
+from geopsp.errors import InputRasterError, InputVectorError
 from geopsp.eval.metrics import ConfusionMatrix, Scores
-from geopsp.labels import UNLABELED, LabelMapping, UnknownLabelWarning, VectorLabels, value_key, window_transform
+from geopsp.labels import (
+    UNLABELED,
+    LabelMapping,
+    UnknownLabelWarning,
+    VectorLabels,
+    label_raster_on_grid,
+    value_key,
+    window_transform,
+)
 
 __all__ = ["Evaluation", "evaluate_rasters", "is_vector_path"]
 
@@ -165,8 +173,6 @@ def evaluate_rasters(
         If a reference raster has no CRS while the prediction has one and the grids differ.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
     pred_path, ref_path = Path(prediction), Path(reference)
@@ -216,36 +222,8 @@ def evaluate_rasters(
                 ref_ds = stack.enter_context(rasterio.open(ref_path))
             except rasterio.errors.RasterioIOError as exc:
                 raise InputRasterError(f"{ref_path}: cannot open the reference ({exc})") from exc
-            ref_nodata = ref_ds.nodata
-            same_grid = (
-                ref_ds.width == src.width
-                and ref_ds.height == src.height
-                and (
-                    (ref_ds.crs is None and src.crs is None)
-                    or (ref_ds.crs == src.crs and ref_ds.transform.almost_equals(src.transform))
-                )
-            )
-            if same_grid:
-                ref_src = ref_ds
-            else:
-                if (ref_ds.crs is None) != (src.crs is None):
-                    raise CRSMismatchError(
-                        f"{ref_path} and {pred_path} are on different grids and one has no CRS; "
-                        "georeference both or give a reference on the prediction's grid"
-                    )
-                logger.info("warping reference %s onto the prediction grid", ref_path)
-                ref_src = stack.enter_context(
-                    WarpedVRT(
-                        ref_ds,
-                        crs=src.crs,
-                        transform=src.transform,
-                        width=src.width,
-                        height=src.height,
-                        resampling=Resampling.nearest,
-                        nodata=ref_nodata if ref_nodata is not None else UNLABELED,
-                    )
-                )
-                ref_nodata = ref_src.nodata
+            ref_src = stack.enter_context(label_raster_on_grid(ref_ds, src, onto=str(pred_path)))
+            ref_nodata = ref_src.nodata
 
         def ref_fn(v: Any) -> int:
             if isinstance(v, float) and math.isnan(v):
