@@ -35,9 +35,9 @@ from geopsp.errors import (
     ConfigError,
     GeopspError,
     InputRasterError,
-    OutputError,
 )
 from geopsp.io.atomic import TEMP_MARKER
+from geopsp.io.outdir import ensure_output_dir
 
 __all__ = ["SCHEDULER_ENV", "BatchReport", "run_batch"]
 
@@ -178,13 +178,7 @@ def run_batch(
     t0 = time.perf_counter()
     cfg = config if config is not None else GeopspConfig()
     bcfg = cfg.batch
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out}: cannot create the output folder ({exc.strerror}); choose a writable location"
-        ) from exc
+    out = ensure_output_dir(out_dir)
     model_path = _check_model(model)
     jobs = discover_jobs(inputs, out_dir=out, spacenet_products=bcfg.spacenet_products)
     if not jobs:

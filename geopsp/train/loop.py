@@ -32,9 +32,10 @@ import yaml
 
 from geopsp.config.schema import GeopspConfig, TrainConfig
 from geopsp.device import resolve_device
-from geopsp.errors import CheckpointError, ConfigError, OutputError, OutputExistsError
+from geopsp.errors import CheckpointError, ConfigError, OutputExistsError
 from geopsp.eval.metrics import ConfusionMatrix, Scores
 from geopsp.io.atomic import atomic_output
+from geopsp.io.outdir import ensure_output_dir
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.train.augment import augment_pair, draw_read_size, resize_pair
 from geopsp.train.datasets import Region, TrainingData, prepare_data, resolve_paths
@@ -293,22 +294,13 @@ def _bundle_meta(
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder; choose another --out")
-    if resume:
-        return
-    existing = [n for n in OUTPUT_NAMES if (out / n).exists()]
+    existing = [] if resume else [n for n in OUTPUT_NAMES if (out / n).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
             f"{out}: already holds a training run ({', '.join(existing)}); pass --resume to continue it "
             "or --overwrite to start again"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: output folder is not writable; choose another --out")
+    ensure_output_dir(out)
     if overwrite:
         for n in existing:
             (out / n).unlink(missing_ok=True)
