@@ -33,6 +33,7 @@ def test_unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_callers_share_the_check(tmp_path: Path) -> None:
     from geopsp.batch import Manifest, SceneRecord, run_batch
+    from geopsp.io.atomic import check_output_path
     from geopsp.train.loop import _check_out
 
     (tmp_path / "f").write_text("x")
@@ -42,5 +43,7 @@ def test_callers_share_the_check(tmp_path: Path) -> None:
         run_batch([tmp_path / "a.tif"], tmp_path / "m.safetensors", file)
     with pytest.raises(OutputError, match=msg):
         _check_out(file, resume=False, overwrite=False)
+    with pytest.raises(OutputError, match=msg):
+        check_output_path(file / "x.tif")
     with pytest.raises(OutputError, match=msg):
         Manifest(file).append(SceneRecord(id="a", scene="a.tif", status="done"))
