@@ -12,9 +12,9 @@ from geopsp.io.raster import (
 from geopsp.io.scene import SceneInfo, check_scene_for_model, inspect_scene, open_scene, read_rows
 
 __all__ = [
+    "ClassRasterWriter",
     "PROBABILITY_NODATA",
     "PROBABILITY_SCALE",
-    "ClassRasterWriter",
     "SceneInfo",
     "atomic_output",
     "check_output_path",

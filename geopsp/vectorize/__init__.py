@@ -7,23 +7,20 @@ first use, so worker processes that only polygonize strips stay light.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from geopsp import _lazy
 
 if TYPE_CHECKING:
     from geopsp.vectorize.core import FIELDS, vectorize
 
 __all__ = ["FIELDS", "vectorize"]
 
+_LAZY = {"FIELDS": "geopsp.vectorize.core", "vectorize": "geopsp.vectorize.core"}
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module("geopsp.vectorize.core"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geopsp.vectorize' has no attribute {name!r}")
+__getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)
 
 
 class _CallableModule(types.ModuleType):
