@@ -34,7 +34,7 @@ from geopsp.labels import (
     window_transform,
 )
 
-__all__ = ["Evaluation", "evaluate_rasters", "is_vector_path"]
+__all__ = ["Evaluation", "evaluate_rasters", "is_vector_path", "resolve_class_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def evaluate_rasters(
     for p in (pred_path, ref_path):
         if not p.exists():
             raise (InputVectorError if is_vector_path(p) else InputRasterError)(f"{p}: not found; check the path")
-    table = _resolve_table(classes, pred_path, block_rows)
+    table = resolve_class_table(classes, pred_path, block_rows=block_rows)
     k = len(table)
     pred_index = {c.id: i for i, c in enumerate(table)}
     ref_mapping = LabelMapping(table, value_map=value_map, ignore_values=tuple(ignore_values), ignore_index=65535)
@@ -281,7 +281,23 @@ def evaluate_rasters(
     return Evaluation(pred_path, ref_path, table, cm.scores(table), excluded)
 
 
-def _resolve_table(classes: ClassTable | str | os.PathLike[str] | None, pred_path: Path, block_rows: int) -> ClassTable:
+def resolve_class_table(
+    classes: ClassTable | str | os.PathLike[str] | None,
+    prediction: str | os.PathLike[str],
+    *,
+    block_rows: int = 512,
+) -> ClassTable:
+    """Return the class table a prediction is scored with.
+
+    ``classes`` itself (a table, or a YAML/JSON file) when given; else the table geopsp stored
+    in the prediction; else one entry per value found in it (read ``block_rows`` rows at a time).
+
+    Raises
+    ------
+    InputRasterError
+        If the prediction cannot be read or holds only nodata.
+    """
+    pred_path = Path(prediction)
     if isinstance(classes, ClassTable):
         return classes
     if classes is not None:
