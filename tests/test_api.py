@@ -136,7 +136,7 @@ EXPORTS: dict[str, list[str]] = {
         "resolve_paths",
         "split_scenes",
     ],
-    "geopsp.vectorize": ["FIELDS", "vectorize"],
+    "geopsp.vectorize": ["FIELDS", "RasterSource", "inspect_class_raster", "vectorize"],
 }
 
 

@@ -1,6 +1,7 @@
 """Class raster -> clean land-use polygons: seamless across strips, topology-safe, QGIS-styled.
 
-:func:`vectorize` is the entry point; the submodules hold its stages (strip polygonizing,
+:func:`vectorize` is the entry point and :func:`inspect_class_raster` describes its input
+(size, georeference, classes); the private submodules hold the stages (strip polygonizing,
 stitching across seams, small-region removal, measuring). The entry point is imported on
 first use, so worker processes that only polygonize strips stay light.
 """
@@ -14,11 +15,17 @@ from typing import TYPE_CHECKING, Any
 from geopsp import _lazy
 
 if TYPE_CHECKING:
+    from geopsp.vectorize._source import RasterSource, inspect_class_raster
     from geopsp.vectorize.core import FIELDS, vectorize
 
-__all__ = ["FIELDS", "vectorize"]
+__all__ = ["FIELDS", "RasterSource", "inspect_class_raster", "vectorize"]
 
-_LAZY = {"FIELDS": "geopsp.vectorize.core", "vectorize": "geopsp.vectorize.core"}
+_LAZY = {
+    "FIELDS": "geopsp.vectorize.core",
+    "RasterSource": "geopsp.vectorize._source",
+    "inspect_class_raster": "geopsp.vectorize._source",
+    "vectorize": "geopsp.vectorize.core",
+}
 
 __getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)
 
