@@ -52,8 +52,13 @@ def _pixel_probs(height, width, k, seed=0):
     return torch.softmax(torch.from_numpy(logits), 0)
 
 
-def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosine", batch=3, class_ids=None):
-    k = probs.shape[0]
+def _run(
+    grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosine", floor=0.05, batch=3, class_ids=None
+):
+    """Mosaic ``probs``: scene probabilities ``(K, H, W)`` (what a 1x1 model gives), or one constant
+    distribution of K values per tile, in the grid's visiting order."""
+    per_tile = not isinstance(probs, torch.Tensor)
+    k = len(probs[0]) if per_tile else probs.shape[0]
     class_ids = class_ids or list(range(k))
     rows: list[tuple[int, np.ndarray, np.ndarray | None]] = []
     m = Mosaicker(
@@ -62,6 +67,7 @@ def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosi
         nodata=255,
         sink=lambda r, c, p: rows.append((r, c, p)),
         kernel=kernel,
+        floor=floor,
         row_range=row_range,
         probabilities=probabilities,
     )
@@ -72,7 +78,10 @@ def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosi
         p = torch.zeros((len(chunk), k, s, s))
         v = torch.zeros((len(chunk), s, s), dtype=torch.bool)
         for n, t in enumerate(chunk):
-            p[n, :, : t.height, : t.width] = probs[:, t.row : t.row_end, t.col : t.col_end]
+            if per_tile:
+                p[n] = torch.tensor(probs[i + n], dtype=torch.float32).view(k, 1, 1)
+            else:
+                p[n, :, : t.height, : t.width] = probs[:, t.row : t.row_end, t.col : t.col_end]
             v[n, : t.height, : t.width] = valid[t.row : t.row_end, t.col : t.col_end]
         m.add(chunk, p, v)
     m.finish()
@@ -85,25 +94,9 @@ def _stack(rows, width):
     return cls, prob
 
 
-def _run_tiles(grid, tile_probs, *, kernel="cosine", floor=0.05, class_ids=None):
-    """Run a Mosaicker on tiles that each predict one constant distribution (``tile_probs[i]``, K values)."""
-    k = len(tile_probs[0])
-    rows = []
-    m = Mosaicker(
-        grid,
-        class_ids=class_ids or list(range(k)),
-        nodata=255,
-        sink=lambda r, c, p: rows.append((r, c, p)),
-        kernel=kernel,
-        floor=floor,
-        probabilities=True,
-    )
-    s = grid.tile_size
-    tiles = list(grid.tiles())
-    for tile, dist in zip(tiles, tile_probs, strict=True):
-        p = torch.tensor(dist, dtype=torch.float32).view(1, k, 1, 1).expand(1, k, s, s).contiguous()
-        m.add([tile], p, torch.ones((1, s, s), dtype=torch.bool))
-    m.finish()
+def _run_tiles(grid, tile_probs, **kw):
+    """Class and probability rows of tiles that each predict one constant distribution."""
+    rows, _ = _run(grid, tile_probs, torch.ones((grid.height, grid.width), dtype=torch.bool), **kw)
     return _stack(rows, grid.width)
 
 
