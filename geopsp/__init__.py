@@ -9,10 +9,9 @@ The public names below are imported lazily so that ``import geopsp`` (and the CL
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
 
+from geopsp import _lazy
 from geopsp.errors import (
     CheckpointError,
     ConfigError,
@@ -73,15 +72,4 @@ __all__ = [
     "vectorize",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'geopsp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import yaml
 
 from geopsp.errors import ConfigError
 
-__all__ = ["ClassInfo", "ClassTable", "default_palette"]
+__all__ = ["ClassInfo", "ClassTable", "complete_classes", "default_palette"]
 
 # A qualitative palette (Tableau 20, reordered) that stays readable on imagery.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -200,6 +200,38 @@ class ClassTable:
     def to_json(self) -> str:
         """Serialize to a JSON string."""
         return json.dumps(self.to_list())
+
+
+def complete_classes(table: ClassTable | None, ids: Iterable[Any]) -> ClassTable:
+    """Return ``table`` extended with a default entry (``class_<id>``, a palette colour) per id it lacks.
+
+    Parameters
+    ----------
+    table : ClassTable, optional
+        The known classes (None: none).
+    ids : iterable of int
+        Class ids found in a raster.
+
+    Examples
+    --------
+    >>> complete_classes(ClassTable.from_names(["forest"], start=1), [1, 3]).names
+    ['forest', 'class_3']
+    """
+    present = sorted({int(v) for v in ids})
+    known = {c.id for c in table} if table is not None else set()
+    missing = [v for v in present if v not in known]
+    if table is not None and not missing:
+        return table
+    base = list(table) if table is not None else []
+    colors = default_palette(len(base) + len(missing))[len(base) :]
+    names = {c.name for c in base}
+    extra = []
+    for v, color in zip(missing, colors, strict=True):
+        name = f"class_{v}"
+        while name in names:
+            name += "_"
+        extra.append(ClassInfo(v, name, color))
+    return ClassTable(tuple(base + extra))
 
 
 def _parse_color(value: Any, fallback: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -7,7 +7,8 @@ the table) becomes the ignore index, which the loss and the metrics skip.
 
 Vector labels (GeoPackage, GeoJSON, Shapefile ...) are reprojected to the scene's CRS and
 rasterized with :func:`rasterio.features.rasterize` on the scene grid, smallest polygons last so
-footprints inside larger areas keep their class.
+footprints inside larger areas keep their class. Label rasters on another grid are warped onto
+it with nearest neighbour (:func:`label_raster_on_grid`), for training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
-from geopsp.errors import ConfigError, GeopspWarning, InputVectorError
+from geopsp.errors import ConfigError, CRSMismatchError, GeopspWarning, InputVectorError
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -36,6 +38,7 @@ __all__ = [
     "LabelMapping",
     "UnknownLabelWarning",
     "VectorLabels",
+    "label_raster_on_grid",
     "rasterize_labels",
     "value_key",
     "window_transform",
@@ -389,6 +392,62 @@ def window_transform(transform: Affine, row: int, col: int) -> Affine:
 
     out: Affine = transform @ Affine.translation(col, row)
     return out
+
+
+@contextmanager
+def label_raster_on_grid(src: Any, grid: Any, *, onto: str = "the grid") -> Iterator[Any]:
+    """Yield a label raster as read on ``grid``: itself when it lies on it, else warped onto it.
+
+    The label raster lies on the grid when the sizes and geotransforms match and the CRSs match
+    or one is missing, or when neither has a CRS and the sizes match (pixel grids). Otherwise it
+    is warped with nearest neighbour, so every pixel keeps a label value that exists.
+
+    Parameters
+    ----------
+    src : rasterio.DatasetReader
+        The open label raster.
+    grid : rasterio dataset or any object with ``crs``, ``transform``, ``width``, ``height``
+        The target grid.
+    onto : str
+        What the grid belongs to, for the log and the error message.
+
+    Yields
+    ------
+    rasterio dataset
+        ``src`` or a :class:`rasterio.vrt.WarpedVRT` of it; read band 1 with any window of the
+        grid. Its ``nodata`` is the label raster's, or :data:`UNLABELED` when it had none and
+        was warped (pixels outside the label raster).
+
+    Raises
+    ------
+    CRSMismatchError
+        When the grids differ and only one of the two has a CRS.
+    """
+    same_size = src.width == grid.width and src.height == grid.height
+    lined_up = grid.transform is None or src.transform.almost_equals(grid.transform)
+    one_crs = src.crs is None or grid.crs is None
+    if same_size and ((lined_up and (one_crs or src.crs == grid.crs)) or (src.crs is None and grid.crs is None)):
+        yield src
+        return
+    if one_crs:
+        raise CRSMismatchError(
+            f"{src.name} and {onto} are on different grids and one has no CRS; "
+            "georeference both or give labels on the grid of the scene"
+        )
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    logger.info("warping labels %s onto the grid of %s", src.name, onto)
+    with WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=Resampling.nearest,
+        nodata=src.nodata if src.nodata is not None else UNLABELED,
+    ) as vrt:
+        yield vrt
 
 
 def read_vector(path: str | os.PathLike[str], *, layer: str | None = None) -> gpd.GeoDataFrame:

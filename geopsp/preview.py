@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from geopsp.classes import ClassTable
+from geopsp.classes import ClassTable, complete_classes
 from geopsp.errors import ConfigError, InputRasterError
 from geopsp.io.atomic import atomic_output
 
@@ -53,8 +53,8 @@ def stretch(
 
     Examples
     --------
-    >>> stretch(np.arange(101, dtype=float)).tolist()[::25]
-    [0, 61, 128, 195, 255]
+    >>> stretch(np.arange(101, dtype=float)).tolist()[::25]  # 2nd..98th percentile: 2..98
+    [0, 61, 128, 194, 255]
     """
     data = band.astype(np.float64, copy=False)
     ok = np.isfinite(data)
@@ -253,7 +253,7 @@ def _band(src: Any) -> Any:
 
 
 def _table(path: Path, classes: ClassTable | None, ids: NDArray[np.int64]) -> ClassTable:
-    from geopsp.vectorize._source import complete_classes, inspect_class_raster
+    from geopsp.vectorize import inspect_class_raster
 
     table = classes
     if table is None:

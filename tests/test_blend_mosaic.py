@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE
 from geopsp.errors import ConfigError
 from geopsp.inference.blend import KERNELS, tile_weights
-from geopsp.inference.mosaic import PROBABILITY_NODATA, PROBABILITY_SCALE, Mosaicker
+from geopsp.inference.mosaic import Mosaicker
 from geopsp.tiling import TileGrid
 
 
@@ -44,22 +45,6 @@ def test_unknown_kernel_and_bad_floor():
         tile_weights(8, floor=0.0)
 
 
-@given(grids(), st.sampled_from(sorted(KERNELS)), st.floats(0.01, 1.0))
-@settings(max_examples=80, deadline=None)
-def test_normalized_blend_weights_sum_to_one_everywhere(grid, kernel, floor):
-    w = tile_weights(grid.tile_size, kernel=kernel, floor=floor).astype(np.float64)
-    total = np.zeros((grid.height, grid.width))
-    for t in grid.tiles():
-        total[t.row : t.row_end, t.col : t.col_end] += w[: t.height, : t.width]
-    assert total.min() > 0  # every pixel, scene edges included, has weight
-    norm = np.zeros_like(total)
-    for t in grid.tiles():
-        norm[t.row : t.row_end, t.col : t.col_end] += (
-            w[: t.height, : t.width] / total[t.row : t.row_end, t.col : t.col_end]
-        )
-    np.testing.assert_allclose(norm, 1.0, rtol=0, atol=1e-12)
-
-
 def _pixel_probs(height, width, k, seed=0):
     """Per-pixel class probabilities that depend only on the pixel (what a 1x1 model gives)."""
     rng = np.random.default_rng(seed)
@@ -67,8 +52,13 @@ def _pixel_probs(height, width, k, seed=0):
     return torch.softmax(torch.from_numpy(logits), 0)
 
 
-def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosine", batch=3, class_ids=None):
-    k = probs.shape[0]
+def _run(
+    grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosine", floor=0.05, batch=3, class_ids=None
+):
+    """Mosaic ``probs``: scene probabilities ``(K, H, W)`` (what a 1x1 model gives), or one constant
+    distribution of K values per tile, in the grid's visiting order."""
+    per_tile = not isinstance(probs, torch.Tensor)
+    k = len(probs[0]) if per_tile else probs.shape[0]
     class_ids = class_ids or list(range(k))
     rows: list[tuple[int, np.ndarray, np.ndarray | None]] = []
     m = Mosaicker(
@@ -77,6 +67,7 @@ def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosi
         nodata=255,
         sink=lambda r, c, p: rows.append((r, c, p)),
         kernel=kernel,
+        floor=floor,
         row_range=row_range,
         probabilities=probabilities,
     )
@@ -87,7 +78,10 @@ def _run(grid, probs, valid, *, row_range=None, probabilities=True, kernel="cosi
         p = torch.zeros((len(chunk), k, s, s))
         v = torch.zeros((len(chunk), s, s), dtype=torch.bool)
         for n, t in enumerate(chunk):
-            p[n, :, : t.height, : t.width] = probs[:, t.row : t.row_end, t.col : t.col_end]
+            if per_tile:
+                p[n] = torch.tensor(probs[i + n], dtype=torch.float32).view(k, 1, 1)
+            else:
+                p[n, :, : t.height, : t.width] = probs[:, t.row : t.row_end, t.col : t.col_end]
             v[n, : t.height, : t.width] = valid[t.row : t.row_end, t.col : t.col_end]
         m.add(chunk, p, v)
     m.finish()
@@ -98,6 +92,44 @@ def _stack(rows, width):
     cls = np.concatenate([c for _, c, _ in rows]) if rows else np.zeros((0, width), np.uint8)
     prob = np.concatenate([p for _, _, p in rows]) if rows and rows[0][2] is not None else None
     return cls, prob
+
+
+def _run_tiles(grid, tile_probs, **kw):
+    """Class and probability rows of tiles that each predict one constant distribution."""
+    rows, _ = _run(grid, tile_probs, torch.ones((grid.height, grid.width), dtype=torch.bool), **kw)
+    return _stack(rows, grid.width)
+
+
+@given(grids(), st.sampled_from(sorted(KERNELS)), st.floats(0.01, 1.0))
+@settings(max_examples=60, deadline=None)
+def test_mosaic_of_constant_probabilities_is_exact(grid, kernel, floor):
+    # every tile says 0.1 / 0.6 / 0.3: however the overlaps are weighted, the blend is the same
+    cls, prob = _run_tiles(grid, [(0.1, 0.6, 0.3)] * len(grid), kernel=kernel, floor=floor, class_ids=[4, 7, 9])
+    assert cls.shape == prob.shape == (grid.height, grid.width)
+    assert (cls == 7).all()
+    assert (prob == round(0.6 * PROBABILITY_SCALE)).all()
+
+
+@pytest.mark.parametrize("kernel", ["cosine", "gaussian"])
+def test_two_tiles_switch_class_where_their_weights_cross(kernel):
+    # two tiles side by side, columns 0..31 and 24..55: the left one says class 5, the right one 9
+    grid = TileGrid(8, 56, 32, 8)
+    assert grid.col_offsets == (0, 24)
+    left, right = (0.8, 0.2), (0.2, 0.8)
+    cls, prob = _run_tiles(grid, [left, right], kernel=kernel, class_ids=[5, 9])
+    # the blend weights of the two tiles cross half-way through the overlap, between columns 27 and 28
+    w = tile_weights(32, kernel=kernel, floor=0.05).astype(np.float64)[0]
+    wl = np.concatenate([w, np.zeros(24)])
+    wr = np.concatenate([np.zeros(24), w])
+    assert (wl[:28] > wr[:28]).all() and (wl[28:] < wr[28:]).all()
+    expected = np.where(np.arange(56) < 28, 5, 9)
+    np.testing.assert_array_equal(cls, np.broadcast_to(expected, (8, 56)))
+    # the winning probability is the weighted average: 0.8 where one tile alone covers a column,
+    # falling towards 0.5 at the crossing
+    p = np.maximum(wl * 0.8 + wr * 0.2, wl * 0.2 + wr * 0.8) / (wl + wr)
+    assert np.abs(prob.astype(int) - np.round(p * PROBABILITY_SCALE)[None]).max() <= 1
+    assert (prob[:, :24] == 204).all() and (prob[:, 32:] == 204).all()
+    assert (prob[:, 24:32] < 204).all() and prob[0, 27] == prob[0, 28] < prob[0, 26]
 
 
 @given(grids(max_side=120), st.integers(1, 5), st.sampled_from(sorted(KERNELS)))

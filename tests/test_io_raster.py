@@ -21,8 +21,8 @@ from geopsp.io.atomic import TEMP_MARKER
 from geopsp.io.raster import (
     PROBABILITY_NODATA,
     ClassRasterWriter,
+    encode_probability,
     pam_xml,
-    probability_to_uint8,
     read_class_table,
     write_class_raster,
 )
@@ -297,19 +297,13 @@ def test_non_georeferenced_output_has_no_crs(tmp_path):
 # -- probability raster -------------------------------------------------------------------------
 
 
-def test_probability_encoding():
-    p = np.array([0.0, 0.001, 0.5, 1.0, np.nan, 0.7])
-    valid = np.array([True, True, True, True, True, False])
-    assert probability_to_uint8(p, valid).tolist() == [1, 1, 128, 255, 0, 0]
-
-
 def test_probability_raster(tmp_path):
     arr = class_map(96, 64)
     prob = np.random.default_rng(3).uniform(0.34, 1.0, arr.shape)
     out, pout = tmp_path / "c.tif", tmp_path / "p.tif"
     with writer(out, arr, probability_path=pout) as w:
         w.write_rows(0, arr[:50], prob[:50])  # floats, encoded by the writer
-        w.write_rows(50, arr[50:], probability_to_uint8(prob[50:]))  # already encoded
+        w.write_rows(50, arr[50:], encode_probability(prob[50:]))  # already encoded
     assert w.close() == [out, pout, tmp_path / "c.qml", tmp_path / "c.tif.aux.xml"]
     with rasterio.open(pout) as src:
         stored = src.read(1)

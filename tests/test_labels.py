@@ -7,8 +7,16 @@ import pytest
 from affine import Affine
 
 from geopsp.classes import ClassTable
-from geopsp.errors import ConfigError, InputVectorError
-from geopsp.labels import UNLABELED, LabelMapping, UnknownLabelWarning, VectorLabels, rasterize_labels, value_key
+from geopsp.errors import ConfigError, CRSMismatchError, InputVectorError
+from geopsp.labels import (
+    UNLABELED,
+    LabelMapping,
+    UnknownLabelWarning,
+    VectorLabels,
+    label_raster_on_grid,
+    rasterize_labels,
+    value_key,
+)
 from geopsp.testing import write_geotiff
 
 gpd = pytest.importorskip("geopandas")
@@ -144,3 +152,44 @@ def test_aerial_labels_reprojected_onto_scene(shared_data):
                 assert out[r, c] == int(cls)
                 checked += 1
     assert checked >= 5
+
+
+# -- label rasters on another grid ----------------------------------------------------------
+
+
+def _grid_and_labels(tmp_path, labels, *, transform=TRANSFORM, crs="EPSG:32633", nodata=None):
+    import rasterio
+
+    scene = write_geotiff(tmp_path / "scene.tif", np.zeros((1, 20, 20), "uint8"), transform=TRANSFORM)
+    lab = write_geotiff(tmp_path / "labels.tif", labels, transform=transform, crs=crs, nodata=nodata)
+    return rasterio.open(scene), rasterio.open(lab)
+
+
+def test_label_raster_on_the_grid_is_read_as_is(tmp_path):
+    labels = np.arange(400, dtype="uint16").reshape(20, 20)
+    grid, src = _grid_and_labels(tmp_path, labels, crs=None)  # same transform, no CRS: on the grid
+    with grid, src, label_raster_on_grid(src, grid) as on:
+        assert on is src and on.nodata is None
+        np.testing.assert_array_equal(on.read(1), labels)
+
+
+def test_label_raster_on_another_grid_is_warped_with_nearest(tmp_path):
+    labels = np.zeros((30, 30), dtype="uint8")
+    labels[5:25, 5:25] = np.arange(400).reshape(20, 20) % 7 + 1  # 5 px further left and up
+    shifted = Affine(10.0, 0.0, 500000.0 - 50.0, 0.0, -10.0, 5600000.0 + 50.0)
+    grid, src = _grid_and_labels(tmp_path, labels, transform=shifted)
+    with grid, src, label_raster_on_grid(src, grid, onto="scene.tif") as on:
+        assert on is not src and on.nodata == UNLABELED  # the labels had no nodata
+        assert (on.width, on.height) == (20, 20)
+        np.testing.assert_array_equal(on.read(1), labels[5:25, 5:25])
+        from rasterio.windows import Window
+
+        np.testing.assert_array_equal(on.read(1, window=Window(3, 2, 4, 5)), labels[7:12, 8:12])
+
+
+def test_label_raster_on_another_grid_without_crs_is_refused(tmp_path):
+    shifted = Affine(10.0, 0.0, 499000.0, 0.0, -10.0, 5600000.0)
+    grid, src = _grid_and_labels(tmp_path, np.ones((20, 20), "uint8"), transform=shifted, crs=None)
+    with grid, src, pytest.raises(CRSMismatchError, match=r"scene\.tif are on different grids and one has no CRS"):
+        with label_raster_on_grid(src, grid, onto="scene.tif"):
+            pass

@@ -35,12 +35,10 @@ def conv_model(bands=3, classes=4, k=1, seed=0):
     return nn.Conv2d(bands, classes, k, padding=k // 2)
 
 
-def test_resolve_device():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
-            resolve_device("cuda")
+def test_resolve_device_is_the_one_in_geopsp_device():
+    import geopsp.device
+
+    assert resolve_device is geopsp.device.resolve_device
 
 
 def test_unwrap_logits():

@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from geopsp import _lazy
 from geopsp.batch.jobs import Job, discover_jobs, safe_relative
 from geopsp.batch.manifest import Manifest, SceneRecord
 from geopsp.batch.strips import plan_strips
@@ -25,15 +23,4 @@ __all__ = [
 
 _LAZY = {"run_batch": "geopsp.batch.runner", "BatchReport": "geopsp.batch.runner"}
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'geopsp.batch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geopsp.errors import OutputError
+from geopsp.io.outdir import ensure_output_dir
 
 __all__ = ["MANIFEST_NAME", "Manifest", "SceneRecord", "Status"]
 
@@ -166,8 +167,8 @@ class Manifest:
         if not recs:
             return
         payload = "".join(r.to_json() + "\n" for r in recs).encode("utf-8")
+        ensure_output_dir(self.out_dir)
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write the manifest ({exc.strerror}); check permissions") from exc

@@ -35,9 +35,9 @@ from geopsp.errors import (
     ConfigError,
     GeopspError,
     InputRasterError,
-    OutputError,
 )
 from geopsp.io.atomic import TEMP_MARKER
+from geopsp.io.outdir import ensure_output_dir
 from geopsp.model.meta import BundleMeta
 from geopsp.pipeline import resolve_tiling
 
@@ -182,13 +182,7 @@ def run_batch(
     t0 = time.perf_counter()
     cfg = config if config is not None else GeopspConfig()
     bcfg = cfg.batch
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out}: cannot create the output folder ({exc.strerror}); choose a writable location"
-        ) from exc
+    out = ensure_output_dir(out_dir)
     model_path, meta = _check_model(model)
     tiling = resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
     jobs = discover_jobs(inputs, out_dir=out, spacenet_products=bcfg.spacenet_products)
@@ -353,13 +347,9 @@ def _dashboard(client: Any) -> str | None:
 
 
 def _uses_cuda(predict: PredictConfig) -> bool:
-    if predict.device == "cpu":
-        return False
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(torch.cuda.is_available())
+    from geopsp.device import resolve_device
+
+    return predict.device != "cpu" and resolve_device(predict.device, key="predict.device").type == "cuda"
 
 
 def _local_sizing(cfg: GeopspConfig, n_workers: int | None) -> tuple[int, int, int]:

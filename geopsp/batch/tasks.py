@@ -131,7 +131,7 @@ def cached_bundle(path: str, device: str) -> Any:
     path : str
         Bundle path.
     device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (:func:`geopsp.device.resolve_device`).
 
     Returns
     -------
@@ -139,12 +139,10 @@ def cached_bundle(path: str, device: str) -> Any:
         The loaded model bundle.
     """
     global BUNDLE_LOADS
+    from geopsp.device import resolve_device
     from geopsp.model.bundle import load_bundle
 
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device, key="predict.device"))
     st = os.stat(path)
     key = (path, st.st_size, st.st_mtime_ns, device)
     with _BUNDLE_LOCK:

@@ -168,9 +168,9 @@ def _score(
     evaluation = None
     building_id = opts["building_class"]
     if buildings:
-        from geopsp.eval.raster import _resolve_table
+        from geopsp.eval.raster import resolve_class_table
 
-        table = classes or _resolve_table(None, prediction, opts["block_rows"])
+        table = classes or resolve_class_table(None, prediction, block_rows=opts["block_rows"])
         if building_id is None:
             named = [c.id for c in table if c.name.lower() in ("building", "buildings")]
             building_id = named[0] if named else 1

@@ -13,6 +13,16 @@ from geopsp.cli.progress import ProgressBar
 __all__ = ["predict"]
 
 
+def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Check ``--device`` (a usage error, exit code 2)."""
+    from geopsp.device import check_device_name
+
+    try:
+        return None if value is None else check_device_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True, type=click.Path())
 @click.option("-m", "--model", "model_path", required=True, type=click.Path(), help="Model bundle (.safetensors).")
@@ -28,7 +38,11 @@ __all__ = ["predict"]
 @click.option("--overlap", type=int, default=None, help="Overlap between tiles in pixels [default: the bundle's].")
 @click.option("--batch-size", type=int, default=None, help="Tiles per forward pass [default: 4].")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the model runs [default: auto]."
+    "--device",
+    default=None,
+    metavar="DEVICE",
+    callback=_device_name,
+    help="Where the model runs: auto, cpu, cuda or cuda:N [default: auto].",
 )
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA and CPUs with native bf16].")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default=None, help="Test-time augmentation.")

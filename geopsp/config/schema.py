@@ -7,9 +7,11 @@ did-you-mean suggestion for misspelt keys.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from geopsp.device import check_device_name
 
 __all__ = [
     "AugmentConfig",
@@ -28,6 +30,9 @@ __all__ = [
     "VectorizeConfig",
 ]
 
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
+"""``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:mod:`geopsp.device`)."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -41,8 +46,8 @@ class PredictConfig(_Section):
         None, ge=0, le=4096, description="Overlap between neighbouring tiles in pixels (default: the bundle's)."
     )
     batch_size: int = Field(4, ge=1, le=1024, description="Tiles per forward pass.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where the model runs; auto picks CUDA when present."
+    device: DeviceName = Field(
+        "auto", description="Where the model runs (auto, cpu, cuda or cuda:N); auto picks CUDA when present."
     )
     amp: bool | None = Field(
         None, description="bf16 autocast; None: on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX), else off."
@@ -322,7 +327,7 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
     val_tile: int = Field(512, ge=32, le=8192, description="Tile edge used to run validation scenes.")
     seed: int = Field(0, ge=0, description="Seeds sampling, augmentation and weight initialization.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = Field("auto", description="Where the model trains (auto, cpu, cuda or cuda:N).")
     amp: bool | None = Field(None, description="bf16 autocast; None: on for CUDA, off on CPU.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
     ignore_index: int = Field(255, ge=0, le=65535, description="Label value of ignored pixels in the bundle.")

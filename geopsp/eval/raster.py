@@ -22,11 +22,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
-from geopsp.errors import CRSMismatchError, InputRasterError, InputVectorError
+from geopsp.errors import InputRasterError, InputVectorError
 from geopsp.eval.metrics import ConfusionMatrix, Scores
-from geopsp.labels import UNLABELED, LabelMapping, UnknownLabelWarning, VectorLabels, value_key, window_transform
+from geopsp.labels import (
+    UNLABELED,
+    LabelMapping,
+    UnknownLabelWarning,
+    VectorLabels,
+    label_raster_on_grid,
+    value_key,
+    window_transform,
+)
 
-__all__ = ["Evaluation", "evaluate_rasters", "is_vector_path"]
+__all__ = ["Evaluation", "evaluate_rasters", "is_vector_path", "resolve_class_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +173,13 @@ def evaluate_rasters(
         If a reference raster has no CRS while the prediction has one and the grids differ.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
 
     pred_path, ref_path = Path(prediction), Path(reference)
     for p in (pred_path, ref_path):
         if not p.exists():
             raise (InputVectorError if is_vector_path(p) else InputRasterError)(f"{p}: not found; check the path")
-    table = _resolve_table(classes, pred_path, block_rows)
+    table = resolve_class_table(classes, pred_path, block_rows=block_rows)
     k = len(table)
     pred_index = {c.id: i for i, c in enumerate(table)}
     ref_mapping = LabelMapping(table, value_map=value_map, ignore_values=tuple(ignore_values), ignore_index=65535)
@@ -216,36 +222,8 @@ def evaluate_rasters(
                 ref_ds = stack.enter_context(rasterio.open(ref_path))
             except rasterio.errors.RasterioIOError as exc:
                 raise InputRasterError(f"{ref_path}: cannot open the reference ({exc})") from exc
-            ref_nodata = ref_ds.nodata
-            same_grid = (
-                ref_ds.width == src.width
-                and ref_ds.height == src.height
-                and (
-                    (ref_ds.crs is None and src.crs is None)
-                    or (ref_ds.crs == src.crs and ref_ds.transform.almost_equals(src.transform))
-                )
-            )
-            if same_grid:
-                ref_src = ref_ds
-            else:
-                if (ref_ds.crs is None) != (src.crs is None):
-                    raise CRSMismatchError(
-                        f"{ref_path} and {pred_path} are on different grids and one has no CRS; "
-                        "georeference both or give a reference on the prediction's grid"
-                    )
-                logger.info("warping reference %s onto the prediction grid", ref_path)
-                ref_src = stack.enter_context(
-                    WarpedVRT(
-                        ref_ds,
-                        crs=src.crs,
-                        transform=src.transform,
-                        width=src.width,
-                        height=src.height,
-                        resampling=Resampling.nearest,
-                        nodata=ref_nodata if ref_nodata is not None else UNLABELED,
-                    )
-                )
-                ref_nodata = ref_src.nodata
+            ref_src = stack.enter_context(label_raster_on_grid(ref_ds, src, onto=str(pred_path)))
+            ref_nodata = ref_src.nodata
 
         def ref_fn(v: Any) -> int:
             if isinstance(v, float) and math.isnan(v):
@@ -303,7 +281,23 @@ def evaluate_rasters(
     return Evaluation(pred_path, ref_path, table, cm.scores(table), excluded)
 
 
-def _resolve_table(classes: ClassTable | str | os.PathLike[str] | None, pred_path: Path, block_rows: int) -> ClassTable:
+def resolve_class_table(
+    classes: ClassTable | str | os.PathLike[str] | None,
+    prediction: str | os.PathLike[str],
+    *,
+    block_rows: int = 512,
+) -> ClassTable:
+    """Return the class table a prediction is scored with.
+
+    ``classes`` itself (a table, or a YAML/JSON file) when given; else the table geopsp stored
+    in the prediction; else one entry per value found in it (read ``block_rows`` rows at a time).
+
+    Raises
+    ------
+    InputRasterError
+        If the prediction cannot be read or holds only nodata.
+    """
+    pred_path = Path(prediction)
     if isinstance(classes, ClassTable):
         return classes
     if classes is not None:

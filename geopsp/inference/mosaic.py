@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from geopsp.encoding import PROBABILITY_NODATA, encode_probability
 from geopsp.inference.blend import tile_weights
-from geopsp.io.raster import PROBABILITY_NODATA, PROBABILITY_SCALE
 from geopsp.tiling.windows import Tile, TileGrid
 
-__all__ = ["PROBABILITY_NODATA", "PROBABILITY_SCALE", "Mosaicker", "RowSink"]
+__all__ = ["Mosaicker", "RowSink"]
 
 RowSink = Callable[[int, NDArray[np.generic], NDArray[np.uint8] | None], None]
 """Receives ``(scene_row, class_rows, probability_rows)`` for finished rows, top to bottom."""
@@ -103,9 +103,9 @@ class Mosaicker:
     row_range : (int, int), optional
         Emit only scene rows ``[r0, r1)``; add all tiles of ``grid.tiles(row_range)``.
     probabilities : bool
-        Also compute the winning class probability rows, uint8 ``round(p * PROBABILITY_SCALE)``
-        (at least 1) and :data:`PROBABILITY_NODATA` where the class is nodata (the encoding of
-        :mod:`geopsp.io.raster`).
+        Also compute the winning class probability rows, encoded by
+        :func:`~geopsp.encoding.encode_probability` (uint8 ``round(p * PROBABILITY_SCALE)``, at
+        least 1, and :data:`PROBABILITY_NODATA` where the class is nodata or ``p`` is NaN).
     out_dtype : str
         NumPy dtype of the class rows (``uint8`` or ``uint16``).
     """
@@ -316,11 +316,8 @@ class Mosaicker:
         assert self._pending_cls is not None
         self._pending_cls[out_row : out_row + hi - lo, x0 : x0 + width] = cls
         if self._pending_prob is not None:
-            p = best.div_(wsum.clamp_min(1e-12)).clamp_(0.0, 1.0)
-            q = torch.round(p * PROBABILITY_SCALE).clamp_(min=1).to(torch.uint8)
-            self._pending_prob[out_row : out_row + hi - lo, x0 : x0 + width] = q.masked_fill_(
-                invalid, PROBABILITY_NODATA
-            )
+            p = best.div_(wsum.clamp_min(1e-12))
+            self._pending_prob[out_row : out_row + hi - lo, x0 : x0 + width] = encode_probability(p, invalid=invalid)
 
     def _track(self) -> None:
         held = sum(c.nbytes for c in self._chunks.values())

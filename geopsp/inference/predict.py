@@ -26,6 +26,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
+from geopsp.device import resolve_device
 from geopsp.errors import ConfigError, ModelError
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
@@ -103,26 +104,6 @@ TTA_TRANSFORMS: dict[str, list[Transform]] = {
 ``d4`` = the 8 rotations and reflections of the square."""
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda`` into a device; ``auto`` picks CUDA when present.
-
-    Raises
-    ------
-    ConfigError
-        When CUDA is asked for but not available.
-    """
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from exc
-
-
 def unwrap_logits(out: Any) -> Tensor:
     """Return the main logits of a model output (a tensor, a tuple/list whose first item it is, or a dict)."""
     if isinstance(out, Tensor):
@@ -146,7 +127,7 @@ class Predictor:
     meta : BundleMeta
         Bands, normalization and classes of the model.
     device : str or torch.device
-        ``auto``, ``cpu``, ``cuda`` or a device.
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a device (:func:`geopsp.device.resolve_device`).
     amp : bool, optional
         bf16 autocast; ``None``: on for CUDA, :data:`CPU_AMP_DEFAULT` on CPU.
     channels_last : bool
@@ -171,7 +152,7 @@ class Predictor:
         if tta not in TTA_TRANSFORMS:
             raise ConfigError(f"unknown TTA {tta!r}; choose one of {', '.join(TTA_TRANSFORMS)}")
         self.meta = meta
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, key="predict.device")
         self.is_cuda = self.device.type == "cuda"
         self.amp = (True if self.is_cuda else CPU_AMP_DEFAULT) if amp is None else bool(amp)
         self.channels_last = channels_last

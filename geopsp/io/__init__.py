@@ -5,23 +5,23 @@ from geopsp.io.raster import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
     ClassRasterWriter,
-    probability_to_uint8,
+    encode_probability,
     read_class_table,
     write_class_raster,
 )
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 
 __all__ = [
+    "ClassRasterWriter",
     "PROBABILITY_NODATA",
     "PROBABILITY_SCALE",
-    "ClassRasterWriter",
     "OutputSet",
     "SceneInfo",
     "atomic_output",
     "check_output_path",
+    "encode_probability",
     "inspect_scene",
     "open_scene",
-    "probability_to_uint8",
     "read_class_table",
     "read_rows",
     "write_class_raster",

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from geopsp._procfs import proc_status
 from geopsp.errors import GeopspError, OutputError, OutputExistsError
+from geopsp.io.outdir import ensure_output_dir
 
 __all__ = [
     "OutputSet",
@@ -167,15 +168,7 @@ def check_output_path(
         raise OutputError(f"{out}: is a directory; give a file name")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{parent}: cannot create output directory ({exc.strerror}); choose a writable location"
-        ) from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{parent}: output directory is not writable; choose a writable location")
+    ensure_output_dir(out.parent)
     remove_stale_temps(out)
     return out
 

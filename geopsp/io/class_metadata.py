@@ -1,13 +1,13 @@
-"""How class rasters describe their classes and probabilities to GDAL, QGIS and geopsp.
+"""How class rasters describe their classes to GDAL, QGIS and geopsp.
 
 - :func:`pam_xml`: a GDAL PAM document (``<raster>.aux.xml``) with category names and a
   thematic raster attribute table; GeoTIFF has no place for either, and every GDAL reader
   (QGIS included) loads the PAM sidecar.
 - :data:`CLASSES_TAG`: the dataset tag holding the class table as JSON
   (:func:`read_class_table`); :data:`SCENE_TAG`: the name of the scene it was predicted from.
-- :func:`probability_to_uint8`: the probability raster's encoding, ``round(p * 255)`` (at
-  least 1) and 0 for nodata. The winning probability of ``K`` classes is at least ``1/K``, so
-  0 is free for nodata and 1.0 keeps full resolution.
+
+The probability raster's encoding (``round(p * 255)``, 0 for nodata) lives in
+:mod:`geopsp.encoding`, shared with the mosaic.
 """
 
 from __future__ import annotations
@@ -16,29 +16,10 @@ import json
 import os
 import warnings
 import xml.etree.ElementTree as ET
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
 
-__all__ = [
-    "CLASSES_TAG",
-    "LEGACY_SCENE_TAG",
-    "PROBABILITY_NODATA",
-    "PROBABILITY_SCALE",
-    "SCENE_TAG",
-    "pam_xml",
-    "probability_to_uint8",
-    "read_class_table",
-]
-
-PROBABILITY_SCALE = 255
-"""A probability ``p`` is stored as ``max(round(p * PROBABILITY_SCALE), 1)``."""
-
-PROBABILITY_NODATA = 0
-"""Stored where there is no probability (the class raster is nodata there)."""
+__all__ = ["CLASSES_TAG", "LEGACY_SCENE_TAG", "SCENE_TAG", "pam_xml", "read_class_table"]
 
 CLASSES_TAG = "GEOPSP_CLASSES"
 """Dataset tag holding the class table as JSON."""
@@ -48,36 +29,6 @@ SCENE_TAG = "GEOPSP_SCENE"
 
 LEGACY_SCENE_TAG = "GEOPSP_SOURCE"
 """The name earlier geopsp versions wrote :data:`SCENE_TAG` under; still read."""
-
-
-def probability_to_uint8(prob: NDArray[np.floating[Any]], valid: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
-    """Scale probabilities in 0..1 to the probability raster's uint8 encoding.
-
-    Parameters
-    ----------
-    prob : ndarray of float
-        Probabilities, any shape; values are clipped to 0..1.
-    valid : ndarray of bool, optional
-        Same shape; False marks nodata.
-
-    Returns
-    -------
-    ndarray of uint8
-        ``round(p * 255)`` but at least 1; 0 where ``valid`` is False or ``p`` is NaN.
-
-    Examples
-    --------
-    >>> probability_to_uint8(np.array([0.0, 0.5, 1.0, np.nan])).tolist()
-    [1, 128, 255, 0]
-    """
-    p = np.asarray(prob, dtype=np.float32)
-    bad = np.isnan(p)
-    scaled = np.rint(np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0) * PROBABILITY_SCALE)
-    out = np.maximum(scaled, 1).astype(np.uint8)
-    out[bad] = PROBABILITY_NODATA
-    if valid is not None:
-        out[~np.asarray(valid, dtype=np.bool_)] = PROBABILITY_NODATA
-    return out
 
 
 def pam_xml(classes: ClassTable, *, nodata: int | None) -> str:

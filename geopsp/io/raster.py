@@ -18,7 +18,7 @@ Each class raster carries:
 - a QGIS style ``<name>.qml`` (paletted renderer; QGIS loads it as the default style).
 
 The optional probability raster stores the winning class's probability as uint8 (see
-:mod:`geopsp.io.class_metadata`); its band scale is ``1/255``, so GDAL and QGIS can show ``p``.
+:mod:`geopsp.encoding`); its band scale is ``1/255``, so GDAL and QGIS can show ``p``.
 """
 
 from __future__ import annotations
@@ -35,16 +35,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
+from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE, encode_probability
 from geopsp.errors import GeopspError, OutputError
 from geopsp.io.atomic import OutputSet, check_output_path, temp_prefix
-from geopsp.io.class_metadata import (
-    CLASSES_TAG,
-    PROBABILITY_NODATA,
-    PROBABILITY_SCALE,
-    pam_xml,
-    probability_to_uint8,
-    read_class_table,
-)
+from geopsp.io.class_metadata import CLASSES_TAG, pam_xml, read_class_table
 from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs, to_cog
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 from geopsp.style.raster import qml_path_for, raster_qml
@@ -59,10 +53,10 @@ __all__ = [
     "PROBABILITY_SCALE",
     "ClassRasterWriter",
     "SceneInfo",
+    "encode_probability",
     "inspect_scene",
     "open_scene",
     "pam_xml",
-    "probability_to_uint8",
     "read_class_table",
     "read_rows",
     "write_class_raster",
@@ -257,10 +251,9 @@ class ClassRasterWriter:
         class_rows : ndarray of int
             ``(h, width)`` class ids (or nodata); any integer dtype whose values fit.
         probability_rows : ndarray, optional
-            ``(h, width)``: uint8 already encoded (``round(p * 255)``, see
-            :func:`probability_to_uint8`) or floats in 0..1 (encoded here). Needs
-            ``probability_path``. Pixels where the class is nodata are stored as nodata (0);
-            elsewhere 0 is raised to 1 so it is not mistaken for nodata.
+            ``(h, width)``: uint8 already encoded (see :func:`~geopsp.encoding.encode_probability`;
+            0 is nodata) or floats in 0..1 (encoded here; NaN is nodata). Needs
+            ``probability_path``. Pixels where the class is nodata are stored as nodata too.
 
         Raises
         ------
@@ -289,13 +282,12 @@ class ClassRasterWriter:
             prob = np.asarray(probability_rows)
             if prob.shape != arr.shape:
                 raise ValueError(f"probability rows must have shape {arr.shape}, got {prob.shape}")
-            if prob.dtype != np.uint8:
-                if prob.dtype.kind != "f":
-                    raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
-                prob = probability_to_uint8(prob)
+            if prob.dtype == np.uint8:
+                prob = np.where(arr == self.nodata, np.uint8(PROBABILITY_NODATA), prob)
+            elif prob.dtype.kind == "f":
+                prob = encode_probability(prob, invalid=arr == self.nodata)
             else:
-                prob = np.maximum(prob, 1)
-            prob[arr == self.nodata] = PROBABILITY_NODATA
+                raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
         window = Window(0, row_off, self.width, h)
         try:
             # a (1, h, W) view with a list of indexes: rasterio copies a 2-D array given an int

@@ -7,9 +7,7 @@ bundle's header) never imports torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from geopsp import _lazy
 from geopsp.model.meta import FORMAT_VERSION, BundleMeta, ModelSpec, Normalization
 
 _LAZY: dict[str, str] = {
@@ -48,15 +46,4 @@ __all__ = [
     "spec_from_preset",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'geopsp.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)

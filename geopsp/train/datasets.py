@@ -538,35 +538,17 @@ class SceneReader:
 
     def _read_label_raster(self, window: tuple[int, int, int, int] | None) -> NDArray[Any]:
         import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.vrt import WarpedVRT
         from rasterio.windows import Window
+
+        from geopsp.labels import label_raster_on_grid
 
         win = None if window is None else Window(window[1], window[0], window[3], window[2])
         try:
-            with rasterio.open(self.scene.labels) as src:
-                nodata = src.nodata
-                same = (
-                    src.width == self.width
-                    and src.height == self.height
-                    and (self.transform is None or src.transform.almost_equals(self.transform))
-                    and (self.crs is None or src.crs is None or src.crs == self.crs)
-                )
-                if same:
-                    values = src.read(1, window=win)
-                else:
-                    logger.info("warping labels %s onto the grid of %s", self.scene.labels, self.scene.image)
-                    with WarpedVRT(
-                        src,
-                        crs=self.crs,
-                        transform=self.transform,
-                        width=self.width,
-                        height=self.height,
-                        resampling=Resampling.nearest,
-                        nodata=nodata if nodata is not None else UNLABELED,
-                    ) as vrt:
-                        values = vrt.read(1, window=win)
-                        nodata = vrt.nodata
+            with (
+                rasterio.open(self.scene.labels) as src,
+                label_raster_on_grid(src, self, onto=str(self.scene.image)) as on,
+            ):
+                values, nodata = on.read(1, window=win), on.nodata
         except rasterio.errors.RasterioIOError as exc:
             raise InputRasterError(f"{self.scene.labels}: cannot read label raster ({exc})") from exc
         return self.mapping.encode(values, nodata=nodata, unknown=self.unknown)

@@ -31,9 +31,11 @@ import torch
 import yaml
 
 from geopsp.config.schema import GeopspConfig, TrainConfig
-from geopsp.errors import CheckpointError, ConfigError, OutputError, OutputExistsError
+from geopsp.device import resolve_device
+from geopsp.errors import CheckpointError, ConfigError, OutputExistsError
 from geopsp.eval.metrics import ConfusionMatrix, Scores
 from geopsp.io.atomic import atomic_output
+from geopsp.io.outdir import ensure_output_dir
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.train.augment import augment_pair, draw_read_size, resize_pair
 from geopsp.train.datasets import Region, TrainingData, prepare_data, resolve_paths
@@ -116,14 +118,6 @@ def build_spec(config: TrainConfig, *, in_channels: int, num_classes: int) -> Mo
     if "ppm_bins" in overrides:
         overrides["ppm_bins"] = tuple(overrides["ppm_bins"])
     return spec_from_preset(m.preset, encoder=m.encoder, in_channels=in_channels, num_classes=num_classes, **overrides)
-
-
-def _device(config: TrainConfig) -> torch.device:
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but CUDA is not available; use device=cpu", key="train.device")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _class_weights(config: TrainConfig, data: TrainingData, regions: Sequence[Region]) -> list[float] | None:
@@ -316,22 +310,13 @@ def _bundle_meta(
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder; choose another --out")
-    if resume:
-        return
-    existing = [n for n in OUTPUT_NAMES if (out / n).exists()]
+    existing = [] if resume else [n for n in OUTPUT_NAMES if (out / n).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
             f"{out}: already holds a training run ({', '.join(existing)}); pass --resume to continue it "
             "or --overwrite to start again"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: output folder is not writable; choose another --out")
+    ensure_output_dir(out)
     if overwrite:
         for n in existing:
             (out / n).unlink(missing_ok=True)
@@ -410,7 +395,7 @@ def _fit(
         raise ConfigError("no output folder; pass out= (--out) or set train.out", key="train.out")
     out_dir = Path(out if out is not None else str(cfg.out)).resolve()
     _check_out(out_dir, resume=resume, overwrite=overwrite)
-    device = _device(cfg)
+    device = resolve_device(cfg.device, key="train.device")
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
 
     started = time.monotonic()

@@ -1,29 +1,33 @@
 """Class raster -> clean land-use polygons: seamless across strips, topology-safe, QGIS-styled.
 
-:func:`vectorize` is the entry point; the submodules hold its stages (strip polygonizing,
+:func:`vectorize` is the entry point and :func:`inspect_class_raster` describes its input
+(size, georeference, classes); the private submodules hold the stages (strip polygonizing,
 stitching across seams, small-region removal, measuring). The entry point is imported on
 first use, so worker processes that only polygonize strips stay light.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from geopsp import _lazy
+
 if TYPE_CHECKING:
+    from geopsp.vectorize._source import RasterSource, inspect_class_raster
     from geopsp.vectorize.core import FIELDS, vectorize
 
-__all__ = ["FIELDS", "vectorize"]
+__all__ = ["FIELDS", "RasterSource", "inspect_class_raster", "vectorize"]
 
+_LAZY = {
+    "FIELDS": "geopsp.vectorize.core",
+    "RasterSource": "geopsp.vectorize._source",
+    "inspect_class_raster": "geopsp.vectorize._source",
+    "vectorize": "geopsp.vectorize.core",
+}
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module("geopsp.vectorize.core"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'geopsp.vectorize' has no attribute {name!r}")
+__getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)
 
 
 class _CallableModule(types.ModuleType):

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from geopsp.classes import ClassInfo, ClassTable, default_palette
+from geopsp.classes import ClassInfo, ClassTable
 from geopsp.errors import InputRasterError
 from geopsp.io.class_metadata import LEGACY_SCENE_TAG, SCENE_TAG
 
@@ -119,22 +117,3 @@ def _class_table(path: Path, cmap: dict[int, tuple[int, ...]] | None, nodata: fl
         if (nodata is None or v != nodata) and (len(c) < 4 or c[3] > 0) and tuple(c[:3]) != (0, 0, 0) and v <= 65534
     ]
     return ClassTable(tuple(entries)) if entries else None
-
-
-def complete_classes(table: ClassTable | None, values: np.ndarray[Any, Any]) -> ClassTable:
-    """Return ``table`` extended with default entries for ids it lacks."""
-    present = sorted({int(v) for v in np.unique(values)})
-    known = {c.id for c in table} if table is not None else set()
-    missing = [v for v in present if v not in known]
-    if table is not None and not missing:
-        return table
-    base = list(table) if table is not None else []
-    colors = default_palette(len(base) + len(missing))[len(base) :]
-    names = {c.name for c in base}
-    extra = []
-    for v, color in zip(missing, colors, strict=True):
-        name = f"class_{v}"
-        while name in names:
-            name += "_"
-        extra.append(ClassInfo(v, name, color))
-    return ClassTable(tuple(base + extra))

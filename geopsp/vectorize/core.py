@@ -15,7 +15,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from geopsp.classes import ClassTable
+from geopsp.classes import ClassTable, complete_classes
 from geopsp.config.schema import VectorizeConfig
 from geopsp.errors import ConfigError, NotGeoreferencedWarning, OutputError
 from geopsp.io.atomic import atomic_output, check_output_path
@@ -23,7 +23,7 @@ from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, write_vector
 from geopsp.vectorize._eliminate import eliminate_small, fill_small_holes
 from geopsp.vectorize._geometry import simplify_coverage
 from geopsp.vectorize._measure import Measurer
-from geopsp.vectorize._source import RasterSource, complete_classes, inspect_class_raster
+from geopsp.vectorize._source import RasterSource, inspect_class_raster
 from geopsp.vectorize._stitch import Components, Stitcher
 from geopsp.vectorize._strips import (
     NODATA_VALUE,

@@ -1,0 +1,94 @@
+"""Which device a model runs on: the one home of ``auto``, ``cpu``, ``cuda`` and ``cuda:N``.
+
+:func:`check_device_name` checks the spelling (the config models use it, so it needs no torch);
+:func:`resolve_device` turns a name into a :class:`torch.device` on this machine, checking that
+the CUDA device asked for exists. Prediction, training and batch runs all go through it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from geopsp.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEVICE_NAMES", "check_device_name", "resolve_device"]
+
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+"""The device names geopsp accepts, as written in messages and help texts."""
+
+_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_name(name: str) -> str:
+    """Return ``name`` if it is a device name geopsp accepts.
+
+    Raises
+    ------
+    ValueError
+        Naming the valid spellings.
+
+    Examples
+    --------
+    >>> check_device_name("cuda:1")
+    'cuda:1'
+    >>> check_device_name("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device 'gpu'; use auto, cpu, cuda or cuda:N
+    """
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}; use {DEVICE_NAMES}")
+    return name
+
+
+def resolve_device(name: str | torch.device = "auto", *, key: str | None = None) -> torch.device:
+    """Turn a device name into a :class:`torch.device` of this machine.
+
+    Parameters
+    ----------
+    name : str or torch.device
+        ``auto`` (CUDA when present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; a
+        :class:`torch.device` is checked the same way.
+    key : str, optional
+        The config key the name came from, for the error message.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, CUDA asked for on a machine without it, or a CUDA index that is
+        not there.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    import torch
+
+    text = str(name)
+    try:
+        check_device_name(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {text!r} requested but CUDA is not available; use cpu or auto", key=key)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"device {text!r} requested but this machine has {count} CUDA device(s); "
+                f"use cuda:0..cuda:{count - 1} or cuda",
+                key=key,
+            )
+    return device
