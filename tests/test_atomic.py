@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from geopsp.errors import OutputError, OutputExistsError
-from geopsp.io.atomic import TEMP_MARKER, OutputSet, atomic_output, check_output_path
+from geopsp.io.atomic import TEMP_MARKER, StagedOutputs, atomic_output, check_output_path
 
 
 def test_output_equal_to_input_is_refused_even_with_overwrite(tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ class _Spy:
         monkeypatch.setattr(atomic, "rename_noreplace", rename)
 
 
-def _staged(outputs: OutputSet, folder: Path, names: list[str], marker: str) -> None:
+def _staged(outputs: StagedOutputs, folder: Path, names: list[str], marker: str) -> None:
     for name in names:
         outputs.temp(folder / name).write_text(f"new {name}")
     outputs.temp(folder / marker, marker=True).write_text("{}")
@@ -170,7 +170,7 @@ def _staged(outputs: OutputSet, folder: Path, names: list[str], marker: str) -> 
 
 def test_commit_syncs_each_file_before_its_rename_and_the_folder_before_the_marker(tmp_path, monkeypatch):
     spy = _Spy(monkeypatch)
-    with OutputSet() as outputs:
+    with StagedOutputs() as outputs:
         _staged(outputs, tmp_path, ["a.tif", "a.qml"], "a_summary.json")
         tmps = {str(outputs.staged(tmp_path / n)): n for n in ["a.tif", "a.qml", "a_summary.json"]}
         assert [p.name for p in outputs.commit()] == ["a.tif", "a.qml", "a_summary.json"]
@@ -191,7 +191,7 @@ def test_commit_refuses_an_output_made_by_another_run_meanwhile_and_leaves_none_
     theirs = tmp_path / "a.qml"
     # another run finishes a.qml after the checks, just before our first rename
     spy.before_first_rename.append(lambda: theirs.write_text("theirs"))
-    with OutputSet() as outputs:
+    with StagedOutputs() as outputs:
         _staged(outputs, tmp_path, ["a.tif", "a.qml"], "a_summary.json")
         with pytest.raises(OutputExistsError, match=r"a\.qml.*--overwrite"):
             outputs.commit()
@@ -202,7 +202,7 @@ def test_commit_refuses_an_output_made_by_another_run_meanwhile_and_leaves_none_
 def test_failed_overwrite_restores_the_previous_set(tmp_path):
     for name in ["a.tif", "a_summary.json"]:
         (tmp_path / name).write_text(f"old {name}")
-    with OutputSet(overwrite=True) as outputs:
+    with StagedOutputs(overwrite=True) as outputs:
         _staged(outputs, tmp_path, ["a.tif", "b.tif"], "a_summary.json")
         (tmp_path / "b.tif").mkdir()  # made meanwhile: a folder is never replaced
         with pytest.raises(OutputError, match=r"b\.tif: is a directory"):
@@ -215,7 +215,7 @@ def test_failed_overwrite_restores_the_previous_set(tmp_path):
 def test_overwrite_replaces_the_set_and_removes_what_it_was_told_to(tmp_path):
     for name in ["a.tif", "a.tif.ovr", "a_summary.json"]:
         (tmp_path / name).write_text(f"old {name}")
-    with OutputSet(overwrite=True) as outputs:
+    with StagedOutputs(overwrite=True) as outputs:
         _staged(outputs, tmp_path, ["a.tif"], "a_summary.json")
         outputs.remove(tmp_path / "a.tif.ovr")
         outputs.commit()
@@ -224,7 +224,7 @@ def test_overwrite_replaces_the_set_and_removes_what_it_was_told_to(tmp_path):
 
 
 def test_leaving_the_block_without_commit_removes_the_temporaries(tmp_path):
-    with pytest.raises(RuntimeError), OutputSet() as outputs:
+    with pytest.raises(RuntimeError), StagedOutputs() as outputs:
         _staged(outputs, tmp_path, ["a.tif"], "a_summary.json")
         raise RuntimeError("vectorize failed")
     assert list(tmp_path.iterdir()) == []
@@ -242,7 +242,7 @@ def test_a_signal_during_the_renames_is_delivered_once_the_set_is_in_place(tmp_p
     try:
         spy = _Spy(monkeypatch)
         spy.before_first_rename.append(lambda: os.kill(os.getpid(), sig))
-        with OutputSet() as outputs:
+        with StagedOutputs() as outputs:
             _staged(outputs, tmp_path, ["a.tif", "a.qml"], "a_summary.json")
             with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else Stop):
                 outputs.commit()
@@ -273,7 +273,7 @@ def rename(src, dst):
     real(src, dst)
     os.kill(os.getpid(), signal.SIGTERM)  # no handler: the default action terminates
 atomic.rename_noreplace = rename
-with atomic.OutputSet() as outputs:
+with atomic.StagedOutputs() as outputs:
     for name in ["a.tif", "a.qml"]:
         outputs.temp(Path(sys.argv[1], name)).write_text(name)
     outputs.temp(Path(sys.argv[1], "a_summary.json"), marker=True).write_text("{}")

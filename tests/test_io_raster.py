@@ -442,11 +442,11 @@ def test_a_style_made_by_another_run_meanwhile_stops_the_commit_and_nothing_stay
 
 
 def test_close_into_a_set_commits_with_it_or_not_at_all(tmp_path):
-    from geopsp.io.atomic import OutputSet
+    from geopsp.io.atomic import StagedOutputs
 
     arr = class_map(32, 32)
     for commit in (False, True):
-        with OutputSet() as outputs:
+        with StagedOutputs() as outputs:
             w = writer(tmp_path / "c.tif", arr)
             w.write_rows(0, arr)
             finals = w.close(outputs)

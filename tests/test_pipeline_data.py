@@ -26,10 +26,11 @@ from torch import nn
 from geopsp.classes import ClassTable
 from geopsp.config import PredictConfig
 from geopsp.errors import InputRasterError, ModelError, NotGeoreferencedWarning, OutputExistsError
+from geopsp.inference.plan import output_set
 from geopsp.io.atomic import TEMP_MARKER
 from geopsp.io.raster import PROBABILITY_NODATA
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
-from geopsp.pipeline import output_paths, segment_raster
+from geopsp.pipeline import segment_raster
 from geopsp.tiling import TileGrid
 
 CRS = "EPSG:32633"
@@ -417,11 +418,14 @@ def test_a_preview_made_by_another_run_meanwhile_stops_the_whole_set(tmp_path):
 
 
 def test_output_file_path_naming(tmp_path):
-    p = output_paths("a/x.tif", tmp_path / "maps" / "y_classes.tif", probabilities=True)
-    assert p["classes"].name == "y_classes.tif" and p["probability"].name == "y_probability.tif"
-    assert p["summary"].name == "y_summary.json" and p["qml"].name == "y_classes.qml"
-    p = output_paths("a/x.tif", tmp_path, row_range=(0, 10))
-    assert p["classes"].name == "x_rows0-10_classes.tif"
+    p = output_set("a/x.tif", tmp_path / "maps" / "y_classes.tif", probabilities=True)
+    assert p.classes.name == "y_classes.tif" and p.probability is not None and p.probability.name == "y_probability.tif"
+    assert p.summary.name == "y_summary.json" and p.qml.name == "y_classes.qml"
+    assert p.vector is None and p.preview is None and list(p.as_dict()) == ["classes", "qml", "summary", "probability"]
+    p = output_set("a/x.tif", tmp_path, row_range=(0, 10), vector=True, vector_format="fgb")
+    assert p.classes.name == "x_rows0-10_classes.tif"
+    assert p.vector is not None and p.vector.name == "x_rows0-10_polygons.fgb"
+    assert p.vector_qml is not None and p.vector_qml.name == "x_rows0-10_polygons.qml"
 
 
 def test_band_mismatch_fails_before_any_tile(tmp_path):
@@ -522,7 +526,7 @@ def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path
         def broken(*args, **kwargs):
             raise RuntimeError("summary failed")
 
-        monkeypatch.setattr(strips, "_merged_summary", broken)
+        monkeypatch.setattr(strips, "merge_strip_summaries", broken)
     out = tmp_path / "out"
     out.mkdir()
     if fail:

@@ -36,10 +36,10 @@ from geopsp.errors import (
     GeopspError,
     InputRasterError,
 )
+from geopsp.inference.plan import resolve_tiling
 from geopsp.io.atomic import TEMP_MARKER
 from geopsp.io.outdir import ensure_output_dir
 from geopsp.model.meta import BundleMeta
-from geopsp.pipeline import resolve_tiling
 
 __all__ = ["SCHEDULER_ENV", "BatchReport", "run_batch"]
 
@@ -173,7 +173,7 @@ def run_batch(
     CheckpointError
         If the model bundle is missing or damaged.
     TilingError
-        If the tile size and overlap cannot work (see :func:`geopsp.pipeline.resolve_tiling`).
+        If the tile size and overlap cannot work (see :func:`geopsp.inference.plan.resolve_tiling`).
     ConfigError
         If no worker of the cluster offers the requested resources.
     OutputError

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
-import json
 import logging
 import os
 import warnings
@@ -20,8 +19,9 @@ from typing import Any
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
-from geopsp.io.atomic import OutputSet, check_output_path
-from geopsp.io.class_metadata import SCENE_TAG
+from geopsp.inference.plan import OutputSet, output_set, provenance_tags
+from geopsp.inference.summary import merge_strip_summaries, write_summary
+from geopsp.io.atomic import StagedOutputs, check_output_path
 from geopsp.tiling.windows import axis_offsets
 
 __all__ = ["plan_strips", "stitch_strips", "vectorize_outputs"]
@@ -118,7 +118,6 @@ def stitch_strips(
 
     from geopsp.io.raster import ClassRasterWriter, inspect_scene
     from geopsp.model.bundle import read_bundle_meta
-    from geopsp.pipeline import output_paths
 
     scene_path = Path(scene)
     meta = read_bundle_meta(model)
@@ -129,18 +128,13 @@ def stitch_strips(
     rows = [(int(p["row_range"][0]), int(p["row_range"][1])) for p in ordered]
     if rows[0][0] != 0 or rows[-1][1] != info.height or any(a[1] != b[0] for a, b in itertools.pairwise(rows)):
         raise OutputError(f"{scene_path}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
-    paths = output_paths(scene_path, out, probabilities=predict.probabilities)
-    tags = {
-        SCENE_TAG: scene_path.name,
-        "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
-        "GEOPSP_ROWS": f"0-{info.height}",
-    }
-    check_output_path(paths["summary"], overwrite=True, inputs=[scene_path])
+    planned = output_set(scene_path, out, probabilities=predict.probabilities)
+    check_output_path(planned.summary, overwrite=True, inputs=[scene_path])
     # the class raster, its sidecars and the summary go into place together, the summary last
     with (
-        OutputSet(overwrite=True) as staged,
+        StagedOutputs(overwrite=True) as staged,
         ClassRasterWriter(
-            paths["classes"],
+            planned.classes,
             width=info.width,
             height=info.height,
             crs=info.crs,
@@ -151,8 +145,8 @@ def stitch_strips(
             compress=predict.compress,
             overwrite=True,
             inputs=(scene_path,),
-            probability_path=paths.get("probability"),
-            tags=tags,
+            probability_path=planned.probability,
+            tags=provenance_tags(scene_path, meta, (0, info.height)),
         ) as writer,
     ):
         for part, (r0, r1) in zip(ordered, rows, strict=True):
@@ -160,74 +154,36 @@ def stitch_strips(
             with contextlib.ExitStack() as stack:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RioNotGeoreferenced)  # the scene's own warning was given
-                    src = stack.enter_context(rasterio.open(strip["classes"]))
-                    psrc = stack.enter_context(rasterio.open(strip["probability"])) if "probability" in paths else None
+                    src = stack.enter_context(rasterio.open(strip.classes))
+                    psrc = (
+                        stack.enter_context(rasterio.open(strip.probability))
+                        if planned.probability is not None and strip.probability is not None
+                        else None
+                    )
                 if (src.height, src.width) != (r1 - r0, info.width):
-                    raise OutputError(f"{strip['classes']}: strip is {src.height}x{src.width}, expected rows {r0}-{r1}")
+                    raise OutputError(f"{strip.classes}: strip is {src.height}x{src.width}, expected rows {r0}-{r1}")
                 for off in range(0, r1 - r0, block_rows):
                     win = Window(0, off, info.width, min(block_rows, r1 - r0 - off))
                     cls = src.read(1, window=win)
                     prob = psrc.read(1, window=win) if psrc is not None else None
                     writer.write_rows(r0 + off, cls, prob)
         written = writer.close(staged)
-        summary = _merged_summary(ordered, info.width, info.height, {k: Path(v) for k, v in paths.items()}, written)
-        text = json.dumps(summary, indent=2, default=str) + "\n"
-        staged.temp(paths["summary"], marker=True).write_text(text, encoding="utf-8")
+        names = {**planned.written([Path(p) for p in written]), "summary": planned.summary}
+        summary = merge_strip_summaries(ordered, width=info.width, height=info.height, outputs=names)
+        write_summary(staged.temp(planned.summary, marker=True), planned.summary, summary)
         staged.commit()
-    outputs = [*map(Path, written), paths["summary"]]
-    logger.info("%s: stitched %d strips -> %s", scene_path.name, len(ordered), paths["classes"])
+    outputs = [*map(Path, written), planned.summary]
+    logger.info("%s: stitched %d strips -> %s", scene_path.name, len(ordered), planned.classes)
     return outputs
 
 
-def _strip_outputs(part: Mapping[str, Any]) -> dict[str, Path]:
-    """Sort a strip's output files into class raster and probability raster."""
-    found: dict[str, Path] = {}
-    for p in map(Path, part["outputs"]):
-        if p.name.endswith("_classes.tif"):
-            found["classes"] = p
-        elif p.name.endswith("_probability.tif"):
-            found["probability"] = p
-    if "classes" not in found:
-        raise OutputError(f"strip rows {part['row_range']}: no class raster among {part['outputs']}")
-    return found
-
-
-def _merged_summary(
-    parts: Sequence[Mapping[str, Any]], width: int, height: int, paths: Mapping[str, Path], written: Sequence[Path]
-) -> dict[str, Any]:
-    first = dict(parts[0].get("summary") or {})
-    summary: dict[str, Any] = json.loads(json.dumps(first, default=str))
-    outputs = {"classes": str(paths["classes"])}
-    for p in written[1:]:
-        key = "qml" if p.suffix == ".qml" else "aux" if p.name.endswith(".aux.xml") else "probability"
-        outputs[key] = str(p)
-    outputs["summary"] = str(paths["summary"])
-    summary["outputs"] = outputs
-    summary["rows"] = [0, height]
-    seconds: dict[str, float] = {}
-    tiles = {"total": 0, "run": 0, "skipped": 0}
-    for part in parts:
-        s = part.get("summary") or {}
-        for key, value in (s.get("seconds") or {}).items():
-            if isinstance(value, (int, float)):
-                seconds[key] = round(seconds.get(key, 0.0) + float(value), 4)
-        for key in tiles:
-            tiles[key] += int((s.get("tiles") or {}).get(key, 0))
-    if seconds:
-        summary["seconds"] = seconds
-    if "tiles" in summary:
-        summary["tiles"] = {**summary["tiles"], **tiles}
-    busy = seconds.get("total", 0.0)
-    summary["megapixels_per_second"] = round(width * height / 1e6 / busy, 4) if busy > 0 else None
-    summary["strips"] = [
-        {
-            "rows": list(p["row_range"]),
-            "seconds": round(float(p.get("seconds", 0.0)), 4),
-            "tiles": (p.get("summary") or {}).get("tiles"),
-        }
-        for p in parts
-    ]
-    return summary
+def _strip_outputs(part: Mapping[str, Any]) -> OutputSet:
+    """Return a strip's outputs by name, from its run summary (never guessed from file names)."""
+    summary = part.get("summary") or {}
+    outputs = summary.get("outputs") if isinstance(summary, Mapping) else None
+    if not isinstance(outputs, Mapping) or "classes" not in outputs:
+        raise OutputError(f"strip rows {part['row_range']}: its summary names no class raster; rerun the scene")
+    return OutputSet.from_dict(outputs)
 
 
 def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[Path]:
@@ -245,13 +201,12 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     list of Path
         The vector file (``<stem>_polygons.<format>``) and its ``.qml`` style when written.
     """
-    from geopsp.pipeline import output_paths
-
     vec = importlib.import_module("geopsp.vectorize")
     classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
     if classes is None:
         raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
-    target = output_paths(classes, classes, vector=True, vector_format=config.format)["vector"]
+    target = output_set(classes, classes, vector=True, vector_format=config.format).vector
+    assert target is not None
     path = Path(vec.vectorize(classes, target, config=config, overwrite=True))
     style = path.with_suffix(".qml")
     return [path, style] if style.is_file() and style != classes.with_suffix(".qml") else [path]

@@ -111,8 +111,8 @@ def predict(
     if len(scenes) > 1 and out.lower().endswith((".tif", ".tiff")):
         raise ConfigError(f"--out {out} names one file but {len(scenes)} scenes were given; give a directory")
 
+    from geopsp.inference.plan import check_inputs
     from geopsp.model.bundle import read_bundle_meta
-    from geopsp.pipeline import check_inputs
 
     # Cheap checks first (no torch): bundle header, scenes vs model, existing outputs.
     meta = read_bundle_meta(model_path)

@@ -1,7 +1,8 @@
-"""Inference: batched forward passes (device, AMP, TTA), blend kernels and the streaming mosaic.
+"""Inference: the plan, forward passes, blend kernels, the mosaic, the tile loop, the summary.
 
 Importing :mod:`geopsp.inference.predict` or :mod:`geopsp.inference.mosaic` imports torch;
-:mod:`geopsp.inference.blend` needs only NumPy.
+:mod:`geopsp.inference.blend`, :mod:`geopsp.inference.plan` and
+:mod:`geopsp.inference.summary` do not.
 """
 
 from __future__ import annotations
@@ -14,8 +15,28 @@ _LAZY: dict[str, str] = {
     "Mosaicker": "geopsp.inference.mosaic",
     "Predictor": "geopsp.inference.predict",
     "resolve_device": "geopsp.device",
+    "OutputSet": "geopsp.inference.plan",
+    "PredictionPlan": "geopsp.inference.plan",
+    "check_inputs": "geopsp.inference.plan",
+    "output_set": "geopsp.inference.plan",
+    "plan_prediction": "geopsp.inference.plan",
+    "resolve_tiling": "geopsp.inference.plan",
+    "RunSummary": "geopsp.inference.summary",
 }
 
-__all__ = ["KERNELS", "Mosaicker", "Predictor", "resolve_device", "tile_weights"]
+__all__ = [
+    "KERNELS",
+    "Mosaicker",
+    "OutputSet",
+    "PredictionPlan",
+    "Predictor",
+    "RunSummary",
+    "check_inputs",
+    "output_set",
+    "plan_prediction",
+    "resolve_device",
+    "resolve_tiling",
+    "tile_weights",
+]
 
 __getattr__, __dir__ = _lazy.lazy_exports(__name__, _LAZY)

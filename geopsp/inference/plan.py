@@ -1,22 +1,316 @@
 """The prediction plan: what a run will do, decided once, before any pixel is read.
 
-This module is the one home of the decisions a prediction makes about a scene and a model:
-whether the model can run on the scene at all (:func:`check_scene_for_model`).
+This module is the one home of the decisions a prediction makes about a scene and a model,
+used alike by :func:`geopsp.pipeline.segment_raster`, by the dry check of the command line
+(:func:`check_inputs`) and by the batch client:
+
+* whether the model can run on the scene at all (:func:`check_scene_for_model`);
+* the tile size and overlap (:func:`resolve_tiling`), the tile grid and the rows to compute;
+* the names of every output, as one typed :class:`OutputSet` (:func:`output_set`);
+* the provenance tags written into the class raster (:func:`provenance_tags`).
+
+:func:`plan_prediction` makes all of them into one :class:`PredictionPlan`. Nothing here
+imports torch or reads pixels.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geopsp.errors import InputRasterError
+from geopsp.config.schema import PredictConfig, VectorizeConfig
+from geopsp.errors import InputRasterError, NotGeoreferencedWarning, TilingError
+from geopsp.io.atomic import check_output_path
+from geopsp.io.class_metadata import SCENE_TAG
+from geopsp.tiling.windows import TileGrid
 
 if TYPE_CHECKING:
     from geopsp.io.scene import SceneInfo
     from geopsp.model.meta import BundleMeta
 
-__all__ = ["check_scene_for_model"]
+__all__ = [
+    "OutputSet",
+    "PredictionPlan",
+    "check_inputs",
+    "check_scene_for_model",
+    "output_set",
+    "plan_prediction",
+    "provenance_tags",
+    "resolve_tiling",
+]
+
+logger = logging.getLogger(__name__)
 
 _FLOAT_BUNDLE_ACCEPTS = ("float32", "float64")
+_TIF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSet:
+    """The names of one run's outputs; ``None`` for the ones it does not write.
+
+    Attributes
+    ----------
+    classes : Path
+        The class raster (COG).
+    qml : Path
+        Its QGIS style.
+    summary : Path
+        The run summary (JSON), committed last: the marker of a complete set.
+    probability, vector, vector_qml, preview : Path or None
+        The probability raster, the polygons and their style, the preview PNG.
+    """
+
+    classes: Path
+    qml: Path
+    summary: Path
+    probability: Path | None = None
+    vector: Path | None = None
+    vector_qml: Path | None = None
+    preview: Path | None = None
+
+    def as_dict(self) -> dict[str, Path]:
+        """Every output this run writes, by name, class raster first.
+
+        Examples
+        --------
+        >>> list(output_set("a/s1.tif", "out", preview=True).as_dict())
+        ['classes', 'qml', 'summary', 'preview']
+        """
+        return {f.name: p for f in fields(self) if (p := getattr(self, f.name)) is not None}
+
+    def written(self, staged: Sequence[Path]) -> dict[str, Path]:
+        """Name what the class raster writer wrote: the rasters, their style and ``.aux.xml``.
+
+        ``staged`` is :meth:`geopsp.io.raster.ClassRasterWriter.close`'s list; the ``aux``
+        sidecar (class names and RAT) is the one output the plan cannot know in advance.
+        """
+        out: dict[str, Path] = {"classes": self.classes}
+        if self.probability is not None:
+            out["probability"] = self.probability
+        if self.qml in staged:
+            out["qml"] = self.qml
+        aux = [p for p in staged if p.name == self.classes.name + ".aux.xml"]
+        if aux:
+            out["aux"] = aux[0]
+        return out
+
+    def __iter__(self) -> Iterator[Path]:
+        """Iterate over the paths of :meth:`as_dict`."""
+        return iter(self.as_dict().values())
+
+    @classmethod
+    def from_dict(cls, paths: Mapping[str, str | os.PathLike[str]]) -> OutputSet:
+        """Read back an :meth:`as_dict` (a run summary's ``outputs``); unknown names are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: Path(v) for k, v in paths.items() if k in names})
+
+
+def output_set(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    probabilities: bool = False,
+    vector: bool = False,
+    preview: bool = False,
+    row_range: tuple[int, int] | None = None,
+    vector_format: str = "gpkg",
+) -> OutputSet:
+    """Name the output files of one scene.
+
+    ``out`` is a directory (outputs are ``<stem>_classes.tif`` and friends inside it) or the
+    class raster's own path ending in ``.tif`` (the others are named after it: ``x_classes.tif``
+    gives ``x_probability.tif``, ``x_classes.qml``, ``x_summary.json``). A strip
+    (``row_range``) run into a directory adds ``_rows<r0>-<r1>`` to the stem.
+
+    Examples
+    --------
+    >>> o = output_set("a/s1.tif", "out", vector=True)
+    >>> o.classes, o.qml, o.vector_qml
+    (PosixPath('out/s1_classes.tif'), PosixPath('out/s1_classes.qml'), PosixPath('out/s1_polygons.qml'))
+    """
+    o = Path(out)
+    if o.suffix.lower() in _TIF_SUFFIXES:
+        classes = o
+        base = o.with_suffix("")
+        base = base.with_name(base.name.removesuffix("_classes"))
+    else:
+        stem = Path(scene).stem
+        if row_range is not None:
+            stem += f"_rows{int(row_range[0])}-{int(row_range[1])}"
+        base = o / stem
+        classes = base.with_name(base.name + "_classes.tif")
+
+    def named(suffix: str) -> Path:
+        return base.with_name(base.name + suffix)
+
+    polygons = named(f"_polygons.{vector_format}") if vector else None
+    return OutputSet(
+        classes=classes,
+        qml=classes.with_suffix(".qml"),
+        summary=named("_summary.json"),
+        probability=named("_probability.tif") if probabilities else None,
+        vector=polygons,
+        vector_qml=polygons.with_suffix(".qml") if polygons is not None else None,
+        preview=named("_preview.png") if preview else None,
+    )
+
+
+def resolve_tiling(config: PredictConfig, meta: BundleMeta) -> tuple[int, int]:
+    """Tile size and overlap: the config's, else the bundle's.
+
+    When only the tile size is given and the bundle's overlap does not fit it, the overlap
+    shrinks to an eighth of the tile.
+
+    Raises
+    ------
+    TilingError
+        If the combination cannot work.
+    """
+    tile = config.tile_size if config.tile_size is not None else meta.tile_size
+    if config.overlap is not None:
+        overlap = config.overlap
+    else:
+        overlap = meta.overlap
+        if 2 * overlap >= tile:
+            overlap = tile // 8
+            logger.info("bundle overlap %d does not fit tile size %d; using overlap %d", meta.overlap, tile, overlap)
+    if 2 * overlap >= tile:
+        raise TilingError(
+            f"overlap ({overlap}) must be less than half the tile size ({tile}); use at most {(tile - 1) // 2}"
+        )
+    return int(tile), int(overlap)
+
+
+def provenance_tags(scene: str | os.PathLike[str], meta: BundleMeta, rows: tuple[int, int]) -> dict[str, str]:
+    """Tags a class raster carries: the scene it comes from (its file name), the model, its rows."""
+    return {
+        SCENE_TAG: Path(scene).name,
+        "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
+        "GEOPSP_ROWS": f"{int(rows[0])}-{int(rows[1])}",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionPlan:
+    """What one prediction run will do.
+
+    Attributes
+    ----------
+    scene : Path
+    info : SceneInfo
+    meta : BundleMeta
+    tile_size, overlap : int
+    grid : TileGrid
+        The whole scene's tile grid (strips use it too, so they stitch bit for bit).
+    rows : (int, int)
+        The scene rows ``[r0, r1)`` this run computes and writes.
+    outputs : OutputSet
+    """
+
+    scene: Path
+    info: SceneInfo
+    meta: BundleMeta
+    tile_size: int
+    overlap: int
+    grid: TileGrid
+    rows: tuple[int, int]
+    outputs: OutputSet
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The class raster's provenance tags (:func:`provenance_tags`)."""
+        return provenance_tags(self.scene, self.meta, self.rows)
+
+
+def plan_prediction(
+    scene: str | os.PathLike[str],
+    info: SceneInfo,
+    meta: BundleMeta,
+    out_dir_or_path: str | os.PathLike[str],
+    *,
+    config: PredictConfig,
+    vector_config: VectorizeConfig | None = None,
+    row_range: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    prepare: bool = True,
+) -> PredictionPlan:
+    """Plan a run, and refuse it before any work if it cannot be done.
+
+    With ``prepare`` every output is fully checked (its folder created and tested for
+    writing); without, only existing outputs are refused, so a dry check leaves the file
+    system untouched.
+
+    Raises
+    ------
+    InputRasterError, TilingError, OutputExistsError, OutputError
+    """
+    scene_path = Path(scene)
+    check_scene_for_model(info, meta)
+    tile, overlap = resolve_tiling(config, meta)
+    grid = TileGrid(info.height, info.width, tile, overlap)
+    r0, r1 = grid.check_row_range(row_range)
+    vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
+    outputs = output_set(
+        scene_path,
+        out_dir_or_path,
+        probabilities=config.probabilities,
+        vector=config.vector,
+        preview=config.preview,
+        row_range=None if row_range is None else (r0, r1),
+        vector_format=vcfg.format,
+    )
+    for key, p in outputs.as_dict().items():
+        if key not in ("qml", "vector_qml") and (prepare or (p.exists() and not overwrite)):
+            check_output_path(p, overwrite=overwrite, inputs=[scene_path])
+    return PredictionPlan(scene_path, info, meta, tile, overlap, grid, (r0, r1), outputs)
+
+
+def check_inputs(
+    scene: str | os.PathLike[str],
+    meta: BundleMeta,
+    out_dir_or_path: str | os.PathLike[str],
+    *,
+    config: PredictConfig | None = None,
+    vector_config: VectorizeConfig | None = None,
+    overwrite: bool = False,
+    row_range: tuple[int, int] | None = None,
+) -> OutputSet:
+    """Check a scene, the model metadata and the outputs without reading pixels or importing torch.
+
+    Returns
+    -------
+    OutputSet
+        The outputs :func:`geopsp.pipeline.segment_raster` would write.
+
+    Raises
+    ------
+    InputRasterError, TilingError, OutputExistsError, OutputError
+        As :func:`geopsp.pipeline.segment_raster` would, before any work.
+    """
+    from geopsp.io.scene import inspect_scene
+
+    cfg = config if config is not None else PredictConfig.model_validate({})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # segment_raster warns once
+        info = inspect_scene(scene)
+    plan = plan_prediction(
+        scene,
+        info,
+        meta,
+        out_dir_or_path,
+        config=cfg,
+        vector_config=vector_config,
+        row_range=row_range,
+        overwrite=overwrite,
+        prepare=False,
+    )
+    return plan.outputs
 
 
 def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:

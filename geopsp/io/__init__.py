@@ -1,6 +1,6 @@
 """Input and output: rasters, vectors, and safe (atomic) output files."""
 
-from geopsp.io.atomic import OutputSet, atomic_output, check_output_path
+from geopsp.io.atomic import StagedOutputs, atomic_output, check_output_path
 from geopsp.io.raster import (
     PROBABILITY_NODATA,
     PROBABILITY_SCALE,
@@ -15,8 +15,8 @@ __all__ = [
     "ClassRasterWriter",
     "PROBABILITY_NODATA",
     "PROBABILITY_SCALE",
-    "OutputSet",
     "SceneInfo",
+    "StagedOutputs",
     "atomic_output",
     "check_output_path",
     "encode_probability",

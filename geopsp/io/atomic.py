@@ -4,7 +4,7 @@ What is guaranteed
 ------------------
 * Every output is written under a temporary name (:func:`temp_name`) in its destination
   folder; nothing incomplete ever carries a final name.
-* Committing (:class:`OutputSet`, and :func:`atomic_output` for one file) fsyncs each
+* Committing (:class:`StagedOutputs`, and :func:`atomic_output` for one file) fsyncs each
   temporary file, then renames it into place with ``renameat2(RENAME_NOREPLACE)`` (Linux,
   glibc), else ``link`` + ``unlink``. Both refuse an output that appeared after the checks
   (a concurrent run): :class:`~geopsp.errors.OutputExistsError` names it and
@@ -52,7 +52,7 @@ from geopsp.errors import GeopspError, OutputError, OutputExistsError
 from geopsp.io.outdir import ensure_output_dir
 
 __all__ = [
-    "OutputSet",
+    "StagedOutputs",
     "atomic_output",
     "check_output_path",
     "fsync_path",
@@ -193,7 +193,7 @@ def atomic_output(
         Inputs that the output must not equal.
     sidecars : sequence of str
         Suffixes of files GDAL writes next to the main file (``".aux.xml"``, ``".ovr"``);
-        they are committed with it, before it (see :class:`OutputSet`).
+        they are committed with it, before it (see :class:`StagedOutputs`).
 
     Yields
     ------
@@ -207,7 +207,7 @@ def atomic_output(
         created the output meanwhile, ``OutputError`` also for a full disk.
     """
     final = check_output_path(path, overwrite=overwrite, inputs=inputs)
-    outputs = OutputSet(overwrite=overwrite)
+    outputs = StagedOutputs(overwrite=overwrite)
     tmp = outputs.temp(final, marker=True)
     try:
         yield tmp
@@ -367,7 +367,7 @@ class _Member:
     final: Path
 
 
-class OutputSet:
+class StagedOutputs:
     """Outputs staged under temporary names and committed together, the marker last, or not at all.
 
     Register each output with :meth:`temp` (a fresh temporary name to write to) or
@@ -383,7 +383,7 @@ class OutputSet:
     Examples
     --------
     >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as folder, OutputSet() as outputs:
+    >>> with tempfile.TemporaryDirectory() as folder, StagedOutputs() as outputs:
     ...     _ = outputs.temp(Path(folder, "a.tif")).write_bytes(b"a")
     ...     _ = outputs.temp(Path(folder, "a_summary.json"), marker=True).write_text("{}")
     ...     [p.name for p in outputs.commit()]
@@ -589,7 +589,7 @@ class OutputSet:
             with contextlib.suppress(OSError):
                 m.tmp.unlink()
 
-    def __enter__(self) -> OutputSet:
+    def __enter__(self) -> StagedOutputs:
         return self
 
     def __exit__(

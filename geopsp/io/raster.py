@@ -4,7 +4,7 @@
 independent of the scene's height: rows go into a tiled staging GeoTIFF, and :meth:`close`
 turns it into a COG (internal overviews built by MODE resampling, so every overview pixel is
 a class id) next to the final path and commits its files together, the class raster last
-(:class:`~geopsp.io.atomic.OutputSet`; or stages them in the caller's set of outputs).
+(:class:`~geopsp.io.atomic.StagedOutputs`; or stages them in the caller's set of outputs).
 
 Each class raster carries:
 
@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable
 from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE, encode_probability
 from geopsp.errors import GeopspError, OutputError
-from geopsp.io.atomic import OutputSet, check_output_path, temp_prefix
+from geopsp.io.atomic import StagedOutputs, check_output_path, temp_prefix
 from geopsp.io.class_metadata import CLASSES_TAG, pam_xml, read_class_table
 from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs, to_cog
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
@@ -311,12 +311,12 @@ class ClassRasterWriter:
 
     # -- finishing ---------------------------------------------------------------------------
 
-    def close(self, outputs: OutputSet | None = None) -> list[Path]:
+    def close(self, outputs: StagedOutputs | None = None) -> list[Path]:
         """Finish: build the COG(s) and sidecars, then commit them (class raster last).
 
         Parameters
         ----------
-        outputs : OutputSet, optional
+        outputs : StagedOutputs, optional
             Stage the finished files in this set instead of committing them; they reach
             their final names when the caller commits the set with its other outputs (or
             are removed with it). The set's ``overwrite`` applies.
@@ -401,9 +401,9 @@ class ClassRasterWriter:
         moves.append((cog_tmp, self.path))
         return moves
 
-    def _commit(self, moves: list[tuple[Path, Path]], outputs: OutputSet | None) -> None:
+    def _commit(self, moves: list[tuple[Path, Path]], outputs: StagedOutputs | None) -> None:
         own = outputs is None
-        staged = OutputSet(overwrite=self.overwrite) if outputs is None else outputs
+        staged = StagedOutputs(overwrite=self.overwrite) if outputs is None else outputs
         for tmp, final in moves:
             staged.add(tmp, final, marker=own and final == self.path)
         if staged.overwrite:
