@@ -28,10 +28,11 @@ from geopsp.errors import ConfigError
 from geopsp.inference.plan import OutputSet, PredictionPlan, plan_prediction
 from geopsp.inference.summary import summarize_run, write_summary
 from geopsp.io.atomic import StagedOutputs
+from geopsp.model.bundle import resolve_model
 from geopsp.model.meta import BundleMeta
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
 
 __all__ = ["PredictResult", "Progress", "segment_raster"]
@@ -86,25 +87,6 @@ class PredictResult:
     def paths(self) -> list[Path]:
         """Every output path, class raster first."""
         return list(self.outputs.values())
-
-
-def _resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
-    """Accept a bundle path, a loaded Bundle (anything with .model and .meta) or (module, meta)."""
-    if isinstance(model, (str, os.PathLike)):
-        from geopsp.model.bundle import load_bundle
-
-        b = load_bundle(model, device="cpu")
-        return b.model, b.meta, str(b.path)
-    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], BundleMeta):
-        return model[0], model[1], None
-    m = getattr(model, "model", None)
-    meta = getattr(model, "meta", None)
-    if m is not None and isinstance(meta, BundleMeta):
-        path = getattr(model, "path", None)
-        return m, meta, None if path is None else str(path)
-    raise ConfigError(
-        f"model must be a bundle path, a loaded Bundle or an (nn.Module, BundleMeta) pair, got {type(model).__name__}"
-    )
 
 
 def segment_raster(
@@ -199,7 +181,7 @@ def _segment_into(
     bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
     scene_path = Path(scene)
-    module, meta, bundle_path = _resolve_model(model)
+    module, meta, bundle_path = resolve_model(model)
     with open_scene(scene_path) as (src, info):
         plan = plan_prediction(
             scene_path,

@@ -23,6 +23,7 @@ _LAZY: dict[str, str] = {
     "inspect_bundle": "geopsp.model.bundle",
     "load_bundle": "geopsp.model.bundle",
     "read_bundle_meta": "geopsp.model.bundle",
+    "resolve_model": "geopsp.model.bundle",
     "save_bundle": "geopsp.model.bundle",
 }
 
@@ -42,6 +43,7 @@ __all__ = [
     "load_bundle",
     "model_flops",
     "read_bundle_meta",
+    "resolve_model",
     "save_bundle",
     "spec_from_preset",
 ]

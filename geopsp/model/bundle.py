@@ -35,7 +35,15 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "inspect_bundle", "load_bundle", "read_bundle_meta", "save_bundle"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "inspect_bundle",
+    "load_bundle",
+    "read_bundle_meta",
+    "resolve_model",
+    "save_bundle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -414,3 +422,28 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device = "c
     model.to(device).eval()
     logger.info("loaded bundle %s (%s, %s)", p, spec.arch, spec.encoder)
     return Bundle(model=model, meta=meta, path=p)
+
+
+def resolve_model(model: Any) -> tuple[nn.Module, BundleMeta, str | None]:
+    """Return ``(module, meta, bundle path)`` of a bundle path, a loaded Bundle or a (module, meta) pair.
+
+    Anything with ``.model`` and ``.meta`` counts as a loaded bundle.
+
+    Raises
+    ------
+    ConfigError
+        For anything else.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        b = load_bundle(model, device="cpu")
+        return b.model, b.meta, str(b.path)
+    if isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], BundleMeta):
+        return model[0], model[1], None
+    m = getattr(model, "model", None)
+    meta = getattr(model, "meta", None)
+    if m is not None and isinstance(meta, BundleMeta):
+        path = getattr(model, "path", None)
+        return m, meta, None if path is None else str(path)
+    raise ConfigError(
+        f"model must be a bundle path, a loaded Bundle or an (nn.Module, BundleMeta) pair, got {type(model).__name__}"
+    )
