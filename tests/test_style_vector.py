@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import warnings
 import xml.etree.ElementTree as ET
 
 import geopandas as gpd
@@ -76,6 +77,15 @@ def test_write_gpkg_style_creates_qgis_table(tmp_path):
     layers = [name for name, _ in pyogrio.list_layers(path)]
     assert layers == ["parcels", "layer_styles"]
     assert len(pyogrio.read_dataframe(path, layer="parcels")) == 2
+    # the polygons are the default layer; naming it reads them without a warning
+    import geopandas as gpd
+
+    with pytest.warns(UserWarning, match="'parcels' \\(default\\), 'layer_styles'"):
+        default = gpd.read_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        named = gpd.read_file(path, layer="parcels")
+    assert default.equals(named)
 
 
 def test_write_gpkg_style_errors(tmp_path):
