@@ -207,9 +207,12 @@ def _segment_into(
             tta=cfg.tta,
         )
         t_setup = time.perf_counter()
-        written, stats = run_tiles(
-            src, plan, predictor, _class_writer(plan, cfg, staged.overwrite), staged, config=cfg, progress=progress
-        )
+        writer = _class_writer(plan, cfg, staged.overwrite)
+        try:
+            written, stats = run_tiles(src, plan, predictor, writer, staged, config=cfg, progress=progress)
+        except BaseException:
+            writer.abort()  # its staging files are not in the set yet
+            raise
     outputs = plan.outputs.written(written)
     # vector and preview are made from the staged class raster, into the same set
     if cfg.vector:

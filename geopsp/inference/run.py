@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from geopsp.config.schema import PredictConfig
+from geopsp.inference.mosaic import Mosaicker
 from geopsp.inference.plan import PredictionPlan
+from geopsp.io.row_writer import RowWriterThread
+from geopsp.tiling.reader import TileReader
 
 __all__ = ["TileLoopStats", "run_tiles"]
 
@@ -64,7 +67,7 @@ def run_tiles(
     plan : PredictionPlan
     predictor : geopsp.inference.predict.Predictor
     writer : geopsp.io.raster.ClassRasterWriter
-        Aborted on any failure.
+        Aborted on any failure (the caller aborts it too, should one come before this runs).
     staged : geopsp.io.atomic.StagedOutputs
         Where ``writer.close`` stages its files.
     config : PredictConfig
@@ -76,10 +79,6 @@ def run_tiles(
     (list of Path, TileLoopStats)
         The files the writer staged (class raster first) and the loop's numbers.
     """
-    from geopsp.inference.mosaic import Mosaicker
-    from geopsp.io.row_writer import RowWriterThread
-    from geopsp.tiling.reader import TileReader
-
     r0, r1 = plan.rows
     meta = plan.meta
     wthread: RowWriterThread | None = None

@@ -125,17 +125,17 @@ def test_signal_during_predict(cli, bundle, big_scene, tmp_path, seen, name):
 SIGNAL_AT = """
 import os, signal, sys
 import geopsp.io.atomic as atomic
-import geopsp.pipeline as pipeline
+import geopsp.inference.summary as summary
 
 stage, sig = sys.argv[1], getattr(signal, sys.argv[2])
 if stage == "summary":  # the rasters and polygons are finished; the summary is being made
-    real_rss = pipeline.peak_rss_mb
+    real_rss = summary.peak_rss_mb
 
     def hooked_rss():
         os.kill(os.getpid(), sig)
         return real_rss()
 
-    pipeline.peak_rss_mb = hooked_rss
+    summary.peak_rss_mb = hooked_rss
 else:  # the first file of the set has just been renamed to its final name
     real_rename = atomic.rename_noreplace
 
