@@ -9,8 +9,9 @@ Usage::
 
 The page shows the numbers of ``bench/results/predict_matrix.json`` (the predict sweep, memory
 against scene size, the naive whole-scene comparison), ``bench/results/vectorize.json`` (from
-``bench/vectorize.py``) and ``bench/results/predict.json`` (from ``bench/predict.py``) when
-present, with the machine they were measured on. Plots go to ``docs/img/perf_*.png``.
+``bench/vectorize.py``), ``bench/results/predict.json`` (from ``bench/predict.py``) and
+``bench/results/seams.json`` (grid dependence, from ``bench/seams.py``) when present, with the
+machine they were measured on. Plots go to ``docs/img/perf_*.png``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ PAGE = ROOT / "docs" / "performance.md"
 GIB = 1 << 30
 BUDGET_GIB = 24
 
-SCRIPTS = {"predict_matrix": "predict_matrix.py", "vectorize": "vectorize.py", "predict": "predict.py"}
+SCRIPTS = {
+    "predict_matrix": "predict_matrix.py",
+    "vectorize": "vectorize.py",
+    "predict": "predict.py",
+    "seams": "seams.py",
+}
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -388,6 +394,71 @@ def section_vectorize(vz: dict[str, Any] | None) -> str:
     return "".join(out)
 
 
+def _pct(x: Any) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def section_seams(sm: dict[str, Any] | None) -> str:
+    if sm is None:
+        return "No results yet: run `.venv/bin/python bench/seams.py`.\n\n"
+    rows = sm.get("variants") or []
+    if not rows:
+        return "No grid-dependence results.\n\n"
+    m, sc, base = sm["model"], sm["scene"], rows[0]
+    b = sm["border_px"]
+    out = [
+        f"`bench/seams.py`: how much the class map depends on where the tile grid falls. The demo scene "
+        f"(`geopsp demo`, 2048² px with a nodata collar) is predicted with the demo's trained model "
+        f"({m['arch']}/{m['encoder']}, {m.get('epochs')} epochs, validation mIoU {fmt(m.get('val_miou'))}) "
+        f"twice: as it is (A) and cropped by {sc['shift_px']} px, half a stride, at the top and the left (B, a "
+        f"GeoTIFF of its own with the shifted transform), so B's tile grid is moved by half a stride against "
+        "the content. *Disagreement* is the share of the valid pixels of the common area whose class differs "
+        f"between the two maps. *Border ratio* is the disagreement within {b} px of an interior tile edge of "
+        "either grid (the first and one-past-last row or column of every `TileGrid` window inside the scene; "
+        f"pixel `y` is within {b} px of the line `e` when `e − {b} ≤ y < e + {b}`) over the disagreement on the "
+        "other pixels: 1 means the tile edges leave no trace. The *crop band* is the pixels within one tile of "
+        "the top or left of the common area, where B's scene was cut and A's goes on: there B has lost the "
+        "context the crop removed, which no tiling can give back, so the maps differ more there "
+        "(it measures the crop, not the grid); the *interior* figures leave it out and are the ones the target "
+        "(interior border ratio ≤ 1.05) is read on. ± is the binomial standard error of the ratio, a lower "
+        "bound (disagreeing pixels cluster along class boundaries). *Accuracy* is map A against the scene's "
+        "labels. Times are the two predicts together, relative to the baseline of the same run "
+        "(the baseline runs first and again last; its second run shows how much the load drifted); "
+        f"{sm.get('load_note', '')}\n\n",
+        "| variant | overlap | blend | floor | TTA | margin | tiles A+B | disagreement | border ratio "
+        "| interior disagreement | interior border ratio | crop band | accuracy | wall × | CPU × |\n",
+        "|---|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    ]
+    for r in rows:
+        name = r["variant"] + (" **(defaults)**" if r.get("is_default") else "")
+        se = r.get("border_ratio_interior_se")
+        out.append(
+            f"| {name} | {r['overlap']} | {r['blend']} | {r['blend_floor']:g} | {r['tta']} | {r['margin']} "
+            f"| {sum(r['tiles_run'])} | {_pct(r['disagreement'])} | {fmt(r['border_ratio'], 3)} "
+            f"| {_pct(r['disagreement_interior'])} | **{fmt(r['border_ratio_interior'], 3)}**"
+            + (f" ± {se:.3f}" if se is not None else "")
+            + f" | {_pct(r['disagreement_crop_band'])} | {fmt(r['accuracy_a'], 4)} "
+            f"| {fmt(r['time_ratio'])} | {fmt(r.get('cpu_ratio'))} |\n"
+        )
+    prof = base.get("profile_interior") or []
+    if prof:
+        out.append(
+            "\nDisagreement of the baseline against the distance to the nearest tile edge of either grid "
+            "(interior): "
+            + ", ".join(
+                f"{p['from_px']}–{p['to_px'] if p['to_px'] is not None else '∞'} px: {_pct(p['disagreement'])}"
+                for p in prof
+                if p["pixels"]
+            )
+            + ".\n"
+        )
+    notes = sm.get("notes") or []
+    if notes:
+        out.append("\n" + "".join(f"- {n}\n" for n in notes))
+    out.append("\n")
+    return "".join(out)
+
+
 def section_other() -> str:
     rows = []
     for p in sorted(RESULTS.glob("*.json")):
@@ -418,6 +489,7 @@ def write_page() -> Path:
     pm = load("predict_matrix")
     vz = load("vectorize")
     pr = load("predict")
+    sm = load("seams")
     out = [
         "<!-- Generated by bench/report.py from bench/results/*.json; do not edit by hand. -->\n\n",
         "# Performance\n\n",
@@ -435,6 +507,7 @@ def write_page() -> Path:
     out += ["## Memory\n\n", section_memory(pm, pr) if pm else none]
     out += ["## Against the naive approach\n\n", section_naive(pm) if pm else none]
     out += ["## Vectorize\n\n", section_vectorize(vz)]
+    out += ["## Grid dependence\n\n", section_seams(sm)]
     out.append(GPU)
     out += ["## All results\n\n", section_other()]
     PAGE.write_text("".join(out).rstrip() + "\n", encoding="utf-8")
