@@ -4,7 +4,7 @@ The stages overlap::
 
     reader thread      read full-width block rows once, cut tiles, skip all-nodata tiles
     worker threads     pad by reflection, normalize (CPU) or widen (CUDA)
-    main thread        batch -> model (+TTA) -> softmax -> blend into the strip accumulator
+    main thread        batch -> model (+reflection margin, TTA) -> softmax -> blend into the strip accumulator
     writer thread      finished rows -> ClassRasterWriter (COG, colours, RAT, QML)
 
 Memory is bounded by ``width x tile_size`` (the strip and the row buffer), never by the scene
@@ -536,6 +536,7 @@ def segment_raster(
             channels_last=cfg.channels_last,
             compile=cfg.compile,
             tta=cfg.tta,
+            margin_px=cfg.margin_px,
         )
         transform = info.transform
         if r0:
@@ -707,6 +708,7 @@ def segment_raster(
             "tta": cfg.tta,
             "blend": cfg.blend,
             "blend_floor": cfg.blend_floor,
+            "margin_px": cfg.margin_px,
             "amp": predictor.amp,
             "reader_threads": cfg.reader_threads,
             "bound_heap": cfg.bound_heap,
