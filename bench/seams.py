@@ -38,7 +38,7 @@ later runs; ``--model`` and ``--scene`` point at an existing bundle and scene in
 trains for a time budget, not a number of epochs; its default 3 minutes gave only 6 epochs on a
 loaded 2-core machine, a model unsure of so many pixels that its two maps differed on 4.6 % of
 them everywhere, drowning the tile edges; so the benchmark trains for ``--train-minutes`` 8
-(29 epochs there).
+(about 30 epochs there).
 
 Usage::
 
@@ -66,6 +66,7 @@ sys.path.insert(0, str(HERE))
 from predict_matrix import machine  # noqa: E402  (the machine fields every bench JSON uses)
 
 BORDER_PX = 4
+DEFAULT_KEYS = ("blend", "blend_floor", "tta", "margin_px")  # the settings the variants change
 PROFILE_BINS = (0, 4, 8, 16, 32, 64)
 # The demo's prediction setting (geopsp.demo.run_demo), the baseline of every variant.
 BASE: dict[str, Any] = {
@@ -318,6 +319,47 @@ def run_variant(
     return row
 
 
+def timing(scene: Path, bundle: Any, folder: Path, *, pairs: int) -> list[dict[str, Any]]:
+    """The baseline and the package defaults on scene A, alternating, at the demo's tiles and at 512 px.
+
+    Alternating runs see the same load drift, so the median of the per-pair ratios is steadier
+    than ratios of single runs far apart.
+    """
+    import statistics
+
+    from geopsp.config.schema import PredictConfig
+
+    defaults = PredictConfig().model_dump()
+    out = []
+    for tile, overlap in ((BASE["tile_size"], BASE["overlap"]), (512, 64)):
+        old = {**BASE, "tile_size": tile, "overlap": overlap}
+        new = {**old, **{k: defaults[k] for k in DEFAULT_KEYS}}
+        runs: list[list[tuple[float, float]]] = [[], []]
+        for _ in range(pairs):
+            for i, settings in enumerate((old, new)):
+                _, summary = predict(scene, bundle, folder / "timing", settings)
+                runs[i].append((summary["seconds"]["total"], summary["cpu_s"]))
+        wall = [n[0] / o[0] for o, n in zip(runs[0], runs[1], strict=True)]
+        cpu = [n[1] / o[1] for o, n in zip(runs[0], runs[1], strict=True)]
+        side = tile + 2 * new["margin_px"]
+        row = {
+            "tile_size": tile,
+            "overlap": overlap,
+            "pairs": pairs,
+            "baseline_wall_s": [round(w, 2) for w, _ in runs[0]],
+            "defaults_wall_s": [round(w, 2) for w, _ in runs[1]],
+            "baseline_cpu_s": [round(c, 2) for _, c in runs[0]],
+            "defaults_cpu_s": [round(c, 2) for _, c in runs[1]],
+            "work_ratio": round(side * side / tile / tile, 3),
+            "median_wall_ratio": round(statistics.median(wall), 3),
+            "median_cpu_ratio": round(statistics.median(cpu), 3),
+            "load_avg_1min_before": round(os.getloadavg()[0], 2),
+        }
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path(tempfile.gettempdir()) / "geopsp-seams-demo")
@@ -327,11 +369,14 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, help="Labels of the scene (default: the demo folder's).")
     parser.add_argument("--variants", nargs="+", help="Names of the variants to run (default: all).")
     parser.add_argument("--repeats", type=int, default=2, help="Runs of scene A per variant; the fastest is kept.")
+    parser.add_argument("--parts", nargs="+", default=["variants", "timing"], choices=["variants", "timing"])
+    parser.add_argument("--pairs", type=int, default=5, help="Alternating baseline/defaults pairs of the timing.")
     parser.add_argument("--border", type=int, default=BORDER_PX, help="Width of the border zone (px).")
     parser.add_argument("--quick", action="store_true", help="A 640 px piece of the scene, two variants.")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "seams.json")
     args = parser.parse_args()
 
+    from geopsp.config.schema import PredictConfig
     from geopsp.model.bundle import load_bundle
 
     if args.model is None or args.scene is None:
@@ -367,28 +412,28 @@ def main() -> None:
             "labels": labels,
         }
         t0 = time.perf_counter()
-        kw = {"border": args.border, "repeats": args.repeats}
-        rows = [run_variant(n, {**BASE, **c}, inputs, folder, **kw) for n, c in todo]
-        if len(todo) > 2:  # the baseline again, to show how much the load drifted
-            rows.append(run_variant("base (again)", dict(BASE), inputs, folder, **kw))
+        result: dict[str, Any] = {}
+        if args.out.exists() and not args.quick:
+            previous = json.loads(args.out.read_text())
+            result = {k: v for k, v in previous.items() if k in ("variants", "timing", "loadavg_after")}
+        if "variants" in args.parts:
+            kw = {"border": args.border, "repeats": args.repeats}
+            rows = [run_variant(n, {**BASE, **c}, inputs, folder, **kw) for n, c in todo]
+            if len(todo) > 2:  # the baseline again, to show how much the load drifted
+                rows.append(run_variant("base (again)", dict(BASE), inputs, folder, **kw))
+            result["variants"] = finish_rows(rows)
+        if "timing" in args.parts:
+            result["timing"] = timing(scene, bundle, folder, pairs=1 if args.quick else args.pairs)
         wall = time.perf_counter() - t0
-    base = rows[0]
-    from geopsp.config.schema import PredictConfig
-
-    defaults = PredictConfig().model_dump()
-    keys = ("blend", "blend_floor", "tta", "margin_px")
-    for r in rows:
-        r["is_default"] = r["variant"] != "base (again)" and all(r[k] == defaults[k] for k in keys)
-        r["work_ratio"] = round(r["model_megapixels_a"] / base["model_megapixels_a"], 3)
-        r["time_ratio"] = round(min(r["wall_a_s"]) / min(base["wall_a_s"]), 3)
-        r["cpu_ratio"] = round(min(r["cpu_a_s"]) / min(base["cpu_a_s"]), 3)
     with open("/proc/loadavg", encoding="ascii") as fh:
         loadavg = fh.read().strip()
     prov = bundle.meta.provenance
-    result = {
+    after = result.get("loadavg_after")
+    after = after if isinstance(after, dict) else {"variants": after} if after else {}
+    result |= {
         "machine": machine(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_after": loadavg,
+        "loadavg_after": after | dict.fromkeys(args.parts, loadavg),
         "model": {
             "bundle": str(bundle_path),
             "arch": bundle.meta.spec.arch,
@@ -401,14 +446,27 @@ def main() -> None:
         "scene": {"path": str(scene), "shift_px": shift},
         "border_px": args.border,
         "base": BASE,
-        "defaults": {k: defaults[k] for k in keys},
-        "variants": rows,
+        "defaults": {k: PredictConfig().model_dump()[k] for k in DEFAULT_KEYS},
         "bench_wall_s": round(wall, 1),
         "quick": args.quick,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(args.out)
+
+
+def finish_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the defaults' row; costs relative to the first row (the baseline)."""
+    from geopsp.config.schema import PredictConfig
+
+    defaults = PredictConfig().model_dump()
+    base = rows[0]
+    for r in rows:
+        r["is_default"] = r["variant"] != "base (again)" and all(r[k] == defaults[k] for k in DEFAULT_KEYS)
+        r["work_ratio"] = round(r["model_megapixels_a"] / base["model_megapixels_a"], 3)
+        r["time_ratio"] = round(min(r["wall_a_s"]) / min(base["wall_a_s"]), 3)
+        r["cpu_ratio"] = round(min(r["cpu_a_s"]) / min(base["cpu_a_s"]), 3)
+    return rows
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ pixels differ from what the same pixels get inside a tile, a trace that blending
 does not remove; with the margin that padding falls on pixels nobody keeps. Measured with
 ``bench/seams.py`` (a trained demo model, the grid moved by half a stride): 16 px together
 with a blend floor of 0.001 brought the disagreement within 4 px of tile edges from 1.10x to
-1.02x that elsewhere, for about 1.15x the CPU time at 256 px tiles.
+1.02x that elsewhere, for 1.26x the time at 256 px tiles and 1.17x at 512 px.
 
 :meth:`Predictor.probabilities` returns softmax probabilities on the device, averaged over
 the test-time augmentations in probability space; blending and argmax stay on the device too
