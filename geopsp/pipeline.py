@@ -205,6 +205,7 @@ def _segment_into(
             channels_last=cfg.channels_last,
             compile=cfg.compile,
             tta=cfg.tta,
+            margin_px=cfg.margin_px,
         )
         t_setup = time.perf_counter()
         writer = _class_writer(plan, cfg, staged.overwrite)

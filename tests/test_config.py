@@ -12,6 +12,26 @@ def test_defaults_validate() -> None:
     assert cfg.predict.tile_size is None and cfg.predict.tta == "none"
 
 
+def test_blend_defaults_have_one_value() -> None:
+    """The packaged defaults, the schema and the library keywords agree on the blend settings."""
+    import inspect
+
+    from geopsp.config import PredictConfig
+    from geopsp.inference.blend import tile_weights
+    from geopsp.inference.mosaic import Mosaicker
+
+    packaged = load_config(environ={}).predict
+    schema = PredictConfig()
+    assert (packaged.blend, packaged.blend_floor, packaged.margin_px) == (
+        schema.blend,
+        schema.blend_floor,
+        schema.margin_px,
+    )
+    for fn in (tile_weights, Mosaicker):
+        params = inspect.signature(fn).parameters
+        assert (params["kernel"].default, params["floor"].default) == (schema.blend, schema.blend_floor)
+
+
 def test_precedence_file_env_set(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("predict:\n  batch_size: 2\n  tta: flip\n")

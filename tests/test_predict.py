@@ -125,6 +125,32 @@ def test_tta_averages_transformed_predictions(tta):
         torch.testing.assert_close(inv(fwd(t)), t)
 
 
+def test_reflection_margin_runs_the_model_on_a_reflected_border_and_crops_it():
+    meta = make_meta()
+    model = conv_model(k=3, seed=2)
+    x = torch.randn(2, 3, 32, 48)
+    got = Predictor(model, meta, device="cpu", channels_last=False, amp=False, margin_px=16).probabilities(x)
+    with torch.no_grad():
+        ref = torch.softmax(model(nn.functional.pad(x, (16, 16, 16, 16), mode="reflect")), 1)[:, :, 16:48, 16:64]
+    assert got.shape == (2, 4, 32, 48)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # the zero padding no longer shows: the border pixels differ from the plain run's
+    plain = Predictor(model, meta, device="cpu", channels_last=False, amp=False).probabilities(x)
+    assert not torch.allclose(got[..., 0, :], plain[..., 0, :])
+    torch.testing.assert_close(got[..., 1:-1, 1:-1], plain[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-6)
+    # a pointwise model is unchanged; a margin wider than a small input is narrowed to fit
+    one = conv_model(k=1)
+    small = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(
+        Predictor(one, meta, device="cpu", amp=False, margin_px=16, tta="d4").probabilities(small),
+        Predictor(one, meta, device="cpu", amp=False).probabilities(small),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ConfigError, match="margin_px"):
+        Predictor(one, meta, device="cpu", margin_px=-1)
+
+
 def test_d4_on_non_square_tiles_pads_and_crops():
     meta = make_meta()
     x = torch.randn(2, 3, 32, 64)

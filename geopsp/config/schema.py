@@ -61,7 +61,20 @@ class PredictConfig(_Section):
         "cosine", description="Weight kernel used to blend overlapping tiles."
     )
     blend_floor: float = Field(
-        0.05, gt=0.0, le=1.0, description="Smallest blend weight, so scene-edge pixels still count."
+        0.001,
+        gt=0.0,
+        le=1.0,
+        description="Smallest blend weight, so scene-edge pixels still count; small, so a tile's edge pixels "
+        "give way to its neighbour's.",
+    )
+    margin_px: int = Field(
+        16,
+        ge=0,
+        le=256,
+        multiple_of=16,
+        description="Pixels of reflection added around every tile before the model and cropped off its output, "
+        "so the convolutions' zero padding falls outside the kept pixels (0: off); costs "
+        "((tile + 2 margin) / tile)^2 model time.",
     )
     probabilities: bool = Field(False, description="Also write the winning class probability as a uint8 raster.")
     reader_threads: int = Field(2, ge=1, le=64, description="Background threads reading and preprocessing tiles.")

@@ -60,7 +60,7 @@ KERNELS: dict[str, Kernel] = {
 """Blend kernels by name (``PredictConfig.blend``)."""
 
 
-def tile_weights(size: int, *, kernel: str = "cosine", floor: float = 0.05) -> NDArray[np.float32]:
+def tile_weights(size: int, *, kernel: str = "cosine", floor: float = 0.001) -> NDArray[np.float32]:
     """Return the 2-D blend weight of a ``size`` x ``size`` tile.
 
     Parameters

@@ -119,7 +119,7 @@ class Mosaicker:
         sink: RowSink,
         device: torch.device | str = "cpu",
         kernel: str = "cosine",
-        floor: float = 0.05,
+        floor: float = 0.001,
         row_range: tuple[int, int] | None = None,
         probabilities: bool = False,
         out_dtype: str = "uint8",

@@ -232,6 +232,7 @@ def summarize_run(
             "tta": cfg.tta,
             "blend": cfg.blend,
             "blend_floor": cfg.blend_floor,
+            "margin_px": cfg.margin_px,
             "amp": predictor.amp,
             "reader_threads": cfg.reader_threads,
             "bound_heap": cfg.bound_heap,
