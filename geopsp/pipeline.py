@@ -216,9 +216,9 @@ def _segment_into(
             raise
     outputs = plan.outputs.written(written)
     # vector and preview are made from the staged class raster, into the same set
-    if cfg.vector:
+    if plan.outputs.vector is not None:
         outputs.update(_stage_vector(staged, plan.outputs, vcfg, meta))
-    if cfg.preview and plan.outputs.preview is not None:
+    if plan.outputs.preview is not None:
         _require_preview().render_preview(
             scene_path, staged.staged(plan.outputs.classes), staged.temp(plan.outputs.preview), classes=meta.classes
         )
