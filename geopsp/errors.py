@@ -11,12 +11,14 @@ catch either::
     ├── CRSMismatchError(ValueError)     two inputs disagree on their CRS
     ├── CheckpointError(ValueError)      a model bundle is damaged or incompatible
     ├── ModelError(RuntimeError)         a model cannot be built (e.g. weights unavailable offline)
+    ├── TrainingDivergedError(RuntimeError)  the training loss became NaN or infinite
     ├── OutputExistsError(FileExistsError)  an output exists and ``overwrite`` is off
     └── OutputError(OSError)             an output cannot be written
 
     GeopspWarning(UserWarning)
     ├── NotGeoreferencedWarning          an input has no CRS/transform; outputs will have none
-    └── NodataWarning                    nodata handling fell back to a default
+    ├── NodataWarning                    nodata handling fell back to a default
+    └── TrainingWarning                  a training run stopped early or did something unexpected
 
 Messages are one line: what went wrong, with which file or value, and how to fix it.
 """
@@ -37,6 +39,8 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "TilingError",
+    "TrainingDivergedError",
+    "TrainingWarning",
 ]
 
 
@@ -92,6 +96,10 @@ class ModelError(GeopspError, RuntimeError):
     """A model cannot be built or run (for example, pretrained weights are unavailable offline)."""
 
 
+class TrainingDivergedError(GeopspError, RuntimeError):
+    """The training loss became NaN or infinite (the config may be valid; the optimization failed)."""
+
+
 class OutputExistsError(GeopspError, FileExistsError):
     """An output already exists and ``overwrite`` was not requested."""
 
@@ -110,3 +118,7 @@ class NotGeoreferencedWarning(GeopspWarning):
 
 class NodataWarning(GeopspWarning):
     """Nodata handling fell back to a default."""
+
+
+class TrainingWarning(GeopspWarning):
+    """A training run did something the user should know about (stopped by its time cap, ...)."""

@@ -32,7 +32,9 @@ from geopsp.train import (
 )
 from geopsp.train.augment import augment_pair, resize_pair
 from geopsp.train.datasets import DEEPGLOBE_COLORS, Region, Scene
-from geopsp.train.loop import _lr_at, _tile_starts, dry_run
+from geopsp.train.evaluation import tile_starts
+from geopsp.train.loop import dry_run
+from geopsp.train.schedule import Schedule
 from geopsp.train.state import optimizer_from_flat, optimizer_to_flat
 
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5600000.0)
@@ -359,11 +361,13 @@ def test_optimizer_state_round_trip_without_pickle(tmp_path):
 
 def test_poly_schedule_and_tiles():
     cfg = TrainConfig()
-    assert _lr_at(cfg, 0, 100, 0.0) == pytest.approx(0.01)
-    assert _lr_at(cfg, 50, 100, 0.0) == pytest.approx(0.01 * 0.5**0.9)
+    assert Schedule.of(cfg, 100).lr(0, 0.0) == pytest.approx(0.01)
+    assert Schedule.of(cfg, 100).lr(50, 0.0) == pytest.approx(0.01 * 0.5**0.9)
     budget = TrainConfig(max_minutes=1.0)
-    assert _lr_at(budget, 0, 100, 45.0) == pytest.approx(0.01 * 0.25**0.9)  # time runs out first
-    tiles = _tile_starts(10, 4)
+    assert Schedule.of(budget, 100).lr(0, 45.0) == pytest.approx(0.01 * 0.25**0.9)  # time runs out first
+    guard = TrainConfig(max_minutes=1.0, budget="guard")
+    assert Schedule.of(guard, 100).lr(0, 45.0) == pytest.approx(0.01)  # a guard never bends the schedule
+    tiles = tile_starts(10, 4)
     assert tiles == [(0, 0, 4), (4, 4, 8), (6, 8, 10)]
     assert sum(e - s for _, s, e in tiles) == 10
 
@@ -447,7 +451,8 @@ def test_fit_writes_outputs_and_resume_continues(easy_data):
 
 def test_training_loss_goes_down_on_easy_data(easy_data):
     from geopsp.model.registry import build_model
-    from geopsp.train.loop import _make_batch, build_spec
+    from geopsp.train.batches import make_batch
+    from geopsp.train.loop import build_spec
 
     cfg = tiny_config(easy_data, augment={"scale": [1.0, 1.0]})
     data_ = prepare_data(resolve_paths(cfg, None))
@@ -455,7 +460,7 @@ def test_training_loss_goes_down_on_easy_data(easy_data):
         data_.readers, data_.train, cfg.normalization, bands=3, window=64, rng=np.random.default_rng(0)
     )
     sampler = WindowSampler(data_.readers, data_.train, window=64, grid=16)
-    x, y = _make_batch(data_, sampler, data_.train, resolve_paths(cfg, None), norm, np.random.default_rng(0), 4, 64)
+    x, y = make_batch(data_, sampler, data_.train, cfg.augment, norm, np.random.default_rng(0), 4, 64)
     torch.manual_seed(0)
     model = build_model(build_spec(cfg, in_channels=3, num_classes=3))
     model.train()

@@ -48,9 +48,11 @@ def train(
 ) -> None:
     """Train a PSPNet from a YAML config (its `train` section).
 
-    Paths in the config are relative to the config file. OUT receives best.safetensors (best
-    validation mIoU), last.safetensors with last_state.* (for --resume), metrics.csv,
-    curves.png and the resolved config.yaml. Stdout gets a JSON summary; progress goes to stderr.
+    Paths in the config are relative to the config file. OUT receives model.safetensors (the
+    weights train.select keeps: best, last or ema; the console and train_summary.json say which
+    and why), best.safetensors (the best validated weights), last.safetensors with last_state.*
+    (for --resume), ema.safetensors (the moving average), metrics.csv, curves.png and the
+    resolved config.yaml. Stdout gets a JSON summary; progress goes to stderr.
     """
     from geopsp.errors import ConfigError
 
@@ -83,23 +85,30 @@ def train(
     scores = result.scores
     summary: dict[str, Any] = {
         "out": str(result.out_dir),
+        "model": str(result.model),
+        "kept": result.kept,
+        "reason": result.reason,
         "best": str(result.best),
         "last": str(result.last),
         "metrics": str(result.metrics_csv),
         "curves": str(result.curves),
+        "summary": str(result.summary),
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
-        "best_miou": None if math.isnan(result.best_miou) else result.best_miou,
+        "best_score": None if math.isnan(result.best_miou) else result.best_miou,
         "stopped_early": result.stopped_early,
     }
     if scores is not None:
+        present = [c for c in scores.classes if c.reference_pixels > 0]
         summary["val"] = {
-            "miou": _none(scores.miou),
+            "miou": _none(scores.miou_reference_classes),
             "overall_accuracy": _none(scores.overall_accuracy),
-            "mean_f1": _none(scores.mean_f1),
+            "mean_f1": _none(scores.mean_f1_reference_classes),
             "kappa": _none(scores.kappa),
-            "iou": {c.name: _none(c.iou) for c in scores.classes},
+            "f1": {c.name: _none(c.f1) for c in present},
+            "iou": {c.name: _none(c.iou) for c in present},
         }
+    click.echo(f"kept {result.kept} as {result.model.name}: {result.reason}", err=True)
     click.echo(json.dumps(summary, indent=2))
 
 

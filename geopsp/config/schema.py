@@ -335,13 +335,57 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     epochs: int = Field(20, ge=1, description="Epochs of sampling.windows_per_epoch windows each.")
     max_minutes: float | None = Field(
-        None, gt=0.0, description="Time budget: the poly schedule is stretched to end when it is spent."
+        None, gt=0.0, description="Time budget in minutes; what happens when it is spent is train.budget."
+    )
+    budget: Literal["stretch", "guard"] = Field(
+        "stretch",
+        description=(
+            "stretch: the poly schedule is compressed to end when max_minutes is spent (the result depends on "
+            "the machine's speed); guard: the schedule follows the epochs and max_minutes only stops a run that "
+            "overruns (with a warning), so the result is the same on any machine that finishes."
+        ),
+    )
+    select: Literal["best", "last", "ema"] = Field(
+        "ema",
+        description=(
+            "Which weights become model.safetensors: best (the best validation score of the raw or EMA "
+            "weights after min_epochs), last (the raw weights of the last epoch) or ema (the moving average "
+            "of the weights at the end; falls back to last without ema_decay)."
+        ),
+    )
+    select_metric: Literal["miou", "mean_f1"] = Field(
+        "miou", description="Validation score that picks the best epoch (over the classes present in validation)."
+    )
+    min_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="No 'best' is declared before this epoch (default: a quarter of train.epochs).",
+    )
+    ema_decay: float | None = Field(
+        0.998,
+        gt=0.0,
+        lt=1.0,
+        description="Per-step decay of the exponential moving average of the weights (null: no EMA).",
+    )
+    channels_last: bool = Field(True, description="Train in channels-last memory format (faster convolutions).")
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Processes that build batches ahead of the model (0: in the main process; default: 1 on a CPU, "
+        "up to 4 with CUDA).",
     )
     val_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
     val_tile: int = Field(512, ge=32, le=8192, description="Tile edge used to run validation scenes.")
     seed: int = Field(0, ge=0, description="Seeds sampling, augmentation and weight initialization.")
     device: DeviceName = Field("auto", description="Where the model trains (auto, cpu, cuda or cuda:N).")
-    amp: bool | None = Field(None, description="bf16 autocast; None: on for CUDA, off on CPU.")
+    amp: bool | Literal["auto"] | None = Field(
+        "auto",
+        description=(
+            "bf16 autocast: true, false, or auto (null too): on CUDA where bf16 is supported; on a CPU whichever "
+            "of bf16 and fp32 a timed training step on this machine finds faster."
+        ),
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
     ignore_index: int = Field(255, ge=0, le=65535, description="Label value of ignored pixels in the bundle.")
     tile_size: int | None = Field(

@@ -26,6 +26,9 @@ BASE_COLUMNS = (
     "val_kappa",
     "seconds",
 )
+LOG_SPAN = 20.0
+"""The loss axis turns logarithmic when the largest loss is this many times the smallest."""
+EMA_COLUMNS = ("ema_val_loss", "ema_val_miou", "ema_val_oa", "ema_val_mean_f1", "ema_val_kappa")
 
 
 def _fmt(v: Any) -> str:
@@ -39,14 +42,19 @@ def _fmt(v: Any) -> str:
 def write_metrics_csv(
     path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]], class_names: Sequence[str]
 ) -> Path:
-    """Write one row per epoch: losses, mIoU, OA, mean F1, kappa and per-class IoU (empty = undefined)."""
-    columns = [*BASE_COLUMNS, *(f"iou_{n}" for n in class_names)]
+    """Write one row per epoch: losses, scores, per-class IoU and F1, the EMA's too (empty = undefined)."""
+    ema = any("ema_val_miou" in row for row in history)
+    extra = EMA_COLUMNS if ema else ()
+    groups = [("val_iou", "iou"), ("val_f1", "f1")] + ([("ema_val_f1", "ema_f1")] if ema else [])
+    columns = [*BASE_COLUMNS, *extra, *(f"{p}_{n}" for _, p in groups for n in class_names)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in history:
-        ious = row.get("val_iou") or {}
-        values = [row.get(c) for c in BASE_COLUMNS] + [ious.get(n) for n in class_names]
+        values = [row.get(c) for c in (*BASE_COLUMNS, *extra)]
+        for key, _ in groups:
+            per_class = row.get(key) or {}
+            values += [per_class.get(n) for n in class_names]
         writer.writerow([_fmt(v) for v in values])
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
@@ -70,15 +78,24 @@ def write_curves(path: str | os.PathLike[str], history: Sequence[Mapping[str, An
 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax_loss, ax_score = fig.subplots(1, 2)
-    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
+    losses = []
+    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"), ("ema_val_loss", "EMA val loss")):
         x, y = series(key)
         if x:
             ax_loss.plot(x, y, marker="o", ms=3, label=label)
+            losses += [v for v in y if v > 0]
+    if losses and max(losses) > LOG_SPAN * min(losses):
+        ax_loss.set_yscale("log")  # a huge first validation loss would flatten the rest
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(loc="best")
-    for key, label in (("val_miou", "val mIoU"), ("val_oa", "val OA"), ("val_mean_f1", "val mean F1")):
+    for key, label in (
+        ("val_miou", "val mIoU"),
+        ("val_oa", "val OA"),
+        ("val_mean_f1", "val mean F1"),
+        ("ema_val_miou", "EMA val mIoU"),
+    ):
         x, y = series(key)
         if x:
             ax_score.plot(x, y, marker="o", ms=3, label=label)

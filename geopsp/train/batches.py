@@ -1,0 +1,114 @@
+"""Training batches: random labeled windows, normalized and augmented, built ahead of the model.
+
+Batch ``g`` (the global optimizer step) is drawn with its own generator seeded by
+``(seed, 2, g)``, so its content does not depend on how many worker processes build batches,
+on prefetching, or on where a resumed run starts: a resumed run gets the batches it would have got.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geopsp.config.schema import AugmentConfig
+from geopsp.model.meta import Normalization
+from geopsp.train.augment import augment_pair, draw_read_size, resize_pair
+from geopsp.train.datasets import Region, TrainingData
+from geopsp.train.sampling import WindowSampler, read_region_window
+from geopsp.train.stats import normalize_window
+
+__all__ = ["BatchSource", "batch_loader", "default_workers", "make_batch"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def make_batch(
+    data: TrainingData,
+    sampler: WindowSampler,
+    regions: list[Region],
+    augment: AugmentConfig | None,
+    norm: Normalization,
+    rng: np.random.Generator,
+    batch_size: int,
+    window: int,
+) -> Batch:
+    """Draw, read, normalize and (unless ``augment`` is None) augment one batch.
+
+    Returns
+    -------
+    (images, labels)
+        float32 ``(N, C, window, window)`` and int64 ``(N, window, window)`` channel indices.
+    """
+    sizes = [draw_read_size(window, augment, rng) if augment is not None else window for _ in range(batch_size)]
+    draws = sampler.sample(batch_size, rng, sizes=sizes)
+    images, labels = [], []
+    for d in draws:
+        reg = regions[d.region]
+        img, lab = read_region_window(data.readers[reg.scene], reg, d.row, d.col, d.size)
+        img = normalize_window(img, norm)
+        img, lab = resize_pair(img, lab, window)
+        if augment is not None:
+            img, lab = augment_pair(img, lab, augment, rng)
+        images.append(img)
+        labels.append(lab.astype(np.int64))
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
+
+
+@dataclass
+class BatchSource(torch.utils.data.Dataset[Batch]):
+    """The batches of a run, indexed by global step (a map-style dataset for :class:`~torch.utils.data.DataLoader`)."""
+
+    data: TrainingData
+    sampler: WindowSampler
+    augment: AugmentConfig
+    norm: Normalization
+    batch_size: int
+    window: int
+    seed: int
+
+    def __getitem__(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, 2, step])
+        return make_batch(
+            self.data, self.sampler, self.sampler.regions, self.augment, self.norm, rng, self.batch_size, self.window
+        )
+
+
+def default_workers(device: torch.device) -> int:
+    """Batch-building processes when ``train.loader_workers`` is not set: 1 on a CPU, up to 4 with CUDA."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, max(1, cpus // 2)) if device.type == "cuda" else 1
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def batch_loader(source: BatchSource, steps: range, *, workers: int, pin_memory: bool = False) -> Iterator[Batch]:
+    """Yield the batches of ``steps`` in order, built by ``workers`` processes ahead of use (0: inline).
+
+    With workers the batches of the next steps are built while the model trains on this one;
+    on CUDA ``pin_memory`` lets the copy to the device overlap too.
+    """
+    if workers == 0:
+        for g in steps:
+            x, y = source[g]
+            yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
+        return
+    loader = torch.utils.data.DataLoader(
+        source,
+        batch_size=None,
+        sampler=steps,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+        # its own generator: creating the iterator must not draw from the global torch RNG,
+        # whose state (dropout) has to be the same in a resumed run and an uninterrupted one
+        generator=torch.Generator().manual_seed(0),
+    )
+    yield from loader
