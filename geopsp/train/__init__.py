@@ -8,21 +8,14 @@ Importing this package imports torch.
 
 from __future__ import annotations
 
-from geopsp.train.datasets import (
-    DEEPGLOBE_COLORS,
-    Region,
-    Scene,
-    TrainingData,
-    decode_color_mask,
-    discover_scenes,
-    prepare_data,
-    resolve_paths,
-    split_scenes,
-)
+from geopsp.train.datasets import TrainingData, prepare_data
+from geopsp.train.layouts import DEEPGLOBE_COLORS, Scene, discover_scenes, resolve_paths
 from geopsp.train.loop import TrainEvent, TrainResult, dry_run, fit
 from geopsp.train.losses import SegmentationLoss
 from geopsp.train.quick import quick_config
+from geopsp.train.reader import decode_color_mask
 from geopsp.train.sampling import WindowSampler
+from geopsp.train.split import Region, split_scenes
 from geopsp.train.stats import compute_normalization
 
 __all__ = [

@@ -16,7 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.errors import ConfigError
-from geopsp.train.datasets import Region, SceneReader
+from geopsp.train.reader import SceneReader
+from geopsp.train.split import Region
 
 __all__ = ["Draw", "WindowSampler", "cell_fractions", "read_region_window"]
 
