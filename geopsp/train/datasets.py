@@ -24,7 +24,7 @@ from geopsp.train.layouts import (
     resolve_paths,
 )
 from geopsp.train.reader import SceneCache, SceneReader, decode_color_mask
-from geopsp.train.split import Region, split_scenes
+from geopsp.train.split import Region, split_blocks, split_scenes
 
 __all__ = [
     "DEEPGLOBE_CLASSES",
@@ -38,6 +38,7 @@ __all__ = [
     "prepare_data",
     "resolve_classes",
     "resolve_paths",
+    "split_blocks",
     "split_scenes",
 ]
 
@@ -65,8 +66,9 @@ class TrainingData:
             "scenes": len(self.scenes),
             "train_scenes": train_ids,
             "val_scenes": val_ids,
-            "train_pixels": int(sum(r.height * r.width for r in self.train)),
-            "val_pixels": int(sum(r.height * r.width for r in self.val)),
+            "train_pixels": int(sum(r.pixels for r in self.train)),
+            "val_pixels": int(sum(r.pixels for r in self.val)),
+            "val_regions": len(self.val),
             "bands": list(self.bands),
             "band_names": list(self.band_names),
             "input_dtype": self.input_dtype,
@@ -105,7 +107,21 @@ def prepare_data(config: TrainConfig, *, max_scenes: int | None = None) -> Train
     scenes = discover_scenes(data, config.split)
     cache = SceneCache(data.cache_mb * 1024 * 1024)
     readers = [SceneReader(i, s, data.bands, mapping, data, cache) for i, s in enumerate(scenes)]
-    train, val = split_scenes(scenes, [(r.height, r.width) for r in readers], config.split, seed=config.seed)
+    split = config.split
+    train, val = split_scenes(scenes, [(r.height, r.width) for r in readers], split, seed=config.seed)
+    if split.val_blocks > 0:
+        train, blocks = split_blocks(
+            train,
+            lambda i: readers[i].labels(),
+            fraction=split.val_blocks,
+            block_size=split.block_size,
+            num_classes=len(classes),
+            ignore_index=mapping.ignore_index,
+            layout=split.block_layout,
+            grids=[r.grid for r in readers],
+            seed=config.seed,
+        )
+        val = val + blocks
     if max_scenes is not None:
         train = _first_scenes(train, max_scenes)
         val = _first_scenes(val, max_scenes)

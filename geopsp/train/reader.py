@@ -165,6 +165,13 @@ class SceneReader:
             return None
         return float(abs(self.transform.a))
 
+    @property
+    def grid(self) -> tuple[Any, ...] | None:
+        """Key equal for scenes on the same pixel grid (size, CRS, geotransform); None without georeferencing."""
+        if self.transform is None or self.crs is None:
+            return None
+        return (self.height, self.width, str(self.crs), tuple(self.transform)[:6])
+
     # -- whole-scene loaders ------------------------------------------------------------
     def _load_image(self, window: tuple[int, int, int, int] | None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         # the pixels and their validity exactly as prediction reads them (nodata per band,
