@@ -26,6 +26,7 @@ from geopsp.errors import (
     OutputError,
     OutputExistsError,
     TilingError,
+    TrainingDataWarning,
 )
 
 __version__ = "0.1.0"
@@ -63,6 +64,7 @@ __all__ = [
     "OutputExistsError",
     "Tile",
     "TilingError",
+    "TrainingDataWarning",
     "__version__",
     "build_model",
     "load_bundle",

@@ -16,7 +16,8 @@ catch either::
 
     GeopspWarning(UserWarning)
     ├── NotGeoreferencedWarning          an input has no CRS/transform; outputs will have none
-    └── NodataWarning                    nodata handling fell back to a default
+    ├── NodataWarning                    nodata handling fell back to a default
+    └── TrainingDataWarning              training data that trains or validates badly (a class unseen, few labels)
 
 Messages are one line: what went wrong, with which file or value, and how to fix it.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "TilingError",
+    "TrainingDataWarning",
 ]
 
 
@@ -110,3 +112,13 @@ class NotGeoreferencedWarning(GeopspWarning):
 
 class NodataWarning(GeopspWarning):
     """Nodata handling fell back to a default."""
+
+
+class TrainingDataWarning(GeopspWarning):
+    """Training data will train or validate badly.
+
+    A class has no training or no validation pixels, the validation set is tiny, or a scene is
+    almost without labels.
+
+    .. versionadded:: 0.2
+    """
