@@ -26,6 +26,9 @@ from geopsp.errors import (
     OutputError,
     OutputExistsError,
     TilingError,
+    TrainingDataWarning,
+    TrainingDivergedError,
+    TrainingWarning,
 )
 
 __version__ = "0.1.0"
@@ -63,6 +66,9 @@ __all__ = [
     "OutputExistsError",
     "Tile",
     "TilingError",
+    "TrainingDataWarning",
+    "TrainingDivergedError",
+    "TrainingWarning",
     "__version__",
     "build_model",
     "load_bundle",

@@ -18,6 +18,7 @@ catch either::
     GeopspWarning(UserWarning)
     ├── NotGeoreferencedWarning          an input has no CRS/transform; outputs will have none
     ├── NodataWarning                    nodata handling fell back to a default
+    ├── TrainingDataWarning              training data that trains or validates badly (a class unseen, few labels)
     └── TrainingWarning                  a training run stopped early or did something unexpected
 
 Messages are one line: what went wrong, with which file or value, and how to fix it.
@@ -39,6 +40,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "TilingError",
+    "TrainingDataWarning",
     "TrainingDivergedError",
     "TrainingWarning",
 ]
@@ -122,3 +124,13 @@ class NodataWarning(GeopspWarning):
 
 class TrainingWarning(GeopspWarning):
     """A training run did something the user should know about (stopped by its time cap, ...)."""
+
+
+class TrainingDataWarning(GeopspWarning):
+    """Training data will train or validate badly.
+
+    A class has no training or no validation pixels, the validation set is tiny, or a scene is
+    almost without labels.
+
+    .. versionadded:: 0.2
+    """

@@ -31,10 +31,11 @@ from geopsp.train import (
     split_scenes,
 )
 from geopsp.train.augment import augment_pair, resize_pair
-from geopsp.train.datasets import DEEPGLOBE_COLORS, Region, Scene
 from geopsp.train.evaluation import tile_starts
+from geopsp.train.layouts import DEEPGLOBE_COLORS, Scene
 from geopsp.train.loop import dry_run
 from geopsp.train.schedule import Schedule
+from geopsp.train.split import Region
 from geopsp.train.state import optimizer_from_flat, optimizer_to_flat
 
 TRANSFORM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5600000.0)

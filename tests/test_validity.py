@@ -27,7 +27,7 @@ from geopsp.pipeline import segment_raster
 from geopsp.testing import random_class_map, write_geotiff
 from geopsp.tiling import TileGrid
 from geopsp.tiling.reader import pad_tile
-from geopsp.train.datasets import SceneReader, _Cache
+from geopsp.train.reader import SceneCache, SceneReader
 from geopsp.train.stats import normalize_window
 
 MEANS = [900.0, 1100.0, 1400.0, 2600.0]
@@ -162,14 +162,14 @@ def test_model_input_is_finite_and_filled_at_every_invalid_pixel():
 def _reader(path, bands=None):
     from geopsp.config.schema import DataConfig
     from geopsp.labels import LabelMapping
-    from geopsp.train.datasets import Scene
+    from geopsp.train.layouts import Scene
 
     labels = path.with_name(path.stem + "_labels.tif")
     with rasterio.open(path) as src:
         write_geotiff(labels, np.ones((src.height, src.width), "uint8"), nodata=0)
     mapping = LabelMapping(ClassTable.default(2))
     data = DataConfig(layout="scenes", images="*.tif", labels="{name}")
-    return SceneReader(0, Scene("s", path, labels, "raster"), bands, mapping, data, _Cache(1 << 30))
+    return SceneReader(0, Scene("s", path, labels, "raster"), bands, mapping, data, SceneCache(1 << 30))
 
 
 def _write_rgba(path, rgb, alpha):

@@ -206,7 +206,7 @@ class ClassEntry(_Section):
 
 
 class SplitConfig(_Section):
-    """Train/validation split by scene, by date, or by a spatial hold-out; never random pixels."""
+    """Train/validation split by scene, by date, by a spatial stripe or by stratified blocks; never random pixels."""
 
     val: tuple[str, ...] = Field((), description="Glob patterns of scene ids (file stems) held out for validation.")
     train: tuple[str, ...] = Field(
@@ -227,6 +227,35 @@ class SplitConfig(_Section):
     holdout_side: Literal["left", "right", "top", "bottom"] = Field(
         "right", description="Where the hold-out stripe lies."
     )
+    val_blocks: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Hold out square blocks holding about this fraction of the labeled pixels of every training scene "
+            "(0: off). Blocks are chosen seeded and stratified, so every class with labeled pixels gets "
+            "validation pixels; their labels are never trained on. Combines with val, val_dates, val_from_date "
+            "and val_fraction (whole scenes held out), not with holdout."
+        ),
+    )
+    block_size: int = Field(64, ge=8, le=4096, description="Edge (px) of the validation blocks of val_blocks.")
+    block_layout: Literal["per_scene", "shared"] = Field(
+        "per_scene",
+        description=(
+            "per_scene: each scene (date) draws its own blocks, so a stack of dates of one area still trains on "
+            "every location at some date (validates predicting a new date of a known area); shared: the same "
+            "blocks are held out of every scene on the same grid (validates unseen places)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_spatial_split(self) -> SplitConfig:
+        if self.val_blocks > 0 and self.holdout > 0:
+            raise ValueError(
+                f"val_blocks ({self.val_blocks}) and holdout ({self.holdout}) are two spatial hold-outs; "
+                "set one of them to 0"
+            )
+        return self
 
 
 class SamplingConfig(_Section):
@@ -299,6 +328,12 @@ class TrainModelConfig(_Section):
     aux_weight: float | None = Field(None, ge=0.0)
     encoder_weights: str | None = Field(
         None, description="'imagenet' uses cached weights (offline); null: from scratch."
+    )
+    detail_channels: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="PSPNet: channels of a stride-4 detail branch before the classifier (0: the paper's head).",
     )
 
 

@@ -55,6 +55,10 @@ class ModelSpec:
         Weight of the auxiliary loss (paper: 0.4).
     encoder_weights : str or None
         ``None`` (random init) or ``"imagenet"`` (needs the weights cached locally).
+    detail_channels : int
+        PSPNet only: 0 (the paper's head) or the channels of a stride-4 detail branch that refines
+        the pyramid's output with the encoder's stride-4 feature before the classifier (thin
+        structures such as roads; see :class:`~geopsp.model.pspnet.PSPNet`).
     """
 
     arch: str = "pspnet"
@@ -69,6 +73,7 @@ class ModelSpec:
     aux: bool = True
     aux_weight: float = 0.4
     encoder_weights: str | None = None
+    detail_channels: int = 0
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -79,6 +84,8 @@ class ModelSpec:
             raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
         if not 1 <= self.encoder_depth <= 5:
             raise ValueError(f"encoder_depth must be in 1..5, got {self.encoder_depth}")
+        if self.detail_channels < 0:
+            raise ValueError(f"detail_channels must be >= 0, got {self.detail_channels}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""

@@ -39,6 +39,7 @@ from geopsp.io.atomic import atomic_output
 from geopsp.io.outdir import ensure_output_dir
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.train.augment import augment_pair
+from geopsp.train.checks import check_training_data, class_pixel_counts
 from geopsp.train.datasets import Region, TrainingData, prepare_data, resolve_paths
 from geopsp.train.losses import SegmentationLoss
 from geopsp.train.sampling import read_region_window
@@ -138,11 +139,7 @@ def _class_weights(config: TrainConfig, data: TrainingData, regions: Sequence[Re
     if cw is None:
         return None
     if cw == "balanced":
-        counts = np.zeros(k, dtype=np.float64)
-        for reg in regions:
-            lab = data.readers[reg.scene].labels()[reg.row : reg.row + reg.height, reg.col : reg.col + reg.width]
-            lab = lab[lab != data.mapping.ignore_index]
-            counts += np.bincount(lab.ravel(), minlength=k)[:k]
+        counts = class_pixel_counts(data, regions).astype(np.float64)
         freq = counts / max(counts.sum(), 1.0)
         w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
         w = w / w[w > 0].mean() if (w > 0).any() else np.ones(k)
@@ -433,5 +430,6 @@ def _dry_run(
         "normalization": norm.to_dict(),
         "spec": spec.to_dict(),
         "loss": float(total.detach()),
+        "data_checks": check_training_data(data).as_dict(),
         "labeled_fraction": float((y != cfg.ignore_index).float().mean()),
     }

@@ -30,7 +30,8 @@ def quick_config(
 ) -> TrainConfig:
     """Return a small training config for one scene and its label raster.
 
-    The right ``holdout`` share of the scene is held out for validation (a spatial stripe).
+    A ``holdout`` share of the scene's labeled pixels is held out for validation, as stratified
+    spatial blocks (``train.split.val_blocks``), so every class has training and validation pixels.
 
     Parameters
     ----------
@@ -42,7 +43,7 @@ def quick_config(
     window, batch_size, windows_per_epoch, epochs : int
         Sampling and length of the run.
     holdout : float
-        Share of the scene's columns held out for validation.
+        Share of the scene's labeled pixels held out for validation (in blocks of ``window`` / 2 px).
     preset, encoder : str
         Model preset and encoder.
     seed : int
@@ -58,8 +59,8 @@ def quick_config(
     --------
     >>> from geopsp.synthetic import SYNTHETIC_CLASSES
     >>> cfg = quick_config("scene.tif", "scene_labels.tif", classes=SYNTHETIC_CLASSES, epochs=1)
-    >>> cfg.data.layout, cfg.split.holdout, cfg.sampling.window
-    ('scenes', 0.25, 64)
+    >>> cfg.data.layout, cfg.split.val_blocks, cfg.split.block_size, cfg.sampling.window
+    ('scenes', 0.25, 32, 64)
     """
     scene_p = Path(scene).resolve()
     labels_p = Path(labels).resolve()
@@ -71,7 +72,7 @@ def quick_config(
             "labels": str(labels_p),
         },
         "classes": classes.to_list(),
-        "split": {"holdout": holdout},
+        "split": {"val_blocks": holdout, "block_size": max(8, window // 2)},
         "sampling": {
             "window": window,
             "batch_size": batch_size,

@@ -16,7 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.errors import ConfigError
-from geopsp.train.datasets import Region, SceneReader
+from geopsp.train.reader import SceneReader
+from geopsp.train.split import Region
 
 __all__ = ["Draw", "WindowSampler", "cell_fractions", "read_region_window"]
 
@@ -115,7 +116,7 @@ class WindowSampler:
         labeled_px, total_px = 0, 0
         for k, reg in enumerate(self.regions):
             reader = readers[reg.scene]
-            labels = reader.labels()[reg.row : reg.row + reg.height, reg.col : reg.col + reg.width]
+            labels = reg.crop_labels(reader.labels(), fill=reader.mapping.ignore_index)
             labeled_px += int(np.count_nonzero(labels != reader.mapping.ignore_index))
             total_px += labels.size
             cells = cell_fractions(labels, grid, reader.mapping.ignore_index)
@@ -182,8 +183,11 @@ def read_region_window(
     """Read a window, blanking whatever lies outside ``region`` (NaN image, ignored labels).
 
     Blanking keeps a spatial hold-out honest: a training window never sees validation pixels.
+    The labels under the region's ``exclude`` rectangles (validation blocks) are ignored too;
+    the image there is kept, as context.
     """
     image, labels = reader.read(row, col, size, size)
+    region.mask_excluded(labels, row=row, col=col, fill=reader.mapping.ignore_index)
     r0, c0 = region.row - row, region.col - col
     r1, c1 = r0 + region.height, c0 + region.width
     if r0 > 0 or c0 > 0 or r1 < size or c1 < size:

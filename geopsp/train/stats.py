@@ -18,8 +18,9 @@ from geopsp.config.schema import NormalizationConfig
 from geopsp.errors import InputRasterError
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import Normalization
-from geopsp.train.datasets import Region, SceneReader
+from geopsp.train.reader import SceneReader
 from geopsp.train.sampling import read_region_window
+from geopsp.train.split import Region
 
 __all__ = ["compute_normalization", "normalize_window"]
 

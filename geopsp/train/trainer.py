@@ -33,6 +33,7 @@ from geopsp.io.atomic import atomic_output
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.train.amp import AmpChoice, choose_amp
 from geopsp.train.batches import BatchSource, batch_loader, default_workers
+from geopsp.train.checks import check_training_data
 from geopsp.train.datasets import TrainingData, prepare_data
 from geopsp.train.ema import WeightAverage
 from geopsp.train.evaluation import evaluate_regions
@@ -250,6 +251,7 @@ class Trainer:
         )
         self.source = BatchSource(data, self.sampler, c.augment, self.norm, self.batch_size, self.window, self.seed)
         data.warn_unknown()
+        self.data_report = check_training_data(data)
         self.loss_fn = self._make_loss(data, self.spec).to(self.device)
         self.amp = self._decide_amp()
         self.describe = data.describe()
@@ -539,6 +541,7 @@ class Trainer:
             "select_metric": self.select_metric,
             "validation": _scores_summary(kept.scores) if kept is not None else None,
             "validation_epoch": kept.epoch if kept is not None else None,
+            "data": self.data_report.as_dict(),
         }
         with atomic_output(self.out_dir / SUMMARY_NAME, overwrite=True) as tmp:
             tmp.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
