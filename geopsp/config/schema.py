@@ -298,7 +298,9 @@ class TrainModelConfig(_Section):
     aux: bool | None = None
     aux_weight: float | None = Field(None, ge=0.0)
     encoder_weights: str | None = Field(
-        None, description="'imagenet' uses cached weights (offline); null: from scratch."
+        None,
+        description="'imagenet' uses cached weights (offline); a path (relative to the config; .pth, .pt, "
+        "or .safetensors) loads a torchvision/timm ResNet state dict; null: from scratch.",
     )
 
 

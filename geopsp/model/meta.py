@@ -54,7 +54,8 @@ class ModelSpec:
     aux_weight : float
         Weight of the auxiliary loss (paper: 0.4).
     encoder_weights : str or None
-        ``None`` (random init) or ``"imagenet"`` (needs the weights cached locally).
+        ``None`` (random init), ``"imagenet"`` (needs the weights cached locally), or the path
+        of a torchvision/timm ResNet state dict file (see :mod:`geopsp.model.pretrained`).
     """
 
     arch: str = "pspnet"
