@@ -423,6 +423,7 @@ def _fit(
         spec = bundle.meta.spec
         norm = bundle.meta.normalization
         model = bundle.model
+        init_weights = bundle.meta.provenance.get("encoder_weights")  # h-weights: the first run's record
     else:
         norm = compute_normalization(
             data.readers,
@@ -433,10 +434,12 @@ def _fit(
             rng=np.random.default_rng([cfg.seed, 1]),
         )
         spec = build_spec(cfg, in_channels=len(data.bands), num_classes=k)
+        from geopsp.model.pretrained import pretrained_provenance
         from geopsp.model.registry import build_model
 
         torch.manual_seed(cfg.seed)
         model = build_model(spec)
+        init_weights = pretrained_provenance(model)  # h-weights: the encoder's weights file, if any
     model.to(device)
     optimizer = _optimizer(cfg, model)
     if opt_state is not None:
@@ -583,6 +586,7 @@ def _fit(
             "steps": global_step,
             "seed": cfg.seed,
             "preset": cfg.model.preset,
+            "encoder_weights": init_weights,  # h-weights
             "metrics": _metrics_for_provenance(row),
             "train_config": cfg.model_dump(mode="json"),
         }
