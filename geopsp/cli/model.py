@@ -17,7 +17,7 @@ _DTYPES = ("uint8", "uint16", "int16", "float32")
 
 @click.group()
 def model() -> None:
-    """Create and inspect model bundles (one .safetensors file: weights + metadata)."""
+    """Create and inspect model bundles (one .safetensors file: weights + metadata); fetch encoder weights."""
 
 
 @model.command("create")
@@ -135,7 +135,7 @@ def info(bundle: str, as_json: bool) -> None:
     envvar="GEOPSP_WEIGHTS_URL",
     default=None,
     metavar="URL",
-    help="Download from this server (a mirror) instead of the source's; env GEOPSP_WEIGHTS_URL.",
+    help="Download from this server (a mirror) instead of the source's.",
 )
 @click.option(
     "--timeout",
