@@ -16,7 +16,7 @@ from geopsp.classes import ClassTable
 from geopsp.cli.main import cli
 from geopsp.config import load_config
 from geopsp.config.schema import AugmentConfig, NormalizationConfig, SplitConfig, TrainConfig
-from geopsp.errors import CheckpointError, ConfigError, OutputExistsError
+from geopsp.errors import CheckpointError, ConfigError, OutputExistsError, TrainingDataWarning
 from geopsp.labels import LabelMapping
 from geopsp.testing import random_class_map, write_geotiff
 from geopsp.train import (
@@ -564,7 +564,11 @@ def test_quick_config_on_a_synthetic_scene(tmp_path):
         model={"decoder_channels": 16},
         threads=1,
     )
-    res = fit(cfg, tmp_path / "run")
+    # this small scene has no water and no grassland: the run says so, once per class
+    with pytest.warns(TrainingDataWarning) as record:
+        res = fit(cfg, tmp_path / "run")
+    missing = {str(w.message).split("'")[1] for w in record if "has no training pixels" in str(w.message)}
+    assert missing == {"water", "grassland"}
     meta = read_bundle_meta(res.best)
     assert meta.classes == SYNTHETIC_CLASSES and meta.input_dtype == "uint16" and len(meta.bands) == 4
     assert meta.provenance["data"]["train_scenes"] == ["scene"] == meta.provenance["data"]["val_scenes"]

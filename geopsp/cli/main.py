@@ -40,7 +40,7 @@ SHORT_HELP: dict[str, str] = {
     "train": "Train a PSPNet from a YAML config.",
     "evaluate": "Score a prediction against reference labels.",
     "batch": "Run predict over many scenes on a dask cluster.",
-    "model": "Create and inspect model bundles.",
+    "model": "Create and inspect model bundles; fetch encoder weights.",
     "sample-scene": "Write a synthetic labelled scene for demos and tests.",
     "config": "Show or validate the resolved configuration.",
     "demo": "Run the whole job on synthetic data (the quick start).",

@@ -1,9 +1,10 @@
-"""``geopsp model create|info``: write untrained bundles and inspect bundles."""
+"""``geopsp model create|info|fetch-weights``: write untrained bundles, inspect bundles, download encoder weights."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import Any, Literal
 
 import click
 
@@ -16,7 +17,7 @@ _DTYPES = ("uint8", "uint16", "int16", "float32")
 
 @click.group()
 def model() -> None:
-    """Create and inspect model bundles (one .safetensors file: weights + metadata)."""
+    """Create and inspect model bundles (one .safetensors file: weights + metadata); fetch encoder weights."""
 
 
 @model.command("create")
@@ -118,6 +119,67 @@ def info(bundle: str, as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(_format_info(summary))
+
+
+@model.command("fetch-weights")
+@click.argument("encoder", metavar="ENCODER")
+@click.option(
+    "--source",
+    type=click.Choice(["torchvision", "timm"]),
+    default="torchvision",
+    show_default=True,
+    help="Whose ImageNet weights: torchvision's IMAGENET1K_V1 (.pth) or timm's default tag (.safetensors).",
+)
+@click.option(
+    "--base-url",
+    envvar="GEOPSP_WEIGHTS_URL",
+    default=None,
+    metavar="URL",
+    help="Download from this server (a mirror) instead of the source's.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the connection and for each read.",
+)
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
+@overwrite_option
+@click.pass_context
+def fetch_weights(
+    ctx: click.Context,
+    encoder: str,
+    source: Literal["torchvision", "timm"],
+    base_url: str | None,
+    timeout_s: float,
+    no_progress: bool,
+    overwrite: bool,
+) -> None:
+    """Download ENCODER's ImageNet weights into the torch hub cache and print the file's path.
+
+    ENCODER is resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d or
+    resnext101_32x8d. Pass the printed path to `geopsp train --encoder-weights` (or set
+    train.model.encoder_weights). A file already in the cache is not downloaded again unless
+    --overwrite. Offline it fails within --timeout, naming the URL to download elsewhere.
+    """
+    from geopsp.cli.progress import ProgressBar
+    from geopsp.model.download import fetch_weights as fetch
+
+    obj = ctx.find_root().obj
+    verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
+    show = not no_progress and verbosity >= 0 and sys.stderr.isatty()
+    with ProgressBar(f"{encoder} ({source})", unit="bytes", enabled=show) as progress:
+        path = fetch(
+            encoder,
+            source=source,
+            base_url=base_url,
+            timeout_s=timeout_s,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    click.echo(str(path))
 
 
 def _band_names(arg: str | None, bands: int) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""``geopsp train --config FILE [--set ...] [--out DIR] [--resume] [--overwrite] [--dry-run]``."""
+"""``geopsp train --config FILE [--set ...] [--out DIR] [--encoder-weights PATH] [--resume] [--dry-run]``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ __all__ = ["train"]
     default=None,
     help="Run folder [default: train.out, else runs/<config name>].",
 )
+@click.option(
+    "--encoder-weights",
+    "encoder_weights",
+    default=None,
+    metavar="PATH",
+    help="Start the encoder from a torchvision/timm ResNet state dict (.pth, .pt, .safetensors; RGB weights "
+    "adapted to the band count), overriding train.model.encoder_weights. See `geopsp model fetch-weights`.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
 @click.option(
     "--dry-run",
@@ -39,6 +47,7 @@ __all__ = ["train"]
 def train(
     ctx: click.Context,
     out: str | None,
+    encoder_weights: str | None,
     resume: bool,
     dry_run: bool,
     no_progress: bool,
@@ -62,6 +71,7 @@ def train(
         raise ConfigError("give a training config with --config FILE (see configs/*.yaml)")
     conf = load_cli_config(config_path, set_items)
     base_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
+    conf = _with_encoder_weights(conf, encoder_weights, base_dir, resume=resume)
 
     from geopsp.train.loop import dry_run as run_dry
     from geopsp.train.loop import fit
@@ -110,6 +120,28 @@ def train(
         }
     click.echo(f"kept {result.kept} as {result.model.name}: {result.reason}", err=True)
     click.echo(json.dumps(summary, indent=2))
+
+
+def _with_encoder_weights(conf: Any, option: str | None, base_dir: Path, *, resume: bool) -> Any:
+    """Apply ``--encoder-weights`` and make a weights path absolute, checking that the file is there.
+
+    A path given on the command line is relative to the working directory; one in the config
+    (or ``--set``) is relative to the config file's folder, like the config's other paths. A
+    resumed run starts from its own bundle, so the file need not exist any more.
+    """
+    from geopsp.model.pretrained import check_weights_file, is_weights_path, resolve_weights_path
+
+    model_cfg = conf.train.model
+    if option is not None:
+        weights = resolve_weights_path(option, Path.cwd())
+    else:
+        weights = resolve_weights_path(model_cfg.encoder_weights, base_dir)
+    if is_weights_path(weights) and not resume:
+        check_weights_file(str(weights))  # before any data are read
+    if weights == model_cfg.encoder_weights:
+        return conf
+    train_cfg = conf.train.model_copy(update={"model": model_cfg.model_copy(update={"encoder_weights": weights})})
+    return conf.model_copy(update={"train": train_cfg})
 
 
 def _none(v: float) -> float | None:

@@ -272,6 +272,13 @@ class SamplingConfig(_Section):
     )
     power: float = Field(1.0, ge=0.0, description="Draw probability grows with labeled fraction ** power (0: uniform).")
     uniform: float = Field(0.1, ge=0.0, le=1.0, description="Share of windows drawn uniformly among the eligible ones.")
+    rare: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of windows aimed at one class, each class with training pixels equally often "
+        "(rare-class sampling: roads and bare soil are seen as often as forest).",
+    )
 
 
 class AugmentConfig(_Section):
@@ -327,7 +334,9 @@ class TrainModelConfig(_Section):
     aux: bool | None = None
     aux_weight: float | None = Field(None, ge=0.0)
     encoder_weights: str | None = Field(
-        None, description="'imagenet' uses cached weights (offline); null: from scratch."
+        None,
+        description="'imagenet' uses cached weights (offline); a path (relative to the config; .pth, .pt, "
+        "or .safetensors) loads a torchvision/timm ResNet state dict; null: from scratch.",
     )
     detail_channels: int | None = Field(
         None,

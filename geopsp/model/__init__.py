@@ -1,4 +1,4 @@
-"""Models: the PSPNet, the architecture registry and presets, FLOP counts, and model bundles.
+"""Models: the PSPNet, the architecture registry and presets, FLOP counts, model bundles, pretrained encoders.
 
 The metadata classes (:mod:`geopsp.model.meta`) are plain Python; everything that needs torch
 is imported lazily on first use, so ``from geopsp.model.meta import BundleMeta`` (and reading a
@@ -16,6 +16,9 @@ _LAZY: dict[str, str] = {
     "build_model": "geopsp.model.registry",
     "spec_from_preset": "geopsp.model.registry",
     "PSPNet": "geopsp.model.pspnet",
+    "PretrainedInfo": "geopsp.model.pretrained",
+    "load_encoder_weights": "geopsp.model.pretrained",
+    "fetch_weights": "geopsp.model.download",
     "count_parameters": "geopsp.model.flops",
     "flops_per_pixel": "geopsp.model.flops",
     "model_flops": "geopsp.model.flops",
@@ -36,11 +39,14 @@ __all__ = [
     "Normalization",
     "PRESETS",
     "PSPNet",
+    "PretrainedInfo",
     "build_model",
     "count_parameters",
+    "fetch_weights",
     "flops_per_pixel",
     "inspect_bundle",
     "load_bundle",
+    "load_encoder_weights",
     "model_flops",
     "read_bundle_meta",
     "resolve_model",

@@ -54,7 +54,8 @@ class ModelSpec:
     aux_weight : float
         Weight of the auxiliary loss (paper: 0.4).
     encoder_weights : str or None
-        ``None`` (random init) or ``"imagenet"`` (needs the weights cached locally).
+        ``None`` (random init), ``"imagenet"`` (needs the weights cached locally), or the path
+        of a torchvision/timm ResNet state dict file (see :mod:`geopsp.model.pretrained`).
     detail_channels : int
         PSPNet only: 0 (the paper's head) or the channels of a stride-4 detail branch that refines
         the pyramid's output with the encoder's stride-4 feature before the classifier (thin

@@ -17,6 +17,7 @@ from torch import nn
 
 from geopsp.errors import ConfigError, ModelError
 from geopsp.model.meta import ModelSpec
+from geopsp.model.pretrained import PRETRAINED_ATTR, check_weights_file, is_weights_path, load_encoder_weights
 from geopsp.model.pspnet import PadToMultiple, PSPNet, _check_weights_cached, _no_network, drop_unused_stages
 
 __all__ = ["ARCHITECTURES", "PRESETS", "build_model", "spec_from_preset"]
@@ -108,7 +109,12 @@ PRESETS: dict[str, ModelSpec] = {
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build the network ``spec`` describes, with random (or cached pretrained encoder) weights.
+    """Build the network ``spec`` describes, with random or pretrained encoder weights.
+
+    ``spec.encoder_weights`` is ``None`` (random), a cached weight name (``"imagenet"``, see
+    :func:`~geopsp.model.pspnet.create_encoder`) or the path of a ResNet state dict file (see
+    :mod:`geopsp.model.pretrained`): the model is then built with random weights and the file
+    loaded into its encoder, with the first convolution adapted to ``spec.in_channels``.
 
     Parameters
     ----------
@@ -118,20 +124,28 @@ def build_model(spec: ModelSpec) -> nn.Module:
     Returns
     -------
     torch.nn.Module
-        In training mode, as freshly built modules are.
+        In training mode, as freshly built modules are. Built from a weights file, it carries
+        a :class:`~geopsp.model.pretrained.PretrainedInfo` (file, sha256, tensors loaded) that
+        :func:`~geopsp.model.pretrained.get_pretrained_info` returns.
 
     Raises
     ------
     ValueError
         For an unknown architecture (a :class:`~geopsp.errors.ConfigError`, listing the valid ones).
     ModelError
-        When the model cannot be built (unknown encoder, weights not cached offline ...).
+        When the model cannot be built (unknown encoder, weights not cached offline, a weights
+        file that is missing, unreadable or of another architecture ...).
     """
     builder = ARCHITECTURES.get(spec.arch)
     if builder is None:
         raise ConfigError(f"unknown architecture {spec.arch!r}; choose one of {sorted(ARCHITECTURES)}", key="arch")
     logger.debug("building %s with encoder %s", spec.arch, spec.encoder)
-    return builder(spec)
+    if not is_weights_path(spec.encoder_weights):
+        return builder(spec)
+    path = check_weights_file(str(spec.encoder_weights))  # fail before building
+    model = builder(spec.replace(encoder_weights=None))
+    setattr(model, PRETRAINED_ATTR, load_encoder_weights(model, path, encoder=spec.encoder))
+    return model
 
 
 def spec_from_preset(

@@ -66,9 +66,8 @@ def _by_scene(regions: Sequence[Region]) -> dict[int, list[Region]]:
 
 
 def _context_start(core0: int, core1: int, tile: int, extent: int) -> int:
-    """Start of a ``tile``-px read that holds ``[core0, core1)`` centred, inside ``[0, extent)`` where it fits."""
-    start = (core0 + core1 - tile) // 2
-    return max(0, min(start, extent - tile)) if tile <= extent else -((tile - extent) // 2)
+    """Start of a ``tile``-px read (``tile <= extent``) holding ``[core0, core1)`` centred, inside ``[0, extent)``."""
+    return max(0, min((core0 + core1 - tile) // 2, extent - tile))
 
 
 @torch.inference_mode()
@@ -107,10 +106,10 @@ def evaluate_regions(
                 jobs.append((scene, regs, top + r0, top + r1, left + c0, left + c1))
     for n, (scene, regs, r0, r1, c0, c1) in enumerate(jobs):
         reader = data.readers[scene]
-        size = min(tile, max(reader.height, reader.width))
-        rr = _context_start(r0, r1, size, reader.height)
-        cr = _context_start(c0, c1, size, reader.width)
-        img, lab = reader.read(rr, cr, size, size)
+        th, tw = min(tile, reader.height), min(tile, reader.width)
+        rr = _context_start(r0, r1, th, reader.height)
+        cr = _context_start(c0, c1, tw, reader.width)
+        img, lab = reader.read(rr, cr, th, tw)
         core = np.full((r1 - r0, c1 - c0), ignore, dtype=np.int64)
         window = lab[r0 - rr : r1 - rr, c0 - cr : c1 - cr]
         for reg in regs:

@@ -89,6 +89,11 @@ class WindowSampler:
         Weight is ``fraction ** power`` (0 gives all eligible windows the same weight).
     uniform : float
         Share of draws made uniformly among eligible windows.
+    rare : float
+        Share of draws aimed at one class, every class with training pixels equally often, the
+        window drawn in proportion to that class's share of it: rare classes (roads, bare soil)
+        are seen as often as common ones, in the manner of the rare-class sampling of Hoyer et
+        al. (DAFormer, CVPR 2022) with a uniform class prior.
 
     Raises
     ------
@@ -106,13 +111,14 @@ class WindowSampler:
         min_labeled: float = 0.02,
         power: float = 1.0,
         uniform: float = 0.1,
+        rare: float = 0.0,
     ) -> None:
         self.readers = readers
         self.regions = list(regions)
         self.window = window
         self.grid = grid
         span = max(1, math.ceil(window / grid))
-        reg_idx, cell_i, cell_j, fracs = [], [], [], []
+        reg_idx, cell_i, cell_j, fracs, class_fracs = [], [], [], [], []
         labeled_px, total_px = 0, 0
         for k, reg in enumerate(self.regions):
             reader = readers[reg.scene]
@@ -126,6 +132,13 @@ class WindowSampler:
             cell_i.append(ii.ravel())
             cell_j.append(jj.ravel())
             fracs.append(wf.ravel())
+            if rare > 0:
+                k_classes = len(reader.mapping.classes)
+                per_class = [
+                    _window_fractions(cell_fractions(np.where(labels == c, c, -1), grid, -1), span).ravel()
+                    for c in range(k_classes)
+                ]
+                class_fracs.append(np.stack(per_class))
         self._region = np.concatenate(reg_idx)
         self._i = np.concatenate(cell_i)
         self._j = np.concatenate(cell_j)
@@ -141,6 +154,14 @@ class WindowSampler:
         p = weights / weights.sum()
         q = eligible / eligible.sum()
         self._p = (1.0 - uniform) * p + uniform * q
+        if rare > 0:
+            # rare-class sampling: each class with training pixels is aimed at equally often, with a
+            # window drawn in proportion to that class's share of it
+            cf = np.concatenate(class_fracs, axis=1) * eligible
+            totals = cf.sum(axis=1)
+            present = totals > 0
+            per_class = (cf[present] / totals[present, None]).mean(axis=0)
+            self._p = (1.0 - rare) * self._p + rare * per_class
         self._p /= self._p.sum()
 
     def __len__(self) -> int:

@@ -181,6 +181,7 @@ class Trainer:
     def setup(self, *, resume: bool) -> None:
         """Read the data; build or restore the model, optimizer, average and state."""
         from geopsp.model.bundle import load_bundle
+        from geopsp.model.pretrained import pretrained_provenance
         from geopsp.model.registry import build_model
 
         c = self.config
@@ -205,6 +206,7 @@ class Trainer:
             if bundle.meta.classes.ids != data.classes.ids or bundle.meta.bands != data.bands:
                 raise CheckpointError(f"{self.out_dir}: the run was trained with other classes or bands; start again")
             self.spec, self.norm, model = bundle.meta.spec, bundle.meta.normalization, bundle.model
+            self.init_weights = bundle.meta.provenance.get("encoder_weights")  # the first session's record
             if self.ema_decay is not None:
                 ema_path = self.out_dir / "ema.safetensors"
                 if not ema_path.exists():
@@ -222,6 +224,7 @@ class Trainer:
             self.spec = self._build_spec(len(data.bands), len(data.classes))
             torch.manual_seed(self.seed)
             model = build_model(self.spec)
+            self.init_weights = pretrained_provenance(model)  # the encoder's weights file, if any
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -248,6 +251,7 @@ class Trainer:
             min_labeled=s.min_labeled,
             power=s.power,
             uniform=s.uniform,
+            rare=s.rare,
         )
         self.source = BatchSource(data, self.sampler, c.augment, self.norm, self.batch_size, self.window, self.seed)
         data.warn_unknown()
@@ -434,6 +438,7 @@ class Trainer:
             "steps": self.state.step,
             "seed": c.seed,
             "preset": c.model.preset,
+            "encoder_weights": self.init_weights,
             "weights": "moving average (EMA)" if weights == "ema" else "raw",
             "metrics": metrics,
             "train_config": c.model_dump(mode="json"),
