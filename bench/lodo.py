@@ -18,7 +18,9 @@ Usage::
 
     python bench/lodo.py [--config configs/sentinel2_lulc.yaml] [--dates 20230530 ...]
                          [--parallel 1] [--threads 2] [--work DIR] [--out bench/results/lodo.json]
-                         [--set KEY=VALUE ...]
+                         [--set KEY=VALUE ...] [--keep]
+
+``--keep`` reuses folds already trained into ``--work`` (their time is the one recorded then).
 """
 
 from __future__ import annotations
@@ -157,6 +159,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads in all (shared by parallel folds)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "lodo")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "lodo.json")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="reuse folds whose run (train_summary.json) exists in --work (trained by this config earlier)",
+    )
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for geopsp train")
     args = ap.parse_args()
     if not DATA.exists():
@@ -173,6 +180,12 @@ def main() -> None:
         while pending and len(running) < args.parallel:
             d = pending.pop(0)
             cmds = fold_commands(args.config.resolve(), d, every, args.work.resolve(), per_fold, args.sets)
+            done = cmds["run"] / "train" / "train_summary.json"
+            if args.keep and done.exists():
+                seconds = float(json.loads(done.read_text())["seconds"])
+                rows.append(finish_fold(d, cmds, seconds))
+                print(f"fold {d}: kept the finished run in {done.parent}", file=sys.stderr, flush=True)
+                continue
             proc, t0 = start_fold(cmds, per_fold)
             running.append((d, cmds, proc, t0))
             print(f"fold {d}: training", file=sys.stderr, flush=True)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report_training import section_lodo, section_training
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -38,6 +40,8 @@ SCRIPTS = {
     "vectorize": "vectorize.py",
     "predict": "predict.py",
     "seams": "seams.py",
+    "train_speed": "train_speed.py",
+    "lodo": "lodo.py",
 }
 
 
@@ -593,6 +597,8 @@ def write_page() -> Path:
     out += ["## Against the naive approach\n\n", section_naive(pm) if pm else none]
     out += ["## Vectorize\n\n", section_vectorize(vz)]
     out += ["## Grid dependence\n\n", section_seams(sm)]
+    out += ["## Training\n\n", section_training(load("train_speed"))]
+    out += ["## Leave-one-date-out accuracy\n\n", section_lodo(load("lodo"))]
     out.append(GPU)
     out += ["## All results\n\n", section_other()]
     PAGE.write_text("".join(out).rstrip() + "\n", encoding="utf-8")

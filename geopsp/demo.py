@@ -9,6 +9,7 @@ renders a preview: every output a user would open in QGIS.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -150,7 +151,7 @@ def run_demo(
     t = time.perf_counter()
     pred = segment_raster(
         scene,
-        run.best,
+        run.model,
         out / "predict",
         config=PredictConfig(tile_size=256, overlap=32, batch_size=8, probabilities=True),
         overwrite=overwrite,
@@ -182,12 +183,13 @@ def run_demo(
         "miou": scores.miou,
         "mean_f1": scores.mean_f1,
         "kappa": scores.kappa,
-        "val_miou_during_training": run.best_miou,
+        "val_miou_during_training": run.scores.miou_reference_classes if run.scores else math.nan,
+        "kept": run.kept,
         "epochs": run.epochs_run,
     }
     return DemoResult(
         out_dir=out,
-        bundle=run.best,
+        bundle=run.model,
         scene=scene,
         labels=labels,
         class_raster=pred.classes,

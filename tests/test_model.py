@@ -340,3 +340,22 @@ def test_meta_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported by bundle'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_detail_branch_classifies_at_stride_4() -> None:
+    """With a detail branch the logits are made at stride 4 from the stride-4 feature; without, at stride 8."""
+    torch.manual_seed(0)
+    spec = spec_from_preset("fast", in_channels=3, num_classes=2, decoder_channels=16, detail_channels=8)
+    model = build_model(spec).eval()
+    plain = build_model(spec.replace(detail_channels=0)).eval()
+    assert isinstance(model.head.classifier, torch.nn.Identity) and plain.detail is None
+    shapes: dict[str, tuple[int, ...]] = {}
+    model.detail.register_forward_hook(lambda m, a, out: shapes.update(detail=tuple(out.shape)))
+    plain.head.register_forward_hook(lambda m, a, out: shapes.update(plain=tuple(out.shape)))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert model(x).shape == plain(x).shape == (1, 2, 64, 64)
+    assert shapes == {"detail": (1, 2, 16, 16), "plain": (1, 2, 8, 8)}
+    assert ModelSpec.from_dict(spec.to_dict()).detail_channels == 8  # survives the bundle's metadata
+    with pytest.raises(ModelError, match="stride-4 encoder feature"):
+        build_model(spec.replace(encoder_depth=2, aux=False))
