@@ -12,7 +12,7 @@ from typing import Any
 
 from geopsp.io.atomic import atomic_output
 
-__all__ = ["write_curves", "write_metrics_csv"]
+__all__ = ["loss_scale", "write_curves", "write_metrics_csv"]
 
 BASE_COLUMNS = (
     "epoch",
@@ -61,6 +61,20 @@ def write_metrics_csv(
     return Path(path)
 
 
+def loss_scale(losses: Sequence[float]) -> str:
+    """Return ``"log"`` when the largest positive loss is over :data:`LOG_SPAN` times the smallest, else ``"linear"``.
+
+    A huge first validation loss would otherwise flatten every later epoch into one line.
+
+    Examples
+    --------
+    >>> loss_scale([7.4, 2.3, 0.9, 0.3]), loss_scale([1.2, 0.9, 0.8])
+    ('log', 'linear')
+    """
+    positive = [v for v in losses if v > 0]
+    return "log" if positive and max(positive) > LOG_SPAN * min(positive) else "linear"
+
+
 def write_curves(path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]], *, title: str = "") -> Path:
     """Plot the loss and validation scores per epoch to a PNG (matplotlib, Agg backend)."""
     import matplotlib
@@ -83,9 +97,8 @@ def write_curves(path: str | os.PathLike[str], history: Sequence[Mapping[str, An
         x, y = series(key)
         if x:
             ax_loss.plot(x, y, marker="o", ms=3, label=label)
-            losses += [v for v in y if v > 0]
-    if losses and max(losses) > LOG_SPAN * min(losses):
-        ax_loss.set_yscale("log")  # a huge first validation loss would flatten the rest
+            losses += y
+    ax_loss.set_yscale(loss_scale(losses))
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.grid(alpha=0.3)
