@@ -3,6 +3,7 @@
 :func:`check_device_name` checks the spelling (the config models use it, so it needs no torch);
 :func:`resolve_device` turns a name into a :class:`torch.device` on this machine, checking that
 the CUDA device asked for exists. Prediction, training and batch runs all go through it.
+:func:`cpu_has_native_bf16` tells whether bf16 autocast can be fast on this CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from geopsp.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "resolve_device"]
+__all__ = ["DEVICE_NAMES", "check_device_name", "cpu_has_native_bf16", "resolve_device"]
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 """The device names geopsp accepts, as written in messages and help texts."""
@@ -92,3 +93,16 @@ def resolve_device(name: str | torch.device = "auto", *, key: str | None = None)
                 key=key,
             )
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False

@@ -132,7 +132,9 @@ def test_amp_obeys_a_setting_and_measures_on_cpu():
     before = [p.detach().clone() for p in model.parameters()]
     assert choose_amp(False, torch.device("cpu"), model=model, make_optimizer=make_opt, step=step).enabled is False
     assert seen == []  # a setting is obeyed without measuring
-    auto = choose_amp("auto", torch.device("cpu"), model=model, make_optimizer=make_opt, step=step)
+    plain = choose_amp("auto", torch.device("cpu"), model=model, make_optimizer=make_opt, step=step, native_bf16=False)
+    assert plain.enabled is False and "no bf16 instructions" in plain.reason and seen == []
+    auto = choose_amp("auto", torch.device("cpu"), model=model, make_optimizer=make_opt, step=step, native_bf16=True)
     assert set(seen) == {False, True} and len(seen) == 6
     assert set(auto.seconds) == {"fp32", "bf16"} and "measured on this CPU" in auto.reason
     assert auto.enabled == (auto.seconds["fp32"] / auto.seconds["bf16"] >= 1.1)

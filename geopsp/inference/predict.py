@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from geopsp.device import resolve_device
+from geopsp.device import cpu_has_native_bf16, resolve_device
 from geopsp.errors import ConfigError, ModelError
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
@@ -50,19 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        pass
-    return False
 
 
 CPU_AMP_DEFAULT = cpu_has_native_bf16()

@@ -1,9 +1,11 @@
 """Whether a run trains under bf16 autocast: the one home of ``train.amp``.
 
 ``true``/``false`` are obeyed. ``auto`` (and null) turns bf16 on for CUDA devices that support it.
-On a CPU it measures: one warm-up and two timed training steps of the run's own model and first
-batch in each precision (on a copy, so the run itself is untouched), and bf16 is kept only when
-it is at least :data:`MIN_SPEEDUP` times faster. CPUs differ here more than anywhere: bf16 ran
+On a CPU without bf16 instructions (AVX512-BF16 or AMX-BF16) autocast is emulated and always
+slower, so fp32 is used. On a CPU with them it measures: one warm-up and two timed training
+steps of the run's own model and first batch in each precision (on a copy, so the run itself is
+untouched), and bf16 is kept only when it is at least :data:`MIN_SPEEDUP` times faster. The
+choice is logged, written to the run summary and kept by ``--resume``. CPUs differ here more than anywhere: bf16 ran
 1.7x faster on an AMD EPYC with AVX512-BF16, no faster on an Intel Xeon, and 6x slower on an
 AVX2-only AMD EPYC, where it is emulated (measured on the project's machines).
 """
@@ -63,6 +65,7 @@ def choose_amp(
     model: torch.nn.Module,
     make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
     step: StepFn,
+    native_bf16: bool | None = None,
 ) -> AmpChoice:
     """Decide bf16 autocast for a run (see the module docstring).
 
@@ -78,12 +81,20 @@ def choose_amp(
         Builds an optimizer for a copy.
     step : callable
         ``step(model, optimizer, amp)`` runs one training step on the run's first batch.
+    native_bf16 : bool, optional
+        Whether the CPU has bf16 instructions (default: read from ``/proc/cpuinfo``).
     """
     if isinstance(setting, bool):
         return AmpChoice(setting, "train.amp is set")
     if device.type == "cuda":
         ok = bool(torch.cuda.is_bf16_supported())
         return AmpChoice(ok, "CUDA device with bf16" if ok else "this CUDA device has no bf16")
+    if native_bf16 is None:
+        from geopsp.device import cpu_has_native_bf16
+
+        native_bf16 = cpu_has_native_bf16()
+    if not native_bf16:
+        return AmpChoice(False, "this CPU has no bf16 instructions (bf16 would be emulated, several times slower)")
     try:
         fp32 = _timed(step, model, make_optimizer, False)
         bf16 = _timed(step, model, make_optimizer, True)

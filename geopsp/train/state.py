@@ -10,17 +10,58 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from geopsp.errors import CheckpointError
 from geopsp.io.atomic import atomic_output
 
-__all__ = ["load_training_state", "optimizer_from_flat", "optimizer_to_flat", "save_training_state"]
+__all__ = [
+    "TrainState",
+    "Weights",
+    "load_training_state",
+    "optimizer_from_flat",
+    "optimizer_to_flat",
+    "save_training_state",
+]
 
 STATE_VERSION = 1
+
+Weights = Literal["raw", "ema"]
+"""The two sets of weights a run validates: the optimizer's own and their moving average."""
+
+
+@dataclass
+class TrainState:
+    """Everything about a run's progress that is not a tensor (saved as ``last_state.json``)."""
+
+    epoch: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int = 0
+    best_weights: Weights | None = None
+    best_loss: float | None = None
+    amp: dict[str, Any] | None = None
+    ema_updates: int = 0
+
+    def to_info(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> TrainState:
+        """Read back :meth:`to_info` (and the state of runs written before selection existed)."""
+        names = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in info.items() if k in names}
+        if "best_score" not in info and info.get("best_miou") is not None:
+            values["best_score"] = float(info["best_miou"])
+            values["best_weights"] = "raw"
+        return cls(**values)
 
 
 def optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -17,10 +17,9 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,64 +40,16 @@ from geopsp.train.losses import SegmentationLoss
 from geopsp.train.report import write_curves, write_metrics_csv
 from geopsp.train.sampling import WindowSampler
 from geopsp.train.schedule import Schedule
-from geopsp.train.state import load_training_state, save_training_state
+from geopsp.train.selection import Candidate, choose_weights, history_summary, scores_summary
+from geopsp.train.state import TrainState, Weights, load_training_state, save_training_state
 from geopsp.train.stats import compute_normalization
 
-__all__ = ["SUMMARY_NAME", "Candidate", "TrainState", "Trainer"]
+__all__ = ["SUMMARY_NAME", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "train_summary.json"
 """The run summary ``fit`` writes last: which weights were kept and why, their validation scores."""
-
-Weights = Literal["raw", "ema"]
-
-
-@dataclass
-class TrainState:
-    """Everything about a run's progress that is not a tensor (saved as ``last_state.json``)."""
-
-    epoch: int = 0
-    step: int = 0
-    elapsed_s: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_score: float | None = None
-    best_epoch: int = 0
-    best_weights: Weights | None = None
-    best_loss: float | None = None
-    amp: dict[str, Any] | None = None
-    ema_updates: int = 0
-
-    def to_info(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any]) -> TrainState:
-        """Read back :meth:`to_info` (and the state of runs written before selection existed)."""
-        names = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in info.items() if k in names}
-        if "best_score" not in info and info.get("best_miou") is not None:
-            values["best_score"] = float(info["best_miou"])
-            values["best_weights"] = "raw"
-        return cls(**values)
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """Weights validated at one epoch."""
-
-    weights: Weights
-    epoch: int
-    scores: Scores
-    loss: float
-
-    def score(self, metric: str) -> float:
-        """Return the selection metric over the classes present in validation (-inf when undefined)."""
-        s = self.scores
-        v = s.mean_f1_reference_classes if metric == "mean_f1" else s.miou_reference_classes
-        return v if math.isfinite(v) else -math.inf
-
 
 EventFn = Callable[..., None]
 
@@ -489,36 +440,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ selection
 
-    def selection(self) -> tuple[Weights | Literal["best"], Path, str]:
-        """Which saved weights the run keeps (``select``), the file, and why (one sentence)."""
-        st, out = self.state, self.out_dir
-        if self.select == "best" and (out / "best.safetensors").exists() and st.best_epoch:
-            what = "validation " + ("mean F1" if self.select_metric == "mean_f1" else "mIoU")
-            src = "moving average" if st.best_weights == "ema" else "raw weights"
-            score = f" {st.best_score:.4f}" if st.best_score is not None else ""
-            return (
-                "best",
-                out / "best.safetensors",
-                f"train.select=best: the {src} of epoch {st.best_epoch} had the best {what}{score} "
-                f"(epochs {self.min_epochs}..{st.epoch} were candidates)",
-            )
-        if self.select == "best":
-            return "raw", out / "last.safetensors", "train.select=best but no epoch was validated; kept the last"
-        if self.select == "ema" and self.ema is not None:
-            return (
-                "ema",
-                out / "ema.safetensors",
-                (
-                    f"train.select=ema: the moving average of the weights (decay {self.ema_decay:g}) after "
-                    f"epoch {st.epoch}"
-                ),
-            )
-        why = "train.select=last" if self.config.select == "last" else "train.select=ema without ema_decay"
-        return "raw", out / "last.safetensors", f"{why}: the weights of the last epoch, {st.epoch}"
-
     def finish(self) -> dict[str, Any]:
         """Copy the kept weights to ``model.safetensors`` and write the run summary; return it."""
-        kind, path, reason = self.selection()
+        kind, path, reason = choose_weights(
+            self.select,
+            self.state,
+            self.out_dir,
+            min_epochs=self.min_epochs,
+            select_metric=self.select_metric,
+            ema_decay=self.ema_decay,
+            configured=self.config.select,
+        )
         model_path = self.out_dir / "model.safetensors"
         with atomic_output(model_path, overwrite=True) as tmp:
             shutil.copyfile(path, tmp)
@@ -527,12 +459,15 @@ class Trainer:
             kept = self.best
         else:
             kept = self.last.get(kind)
+        weights = kind if kind != "best" else (self.state.best_weights or "raw")
+        epoch = self.state.best_epoch if kind == "best" else self.state.epoch
+        validation = scores_summary(kept.scores) if kept is not None else history_summary(self.state, epoch, weights)
         logger.info("kept %s as model.safetensors: %s", path.name, reason)
         summary: dict[str, Any] = {
             "schema": "geopsp.train-summary/1",
             "model": str(model_path),
             "kept": path.name,
-            "weights": kind if kind != "best" else (self.state.best_weights or "raw"),
+            "weights": weights,
             "reason": reason,
             "epochs": self.state.epoch,
             "steps": self.state.step,
@@ -544,8 +479,8 @@ class Trainer:
             "best_epoch": self.state.best_epoch,
             "best_score": self.state.best_score,
             "select_metric": self.select_metric,
-            "validation": _scores_summary(kept.scores) if kept is not None else None,
-            "validation_epoch": kept.epoch if kept is not None else None,
+            "validation": validation,
+            "validation_epoch": (kept.epoch if kept is not None else epoch) if validation else None,
             "data": self.data_report.as_dict(),
         }
         with atomic_output(self.out_dir / SUMMARY_NAME, overwrite=True) as tmp:
@@ -571,18 +506,6 @@ def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
                     state[key] = torch.empty_like(p).copy_(value)
-
-
-def _scores_summary(scores: Scores) -> dict[str, Any]:
-    return {
-        "overall_accuracy": _none(scores.overall_accuracy),
-        "miou": _none(scores.miou_reference_classes),
-        "mean_f1": _none(scores.mean_f1_reference_classes),
-        "kappa": _none(scores.kappa),
-        "pixels": scores.pixels,
-        "f1": {c.name: _none(c.f1) for c in scores.classes if c.reference_pixels > 0},
-        "iou": {c.name: _none(c.iou) for c in scores.classes if c.reference_pixels > 0},
-    }
 
 
 def _fmt(v: Any) -> str:
