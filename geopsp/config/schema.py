@@ -416,8 +416,8 @@ class TrainConfig(_Section):
         None,
         ge=0,
         le=64,
-        description="Processes that build batches ahead of the model (0: in the main process; default: 1 on a CPU, "
-        "up to 4 with CUDA).",
+        description="Processes that build batches ahead of the model (0: in the main process; default: up to 4 "
+        "with CUDA; on a CPU 1 when a core is left over by train.threads, else 0).",
     )
     val_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
     val_tile: int = Field(512, ge=32, le=8192, description="Tile edge used to run validation scenes.")

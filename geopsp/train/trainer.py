@@ -118,7 +118,7 @@ class Trainer:
         self.min_epochs = c.min_epochs if c.min_epochs is not None else max(1, math.ceil(c.epochs / 4))
         self.ema_decay = c.ema_decay
         self.channels_last = c.channels_last
-        self.workers = c.loader_workers if c.loader_workers is not None else default_workers(self.device)
+        self.workers = c.loader_workers if c.loader_workers is not None else default_workers(self.device, c.threads)
         self.grad_clip = c.optim.grad_clip
         self.schedule = Schedule.of(c, self.steps_per_epoch * c.epochs)
         self.state = TrainState()
