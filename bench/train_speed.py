@@ -103,7 +103,9 @@ def main() -> None:
     best = {v: min(x["seconds_per_epoch"] for x in rs) for v, rs in runs.items()}
     base = best.get("before")
     result = {
-        "config": str(args.config),
+        "config": str(args.config.resolve().relative_to(ROOT))
+        if args.config.resolve().is_relative_to(ROOT)
+        else str(args.config),
         "epochs": args.epochs,
         "threads": args.threads,
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_at_start": load0},
