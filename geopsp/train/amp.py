@@ -38,10 +38,17 @@ class AmpChoice:
     enabled: bool
     reason: str
     seconds: dict[str, float] = field(default_factory=dict)
+    speedup: float | None = None
+    """fp32 step time over bf16 step time, where measured."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (run summary and training state)."""
-        return {"bf16": self.enabled, "reason": self.reason, "step_seconds": dict(self.seconds)}
+        return {
+            "bf16": self.enabled,
+            "reason": self.reason,
+            "step_seconds": dict(self.seconds),
+            "speedup": self.speedup,
+        }
 
 
 def _timed(
@@ -104,4 +111,4 @@ def choose_amp(
     enabled = speedup >= MIN_SPEEDUP
     reason = f"measured on this CPU: bf16 step {bf16:.3f} s, fp32 {fp32:.3f} s ({speedup:.2f}x)"
     logger.info("amp auto: %s; training in %s", reason, "bf16" if enabled else "fp32")
-    return AmpChoice(enabled, reason, {"fp32": round(fp32, 4), "bf16": round(bf16, 4)})
+    return AmpChoice(enabled, reason, {"fp32": round(fp32, 4), "bf16": round(bf16, 4)}, speedup)
