@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from affine import Affine
+from test_train import tiny_config
 
 from geopsp.config import load_config
 from geopsp.errors import ConfigError, TrainingDataWarning
@@ -54,19 +55,8 @@ def stack(tmp_path):
 
 def config(root, *, classes=CLASSES, **split):
     (root / "classes.yaml").write_text(classes)
-    base = {
-        "data": {
-            "layout": "scenes",
-            "root": str(root / "data"),
-            "images": "images/*.tif",
-            "labels": "labels/{name}",
-            "ignore_values": [0],
-        },
-        "classes": str(root / "classes.yaml"),
-        "split": {"val_blocks": 0.2, "block_size": 16, **split},
-        "sampling": {"window": 32, "grid": 8},
-    }
-    return resolve_paths(load_config(overrides={"train": base}).train, None)
+    blocks = {"val_dates": [], "val_blocks": 0.2, "block_size": 16, **split}
+    return resolve_paths(tiny_config(root, split=blocks, sampling={"window": 32, "grid": 8}), None)
 
 
 def block_rects(val, scene):

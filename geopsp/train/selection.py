@@ -14,10 +14,11 @@ from typing import Any, Literal
 from geopsp.eval.metrics import Scores
 from geopsp.train.state import TrainState, Weights
 
-__all__ = ["Candidate", "choose_weights", "history_summary", "scores_summary"]
+__all__ = ["Candidate", "choose_weights", "finite_or_none", "history_summary", "scores_summary"]
 
 
-def _none(v: float | None) -> float | None:
+def finite_or_none(v: float | None) -> float | None:
+    """Return ``v`` as a float, or None when it is None, NaN or infinite (JSON-ready)."""
     return None if v is None or not math.isfinite(v) else float(v)
 
 
@@ -81,13 +82,13 @@ def choose_weights(
 def scores_summary(scores: Scores) -> dict[str, Any]:
     """Return the JSON summary of validation scores: OA, mIoU, mean F1 and per-class F1/IoU (classes present)."""
     return {
-        "overall_accuracy": _none(scores.overall_accuracy),
-        "miou": _none(scores.miou_reference_classes),
-        "mean_f1": _none(scores.mean_f1_reference_classes),
-        "kappa": _none(scores.kappa),
+        "overall_accuracy": finite_or_none(scores.overall_accuracy),
+        "miou": finite_or_none(scores.miou_reference_classes),
+        "mean_f1": finite_or_none(scores.mean_f1_reference_classes),
+        "kappa": finite_or_none(scores.kappa),
         "pixels": scores.pixels,
-        "f1": {c.name: _none(c.f1) for c in scores.classes if c.reference_pixels > 0},
-        "iou": {c.name: _none(c.iou) for c in scores.classes if c.reference_pixels > 0},
+        "f1": {c.name: finite_or_none(c.f1) for c in scores.classes if c.reference_pixels > 0},
+        "iou": {c.name: finite_or_none(c.iou) for c in scores.classes if c.reference_pixels > 0},
     }
 
 

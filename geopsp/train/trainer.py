@@ -40,7 +40,7 @@ from geopsp.train.losses import SegmentationLoss
 from geopsp.train.report import write_curves, write_metrics_csv
 from geopsp.train.sampling import WindowSampler
 from geopsp.train.schedule import Schedule
-from geopsp.train.selection import Candidate, choose_weights, history_summary, scores_summary
+from geopsp.train.selection import Candidate, finite_or_none, choose_weights, history_summary, scores_summary
 from geopsp.train.state import TrainState, Weights, load_training_state, save_training_state
 from geopsp.train.stats import compute_normalization
 
@@ -54,19 +54,15 @@ SUMMARY_NAME = "train_summary.json"
 EventFn = Callable[..., None]
 
 
-def _none(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
 def _row_scores(prefix: str, loss: float, scores: Scores) -> dict[str, Any]:
     return {
-        f"{prefix}_loss": _none(loss),
-        f"{prefix}_miou": _none(scores.miou_reference_classes),
-        f"{prefix}_oa": _none(scores.overall_accuracy),
-        f"{prefix}_mean_f1": _none(scores.mean_f1_reference_classes),
-        f"{prefix}_kappa": _none(scores.kappa),
-        f"{prefix}_iou": {c.name: _none(c.iou) for c in scores.classes},
-        f"{prefix}_f1": {c.name: _none(c.f1) for c in scores.classes},
+        f"{prefix}_loss": finite_or_none(loss),
+        f"{prefix}_miou": finite_or_none(scores.miou_reference_classes),
+        f"{prefix}_oa": finite_or_none(scores.overall_accuracy),
+        f"{prefix}_mean_f1": finite_or_none(scores.mean_f1_reference_classes),
+        f"{prefix}_kappa": finite_or_none(scores.kappa),
+        f"{prefix}_iou": {c.name: finite_or_none(c.iou) for c in scores.classes},
+        f"{prefix}_f1": {c.name: finite_or_none(c.f1) for c in scores.classes},
     }
 
 
