@@ -40,7 +40,7 @@ from geopsp.train.losses import SegmentationLoss
 from geopsp.train.report import write_curves, write_metrics_csv
 from geopsp.train.sampling import WindowSampler
 from geopsp.train.schedule import Schedule
-from geopsp.train.selection import Candidate, finite_or_none, choose_weights, history_summary, scores_summary
+from geopsp.train.selection import Candidate, choose_weights, finite_or_none, history_summary, scores_summary
 from geopsp.train.state import TrainState, Weights, load_training_state, save_training_state
 from geopsp.train.stats import compute_normalization
 
