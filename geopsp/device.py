@@ -16,7 +16,7 @@ from geopsp.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "cpu_has_native_bf16", "resolve_device"]
+__all__ = ["DEVICE_NAMES", "check_device_name", "cpu_has_native_bf16", "cpu_name", "resolve_device"]
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 """The device names geopsp accepts, as written in messages and help texts."""
@@ -106,3 +106,17 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"

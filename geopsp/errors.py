@@ -19,6 +19,7 @@ catch either::
     ├── NotGeoreferencedWarning          an input has no CRS/transform; outputs will have none
     ├── NodataWarning                    nodata handling fell back to a default
     ├── TrainingDataWarning              training data that trains or validates badly (a class unseen, few labels)
+    ├── QuantizationWarning              an int8 model agrees with its fp32 model less than the gate
     └── TrainingWarning                  a training run stopped early or did something unexpected
 
 Messages are one line: what went wrong, with which file or value, and how to fix it.
@@ -39,6 +40,7 @@ __all__ = [
     "NotGeoreferencedWarning",
     "OutputError",
     "OutputExistsError",
+    "QuantizationWarning",
     "TilingError",
     "TrainingDataWarning",
     "TrainingDivergedError",
@@ -131,6 +133,13 @@ class TrainingDataWarning(GeopspWarning):
 
     A class has no training or no validation pixels, the validation set is tiny, or a scene is
     almost without labels.
+
+    .. versionadded:: 0.2
+    """
+
+
+class QuantizationWarning(GeopspWarning):
+    """An int8 model gives its fp32 model's class on fewer valid pixels than the gate (99 %).
 
     .. versionadded:: 0.2
     """

@@ -28,7 +28,6 @@ from geopsp.errors import ConfigError
 from geopsp.inference.plan import OutputSet, PredictionPlan, plan_prediction
 from geopsp.inference.summary import summarize_run, write_summary
 from geopsp.io.atomic import StagedOutputs
-from geopsp.model.bundle import resolve_model
 from geopsp.model.meta import BundleMeta
 
 if TYPE_CHECKING:
@@ -107,9 +106,11 @@ def segment_raster(
     scene : str or os.PathLike
         Any raster GDAL reads (GeoTIFF, COG, PNG, JPEG ...); non-georeferenced inputs give
         outputs without CRS and a :class:`~geopsp.errors.NotGeoreferencedWarning`.
-    model : path, Bundle or (nn.Module, BundleMeta)
-        A bundle file, a loaded :class:`~geopsp.model.bundle.Bundle`, or any module returning
-        logits ``(N, K, H, W)`` with its metadata.
+    model : path, Bundle, OnnxModel or (nn.Module, BundleMeta)
+        A bundle file, an exported ``.onnx`` model (runs in ONNX Runtime, without torch), a
+        loaded :class:`~geopsp.model.bundle.Bundle` or :class:`~geopsp.inference.ort.OnnxModel`,
+        or any module returning logits ``(N, K, H, W)`` with its metadata.
+        ``config.runtime`` picks what runs it (:mod:`geopsp.inference.runtime`).
     out_dir_or_path : str or os.PathLike
         Output directory, or the class raster's path (``*.tif``); see :func:`geopsp.inference.plan.output_set`.
     config : PredictConfig, optional
@@ -172,8 +173,8 @@ def _segment_into(
     vector_config: VectorizeConfig | None,
 ) -> PredictResult:
     """Run :func:`segment_raster` (plan, open, run the tiles, extras, summary), then commit the set."""
-    from geopsp.inference.predict import Predictor
     from geopsp.inference.run import run_tiles
+    from geopsp.inference.runtime import make_predictor, model_meta
     from geopsp.io.raster import open_scene
 
     cfg = config if config is not None else PredictConfig.model_validate({})
@@ -181,12 +182,12 @@ def _segment_into(
     bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
     scene_path = Path(scene)
-    module, meta, bundle_path = resolve_model(model)
+    planned_meta = model_meta(model)  # a bad model file is refused before the scene is opened
     with open_scene(scene_path) as (src, info):
         plan = plan_prediction(
             scene_path,
             info,
-            meta,
+            planned_meta,
             out_dir_or_path,
             config=cfg,
             vector_config=vcfg,
@@ -197,16 +198,8 @@ def _segment_into(
             _require_vectorize()
         if cfg.preview:
             _require_preview()
-        predictor = Predictor(
-            module,
-            meta,
-            device=cfg.device,
-            amp=cfg.amp,
-            channels_last=cfg.channels_last,
-            compile=cfg.compile,
-            tta=cfg.tta,
-            margin_px=cfg.margin_px,
-        )
+        r0, r1 = plan.rows
+        predictor, meta, bundle_path, choice = make_predictor(model, cfg, pixels=info.width * (r1 - r0))
         t_setup = time.perf_counter()
         writer = _class_writer(plan, cfg, staged.overwrite)
         try:
@@ -225,6 +218,7 @@ def _segment_into(
         outputs["preview"] = plan.outputs.preview
     outputs["summary"] = plan.outputs.summary
     summary = summarize_run(plan, cfg, predictor, stats, outputs, bundle_path, t_setup - t_start, t_start)
+    summary.device["runtime_reason"] = choice.reason
     write_summary(staged.temp(plan.outputs.summary, marker=True), plan.outputs.summary, summary)
     staged.commit()
     logger.info(

@@ -234,3 +234,12 @@ def _format_info(s: dict[str, Any]) -> str:
 def _short(values: list[float], limit: int = 6) -> str:
     shown = ", ".join(f"{v:g}" for v in values[:limit])
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def _register() -> None:
+    from geopsp.cli.export import export
+
+    model.add_command(export)
+
+
+_register()

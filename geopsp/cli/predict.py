@@ -1,4 +1,4 @@
-"""``geopsp predict SCENE... --model BUNDLE --out DIR``."""
+"""``geopsp predict SCENE... --model BUNDLE|MODEL.onnx --out DIR``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,14 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
 
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True, type=click.Path())
-@click.option("-m", "--model", "model_path", required=True, type=click.Path(), help="Model bundle (.safetensors).")
+@click.option(
+    "-m",
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(),
+    help="Model bundle (.safetensors) or an exported ONNX model (.onnx, runs without torch).",
+)
 @click.option(
     "-o",
     "--out",
@@ -43,6 +50,12 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
     metavar="DEVICE",
     callback=_device_name,
     help="Where the model runs: auto, cpu, cuda or cuda:N [default: auto].",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    default=None,
+    help="What runs the model [default: auto: the fastest with torch fp32's classes here].",
 )
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA and CPUs with native bf16].")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default=None, help="Test-time augmentation.")
@@ -69,6 +82,7 @@ def predict(
     overlap: int | None,
     batch_size: int | None,
     device: str | None,
+    runtime: str | None,
     amp: bool | None,
     tta: str | None,
     blend: str | None,
@@ -98,6 +112,7 @@ def predict(
             "predict.overlap": overlap,
             "predict.batch_size": batch_size,
             "predict.device": device,
+            "predict.runtime": runtime,
             "predict.amp": amp,
             "predict.tta": tta,
             "predict.blend": blend,
@@ -112,10 +127,10 @@ def predict(
         raise ConfigError(f"--out {out} names one file but {len(scenes)} scenes were given; give a directory")
 
     from geopsp.inference.plan import check_inputs
-    from geopsp.model.bundle import read_bundle_meta
+    from geopsp.inference.runtime import is_onnx_model, model_meta
 
-    # Cheap checks first (no torch): bundle header, scenes vs model, existing outputs.
-    meta = read_bundle_meta(model_path)
+    # Cheap checks first (no torch): model metadata, scenes vs model, existing outputs.
+    meta = model_meta(model_path)
     failed = 0
 
     def skip(exc: GeopspError) -> None:
@@ -139,10 +154,13 @@ def predict(
     if not todo:
         sys.exit(1)
 
-    from geopsp.model.bundle import load_bundle
     from geopsp.pipeline import segment_raster
 
-    bundle = load_bundle(model_path, device="cpu")
+    model: object = model_path
+    if not is_onnx_model(model_path):
+        from geopsp.model.bundle import load_bundle
+
+        model = load_bundle(model_path, device="cpu")  # once for all scenes
     obj = ctx.find_root().obj
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
     show = not no_progress and verbosity >= 0
@@ -151,7 +169,7 @@ def predict(
             try:
                 result = segment_raster(
                     scene,
-                    bundle,
+                    model,
                     out,
                     config=cfg,
                     overwrite=overwrite,

@@ -49,6 +49,12 @@ class PredictConfig(_Section):
     device: DeviceName = Field(
         "auto", description="Where the model runs (auto, cpu, cuda or cuda:N); auto picks CUDA when present."
     )
+    runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the model: torch, onnxruntime (an exported .onnx, or the bundle exported once into "
+        "the cache), or auto: the fastest with torch fp32's classes on this device (onnxruntime on a CPU "
+        "when an export exists or pays for itself, torch on CUDA).",
+    )
     amp: bool | None = Field(
         None, description="bf16 autocast; None: on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX), else off."
     )

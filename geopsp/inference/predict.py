@@ -34,7 +34,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from geopsp.device import cpu_has_native_bf16, resolve_device
+from geopsp.device import cpu_has_native_bf16, cpu_name, resolve_device
 from geopsp.errors import ConfigError, ModelError
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
@@ -137,6 +137,9 @@ class Predictor:
         ``2 * margin_px`` a multiple of the model's input multiple, 32).
     """
 
+    array_backend = "torch"
+    """The array library of its outputs (the mosaic's backend)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -177,8 +180,9 @@ class Predictor:
     def settings(self) -> dict[str, Any]:
         """The effective device settings (for the run summary)."""
         return {
+            "runtime": "torch",
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.is_cuda else _cpu_name(),
+            "device_name": torch.cuda.get_device_name(self.device) if self.is_cuda else cpu_name(),
             "amp": self.amp,
             "amp_dtype": "bfloat16" if self.amp else None,
             "channels_last": self.channels_last,
@@ -289,15 +293,3 @@ _NONFINITE = (
     "corrupt or bf16 overflowed: try --no-amp, or retrain the model"
 )
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"

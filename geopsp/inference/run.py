@@ -91,6 +91,7 @@ def run_tiles(
             nodata=meta.nodata,
             sink=wthread.put,
             device=predictor.device,
+            backend=predictor.array_backend,
             kernel=config.blend,
             floor=config.blend_floor,
             row_range=(r0, r1),

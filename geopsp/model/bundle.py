@@ -196,7 +196,7 @@ def inspect_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
         ``path``, ``size_bytes``, ``format_version``, ``geopsp_version`` (that wrote it),
-        ``tensors`` (count), ``parameters`` (values excluding BatchNorm statistics) and
+        ``sha256`` (the digest over its metadata and tensors), ``tensors`` (count), ``parameters`` (values excluding BatchNorm statistics) and
         ``meta`` (:meth:`BundleMeta.to_dict`).
     """
     p = Path(path)
@@ -214,6 +214,7 @@ def inspect_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
         "size_bytes": header.size_bytes,
         "format_version": meta.format_version,
         "geopsp_version": header.metadata.get("geopsp_version"),
+        "sha256": header.metadata.get("sha256"),
         "tensors": len(header.tensors),
         "parameters": params,
         "meta": meta.to_dict(),
