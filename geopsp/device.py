@@ -109,7 +109,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    """Return the CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:

@@ -33,6 +33,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the ONNX exports ``--runtime onnxruntime`` caches out of the user's ~/.cache."""
+    os.environ["GEOPSP_CACHE_DIR"] = str(tmp_path_factory.mktemp("geopsp-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real sample data folder (../shared/data); skips the test when it is absent."""

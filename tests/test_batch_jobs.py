@@ -302,7 +302,7 @@ def test_missing_model_fails_before_any_cluster_starts(tmp_path):
     from geopsp.errors import CheckpointError
 
     touch(tmp_path / "a.tif")
-    with pytest.raises(CheckpointError, match="model bundle not found"):
+    with pytest.raises(CheckpointError, match="model not found"):
         run_batch([tmp_path / "a.tif"], tmp_path / "missing.safetensors", tmp_path / "out")
 
 

@@ -242,12 +242,10 @@ def run_batch(
 def _check_model(model: str | os.PathLike[str]) -> tuple[Path, BundleMeta]:
     path = Path(model).expanduser().resolve()
     if not path.is_file():
-        raise CheckpointError(
-            f"{model}: model bundle not found; check the path (create one with `geopsp model create`)"
-        )
-    from geopsp.model.bundle import read_bundle_meta
+        raise CheckpointError(f"{model}: model not found; check the path (create a bundle with `geopsp model create`)")
+    from geopsp.inference.runtime import model_meta
 
-    return path, read_bundle_meta(path)  # fail fast on a damaged bundle, before any cluster starts
+    return path, model_meta(path)  # fail fast on a damaged model, before any cluster starts
 
 
 def _fingerprint(model: Path, predict: PredictConfig) -> str:

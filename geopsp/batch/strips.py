@@ -116,11 +116,11 @@ def stitch_strips(
     from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
     from rasterio.windows import Window
 
+    from geopsp.inference.runtime import model_meta
     from geopsp.io.raster import ClassRasterWriter, inspect_scene
-    from geopsp.model.bundle import read_bundle_meta
 
     scene_path = Path(scene)
-    meta = read_bundle_meta(model)
+    meta = model_meta(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the strips already warned about a missing CRS
         info = inspect_scene(scene_path)

@@ -74,7 +74,7 @@ class SceneTask:
         The class raster path (``<stem>_classes.tif``); the other outputs are named after it.
         Strips write into a temporary folder below the output directory.
     model : str
-        Bundle path.
+        Bundle (``.safetensors``) or exported ``.onnx`` path.
     predict : PredictConfig
         Prediction settings.
     row_range : tuple of int, optional
@@ -97,7 +97,7 @@ def cpu_count() -> int:
 
 
 class TorchThreads(WorkerPlugin):
-    """Worker plugin setting the torch thread count so workers do not oversubscribe cores."""
+    """Worker plugin setting the model's thread count (torch and ONNX Runtime) so workers do not oversubscribe cores."""
 
     idempotent = True
 
@@ -180,9 +180,15 @@ def _quiet_georeferencing() -> Iterator[None]:
         yield
 
 
-def _set_torch_threads() -> None:
+def _set_model_threads(onnx: bool) -> None:
+    """Give this worker's share of the cores to ONNX Runtime sessions, and to torch for bundles."""
     if _TORCH_THREADS is None:
         return
+    from geopsp.inference.runtime import set_threads
+
+    set_threads(_TORCH_THREADS)
+    if onnx:
+        return  # a torch-free worker must not import torch
     import torch
 
     if torch.get_num_threads() != _TORCH_THREADS:
@@ -191,9 +197,13 @@ def _set_torch_threads() -> None:
 
 def _segment(task: SceneTask) -> Any:
     """Run the pipeline for one task (a module attribute so tests can wrap it in workers)."""
+    from geopsp.inference.runtime import is_onnx_model, load_onnx
     from geopsp.pipeline import segment_raster
 
-    bundle = cached_bundle(task.model, task.predict.device)
+    if is_onnx_model(task.model):
+        bundle: Any = load_onnx(task.model)  # one ONNX Runtime session per worker process
+    else:
+        bundle = cached_bundle(task.model, task.predict.device)
     # Anything under a final name that the manifest does not list as complete is a leftover
     # of an interrupted attempt; the client already decided the scene must be (re)computed.
     return segment_raster(task.scene, bundle, task.out, config=task.predict, overwrite=True, row_range=task.row_range)
@@ -215,7 +225,9 @@ def run_scene(task: SceneTask) -> dict[str, Any]:
         retries the task.
     """
     t0 = time.perf_counter()
-    _set_torch_threads()
+    from geopsp.inference.runtime import is_onnx_model
+
+    _set_model_threads(is_onnx_model(task.model))
     try:
         with _quiet_georeferencing():
             result = _segment(task)

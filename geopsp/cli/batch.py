@@ -35,7 +35,17 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
 @click.command(context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option(
-    "--model", "model_path", required=True, type=click.Path(dir_okay=False), help="Model bundle (.safetensors)."
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model bundle (.safetensors) or exported ONNX model (.onnx: workers need no torch).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    default=None,
+    help="What runs the model [default: predict.runtime, auto].",
 )
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (mirrors input names)."
@@ -71,6 +81,7 @@ def batch(
     ctx: click.Context,
     inputs: tuple[str, ...],
     model_path: str,
+    runtime: str | None,
     out_dir: str,
     scheduler: str | None,
     n_workers: int | None,
@@ -98,6 +109,7 @@ def batch(
         **{
             "predict.vector": vector,
             "predict.probabilities": probabilities,
+            "predict.runtime": runtime,
             "predict.device": "cuda" if gpu else None,
             "batch.strip_pixels": strip_pixels,
             "batch.retries": retries,

@@ -22,7 +22,7 @@ __all__ = ["evaluate"]
     "model_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Model bundle: segment --scene with it first, then score the result against REFERENCE.",
+    help="Model bundle or .onnx: segment --scene with it first, then score the result against REFERENCE.",
 )
 @click.option("--scene", type=click.Path(dir_okay=False), default=None, help="Scene to segment (with --model).")
 @click.option(
@@ -132,13 +132,17 @@ def evaluate(
 
     import tempfile
 
-    from geopsp.model.bundle import load_bundle
+    from geopsp.inference.runtime import is_onnx_model, model_meta
     from geopsp.pipeline import segment_raster
 
     conf = load_cli_config(config_path, set_items)
-    bundle = load_bundle(model_path)
+    bundle: Any = model_path
+    if not is_onnx_model(model_path):
+        from geopsp.model.bundle import load_bundle
+
+        bundle = load_bundle(model_path)
     report: dict[str, Any] = {"model": str(model_path), "scene": str(scene)}
-    classes = classes or bundle.meta.classes
+    classes = classes or model_meta(bundle).classes
     if out is not None:
         result = segment_raster(str(scene), bundle, out, config=conf.predict, overwrite=overwrite)
         _score(Path(result.classes), reference, classes, report, out, overwrite, opts)

@@ -197,6 +197,26 @@ def _run(argv: list[str] | None) -> Any:
             logger.exception("geopsp failed")
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        if _verbosity() > 0:
+            logger.exception("geopsp failed")
+        click.echo(f"Error: {exc.name} is not installed, and this command needs it: {extra}", err=True)
+        sys.exit(1)
+
+
+_EXTRAS = {
+    "torch": "pip install 'geopsp[torch]' (or run an exported .onnx model with 'geopsp[onnx]')",
+    "torchvision": "pip install 'geopsp[torch]'",
+    "segmentation_models_pytorch": "pip install 'geopsp[torch]'",
+    "onnxruntime": "pip install 'geopsp[onnx]'",
+    "onnx": "pip install 'geopsp[export]'",
+    "onnxscript": "pip install 'geopsp[export]'",
+    "pystac": "pip install 'geopsp[export]'",
+}
+"""The install extra that brings each optional module (a missing one is one line, not a traceback)."""
 
 
 def _interrupted(exc: BaseException) -> NoReturn:

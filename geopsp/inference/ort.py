@@ -260,7 +260,7 @@ class OrtPredictor:
     def prepare(
         self, tile: Tile, data: NDArray[Any], valid: NDArray[np.bool_]
     ) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-        """Normalized float32 of one padded tile (:func:`geopsp.model.inputs.model_input`), in reader threads."""
+        """Return one padded tile normalized (:func:`~geopsp.model.inputs.model_input`), in reader threads."""
         return np.ascontiguousarray(model_input(data, valid, self.meta.normalization)), valid
 
     def to_device(

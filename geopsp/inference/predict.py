@@ -292,4 +292,3 @@ _NONFINITE = (
     "the model returned NaN or infinite probabilities (its inputs are always finite); its weights are "
     "corrupt or bf16 overflowed: try --no-amp, or retrain the model"
 )
-

@@ -44,6 +44,7 @@ __all__ = [
     "load_onnx",
     "make_predictor",
     "model_meta",
+    "set_threads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ probabilities tie to ~1e-6, a few pixels in a million."""
 
 _SESSIONS: dict[tuple[str, int, int, int], OnnxModel] = {}
 _LOCK = threading.Lock()
+_THREADS: int | None = None
+
+
+def set_threads(threads: int | None) -> None:
+    """Set the intra-op threads of the ONNX Runtime sessions this process builds from now on (None: all CPUs).
+
+    Batch workers call it with their share of the host's cores (``TorchThreads``).
+    """
+    global _THREADS
+    _THREADS = None if threads is None else max(1, int(threads))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +93,10 @@ def is_onnx_model(model: Any) -> bool:
 
 
 def cache_dir() -> Path:
-    """Where geopsp keeps derived files: ``$GEOPSP_CACHE_DIR``, else ``$XDG_CACHE_HOME/geopsp``, else ``~/.cache/geopsp``."""
+    """Return where geopsp keeps derived files.
+
+    ``$GEOPSP_CACHE_DIR``, else ``$XDG_CACHE_HOME/geopsp``, else ``~/.cache/geopsp``.
+    """
     env = os.environ.get("GEOPSP_CACHE_DIR")
     if env:
         return Path(env)
@@ -102,7 +116,7 @@ def _bundle_path(model: Any) -> Path | None:
 
 
 def cached_export(bundle: Any, *, tile_size: int, margin_px: int, create: bool) -> Path | None:
-    """The cached ONNX export of a bundle file for this tile and margin; made when ``create``.
+    """Return the cached ONNX export of a bundle file for this tile and margin; made when ``create``.
 
     Returns
     -------
@@ -148,7 +162,9 @@ def _device_is_cuda(name: str) -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose_runtime(model: Any, config: PredictConfig, *, meta: BundleMeta | None = None, pixels: int = 0) -> RuntimeChoice:
+def choose_runtime(
+    model: Any, config: PredictConfig, *, meta: BundleMeta | None = None, pixels: int = 0
+) -> RuntimeChoice:
     """Decide which runtime runs ``model`` (see the module notes).
 
     Parameters
@@ -191,7 +207,9 @@ def choose_runtime(model: Any, config: PredictConfig, *, meta: BundleMeta | None
                 key="predict.runtime",
             )
         if config.device.startswith("cuda"):
-            raise ConfigError("onnxruntime runs on the CPU here; use --device cpu or --runtime torch", key="predict.device")
+            raise ConfigError(
+                "onnxruntime runs on the CPU here; use --device cpu or --runtime torch", key="predict.device"
+            )
         if not onnxruntime_available() or not _export_deps():
             raise ConfigError(
                 "running a bundle in onnxruntime exports it first, which needs torch, onnx and onnxscript; "
@@ -241,9 +259,10 @@ def load_onnx(path: str | os.PathLike[str], *, threads: int | None = None) -> On
     ----------
     path : path
     threads : int, optional
-        Intra-op threads (default: the CPUs this process may use).
+        Intra-op threads (default: :func:`set_threads`'s, else the CPUs this process may use).
     """
     p = Path(path)
+    threads = threads if threads is not None else _THREADS
     try:
         st = p.stat()
     except OSError:
@@ -260,7 +279,7 @@ def load_onnx(path: str | os.PathLike[str], *, threads: int | None = None) -> On
 
 
 def model_meta(model: Any) -> BundleMeta:
-    """The metadata of any model :func:`make_predictor` takes, without loading torch weights.
+    """Return the metadata of any model :func:`make_predictor` takes, without loading torch weights.
 
     For an ONNX model its ``tile_size`` is the graph's fixed tile.
 

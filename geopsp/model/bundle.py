@@ -196,7 +196,8 @@ def inspect_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
     -------
     dict
         ``path``, ``size_bytes``, ``format_version``, ``geopsp_version`` (that wrote it),
-        ``sha256`` (the digest over its metadata and tensors), ``tensors`` (count), ``parameters`` (values excluding BatchNorm statistics) and
+        ``sha256`` (the digest over its metadata and tensors), ``tensors`` (count),
+        ``parameters`` (values excluding BatchNorm statistics) and
         ``meta`` (:meth:`BundleMeta.to_dict`).
     """
     p = Path(path)

@@ -105,11 +105,13 @@ def check_tiling(tile_size: int, margin_px: int) -> None:
     if tile_size < 32:
         raise ConfigError(f"tile size {tile_size} is too small; use at least 32", key="tile_size")
     if margin_px < 0 or margin_px >= tile_size:
-        raise ConfigError(f"margin {margin_px} px must be >= 0 and less than the tile ({tile_size} px)", key="margin_px")
+        raise ConfigError(
+            f"margin {margin_px} px must be >= 0 and less than the tile ({tile_size} px)", key="margin_px"
+        )
 
 
 def _seeded_batch(meta: BundleMeta, tile_size: int) -> Tensor:
-    """A reproducible check batch in normalized units: smooth fields plus noise, not pure noise."""
+    """Return a reproducible check batch in normalized units: smooth fields plus noise, not pure noise."""
     rng = np.random.default_rng(0)
     n, c = _CHECK_BATCH, meta.spec.in_channels
     yy, xx = np.mgrid[0:tile_size, 0:tile_size] / tile_size
