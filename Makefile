@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.geopsp-installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo bench docs clean system-deps
+.PHONY: venv venv-onnx test lint demo bench docs clean system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install geopsp with its dev tools
+
+ONNX_VENV := .venv-onnx
+venv-onnx:  ## torch-free inference install (~0.7 GB): predict, vectorize, evaluate, preview, batch on .onnx models
+	@test -x $(ONNX_VENV)/bin/python || $(PYTHON) -m venv $(ONNX_VENV)
+	$(ONNX_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ONNX_VENV)/bin/python -m pip install -q '.[onnx]'
 
 system-deps:  ## Debian packages the tests use (QGIS for the real-client check)
 	@bash scripts/system-deps.sh
@@ -37,4 +43,4 @@ bench: $(STAMP)  ## run the benchmarks and write the report (docs/performance.md
 	$(BIN)/python bench/report.py
 
 clean:
-	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(ONNX_VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,8 @@
 """The quick start: the whole job on synthetic data, offline, in a few minutes on a CPU.
 
 :func:`run_demo` generates a labelled training scene and a validation scene, trains a small
-PSPNet on them, predicts a larger scene (with a nodata collar) through the tiler and the
-blending mosaicker, vectorizes the class raster, scores it against the scene's labels and
+PSPNet on them, exports it to ONNX, predicts a larger scene (with a nodata collar) in ONNX
+Runtime through the tiler and the blending mosaicker, vectorizes the class raster, scores it against the scene's labels and
 renders a preview: every output a user would open in QGIS.
 """
 
@@ -30,6 +30,7 @@ class DemoResult:
 
     out_dir: Path
     bundle: Path
+    onnx_model: Path
     scene: Path
     labels: Path
     class_raster: Path
@@ -104,6 +105,8 @@ def run_demo(
     """
     from geopsp.config.schema import PredictConfig, VectorizeConfig
     from geopsp.eval import evaluate_rasters, write_report
+    from geopsp.model.onnx_export import export_onnx
+    from geopsp.model.stac_mlm import write_mlm_item
     from geopsp.pipeline import segment_raster
     from geopsp.preview import render_preview
     from geopsp.synthetic import make_scene
@@ -147,11 +150,17 @@ def run_demo(
     )
     seconds["train"] = time.perf_counter() - t
 
-    say(f"predicting a {predict_size} x {predict_size} scene with the tiler and blending mosaicker")
+    say("exporting the model to ONNX with its metadata (runs in ONNX Runtime, Deepness and GeoDeep)")
+    t = time.perf_counter()
+    exported = export_onnx(run.model, out / "model" / "model.onnx", tile_size=256, overwrite=overwrite)
+    write_mlm_item(exported.path, overwrite=overwrite)
+    seconds["export"] = time.perf_counter() - t
+
+    say(f"predicting a {predict_size} x {predict_size} scene in ONNX Runtime with the tiler and blending mosaicker")
     t = time.perf_counter()
     pred = segment_raster(
         scene,
-        run.model,
+        exported.path,
         out / "predict",
         config=PredictConfig(tile_size=256, overlap=32, batch_size=8, probabilities=True),
         overwrite=overwrite,
@@ -190,6 +199,7 @@ def run_demo(
     return DemoResult(
         out_dir=out,
         bundle=run.model,
+        onnx_model=exported.path,
         scene=scene,
         labels=labels,
         class_raster=pred.classes,
