@@ -296,10 +296,12 @@ class Mosaicker:
         TypeError
             If ``probs`` or ``valid`` is not an array of the backend.
         """
-        is_backend = array_api_compat.is_torch_array if self.backend == "torch" else array_api_compat.is_numpy_array
+        torch_backend = self.backend == "torch"
+        is_backend = array_api_compat.is_torch_array if torch_backend else array_api_compat.is_numpy_array
         for name, x in (("probs", probs), ("valid", valid)):
             if not is_backend(x):
-                raise TypeError(f"the {self.backend} mosaic takes {self.backend} arrays; {name} is {type(x).__name__}")
+                kind = "torch tensors" if torch_backend else "NumPy arrays"
+                raise TypeError(f"backend {self.backend!r} takes {kind}; {name} is a {type(x).__name__}")
         start = time.perf_counter()
         with _host_ops(self._torch_cpu):
             self._add(tiles, probs, valid)
