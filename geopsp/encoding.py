@@ -5,16 +5,18 @@ The probability raster holds the winning class's probability ``p`` as uint8
 nodata there, or ``p`` is NaN. The winning probability of ``K`` classes is at least ``1/K``,
 so 0 is free for nodata and 1.0 keeps full resolution.
 
-:func:`encode_probability` takes NumPy arrays (the writer of :mod:`geopsp.io.raster`) and
-torch tensors (the mosaic encodes on the model's device, so only uint8 rows leave it) and
-runs the same arithmetic on both. This module imports neither torch nor any I/O library, so
-``io`` and ``inference`` both import it without importing each other.
+:func:`encode_probability` takes NumPy arrays (the writer of :mod:`geopsp.io.raster`, the
+mosaic's NumPy backend) and torch tensors (the mosaic encodes on the model's device, so only
+uint8 rows leave it), written once against the array API (``array-api-compat``). This module
+imports neither torch nor any I/O library, so ``io`` and ``inference`` both import it without
+importing each other, and NumPy arrays are encoded without torch.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, overload
 
+import array_api_compat
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -61,15 +63,13 @@ def encode_probability(p: Any, *, invalid: Any = None) -> Any:
     >>> encode_probability(np.array([0.8, 0.8]), invalid=np.array([False, True])).tolist()
     [204, 0]
     """
-    tensor = type(p).__module__.split(".")[0] == "torch"
-    x: Any = p if tensor else np.asarray(p, dtype=np.float32)
-    nodata = x != x  # NaN
+    if not array_api_compat.is_torch_array(p):  # cheap: never imports torch
+        p = np.asarray(p, dtype=np.float32)
+        invalid = None if invalid is None else np.asarray(invalid, dtype=np.bool_)
+    xp = array_api_compat.array_namespace(p)
+    nodata = xp.isnan(p)
     if invalid is not None:
-        nodata = nodata | (invalid if tensor else np.asarray(invalid, dtype=np.bool_))
-    q = (x.clip(0.0, 1.0) * PROBABILITY_SCALE).round().clip(1.0, float(PROBABILITY_SCALE))
-    q[nodata] = PROBABILITY_NODATA
-    if tensor:
-        import torch
-
-        return q.to(torch.uint8)
-    return q.astype(np.uint8)
+        nodata = nodata | invalid
+    q = xp.clip(xp.round(xp.clip(p, 0.0, 1.0) * PROBABILITY_SCALE), 1.0, float(PROBABILITY_SCALE))
+    q = xp.where(nodata, xp.asarray(PROBABILITY_NODATA, dtype=q.dtype, device=array_api_compat.device(q)), q)
+    return xp.astype(q, xp.uint8)

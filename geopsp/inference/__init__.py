@@ -1,6 +1,7 @@
 """Inference: the plan, forward passes, blend kernels, the mosaic, the tile loop, the summary.
 
-Importing :mod:`geopsp.inference.predict` or :mod:`geopsp.inference.mosaic` imports torch;
+Importing :mod:`geopsp.inference.predict` imports torch; :mod:`geopsp.inference.mosaic`
+imports it only when a Mosaicker uses the torch backend (its NumPy backend never does);
 :mod:`geopsp.inference.blend`, :mod:`geopsp.inference.plan` and
 :mod:`geopsp.inference.summary` do not.
 """

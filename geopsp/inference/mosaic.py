@@ -20,40 +20,61 @@ integer row buffer ``stride x width``: peak memory grows with the width and the 
 never with the scene height. Each pixel's sum is accumulated in the same order whether the
 whole scene or a strip of it (``row_range``) is run, so strips stitch together bit for bit.
 
-The same arithmetic runs on CPU and CUDA tensors; only finished rows leave the device.
+The arithmetic is written once against the Python array API standard (through
+``array-api-compat``) and runs on torch tensors (``backend="torch"``, CPU or CUDA; only finished
+rows leave the device) and on NumPy arrays (``backend="numpy"``, e.g. the probabilities of an
+ONNX Runtime session), which never imports torch. Each weighted probability is added with one
+rounding, a fused multiply-add, the one operation the array API lacks: the torch backend uses
+``addcmul_`` (fused on AVX2 and AVX-512 CPUs and on CUDA; a CPU without AVX2 rounds twice), and
+the NumPy backend emulates it exactly in float64 (:func:`_fma_numpy`). So both backends give the
+same bits wherever torch's ``addcmul_`` is fused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+import array_api_compat
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from geopsp.encoding import PROBABILITY_NODATA, encode_probability
+from geopsp.errors import ConfigError
 from geopsp.inference.blend import tile_weights
 from geopsp.tiling.windows import Tile, TileGrid
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["Mosaicker", "RowSink"]
+
+Backend: TypeAlias = Literal["torch", "numpy"]
+"""The array library of a :class:`Mosaicker`: torch tensors or NumPy arrays."""
+
+_Array: TypeAlias = Any  # a torch.Tensor or an ndarray, whichever the backend holds
 
 RowSink = Callable[[int, NDArray[np.generic], NDArray[np.uint8] | None], None]
 """Receives ``(scene_row, class_rows, probability_rows)`` for finished rows, top to bottom."""
 
 
 @contextlib.contextmanager
-def _host_ops(device: torch.device) -> Iterator[None]:
-    """Run the small blend ops single-threaded on the CPU.
+def _host_ops(torch_cpu: bool) -> Iterator[None]:
+    """Run the small blend ops of the torch CPU backend single-threaded.
 
     Each op touches a tile or less; waking torch's OpenMP team for it costs more than the op
-    (milliseconds instead of tens of microseconds on a busy 2-core machine).
+    (milliseconds instead of tens of microseconds on a busy 2-core machine). NumPy's ops are
+    single-threaded anyway, and CUDA ops are not run by the host threads: then this does nothing.
     """
-    if device.type != "cpu":
+    if not torch_cpu:
         yield
         return
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -62,14 +83,78 @@ def _host_ops(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+# float64 bits below a float32 mantissa: the ones rounding to float32 drops
+_DROPPED = np.int64((1 << 29) - 1)
+_HALFWAY = np.int64(1 << 28)
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _fma_numpy(out: NDArray[np.float32], a: NDArray[np.float32], b64: NDArray[np.float64]) -> None:
+    """``out += a * b`` rounded once to float32, exactly like a fused multiply-add.
+
+    ``b64`` is float32 ``b`` cast to float64. The product of two float32 is exact in float64;
+    adding ``out`` rounds once to float64, and rounding that to float32 is the correctly rounded
+    result except where the float64 sum lies exactly half-way between two float32 (or in float32's
+    subnormal range). Those few elements are redone: the error of the float64 sum (TwoSum) turns
+    it into its round-to-odd value, which rounds to float32 correctly (Boldo and Melquiond 2008).
+
+    Parameters
+    ----------
+    out : ndarray of float32, shape (K, rows, cols)
+        Accumulator, updated in place (may be a view).
+    a : ndarray of float32, shape (K, rows, cols)
+        Probabilities.
+    b64 : ndarray of float64, shape (rows, cols)
+        Weights.
+    """
+    for k in range(out.shape[0]):  # plane by plane: 2-D temporaries are ~3x faster than 3-D ones
+        _fma_plane(out[k], a[k], b64)
+
+
+def _fma_plane(out: NDArray[np.float32], a: NDArray[np.float32], b64: NDArray[np.float64]) -> None:
+    """:func:`_fma_numpy` of arrays of the same shape."""
+    s = a.astype(np.float64)
+    s *= b64
+    s += out
+    bits = s.view(np.int64)
+    tmp = bits & _DROPPED
+    redo = tmp == _HALFWAY
+    mag = np.abs(s, out=tmp.view(np.float64))
+    redo |= (mag < _FLOAT32_TINY) & (mag > 0)
+    if redo.any():
+        where = np.nonzero(redo)
+        acc = out[where].astype(np.float64)
+        prod = a[where].astype(np.float64) * b64[where]
+        sum_ = s[where]
+        bv = sum_ - acc
+        err = (acc - (sum_ - bv)) + (prod - bv)
+        odd = sum_.view(np.int64)
+        step = np.isfinite(sum_) & (err != 0) & ((odd & 1) == 0)
+        odd[step] += np.where((err[step] > 0) == (sum_[step] > 0), 1, -1)
+        s[where] = sum_
+    out[...] = s
+
+
+def _add_product(out: _Array, a: _Array, b: _Array, b64: NDArray[np.float64] | None) -> None:
+    """``out += a * b`` in place with one rounding.
+
+    Torch tensors (``b64`` None) use ``addcmul_``; NumPy arrays use :func:`_fma_numpy` with
+    ``b64``, ``b`` in float64.
+    """
+    if b64 is None:
+        out.addcmul_(a, b)
+    else:
+        _fma_numpy(out, a, b64)
+
+
 @dataclass
 class _Chunk:
     """Accumulator of one column chunk, rows ``[row0, row0 + rows)``."""
 
     row0: int
-    acc: torch.Tensor  # (K, rows, width) float32: sum of weight * probability
-    wsum: torch.Tensor  # (rows, width) float32: sum of weights
-    valid: torch.Tensor  # (rows, width) bool
+    acc: _Array  # (K, rows, width) float32: sum of weight * probability
+    wsum: _Array  # (rows, width) float32: sum of weights
+    valid: _Array  # (rows, width) bool
 
     @property
     def rows(self) -> int:
@@ -95,7 +180,7 @@ class Mosaicker:
     sink : callable
         Called as ``sink(scene_row, class_rows, probability_rows)`` with finished rows.
     device : torch.device or str
-        Where the accumulator lives (the model's device).
+        Where the accumulator lives (the model's device); ``"cpu"`` for the NumPy backend.
     kernel : str
         Blend kernel name (:data:`geopsp.inference.blend.KERNELS`).
     floor : float
@@ -108,6 +193,15 @@ class Mosaicker:
         least 1, and :data:`PROBABILITY_NODATA` where the class is nodata or ``p`` is NaN).
     out_dtype : str
         NumPy dtype of the class rows (``uint8`` or ``uint16``).
+    backend : {"torch", "numpy"}
+        The array library of the probabilities given to :meth:`add`: torch tensors, or NumPy
+        arrays (then torch is never imported). Both give the same rows, bit for bit, wherever
+        torch's ``addcmul_`` is a fused multiply-add (see the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown backend, or the NumPy backend on a device other than the CPU.
     """
 
     def __init__(
@@ -123,9 +217,26 @@ class Mosaicker:
         row_range: tuple[int, int] | None = None,
         probabilities: bool = False,
         out_dtype: str = "uint8",
+        backend: Backend = "torch",
     ) -> None:
+        if backend == "torch":
+            import torch
+
+            dev = torch.device(device)
+            self.device: torch.device | str = dev
+            self._torch_cpu = dev.type == "cpu"
+        elif backend == "numpy":
+            if str(device) != "cpu":
+                raise ConfigError(f"the numpy mosaic backend runs on the CPU, not on {str(device)!r}; use device='cpu'")
+            self.device = "cpu"
+            self._torch_cpu = False
+        else:
+            raise ConfigError(f"unknown mosaic backend {backend!r}; choose 'torch' or 'numpy'")
+        self.backend = backend
+        # the array-api-compat namespace: array_api_compat.torch imports torch, .numpy does not
+        xp: Any = importlib.import_module(f"array_api_compat.{backend}")
+        self._xp = xp
         self.grid = grid
-        self.device = torch.device(device)
         self.num_classes = len(class_ids)
         self.nodata = int(nodata)
         self.sink = sink
@@ -135,18 +246,23 @@ class Mosaicker:
         self.seconds = 0.0
         self.peak_bytes = 0
         self._cw = grid.tile_size
-        self._weights = torch.from_numpy(tile_weights(grid.tile_size, kernel=kernel, floor=floor)).to(self.device)
+        weights = tile_weights(grid.tile_size, kernel=kernel, floor=floor)
+        self._weights = xp.asarray(weights, device=self.device)
+        # torch multiplies and adds in one rounding; NumPy emulates that with float64 weights
+        self._weights64 = None if backend == "torch" else weights.astype(np.float64)
         # uint8 ids stay uint8 on the device; wider ids use int32 (torch has no full uint16)
-        self._cls_dtype = torch.uint8 if self.out_dtype == np.uint8 else torch.int32
-        self._lut = torch.as_tensor(list(class_ids), dtype=self._cls_dtype, device=self.device)
+        self._cls_dtype = xp.uint8 if self.out_dtype == np.uint8 else xp.int32
+        self._lut = xp.asarray(list(class_ids), dtype=self._cls_dtype, device=self.device)
+        self._lut_of = [self._lut[c] for c in range(self.num_classes)]  # 0-d arrays
+        self._nodata = xp.asarray(self.nodata, dtype=self._cls_dtype, device=self.device)
         self._chunks: dict[int, _Chunk] = {}
         self._bands = [b for b, _ in grid.band_rows((self.r0, self.r1))]
         self._band_of = {r: b for b, rows in enumerate(grid.bands) for r in rows}
         self._pos = 0  # index into _bands of the current band
         self._done_upto = 0  # chunks [0, _done_upto) are finished for the current band
         self._finished = False
-        self._pending_cls: torch.Tensor | None = None
-        self._pending_prob: torch.Tensor | None = None
+        self._pending_cls: _Array | None = None
+        self._pending_prob: _Array | None = None
         if self._bands:
             self._start_band(0)
 
@@ -157,24 +273,41 @@ class Mosaicker:
         """Peak bytes held by the accumulator chunks and the finished-row buffers."""
         return self.peak_bytes
 
-    def add(self, tiles: Sequence[Tile], probs: torch.Tensor, valid: torch.Tensor) -> None:
+    def add(
+        self,
+        tiles: Sequence[Tile],
+        probs: torch.Tensor | NDArray[np.float32],
+        valid: torch.Tensor | NDArray[np.bool_],
+    ) -> None:
         """Blend a batch of tiles.
 
         Parameters
         ----------
         tiles : sequence of Tile
             The batch's tiles, in grid order and after all tiles added before.
-        probs : Tensor, shape (N, K, size, size), float32
-            Class probabilities on the accumulator's device.
-        valid : Tensor, shape (N, size, size), bool
-            Input valid mask of each tile (padding is False).
+        probs : Tensor or ndarray, shape (N, K, size, size), float32
+            Class probabilities: a tensor on the accumulator's device, or a NumPy array for the
+            NumPy backend.
+        valid : Tensor or ndarray, shape (N, size, size), bool
+            Input valid mask of each tile (padding is False), of the same kind as ``probs``.
+
+        Raises
+        ------
+        TypeError
+            If ``probs`` or ``valid`` is not an array of the backend.
         """
+        torch_backend = self.backend == "torch"
+        is_backend = array_api_compat.is_torch_array if torch_backend else array_api_compat.is_numpy_array
+        for name, x in (("probs", probs), ("valid", valid)):
+            if not is_backend(x):
+                kind = "torch tensors" if torch_backend else "NumPy arrays"
+                raise TypeError(f"backend {self.backend!r} takes {kind}; {name} is a {type(x).__name__}")
         start = time.perf_counter()
-        with _host_ops(self.device):
+        with _host_ops(self._torch_cpu):
             self._add(tiles, probs, valid)
         self.seconds += time.perf_counter() - start
 
-    def _add(self, tiles: Sequence[Tile], probs: torch.Tensor, valid: torch.Tensor) -> None:
+    def _add(self, tiles: Sequence[Tile], probs: _Array, valid: _Array) -> None:
         for n, tile in enumerate(tiles):
             band = self._band_of[tile.grid_row]
             if band not in self._bands:
@@ -193,7 +326,7 @@ class Mosaicker:
         if self._finished:
             return
         start = time.perf_counter()
-        with _host_ops(self.device):
+        with _host_ops(self._torch_cpu):
             self._finish_all()
         self._chunks.clear()
         self._finished = True
@@ -219,10 +352,10 @@ class Mosaicker:
         self._pos = pos
         self._done_upto = 0
         _, _, e0, e1 = self._span()
-        w = self.grid.width
-        self._pending_cls = torch.full((e1 - e0, w), self.nodata, dtype=self._cls_dtype, device=self.device)
+        w, xp = self.grid.width, self._xp
+        self._pending_cls = xp.full((e1 - e0, w), self.nodata, dtype=self._cls_dtype, device=self.device)
         self._pending_prob = (
-            torch.full((e1 - e0, w), PROBABILITY_NODATA, dtype=torch.uint8, device=self.device)
+            xp.full((e1 - e0, w), PROBABILITY_NODATA, dtype=xp.uint8, device=self.device)
             if self.probabilities
             else None
         )
@@ -233,10 +366,10 @@ class Mosaicker:
         self._finish_chunks_before(-(-self.grid.width // self._cw))
         _, _, e0, e1 = self._span()
         if e1 > e0 and self._pending_cls is not None:
-            cls = self._pending_cls.cpu().numpy()
+            cls = _to_numpy(self._pending_cls)
             if cls.dtype != self.out_dtype:
                 cls = cls.astype(self.out_dtype)
-            prob = None if self._pending_prob is None else self._pending_prob.cpu().numpy()
+            prob = None if self._pending_prob is None else _to_numpy(self._pending_prob)
             self.sink(e0, cls, prob)
         self._pending_cls = None
         self._pending_prob = None
@@ -265,7 +398,8 @@ class Mosaicker:
         keep = chunk.rows - (y_next - y)
         if keep > 0:
             s = y_next - y
-            self._chunks[j] = _Chunk(y_next, chunk.acc[:, s:].clone(), chunk.wsum[s:].clone(), chunk.valid[s:].clone())
+            copy = self._copy
+            self._chunks[j] = _Chunk(y_next, copy(chunk.acc[:, s:]), copy(chunk.wsum[s:]), copy(chunk.valid[s:]))
         else:
             del self._chunks[j]
 
@@ -277,10 +411,10 @@ class Mosaicker:
         if chunk is not None and chunk.row0 != y:
             raise AssertionError(f"chunk {j} starts at row {chunk.row0}, expected {y}")
         if chunk is None or chunk.rows < rows:
-            k = self.num_classes
-            acc = torch.zeros((k, rows, width), dtype=torch.float32, device=self.device)
-            wsum = torch.zeros((rows, width), dtype=torch.float32, device=self.device)
-            valid = torch.zeros((rows, width), dtype=torch.bool, device=self.device)
+            k, xp = self.num_classes, self._xp
+            acc = xp.zeros((k, rows, width), dtype=xp.float32, device=self.device)
+            wsum = xp.zeros((rows, width), dtype=xp.float32, device=self.device)
+            valid = xp.zeros((rows, width), dtype=xp.bool, device=self.device)
             if chunk is not None:
                 acc[:, : chunk.rows] = chunk.acc
                 wsum[: chunk.rows] = chunk.wsum
@@ -290,9 +424,13 @@ class Mosaicker:
             self._track()
         return chunk
 
-    def _add_tile(self, tile: Tile, probs: torch.Tensor, valid: torch.Tensor) -> None:
+    def _copy(self, x: _Array) -> _Array:
+        return self._xp.asarray(x, copy=True)
+
+    def _add_tile(self, tile: Tile, probs: _Array, valid: _Array) -> None:
         h, w = tile.height, tile.width
         wt = self._weights[:h, :w]
+        wt64 = None if self._weights64 is None else self._weights64[:h, :w]
         x = tile.col
         y0 = tile.row - self._span()[0]
         y1 = y0 + h
@@ -302,21 +440,31 @@ class Mosaicker:
             chunk = self._chunk_for(j, y1)
             t0, t1 = lo - x, hi - x
             k0, k1 = lo - c0, hi - c0
-            chunk.acc[:, y0:y1, k0:k1].addcmul_(probs[:, :h, t0:t1], wt[:, t0:t1])
-            chunk.wsum[y0:y1, k0:k1].add_(wt[:, t0:t1])
-            chunk.valid[y0:y1, k0:k1].logical_or_(valid[:h, t0:t1])
+            # in-place operators on views: no temporary, no copy back (x[i] += y would copy back)
+            b64 = None if wt64 is None else wt64[:, t0:t1]
+            _add_product(chunk.acc[:, y0:y1, k0:k1], probs[:, :h, t0:t1], wt[:, t0:t1], b64)
+            wsum = chunk.wsum[y0:y1, k0:k1]
+            wsum += wt[:, t0:t1]
+            hit = chunk.valid[y0:y1, k0:k1]
+            hit |= valid[:h, t0:t1]
 
     def _reduce_into(self, chunk: _Chunk, lo: int, hi: int, out_row: int, x0: int, width: int) -> None:
         """Class ids (and probabilities) of chunk rows ``[lo, hi)`` into the row buffer."""
+        xp = self._xp
         acc = chunk.acc[:, lo:hi]
         wsum = chunk.wsum[lo:hi]
         invalid = ~chunk.valid[lo:hi] | (wsum <= 0)
-        best, idx = acc.max(dim=0)
-        cls = self._lut[idx].masked_fill_(invalid, self.nodata)
+        best = xp.max(acc, axis=0)
+        # the class of the first maximum, or of the first NaN (NaN wins, as in torch.max and
+        # numpy.argmax); K where-passes are several times faster than torch.argmax over dim 0
+        cls = self._nodata
+        for c in range(self.num_classes - 1, -1, -1):
+            a = acc[c]
+            cls = xp.where((a == best) | xp.isnan(a), self._lut_of[c], cls)
         assert self._pending_cls is not None
-        self._pending_cls[out_row : out_row + hi - lo, x0 : x0 + width] = cls
+        self._pending_cls[out_row : out_row + hi - lo, x0 : x0 + width] = xp.where(invalid, self._nodata, cls)
         if self._pending_prob is not None:
-            p = best.div_(wsum.clamp_min(1e-12))
+            p = best / xp.clip(wsum, min=1e-12)
             self._pending_prob[out_row : out_row + hi - lo, x0 : x0 + width] = encode_probability(p, invalid=invalid)
 
     def _track(self) -> None:
@@ -325,3 +473,8 @@ class Mosaicker:
             if t is not None:
                 held += int(t.nbytes)
         self.peak_bytes = max(self.peak_bytes, held)
+
+
+def _to_numpy(x: _Array) -> NDArray[Any]:
+    """Return ``x`` as a host NumPy array (a view where ``x`` is already on the CPU)."""
+    return np.asarray(array_api_compat.to_device(x, "cpu"))
