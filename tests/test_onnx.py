@@ -54,8 +54,11 @@ def _meta(spec, *, dtype="uint8", norm=None, bands=(1, 2, 3), pixel_size=0.5, cr
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """A small real PSPNet bundle (ResNet-18 cut after stage 3, 32-channel pyramid head)."""
-    torch.manual_seed(0)
+    """A small real PSPNet bundle (ResNet-18 cut after stage 3, 32-channel pyramid head).
+
+    Seed 1 maps the test scene to three classes (seed 0 to almost one: a weak test of equality).
+    """
+    torch.manual_seed(1)
     spec = spec_from_preset("fast", in_channels=3, num_classes=3, decoder_channels=32)
     model = build_model(spec).eval()
     with torch.no_grad():  # a confident model: spread the classifier so classes rarely tie
