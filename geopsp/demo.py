@@ -2,8 +2,8 @@
 
 :func:`run_demo` generates a labelled training scene and a validation scene, trains a small
 PSPNet on them, exports it to ONNX, predicts a larger scene (with a nodata collar) in ONNX
-Runtime through the tiler and the blending mosaicker, vectorizes the class raster, scores it against the scene's labels and
-renders a preview: every output a user would open in QGIS.
+Runtime through the tiler and the blending mosaicker, vectorizes the class raster, scores it
+against the scene's labels and renders a preview: every output a user would open in QGIS.
 """
 
 from __future__ import annotations

@@ -247,6 +247,10 @@ def test_cli_export_and_predict(bundle, scene, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(next((tmp_path / "p").glob("*_summary.json")).read_text())
     assert summary["device"]["runtime"] == "onnxruntime" and summary["device"]["precision"] == "fp32"
+    res = runner.invoke(cli, ["model", "info", str(out)])
+    assert res.exit_code == 0 and "geopsp-onnx" in res.stdout and f"{TILE} px tiles (fixed)" in res.stdout
+    res = runner.invoke(cli, ["model", "info", str(out), "--json"])
+    assert json.loads(res.stdout)["onnx"]["tile_size"] == TILE
 
 
 def test_cli_predict_with_a_damaged_onnx_is_one_line(scene, tmp_path):

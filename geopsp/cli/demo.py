@@ -60,7 +60,7 @@ def demo(out_dir: str, train_minutes: float, predict_size: int, seed: int, as_js
         "",
         f"geopsp demo finished in {result.seconds['total'] / 60:.1f} min. Outputs in {result.out_dir}/:",
         f"  model bundle      {result.bundle}",
-        f"  ONNX model        {result.onnx_model}   (+ its STAC MLM item {result.onnx_model.with_suffix('.json').name})",
+        f"  ONNX model        {result.onnx_model}   (STAC MLM item: {result.onnx_model.with_suffix('.json').name})",
         f"  training curves   {result.train_curves}",
         f"  class map (COG)   {result.class_raster}",
         f"  QGIS style        {result.qml}",

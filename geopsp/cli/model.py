@@ -111,10 +111,14 @@ def create(
 @click.argument("bundle", type=click.Path())  # the library names a directory in one line
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info(bundle: str, as_json: bool) -> None:
-    """Print a bundle's metadata (read from its header; the weights are not loaded)."""
+    """Print a bundle's (or an exported .onnx model's) metadata; a bundle's weights are not loaded."""
+    from geopsp.inference.runtime import is_onnx_model
     from geopsp.model.bundle import inspect_bundle
 
-    summary = inspect_bundle(bundle)
+    if is_onnx_model(bundle):
+        summary = _onnx_summary(bundle)
+    else:
+        summary = inspect_bundle(bundle)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -182,6 +186,26 @@ def fetch_weights(
     click.echo(str(path))
 
 
+def _onnx_summary(path: str) -> dict[str, Any]:
+    """Return what ``model info`` shows of an ONNX export: the bundle's fields and the graph's contract."""
+    from pathlib import Path
+
+    from geopsp.inference.runtime import load_onnx
+
+    model = load_onnx(path)
+    i = model.info
+    return {
+        "path": str(model.path),
+        "size_bytes": Path(path).stat().st_size,
+        "format_version": model.meta.format_version,
+        "geopsp_version": i.geopsp_version,
+        "tensors": None,
+        "parameters": None,
+        "meta": model.meta.to_dict(),
+        "onnx": i.to_dict(),
+    }
+
+
 def _band_names(arg: str | None, bands: int) -> tuple[str, ...]:
     if arg is None:
         return tuple(f"band_{i}" for i in range(1, bands + 1))
@@ -205,12 +229,14 @@ def _format_info(s: dict[str, Any]) -> str:
     m = s["meta"]
     spec = m["spec"]
     norm = m["normalization"]
+    onnx = s.get("onnx")
+    params = f", {s['parameters'] / 1e6:.2f} M parameters" if s["parameters"] is not None else ""
     lines = [
-        f"bundle:        {s['path']} ({s['size_bytes'] / 1e6:.1f} MB)",
-        f"format:        geopsp-bundle v{s['format_version']} (written by geopsp {s['geopsp_version'] or '?'})",
+        f"{'model:' if onnx else 'bundle:':<15}{s['path']} ({s['size_bytes'] / 1e6:.1f} MB)",
+        f"format:        {'geopsp-onnx' if onnx else 'geopsp-bundle'} v{s['format_version']} "
+        f"(written by geopsp {s['geopsp_version'] or '?'})",
         f"architecture:  {spec['arch']}, encoder {spec['encoder']} (depth {spec['encoder_depth']}, "
-        f"output stride {spec['output_stride']}, aux {'on' if spec['aux'] else 'off'}), "
-        f"{s['parameters'] / 1e6:.2f} M parameters",
+        f"output stride {spec['output_stride']}, aux {'on' if spec['aux'] else 'off'}){params}",
         f"pyramid:       bins {tuple(spec['ppm_bins'])}, {spec['decoder_channels']} channels, "
         f"dropout {spec['dropout']}",
         f"input:         {len(m['bands'])} bands {m['bands']} ({', '.join(m['band_names'])}), dtype {m['input_dtype']}",
@@ -221,6 +247,17 @@ def _format_info(s: dict[str, Any]) -> str:
         f"nodata:        {m['nodata']} (ignore index {m['ignore_index']})",
         f"classes:       {len(m['classes'])}",
     ]
+    if onnx:
+        check = onnx.get("check") or {}
+        q = onnx.get("quantization") or {}
+        lines[5:5] = [
+            f"graph:         {onnx['precision']}, {onnx['tile_size']} px tiles (fixed), margin {onnx['margin_px']} px, "
+            f"opset {onnx['opset']}; from bundle sha256 {str(onnx['bundle_sha256'])[:12]}",
+            f"export check:  classes agree with torch on {check.get('agreement', float('nan')):.5%} of "
+            f"{check.get('pixels', 0)} pixels"
+            + (f"; int8 agreement {q['agreement']:.4%}" if q.get("agreement") else ""),
+            f"deepness:      {onnx.get('deepness') or '?'}",
+        ]
     for c in m["classes"]:
         r, g, b = c["color"]
         lines.append(f"  {c['id']:>5}  {c['name']:<24} #{r:02x}{g:02x}{b:02x}")
