@@ -665,9 +665,7 @@ def _load_fp32(model: Any, work: Path) -> Path:
     """Return the fp32 ``.onnx`` to quantize: the file given (checked), or the bundle exported into ``work``."""
     import onnx
 
-    from geopsp.model.bundle import Bundle
-
-    if not isinstance(model, Bundle) and str(model).lower().endswith(".onnx"):
+    if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
         p = Path(model)
         if not p.is_file():
             raise CheckpointError(f"{p}: no such ONNX model; check the path")
@@ -829,7 +827,7 @@ def quantize_onnx(
             "scenes": sorted(set(tiles.scenes)),
             "calibration_tiles": len(calib),
             "check_tiles": len(check),
-            "check": "held-out tiles" if held_out else "the calibration tiles (too few tiles to hold some out)",
+            "check": "held-out tiles" if held_out else "calibration tiles, too few to hold some out",
             "counted": "valid pixels of each whole check tile, inside its scene",
             "method": chosen.candidate.method,
             "keep_fp32": list(chosen.candidate.keep),
