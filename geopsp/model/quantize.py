@@ -687,6 +687,24 @@ def _load_fp32(model: Any, work: Path) -> Path:
     return export_onnx(model, work / "fp32.onnx").path
 
 
+def _check_scenes_early(model: Any, scenes: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse missing or unfit scenes before a bundle is exported (seconds) or a graph loaded."""
+    from geopsp.inference.plan import check_scene_for_model
+    from geopsp.io.scene import inspect_scene
+
+    if not scenes:
+        raise ConfigError("no calibration scene given; pass at least one scene (--calibrate SCENE)")
+    infos = [inspect_scene(s) for s in scenes]
+    meta = getattr(model, "meta", None)
+    if meta is None and isinstance(model, (str, os.PathLike)) and not str(model).lower().endswith(".onnx"):
+        from geopsp.model.bundle import read_bundle_meta
+
+        meta = read_bundle_meta(model)
+    if isinstance(meta, BundleMeta):
+        for info in infos:
+            check_scene_for_model(info, meta)
+
+
 def choose(trials: Sequence[Trial], *, tolerance: float = AGREEMENT_TOLERANCE) -> Trial:
     """Pick by agreement, then speed: the fewest fp32 multiply-adds within ``tolerance`` of the best.
 
@@ -779,6 +797,7 @@ def quantize_onnx(
     if isinstance(model, (str, os.PathLike)):
         inputs.append(Path(model))
     out_path = check_output_path(out, overwrite=overwrite, inputs=inputs)
+    _check_scenes_early(model, scenes)
     n_threads = int(threads) if threads is not None else _cpu_count()
     with tempfile.TemporaryDirectory(prefix="geopsp-quantize-") as tmp:
         work = Path(tmp)
