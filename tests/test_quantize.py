@@ -233,7 +233,7 @@ def test_tiles_are_read_and_normalized_as_prediction_does(fp32: Path, tmp_path: 
     scene, _ = small_scene(tmp_path, width=50, height=41, nodata_edge=True, seed=3)
     meta = load_quietly(fp32).meta
     tiles = sample_tiles([scene], meta, TILE, max_tiles=5)
-    assert len(tiles) == 1 and tiles.scenes == (scene.name,)
+    assert len(tiles) == 1 and tiles.scenes == (scene.name,) and tiles.windows == ((0, 0, 41, 50),)
     with rasterio.open(scene) as src:
         raw = src.read()
         valid = src.dataset_mask() > 0

@@ -151,11 +151,15 @@ class TileSet:
         Valid pixels inside the scene (False on nodata and on the padding of edge tiles).
     scenes : tuple of str
         The scene file name of each tile.
+    windows : tuple of (int, int, int, int)
+        Each tile's ``(row, col, height, width)`` in its scene (``height``/``width`` less than
+        ``T`` for a tile cut by the scene's edge).
     """
 
     x: NDArray[np.float32]
     valid: NDArray[np.bool_]
     scenes: tuple[str, ...]
+    windows: tuple[tuple[int, int, int, int], ...]
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -163,7 +167,10 @@ class TileSet:
     def take(self, index: Sequence[int]) -> TileSet:
         """Return the tiles at ``index``."""
         idx = np.asarray(index, dtype=np.int64)
-        return TileSet(self.x[idx], self.valid[idx], tuple(self.scenes[i] for i in idx.tolist()))
+        picked = idx.tolist()
+        return TileSet(
+            self.x[idx], self.valid[idx], tuple(self.scenes[i] for i in picked), tuple(self.windows[i] for i in picked)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +314,7 @@ def sample_tiles(
     xs: list[NDArray[np.float32]] = []
     valids: list[NDArray[np.bool_]] = []
     names: list[str] = []
+    windows: list[tuple[int, int, int, int]] = []
     for info, grid, order, share in zip(infos, grids, orders, shares, strict=True):
         got = 0
         with open_scene(info) as (src, _):
@@ -323,11 +331,12 @@ def sample_tiles(
                 inside[: tile.height, : tile.width] = valid
                 valids.append(inside)
                 names.append(info.path.name)
+                windows.append((tile.row, tile.col, tile.height, tile.width))
                 got += 1
     if not xs:
         shown = ", ".join(i.path.name for i in infos)
         raise ConfigError(f"{shown}: every tile is nodata; calibrate on scenes with valid pixels")
-    return TileSet(np.stack(xs), np.stack(valids), tuple(names))
+    return TileSet(np.stack(xs), np.stack(valids), tuple(names), tuple(windows))
 
 
 def _split(tiles: TileSet) -> tuple[TileSet, TileSet, bool]:
