@@ -14,6 +14,8 @@ demo
     The quick-start demo bundle, if one exists (``--demo``, else the newest
     ``/tmp/**/demo/model/model.safetensors``): calibrated on its training scene, checked on its
     prediction scene (``data/predict/scene.tif``, another synthetic scene, with a nodata collar).
+    The training scene can be a single tile, so ``demo_train_val`` calibrates on it and the
+    validation scene too.
 
 Scene maps: every tile of the scene's prediction grid (the bundle's tile and overlap), read and
 normalized as prediction does (``geopsp.model.quantize.sample_tiles``), probabilities averaged
@@ -51,8 +53,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-DATA = ROOT.parent / "shared" / "data" / "sentinel2_strzegom"
-S2_BUNDLE = ROOT.parent / "main" / "runs" / "lodo" / "fold_20230530" / "train" / "model.safetensors"
+
+def _first(*paths: Path) -> Path:
+    return next((p for p in paths if p.exists()), paths[0])
+
+
+# the checkout's sibling shared/ (or, from a worktree under wt/, its parent's), as tests/conftest.py
+SHARED = Path(os.environ["GEOPSP_SHARED_DATA"]) if "GEOPSP_SHARED_DATA" in os.environ else None
+DATA = (
+    SHARED or _first(ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data")
+) / "sentinel2_strzegom"  # noqa: E501
+FOLD = Path("runs") / "lodo" / "fold_20230530" / "train" / "model.safetensors"
+S2_BUNDLE = _first(ROOT / FOLD, ROOT.parent / "main" / FOLD, ROOT.parent.parent / "main" / FOLD)
 HELD_OUT = "20230530"
 F1_GATE = 0.01
 
@@ -233,6 +245,7 @@ def main() -> int:
     ap.add_argument("--max-tiles", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--calibrate-dates", nargs="+", default=["20220619", "20230301"])
+    ap.add_argument("--s2-bundle", default=str(S2_BUNDLE), help="the bundle trained without 2023-05-30")
     ap.add_argument(
         "--demo", default=None, help="demo bundle (default: the newest /tmp/**/demo/model/model.safetensors)"
     )
@@ -244,13 +257,14 @@ def main() -> int:
         images = DATA / "images"
         held = next(iter(sorted(images.glob(f"*{HELD_OUT}*.tif"))), None) if images.is_dir() else None
         calib = [next(iter(sorted(images.glob(f"*{d}*.tif"))), None) for d in args.calibrate_dates] if held else []
-        if not S2_BUNDLE.is_file() or held is None or not calib or None in calib:
-            results["skipped"]["sentinel2"] = f"no bundle at {S2_BUNDLE} or no Strzegom scenes under {images}"
+        s2_bundle = Path(args.s2_bundle)
+        if not s2_bundle.is_file() or held is None or not calib or None in calib:
+            results["skipped"]["sentinel2"] = f"no bundle at {s2_bundle} or no Strzegom scenes under {images}"
             print(f"sentinel2: skipped ({results['skipped']['sentinel2']})", file=sys.stderr)
         else:
             labels = DATA / "labels" / held.name
             results["sentinel2"] = evaluate(
-                "sentinel2", S2_BUNDLE, [p for p in calib if p is not None], held, labels, work, args
+                "sentinel2", s2_bundle, [p for p in calib if p is not None], held, labels, work, args
             )
         demo = find_demo(args.demo)
         root = demo.parent.parent if demo else None
@@ -262,11 +276,14 @@ def main() -> int:
         else:
             labels = root / "data" / "predict" / "scene_labels.tif" if root else None
             results["demo"] = evaluate("demo", demo, [train], check, labels, work, args)
+            val = train.with_name("scene_val.tif")
+            if val.is_file():  # the training scene alone may be one tile: calibrate on both training scenes too
+                results["demo_train_val"] = evaluate("demo_tv", demo, [train, val], check, labels, work, args)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    for name in ("sentinel2", "demo"):
+    for name in ("sentinel2", "demo", "demo_train_val"):
         r = results.get(name)
         if r:
             f1 = f", max |dF1| {r['max_abs_f1_delta']:.4f} ({r['max_abs_f1_delta_class']})" if "f1_delta" in r else ""
