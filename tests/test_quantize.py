@@ -321,7 +321,8 @@ def test_a_stored_agreement_below_the_gate_warns_on_load(quantized, tmp_path: Pa
 
 
 @pytest.mark.filterwarnings("always::geopsp.errors.QuantizationWarning")
-def test_cli_end_to_end(fp32: Path, scenes: list[Path], tmp_path: Path, restore_logging) -> None:
+def test_cli_end_to_end_from_a_bundle(bundle: Path, scenes: list[Path], tmp_path: Path, restore_logging) -> None:
+    """A bundle is exported to fp32 in a temporary folder first; only the int8 model and its item remain."""
     import json
 
     from click.testing import CliRunner
@@ -329,7 +330,7 @@ def test_cli_end_to_end(fp32: Path, scenes: list[Path], tmp_path: Path, restore_
     from geopsp.cli.main import cli
 
     out = tmp_path / "model.int8.onnx"
-    args = ["model", "quantize", str(fp32), "--calibrate", str(scenes[0]), "--calibrate", str(scenes[1])]
+    args = ["model", "quantize", str(bundle), "--calibrate", str(scenes[0]), "--calibrate", str(scenes[1])]
     res = CliRunner().invoke(cli, [*args, "--out", str(out), "--max-tiles", "3", "--threads", "2"])
     assert res.exit_code == 0, res.output
     assert res.stdout.split() == [str(out), str(tmp_path / "model.int8.json")]
@@ -343,7 +344,8 @@ def test_cli_end_to_end(fp32: Path, scenes: list[Path], tmp_path: Path, restore_
     assert any("below the 99% gate, written anyway" in ln for ln in lines)
     item = json.loads((tmp_path / "model.int8.json").read_text())
     assert item["assets"]["model"]["href"] == "model.int8.onnx"
-    assert info.quantization["calibration_tiles"] == 3
+    assert info.quantization["calibration_tiles"] == 3 and info.precision == "int8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.json", "model.int8.onnx"]
 
 
 def test_cli_errors_are_one_line(fp32: Path, scenes: list[Path], tmp_path: Path, capsys, restore_logging) -> None:

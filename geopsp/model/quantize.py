@@ -8,10 +8,11 @@ Tiles
     Whole prediction tiles of the given scenes, read and normalized as prediction reads them
     (:func:`geopsp.io.scene.read_rows`, reflection padding to the graph's tile,
     :func:`geopsp.model.inputs.model_input`, which puts :data:`~geopsp.model.inputs.MODEL_FILL`
-    on nodata); all-nodata tiles are skipped. They are spread over each scene (a seeded shuffle
-    of its tile grid), as many from every scene as it has. Every other tile calibrates, the
-    others check; with fewer than :data:`MIN_SPLIT_TILES` tiles in all the calibration tiles are
-    checked too (the metadata's ``check`` says which).
+    on nodata); all-nodata tiles are skipped. Up to ``2 * max_tiles`` of them, the same share
+    from every scene (:func:`sample_tiles`), spread over it (a seeded shuffle of its tile
+    grid). Every other tile calibrates, the others check; with fewer than
+    :data:`MIN_SPLIT_TILES` tiles in all, the calibration tiles are checked too (the metadata's
+    ``check`` says which).
 Agreement
     The share of the check tiles' valid pixels where the int8 model's class is the fp32 model's:
     the scene's valid mask inside the scene (the reflection padding of an edge tile is not
@@ -29,9 +30,11 @@ Candidates
     scene), the tail (the classifier and everything after it, so the logits and probabilities
     are not rounded to 256 levels), the stem (the first convolution, fed the bands), the
     convolution before the classifier; with MinMax or Percentile calibration (Entropy calibration
-    lost 4-6 % of the agreement of the others on the Sentinel-2 model and is not tried). With
-    8-bit weights (no ``reduce_range``) only on an x86 CPU without VNNI, and with the stem kept:
-    there the check runs the saturating kernels, so it sees any harm; elsewhere it could not.
+    agreed 1 point less than MinMax on the Sentinel-2 model's check tiles and 4 points less on a
+    held-out date, and is not tried). With 8-bit weights (no ``reduce_range``) only on an x86 CPU
+    without VNNI, and with the stem kept (quantized with 8-bit weights, the stem saturated there:
+    1-2 points lost): there the check runs the saturating kernels, so it sees any harm; on another
+    CPU it could not.
 Choice
     By agreement, then speed: of the candidates within :data:`AGREEMENT_TOLERANCE` of the best
     agreement, the one that keeps the fewest multiply-adds in fp32 (then the higher agreement).
