@@ -32,9 +32,9 @@ Candidates
     convolution before the classifier; with MinMax or Percentile calibration (Entropy calibration
     agreed 1 point less than MinMax on the Sentinel-2 model's check tiles and 4 points less on a
     held-out date, and is not tried). With 8-bit weights (no ``reduce_range``) only on an x86 CPU
-    without VNNI, and with the stem kept (quantized with 8-bit weights, the stem saturated there:
-    1-2 points lost): there the check runs the saturating kernels, so it sees any harm; on another
-    CPU it could not.
+    without VNNI, and with the stem kept (with the stem quantized too, 8-bit weights lost up to 2
+    points there, most likely to saturation): there the check runs the saturating kernels, so it
+    sees any harm; on another CPU it could not.
 Choice
     By agreement, then speed: of the candidates within :data:`AGREEMENT_TOLERANCE` of the best
     agreement, the one that keeps the fewest multiply-adds in fp32 (then the higher agreement).
