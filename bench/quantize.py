@@ -62,7 +62,7 @@ def _first(*paths: Path) -> Path:
 SHARED = Path(os.environ["GEOPSP_SHARED_DATA"]) if "GEOPSP_SHARED_DATA" in os.environ else None
 DATA = (
     SHARED or _first(ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data")
-) / "sentinel2_strzegom"  # noqa: E501
+) / "sentinel2_strzegom"
 FOLD = Path("runs") / "lodo" / "fold_20230530" / "train" / "model.safetensors"
 S2_BUNDLE = _first(ROOT / FOLD, ROOT.parent / "main" / FOLD, ROOT.parent.parent / "main" / FOLD)
 HELD_OUT = "20230530"
@@ -110,7 +110,7 @@ def scene_classes(model: Any, scene: Path, meta: Any) -> tuple[np.ndarray, np.nd
 
 
 def f1_scores(pred: np.ndarray, valid: np.ndarray, labels: Path, meta: Any) -> dict[str, float]:
-    """Per-class F1 against a label raster (its ids; 0 and ids outside the class table ignored)."""
+    """Per-class F1 against a label raster of class ids (ids not in the class table, like 0 and 255, ignored)."""
     import math
 
     import rasterio

@@ -161,7 +161,7 @@ class OnnxInfo:
 
 
 def _crs_units_in_metres(crs: str | None) -> bool | None:
-    """True for a projected CRS in metres, False for anything else, None when unknown (no pyproj needed)."""
+    """Return True for a projected CRS in metres, False for anything else, None when unknown (no pyproj)."""
     if not crs:
         return None
     try:
@@ -177,7 +177,7 @@ def _crs_units_in_metres(crs: str | None) -> bool | None:
 
 
 def deepness_keys(meta: BundleMeta, tile_size: int) -> tuple[dict[str, Any], str | None]:
-    """The Deepness/GeoDeep metadata of a model, or why it cannot run there as in geopsp.
+    """Return the Deepness/GeoDeep metadata of a model, or why it cannot run there as in geopsp.
 
     Parameters
     ----------
