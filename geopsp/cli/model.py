@@ -275,8 +275,10 @@ def _short(values: list[float], limit: int = 6) -> str:
 
 def _register() -> None:
     from geopsp.cli.export import export
+    from geopsp.cli.quantize import quantize
 
     model.add_command(export)
+    model.add_command(quantize)
 
 
 _register()

@@ -96,8 +96,10 @@ class OnnxInfo:
         The export check: ``agreement`` (share of pixels of a check batch where ONNX Runtime
         gives torch's class), ``max_abs_diff`` (of the probabilities), ``pixels``.
     quantization : dict
-        For int8: ``agreement`` with the fp32 model on the calibration scenes' valid pixels,
-        ``pixels``, ``scenes``, ``calibration_tiles``, ``excluded`` (nodes kept in fp32).
+        For int8 (:mod:`geopsp.model.quantize`): ``agreement`` with the fp32 model on the valid
+        pixels of check tiles of the calibration scenes, ``pixels``, ``scenes``,
+        ``calibration_tiles``, ``check_tiles``, ``check``, ``method``, ``excluded`` (nodes kept
+        in fp32), ``per_channel``, ``reduce_range``, ``trials``.
     deepness : str
         ``"compatible"``, or why the Deepness keys were left out.
     """
