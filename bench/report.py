@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report_runtime import section_quantize, section_runtime
 from report_training import section_lodo, section_training
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +43,8 @@ SCRIPTS = {
     "seams": "seams.py",
     "train_speed": "train_speed.py",
     "lodo": "lodo.py",
+    "runtime": "runtime.py",
+    "quantize": "quantize.py",
 }
 
 
@@ -595,6 +598,8 @@ def write_page() -> Path:
     out += ["## Predict throughput\n\n", section_sweep(pm) if pm else none]
     out += ["## Memory\n\n", section_memory(pm, pr) if pm else none]
     out += ["## Against the naive approach\n\n", section_naive(pm) if pm else none]
+    out += ["## Runtimes\n\n", section_runtime(load("runtime"))]
+    out += ["## int8 agreement\n\n", section_quantize(load("quantize"))]
     out += ["## Vectorize\n\n", section_vectorize(vz)]
     out += ["## Grid dependence\n\n", section_seams(sm)]
     out += ["## Training\n\n", section_training(load("train_speed"))]

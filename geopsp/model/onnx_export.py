@@ -71,7 +71,11 @@ class ProbabilityGraph(nn.Module):
         logits = unwrap_logits(self.model(x))
         if m:
             logits = logits[:, :, m : m + h, m : m + w]
-        return torch.softmax(logits, dim=1)
+        # softmax over the classes written out: ONNX Runtime's Softmax on axis 1 of NCHW
+        # transposes to the last axis and back (19 % of the fast preset's time, measured);
+        # these element-wise and reduce ops run in place along the channels
+        e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+        return e / e.sum(dim=1, keepdim=True)
 
 
 @dataclass(frozen=True, slots=True)
