@@ -56,7 +56,8 @@ def section_runtime(rt: dict[str, Any] | None) -> str:
             out.append(
                 f"| {r['preset']} | {r['scene']} | {r['runtime']} | {_f(r['wall_s'], 1)} | "
                 f"{_f(r['mpx_per_s_process'], 3)} | {_f(r.get('speedup_vs_torch_fp32'))}× | "
-                f"{_f(r['model_share_of_loop'])} | {_f(r['peak_rss_mb'], 0)} | {_pct(r['agreement_with_torch_fp32'])} |\n"
+                f"{_f(r['model_share_of_loop'])} | {_f(r['peak_rss_mb'], 0)} | "
+                f"{_pct(r['agreement_with_torch_fp32'])} |\n"
             )
         out.append("\n")
     if rt.get("small"):

@@ -34,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,8 @@ def _bundle(preset: str, path: Path) -> Path:
 
 def _models(preset: str, work: Path, calib: Path) -> dict[str, Path]:
     """The bundle, its fp32 export and its int8 quantization (made once, kept in the workdir)."""
-    from geopsp.model.quantize import quantize_onnx
-
     from geopsp.model.onnx_export import export_onnx
+    from geopsp.model.quantize import quantize_onnx
 
     bundle = _bundle(preset, work / f"{preset}.safetensors")
     fp32 = work / f"{preset}.onnx"
@@ -203,10 +203,18 @@ def section_model(work: Path, scene: Path) -> list[dict[str, Any]]:
 
 def _run_cli(args: list[str], *, block_torch: bool = False) -> dict[str, Any]:
     """Run ``geopsp`` in a fresh process; its wall time and peak RSS (of that child alone)."""
+    hwm = Path(tempfile.mkstemp(prefix="geopsp-hwm-")[1])
     code = (BLOCK_TORCH if block_torch else "") + (
+        "import atexit, os\n"
+        "def _hwm():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            open(os.environ['GEOPSP_HWM_FILE'], 'w').write(line.split()[1])\n"
+        "atexit.register(_hwm)\n"
         "from geopsp.cli.main import main\nimport sys\nsys.argv = ['geopsp'] + sys.argv[1:]\nmain()\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    # ru_maxrss of a child counts the parent's memory at fork; VmHWM after exec is the child's own
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "GEOPSP_HWM_FILE": str(hwm)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -217,7 +225,10 @@ def _run_cli(args: list[str], *, block_torch: bool = False) -> dict[str, Any]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"geopsp {' '.join(args)} failed ({proc.returncode}): {err.strip()[-800:]}")
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": out}
+    del usage
+    peak_kb = int(hwm.read_text() or 0)
+    hwm.unlink()
+    return {"wall_s": round(wall, 3), "peak_rss_mb": round(peak_kb / 1024, 1), "stdout": out}
 
 
 def _predict(scene: Path, model: Path, out: Path, *extra: str, block_torch: bool = False) -> dict[str, Any]:

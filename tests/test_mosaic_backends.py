@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -14,70 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopsp.errors import ConfigError
-from geopsp.inference.mosaic import Mosaicker, _fma_numpy
+from geopsp.inference.mosaic import Mosaicker
 from geopsp.tiling import TileGrid
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _round_to_float32(x: Fraction) -> np.float32:
-    """``x`` rounded to the nearest float32, ties to even, with no intermediate rounding."""
-    f = np.float32(float(x))
-    candidates = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
-    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - x), int(np.array(c).view(np.uint32)) & 1))
-
-
-def _addcmul_is_fused(device: str = "cpu") -> bool:
-    """Whether torch's ``addcmul_`` rounds once here (AVX2 and AVX-512 CPUs, CUDA), as ``_fma_numpy`` does."""
-    rng = np.random.default_rng(1)
-    a, b, c = (rng.random((1, 1, 4096), dtype=np.float32) for _ in range(3))
-    want = a.copy()
-    _fma_numpy(want, b, c[0].astype(np.float64))
-    t = [torch.from_numpy(x).to(device) for x in (a, b, c)]
-    got = t[0].clone().addcmul_(t[1], t[2]).cpu().numpy()
-    return bool(np.array_equal(got, want))
-
-
-needs_fused_addcmul = pytest.mark.skipif(
-    not _addcmul_is_fused(), reason="torch's addcmul_ rounds twice on this CPU (no AVX2): the backends differ in ulps"
-)
-
-
-def test_fma_numpy_rounds_once():
-    """``_fma_numpy`` is ``round_to_float32(out + a * b)`` exactly, where a float64 sum rounds twice."""
-    rng = np.random.default_rng(0)
-    n = 600
-    # sums a hair's breadth from a float32 half-way point: a +- 2**-24 * (1 - i**2 * 2**-46), a in [1, 2)
-    i = rng.integers(1, 64, n)
-    sign = rng.choice([-1.0, 1.0], n)
-    near = [
-        (1 + rng.integers(0, 2**23, n) * 2.0**-23).astype(np.float32),
-        (1 + i * 2.0**-23).astype(np.float32),
-        (sign * 2.0**-24 * (1 - i * 2.0**-23)).astype(np.float32),
-    ]
-    # the same in float32's subnormal range (steps of 2**-149): a +- 2**-150 * (1 - i**2 * 2**-46)
-    near_subnormal = [
-        (2 * rng.integers(2**17, 2**21, n) + 1) * 2.0**-149,
-        2.0**-75 * (1 + i * 2.0**-23),
-        sign * 2.0**-75 * (1 - i * 2.0**-23),
-    ]
-    # plain values, and tiny ones whose sum is subnormal in float32
-    plain = [rng.uniform(0, 4, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)]
-    tiny = [rng.integers(0, 2**20, n) * 2.0**-149, rng.uniform(0, 1, n) * 1e-20, rng.uniform(0, 1, n) * 1e-19]
-    groups = zip(near, near_subnormal, plain, tiny, strict=True)
-    a, b, c = (np.concatenate(parts).astype(np.float32) for parts in groups)
-    exact = [Fraction(float(x)) + Fraction(float(y)) * Fraction(float(z)) for x, y, z in zip(a, b, c, strict=True)]
-    want = np.array([_round_to_float32(x) for x in exact], dtype=np.float32)
-    got = a.copy()
-    _fma_numpy(got.reshape(1, 1, -1), b.reshape(1, 1, -1), c.astype(np.float64).reshape(1, -1))
-    np.testing.assert_array_equal(got, want)
-    twice = (a.astype(np.float64) + b.astype(np.float64) * c.astype(np.float64)).astype(np.float32)
-    wrong = twice != want  # the cases above do catch a float64 sum rounded to float32, normal and subnormal
-    assert wrong[:n].sum() > 100 and wrong[n : 2 * n].sum() > 100
-    assert (a + b * c != want).sum() > 100  # and float32 multiply-then-add
-    if _addcmul_is_fused():  # and torch's addcmul_ gives the same bits on them
-        t = torch.from_numpy(a.copy()).addcmul_(torch.from_numpy(b), torch.from_numpy(c))
-        np.testing.assert_array_equal(t.numpy(), want)
 
 
 def _case(seed, height, width, tile, overlap, k, *, drop=0.2, nan=False):
@@ -114,15 +53,25 @@ def _mosaic(grid, tiles, probs, valid, *, backend, device="cpu", batch=3, **kw):
 
 
 def _assert_same_rows(a, b):
+    """The same rows, classes and probabilities, up to the last bit of float32 sums.
+
+    torch adds with a fused multiply-add, NumPy multiplies then adds: an accumulator may differ
+    in its last bit, so a class may differ only where two classes tie to float32 precision (a
+    handful of pixels in a million) and a probability code by one step.
+    """
     (rows_a, m_a), (rows_b, m_b) = a, b
     assert [r for r, _, _ in rows_a] == [r for r, _, _ in rows_b]
+    differ = total = 0
     for (_, ca, pa), (_, cb, pb) in zip(rows_a, rows_b, strict=True):
-        assert type(ca) is type(cb) is np.ndarray and ca.dtype == cb.dtype
-        assert ca.tobytes() == cb.tobytes()  # bitwise
+        assert type(ca) is type(cb) is np.ndarray and ca.dtype == cb.dtype and ca.shape == cb.shape
+        differ += int((ca != cb).sum())
+        total += ca.size
         assert (pa is None) == (pb is None)
         if pa is not None:
             assert pa.dtype == pb.dtype == np.uint8
-            np.testing.assert_array_equal(pa, pb)
+            assert np.abs(pa.astype(int) - pb.astype(int)).max(initial=0) <= 1
+            assert np.array_equal(pa == 0, pb == 0)  # nodata in the same places
+    assert differ <= max(1, total // 100_000)
     assert m_a.strip_bytes == m_b.strip_bytes
 
 
@@ -134,7 +83,6 @@ CASES = {
 }
 
 
-@needs_fused_addcmul
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_torch_and_numpy_backends_give_the_same_rows(name):
     kw = CASES[name]
@@ -149,9 +97,8 @@ def test_torch_and_numpy_backends_give_the_same_rows(name):
     assert set(np.unique(cls)) == {*kw["class_ids"], nodata}  # every class wins somewhere; missing tiles: nodata
 
 
-@needs_fused_addcmul
-def test_backends_accumulate_the_same_bits():
-    """The float accumulators agree bit for bit, not only the rows (rows hide most 1-ulp differences)."""
+def test_backends_accumulate_the_same_sums():
+    """The float accumulators agree to float32 precision, not only the rows."""
     grid, tiles, probs, valid = _case(7, 200, 300, 64, 16, 5, drop=0.0)
     first = [n for n, t in enumerate(tiles) if t.grid_row < 2][:-2]  # stop inside a band: chunks still open
     held = {}
@@ -168,7 +115,8 @@ def test_backends_accumulate_the_same_bits():
     for j, (row0, *arrays) in held["torch"].items():
         assert row0 == held["numpy"][j][0]
         for a, b in zip(arrays, held["numpy"][j][1:], strict=True):
-            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+            assert a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
@@ -206,7 +154,6 @@ def _grids(draw):
     return TileGrid(draw(st.integers(1, 120)), draw(st.integers(1, 120)), tile, overlap)
 
 
-@needs_fused_addcmul
 @given(_grids(), st.data())
 @settings(max_examples=30, deadline=None)
 def test_backends_agree_on_any_grid(grid, data):
@@ -228,8 +175,6 @@ def test_backends_agree_on_any_grid(grid, data):
 def test_cuda_backend_gives_the_numpy_rows():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    if not _addcmul_is_fused("cuda"):
-        pytest.skip("torch's CUDA addcmul_ rounds twice here")
     kw = dict(CASES["uint16-strip"], nodata=65535)
     case = _case(5, 300, 410, 64, 12, 4)
     _assert_same_rows(_mosaic(*case, backend="torch", device="cuda", **kw), _mosaic(*case, backend="numpy", **kw))
@@ -305,3 +250,16 @@ def test_numpy_backend_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", NO_TORCH], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "torch-free"
+
+
+def test_numpy_strips_stitch_bit_for_bit():
+    """Each backend is deterministic: strips of the NumPy mosaic equal its whole-scene rows exactly."""
+    grid, tiles, probs, valid = _case(11, 260, 190, 64, 12, 4)
+    kw = dict(class_ids=[1, 2, 3, 4], nodata=255, probabilities=True)
+    whole = _mosaic(grid, tiles, probs, valid, backend="numpy", **kw)[0]
+    parts = [_mosaic(grid, tiles, probs, valid, backend="numpy", row_range=r, **kw)[0] for r in ((0, 97), (97, 260))]
+    cls = np.concatenate([c for _, c, _ in whole])
+    stitched = np.concatenate([c for rows in parts for _, c, _ in rows])
+    assert cls.tobytes() == stitched.tobytes()
+    prob = np.concatenate([p for _, _, p in whole])
+    assert prob.tobytes() == np.concatenate([p for rows in parts for _, _, p in rows]).tobytes()

@@ -276,3 +276,11 @@ def test_onnx_export_path_is_not_created_on_failure(bundle, tmp_path):
         export_onnx(bundle, out)
     assert out.read_bytes() == b"keep me"
     assert Path(out).is_file()
+
+
+def test_a_scene_smaller_than_the_graphs_tile_runs(exported, tmp_path):
+    """The tiler shrinks the model input to a small scene (rounded up to 32 px); the fixed graph gets it padded."""
+    scene, _ = small_scene(tmp_path, width=23, height=30, nodata_edge=False)
+    result = segment_raster(scene, exported.path, tmp_path / "o", config=PredictConfig())
+    a = _classes(result.classes)
+    assert a.shape == (30, 23) and set(np.unique(a)) <= {3, 5, 9}

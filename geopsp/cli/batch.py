@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option, runtime_option
 from geopsp.cli.progress import ProgressBar
 
 __all__ = ["batch"]
@@ -41,12 +41,7 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
     type=click.Path(dir_okay=False),
     help="Model bundle (.safetensors) or exported ONNX model (.onnx: workers need no torch).",
 )
-@click.option(
-    "--runtime",
-    type=click.Choice(["auto", "torch", "onnxruntime"]),
-    default=None,
-    help="What runs the model [default: predict.runtime, auto].",
-)
+@runtime_option
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (mirrors input names)."
 )

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["config_options", "load_cli_config", "overwrite_option"]
+__all__ = ["config_options", "load_cli_config", "overwrite_option", "runtime_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -15,6 +15,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 def overwrite_option(f: F) -> F:
     """``--overwrite``: replace existing outputs."""
     return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(f)
+
+
+def runtime_option(f: F) -> F:
+    """``--runtime auto|torch|onnxruntime`` (``predict.runtime``; :mod:`geopsp.inference.runtime` decides ``auto``)."""
+    return click.option(
+        "--runtime",
+        type=click.Choice(["auto", "torch", "onnxruntime"]),
+        default=None,
+        help="What runs the model [default: predict.runtime, auto: the fastest with torch fp32's classes here].",
+    )(f)
 
 
 def config_options(f: F) -> F:

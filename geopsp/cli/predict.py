@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+from geopsp.cli.options import config_options, load_cli_config, overwrite_option, runtime_option
 from geopsp.cli.progress import ProgressBar
 
 __all__ = ["predict"]
@@ -51,12 +51,7 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
     callback=_device_name,
     help="Where the model runs: auto, cpu, cuda or cuda:N [default: auto].",
 )
-@click.option(
-    "--runtime",
-    type=click.Choice(["auto", "torch", "onnxruntime"]),
-    default=None,
-    help="What runs the model [default: auto: the fastest with torch fp32's classes here].",
-)
+@runtime_option
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA and CPUs with native bf16].")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default=None, help="Test-time augmentation.")
 @click.option(

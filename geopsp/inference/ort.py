@@ -277,11 +277,16 @@ class OrtPredictor:
         t0 = time.perf_counter()
         transforms = NP_TTA_TRANSFORMS[self.tta]
         t = self.model.info.tile_size
-        if x.shape[2] != t or x.shape[3] != t:
+        h, w = x.shape[2], x.shape[3]
+        if h > t or w > t:
             raise ModelError(
-                f"{self.model.path}: the graph takes {t} px tiles, got {x.shape[2]}x{x.shape[3]}; "
-                f"use --tile-size {t} or re-export with --tile-size {x.shape[2]}"
+                f"{self.model.path}: the graph takes {t} px tiles, got {h}x{w}; "
+                f"use --tile-size {t} or re-export with --tile-size {max(h, w)}"
             )
+        if (h, w) != (t, t):
+            # a scene smaller than a tile: its one input is padded to the graph's fixed square
+            # by mirroring (as the tiler pads windows at scene edges) and the output cropped
+            x = np.pad(x, ((0, 0), (0, 0), (0, t - h), (0, t - w)), mode="symmetric")
         acc: NDArray[np.float32] | None = None
         for fwd, inv in transforms:
             p = inv(self.model.run(np.ascontiguousarray(fwd(x))))
@@ -295,7 +300,7 @@ class OrtPredictor:
                 "finite); the file is damaged: re-export it"
             )
         self.model_seconds += time.perf_counter() - t0
-        return np.ascontiguousarray(acc)
+        return np.ascontiguousarray(acc[:, :, :h, :w])
 
     def raise_if_nonfinite(self) -> None:
         """Nothing to do: :meth:`probabilities` checks every batch at once."""

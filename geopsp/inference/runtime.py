@@ -8,10 +8,11 @@ pipeline, the CLI and batch workers all go through them.
   (:func:`cached_export`, keyed by the bundle's digest, the tile and the margin).
 * ``auto`` picks the fastest runtime whose classes are those of torch fp32 on this device:
   on CUDA torch (ONNX Runtime's CUDA provider is not measured faster here, nor installed);
-  on a CPU ONNX Runtime, 2.1x faster model-only than torch eager with identical classes
-  (``bench/runtime.py``). For a bundle that means an export, about 10 s once; ``auto`` uses
-  ONNX Runtime when a cached export exists, or when the run is large enough that the export
-  pays for itself in the same run (:data:`AUTO_EXPORT_MIN_MEGAPIXELS` model pixels), else torch.
+  on a CPU ONNX Runtime, faster model-only than torch eager with identical classes (1.26x on
+  the AMD EPYC of ``bench/runtime.py``, 2.1x on an Intel Xeon). For a bundle that means an
+  export, 13-40 s once; ``auto`` uses ONNX Runtime when a cached export exists, or when the
+  run is large enough that the export pays for itself in the same run
+  (:data:`AUTO_EXPORT_MIN_MEGAPIXELS` model pixels), else torch.
   It also keeps torch where the user asked for what only torch does (bf16 autocast,
   ``torch.compile``), or when the export's check found classes that differ from torch's.
 
@@ -51,11 +52,14 @@ logger = logging.getLogger(__name__)
 
 RuntimeName = Literal["torch", "onnxruntime"]
 
-AUTO_EXPORT_MIN_MEGAPIXELS = 25.0
+AUTO_EXPORT_MIN_MEGAPIXELS = 100.0
 """Model pixels (scene pixels x TTA passes) from which ``auto`` exports a bundle for ONNX Runtime.
 
-Export costs ~10 s for the ``fast`` preset; ONNX Runtime saves ~0.34 s per megapixel against
-torch at 1.56 Mpx/s (``bench/runtime.py``), so the export pays for itself from ~25 MP."""
+Exporting the ``fast`` preset at 512 px tiles takes 13-40 s (with its check); on the AMD EPYC
+of ``bench/runtime.py`` ONNX Runtime fp32 runs the model 1.26x faster than torch fp32
+(1.72 vs 1.36 Mpx/s), saving ~0.16 s per megapixel, so the export pays for itself from
+~100 MP (a 10000 x 10000 scene). On the Intel Xeon where the issue measured 2.1x it pays from
+~25 MP; the cache makes every later run of the same bundle free of it."""
 
 EXACT_AGREEMENT = 0.99999
 """The export check's least class agreement with torch for ``auto`` to call ONNX Runtime identical.
