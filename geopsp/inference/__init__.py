@@ -3,7 +3,8 @@
 Importing :mod:`geopsp.inference.predict` imports torch; :mod:`geopsp.inference.mosaic`
 imports it only when a Mosaicker uses the torch backend (its NumPy backend never does);
 :mod:`geopsp.inference.blend`, :mod:`geopsp.inference.plan` and
-:mod:`geopsp.inference.summary` do not.
+:mod:`geopsp.inference.summary` do not; nor do :mod:`geopsp.inference.ort` (ONNX Runtime) and
+:mod:`geopsp.inference.runtime` (which runtime runs a model).
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ _LAZY: dict[str, str] = {
     "plan_prediction": "geopsp.inference.plan",
     "resolve_tiling": "geopsp.inference.plan",
     "RunSummary": "geopsp.inference.summary",
+    "OnnxModel": "geopsp.inference.ort",
+    "OrtPredictor": "geopsp.inference.ort",
+    "choose_runtime": "geopsp.inference.runtime",
+    "make_predictor": "geopsp.inference.runtime",
 }
 
 __all__ = [
     "KERNELS",
     "Mosaicker",
+    "OnnxModel",
+    "OrtPredictor",
     "OutputSet",
     "PredictionPlan",
     "Predictor",
     "RunSummary",
     "check_inputs",
+    "choose_runtime",
+    "make_predictor",
     "output_set",
     "plan_prediction",
     "resolve_device",

@@ -356,8 +356,8 @@ def make_predictor(
                 onnx.info.margin_px,
                 config.margin_px,
             )
-        path = None if not is_onnx_model(model) and _bundle_path(model) is None else _bundle_path(model)
-        return OrtPredictor(onnx, tta=config.tta), onnx.meta, str(path or onnx.path), choice
+        source = _bundle_path(model) or onnx.path  # the file the user gave, for the summary
+        return OrtPredictor(onnx, tta=config.tta), onnx.meta, str(source), choice
     from geopsp.inference.predict import Predictor
     from geopsp.model.bundle import resolve_model
 
