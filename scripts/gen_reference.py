@@ -69,8 +69,13 @@ API_MODULES: list[tuple[str, str]] = [
 
 
 def _clean(text: str) -> str:
-    """Remove object addresses and trailing spaces so output is stable across runs."""
+    """Remove object addresses and trailing spaces so output is stable across runs.
+
+    Bounds print as integers: ``typing.Annotated`` caches by equality, so ``Ge(ge=0.0)`` and
+    ``Ge(ge=0)`` are one cache entry and which one a signature shows depends on what ran before.
+    """
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    text = re.sub(r"\b((?:Ge|Gt|Le|Lt)\((?:ge|gt|le|lt)=-?\d+)\.0\)", r"\1)", text)
     return "\n".join(line.rstrip() for line in text.splitlines())
 
 

@@ -18,9 +18,11 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
     with pytest.warns(TrainingDataWarning) as record:
         res = run_demo(tmp_path / "demo", train_minutes=0.1, train_size=192, predict_size=300, step=steps.append)
     assert any("'water' has no training pixels" in str(w.message) for w in record)
-    assert len(steps) == 5
+    assert len(steps) == 6  # generate, train, export, predict, vectorize, score
     for p in (
         res.bundle,
+        res.onnx_model,
+        res.onnx_model.with_suffix(".json"),
         res.class_raster,
         res.qml,
         res.probability,

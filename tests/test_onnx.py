@@ -240,7 +240,7 @@ def test_cli_export_and_predict(bundle, scene, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines() == [str(out)] and "agree with torch" in res.stderr
     again = runner.invoke(cli, ["model", "export", str(bundle), "--out", str(out), "--no-stac"])
-    assert again.exit_code != 0 and "exists" in again.output  # never clobbered without --overwrite
+    assert again.exit_code != 0 and "exists" in str(again.exception)  # never clobbered without --overwrite
     res = runner.invoke(
         cli, ["predict", str(scene), "--model", str(out), "--out", str(tmp_path / "p"), "--no-progress"]
     )
