@@ -16,7 +16,7 @@ from geopsp.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "cpu_has_native_bf16", "cpu_name", "resolve_device"]
+__all__ = ["DEVICE_NAMES", "check_device_name", "cpu_count", "cpu_has_native_bf16", "cpu_name", "resolve_device"]
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 """The device names geopsp accepts, as written in messages and help texts."""
@@ -120,3 +120,13 @@ def cpu_name() -> str:
     import platform
 
     return platform.processor() or "cpu"
+
+
+def cpu_count() -> int:
+    """Return the CPUs this process may use (its affinity), at least 1."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1

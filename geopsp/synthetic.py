@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from geopsp._landscape import LABEL_NODATA, U64, Footprint, Renderer
 from geopsp.classes import ClassInfo, ClassTable
+from geopsp.device import cpu_count
 from geopsp.errors import ConfigError
 from geopsp.io.atomic import atomic_output
 from geopsp.io.class_metadata import CLASSES_TAG, pam_xml
@@ -108,13 +109,6 @@ def _windows(width: int, height: int, block: int) -> list[tuple[int, int, int, i
         for r in range(0, height, block)
         for c in range(0, width, block)
     ]
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _rendered(
@@ -334,7 +328,7 @@ def make_scene(
             colormap: dict[int, tuple[int, int, int, int]] = {c.id: (*c.color, 255) for c in SYNTHETIC_CLASSES}
             colormap[LABEL_NODATA] = (0, 0, 0, 0)
             lab.write_colormap(1, colormap)
-            threads = max(1, min(_MAX_THREADS, _cpus(), len(windows)))
+            threads = max(1, min(_MAX_THREADS, cpu_count(), len(windows)))
             with contextlib.closing(_rendered(renderer, windows, threads)) as stream:
                 for done, ((r, c, hh, ww), data, label) in enumerate(stream, start=1):
                     win = ((r, r + hh), (c, c + ww))

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from distributed import WorkerPlugin
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
+from geopsp.device import cpu_count
 from geopsp.errors import (
     CheckpointError,
     ConfigError,
@@ -86,14 +87,6 @@ class SceneTask:
     model: str
     predict: PredictConfig
     row_range: tuple[int, int] | None = None
-
-
-def cpu_count() -> int:
-    """Return the CPUs this process may use (its affinity), at least 1."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS/Windows
-        return os.cpu_count() or 1
 
 
 class TorchThreads(WorkerPlugin):

@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from geopsp.device import cpu_count
 from geopsp.errors import CheckpointError, ConfigError, ModelError, QuantizationWarning
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
 from geopsp.model.onnx_meta import AGREEMENT_GATE, OnnxInfo, parse_onnx_metadata
 from geopsp.tiling.windows import Tile
 
-__all__ = ["NP_TTA_TRANSFORMS", "OnnxModel", "OrtPredictor", "onnxruntime_available"]
+__all__ = ["NP_TTA_TRANSFORMS", "OnnxModel", "OrtPredictor", "cpu_session", "onnxruntime_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,23 @@ def _require_ort() -> Any:
     return onnxruntime
 
 
+def cpu_session(model: str | bytes, *, threads: int | None = None) -> Any:
+    """Open an ONNX Runtime CPU session of a model file or serialized model, with geopsp's settings.
+
+    ``threads`` intra-op threads (default: the CPUs this process may use), one inter-op thread,
+    sequential execution, every graph optimization, and only errors logged (ONNX Runtime's
+    warnings are not the user's to act on).
+    """
+    ort = _require_ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads if threads is not None else cpu_count())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 @dataclass(frozen=True)
 class OnnxModel:
     """A geopsp ONNX export loaded into an ONNX Runtime session.
@@ -125,19 +143,13 @@ class OnnxModel:
             One line: the file is missing, not ONNX, truncated, not a geopsp export (naming the
             missing keys), or its graph does not match its metadata.
         """
-        ort = _require_ort()
+        _require_ort()
         p = Path(path)
         if not p.is_file():
             raise CheckpointError(f"{p}: no such ONNX model; check the path")
-        n = threads if threads is not None else _cpu_count()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(n)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # errors only: its warnings are not the user's to act on
+        n = threads if threads is not None else cpu_count()
         try:
-            session = ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
+            session = cpu_session(str(p), threads=n)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
@@ -198,13 +210,6 @@ class OnnxModel:
             raise ModelError(f"{self.path}: ONNX Runtime failed: {first[:300]}") from exc
         result: NDArray[np.float32] = np.asarray(out, dtype=np.float32)
         return result
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS/Windows
-        return os.cpu_count() or 1
 
 
 class OrtPredictor:

@@ -238,7 +238,7 @@ def _auto(model: Any, config: PredictConfig, *, meta: BundleMeta | None, pixels:
         return RuntimeChoice("torch", "tile size unknown")
     cached = cached_export(model, tile_size=tile, margin_px=config.margin_px, create=False)
     if cached is not None:
-        return _if_identical(cached, config, "a cached ONNX export")
+        return _if_identical(cached, "a cached ONNX export")
     passes = {"none": 1, "flip": 3, "d4": 8}[config.tta]
     model_mp = pixels * passes / 1e6
     if model_mp < AUTO_EXPORT_MIN_MEGAPIXELS:
@@ -248,7 +248,7 @@ def _auto(model: Any, config: PredictConfig, *, meta: BundleMeta | None, pixels:
     return RuntimeChoice("onnxruntime", f"{model_mp:.1f} model MP: exporting pays")
 
 
-def _if_identical(path: Path, config: PredictConfig, why: str) -> RuntimeChoice:
+def _if_identical(path: Path, why: str) -> RuntimeChoice:
     model = load_onnx(path)
     agreement = model.info.check.get("agreement")
     if agreement is None or float(agreement) < EXACT_AGREEMENT:

@@ -205,7 +205,7 @@ def export_onnx(
 
     from geopsp import __version__
     from geopsp.config.schema import PredictConfig
-    from geopsp.inference.ort import OnnxModel
+    from geopsp.inference.ort import cpu_session
 
     check_output_path(out, overwrite=overwrite)
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, device="cpu")
@@ -227,19 +227,15 @@ def export_onnx(
         raw = Path(work) / "graph.onnx"
         _dynamo_export(graph, x, raw)
         proto = onnx.load_model(str(raw))
-        path = write_onnx(proto, meta, info, out, overwrite=overwrite)
-    try:
-        session = OnnxModel.load(path, threads=torch.get_num_threads())
-        check = compare_probabilities(_torch_probabilities(graph, x), session.run(x.numpy()))
-        info = session.info.replace(check=check)
-        proto = onnx.load_model(str(path))
-        write_onnx(proto, meta, info, path, overwrite=True)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    logger.info("exported %s: classes agree with torch on %.5f of check pixels", path, check["agreement"])
+    # the check runs on the serialized graph, so the file is written once, check included
+    session = cpu_session(proto.SerializeToString(), threads=torch.get_num_threads())
+    got = np.asarray(session.run(None, {INPUT_NAME: x.numpy()})[0], dtype=np.float32)
+    check = compare_probabilities(_torch_probabilities(graph, x), got)
     _, why = deepness_keys(meta, tile)
-    return ExportResult(path=path, info=info.replace(deepness="compatible" if why is None else why), deepness=why)
+    info = info.replace(check=check, deepness="compatible" if why is None else why)
+    path = write_onnx(proto, meta, info, out, overwrite=overwrite)
+    logger.info("exported %s: classes agree with torch on %.5f of check pixels", path, check["agreement"])
+    return ExportResult(path=path, info=info, deepness=why)
 
 
 def _dynamo_export(graph: nn.Module, x: Tensor, path: Path) -> None:

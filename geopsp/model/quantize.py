@@ -463,18 +463,6 @@ def _quantize(
         raise ModelError(f"{src.name}: ONNX Runtime's static quantization failed ({method}): {first[:300]}") from exc
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def predict_classes(session: Any, x: NDArray[np.float32], *, batch: int = _BATCH) -> NDArray[np.int16]:
     """Argmax output channel of every pixel of normalized tiles ``(N, C, T, T)`` -> ``(N, T, T)``.
 
@@ -632,7 +620,8 @@ def quantize_onnx(
     import onnx
     import onnxruntime
 
-    from geopsp.inference.ort import OnnxModel, _cpu_count
+    from geopsp.device import cpu_count
+    from geopsp.inference.ort import OnnxModel, cpu_session
     from geopsp.io.atomic import check_output_path
     from geopsp.model.onnx_export import write_onnx
     from geopsp.model.onnx_meta import deepness_keys
@@ -648,7 +637,7 @@ def quantize_onnx(
         inputs.append(Path(model))
     out_path = check_output_path(out, overwrite=overwrite, inputs=inputs)
     _check_scenes_early(model, scenes)
-    n_threads = int(threads) if threads is not None else _cpu_count()
+    n_threads = int(threads) if threads is not None else cpu_count()
     with tempfile.TemporaryDirectory(prefix="geopsp-quantize-") as tmp:
         work = Path(tmp)
         fp32_path = _load_fp32(model, work)
@@ -679,7 +668,7 @@ def quantize_onnx(
             path = work / f"candidate{k}.onnx"
             _quantize(prepared, path, calib.x, cand.method, excluded, reduce_range=cand.reduce_range)
             try:
-                got = predict_classes(_session(path, n_threads), check.x)
+                got = predict_classes(cpu_session(str(path), threads=n_threads), check.x)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelError(f"{fp32_path.name}: ONNX Runtime cannot run the int8 model: {first[:300]}") from exc

@@ -7,7 +7,6 @@ on prefetching, or on where a resumed run starts: a resumed run gets the batches
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from geopsp.config.schema import AugmentConfig
+from geopsp.device import cpu_count
 from geopsp.model.meta import Normalization
 from geopsp.train.augment import augment_pair, draw_read_size, resize_pair
 from geopsp.train.datasets import Region, TrainingData
@@ -85,7 +85,7 @@ def default_workers(device: torch.device, threads: int | None = None) -> int:
     ``bench/train_speed.py``, 11.7 vs 10.5-11.8 s per epoch, no gain), and a batch costs 4 % of a
     step there anyway.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = cpu_count()
     if device.type == "cuda":
         return min(4, max(1, cpus // 2))
     return 1 if cpus > (threads if threads is not None else torch.get_num_threads()) else 0
