@@ -20,6 +20,8 @@ catch either::
     ├── NodataWarning                    nodata handling fell back to a default
     ├── TrainingDataWarning              training data that trains or validates badly (a class unseen, few labels)
     ├── QuantizationWarning              an int8 model agrees with its fp32 model less than the gate
+    ├── RemoteReadWarning                a remote scene is not a cloud-optimized GeoTIFF (reads fetch more)
+    ├── ResolutionWarning                a scene's pixel size is far from the model's
     └── TrainingWarning                  a training run stopped early or did something unexpected
 
 Messages are one line: what went wrong, with which file or value, and how to fix it.
@@ -41,6 +43,8 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "QuantizationWarning",
+    "RemoteReadWarning",
+    "ResolutionWarning",
     "TilingError",
     "TrainingDataWarning",
     "TrainingDivergedError",
@@ -143,3 +147,11 @@ class QuantizationWarning(GeopspWarning):
 
     .. versionadded:: 0.2
     """
+
+
+class RemoteReadWarning(GeopspWarning):
+    """A remote scene is not a cloud-optimized GeoTIFF: it works, but reads fetch more than they need."""
+
+
+class ResolutionWarning(GeopspWarning):
+    """A scene's pixel size differs from the model's training pixel size by more than 2x."""

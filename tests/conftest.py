@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from geopsp.testing_servers import MotoS3Server
 
 SHARED_DATA = Path(os.environ.get("GEOPSP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -45,3 +48,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3Server]:
+    """A real S3 API (moto's server mode) on 127.0.0.1; ``AWS_ENDPOINT_URL`` points at it meanwhile."""
+    with MotoS3Server() as server:
+        yield server

@@ -1,0 +1,213 @@
+"""Loopback servers for tests and benchmarks: static files over HTTP with ranges, and S3 (moto).
+
+Both listen on 127.0.0.1 only, on a free port, in a thread of the calling process, and count
+what they serve so a test can check that a remote read fetches each byte about once.
+
+>>> import tempfile, urllib.request
+>>> from pathlib import Path
+>>> root = Path(tempfile.mkdtemp()); _ = (root / "a.bin").write_bytes(b"0123456789")
+>>> with RangeServer(root) as srv:
+...     req = urllib.request.Request(srv.url("a.bin"), headers={"Range": "bytes=2-4"})
+...     urllib.request.urlopen(req).read(), srv.bytes_served
+(b'234', 3)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+__all__ = ["MotoS3Server", "RangeServer"]
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class RangeServer:
+    """Serve a folder over HTTP/1.1 on 127.0.0.1 with single ``Range`` requests (as S3 and CDNs do).
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The folder served; ``url("a/b.tif")`` is ``root/a/b.tif``.
+    ranges : bool, default True
+        Honour ``Range`` headers; False answers every GET with the whole file (a server
+        without range support).
+    status : int, optional
+        Answer every request with this status instead (e.g. 403).
+
+    Attributes
+    ----------
+    bytes_served : int
+        Body bytes sent, all requests together.
+    requests : collections.Counter
+        ``(method, path)`` -> count.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, ranges: bool = True, status: int | None = None) -> None:
+        self.root = Path(root)
+        self.ranges = ranges
+        self.status = status
+        self.bytes_served = 0
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self._httpd.server_address[1])
+
+    def url(self, name: str = "") -> str:
+        """Return the URL of a file under ``root``."""
+        return f"http://127.0.0.1:{self.port}/{name.lstrip('/')}"
+
+    def reset(self) -> None:
+        """Zero the counters."""
+        with self._lock:
+            self.bytes_served = 0
+            self.requests.clear()
+
+    def _count(self, method: str, path: str, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_served += nbytes
+            self.requests[(method, path)] += 1
+
+    def __enter__(self) -> RangeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(body=False)
+
+        def do_GET(self) -> None:
+            self._serve(body=True)
+
+        def _serve(self, *, body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            if server.status is not None:
+                self._empty(server.status, path)
+                return
+            target = (server.root / path.lstrip("/")).resolve()
+            if server.root.resolve() not in target.parents or not target.is_file():
+                self._empty(HTTPStatus.NOT_FOUND, path)
+                return
+            size = target.stat().st_size
+            start, end, status = 0, size - 1, HTTPStatus.OK
+            m = _RANGE.match(self.headers.get("Range", "")) if server.ranges else None
+            if m and (m.group(1) or m.group(2)):
+                if m.group(1):
+                    start = int(m.group(1))
+                    end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+                else:  # suffix range: the last N bytes
+                    start = max(size - int(m.group(2)), 0)
+                if start >= size:
+                    self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    server._count(self.command, path, 0)
+                    return
+                status = HTTPStatus.PARTIAL_CONTENT
+            n = end - start + 1
+            self.send_response(status)
+            self.send_header("Content-Type", "image/tiff" if target.suffix in (".tif", ".tiff") else "application/json")
+            self.send_header("Content-Length", str(n))
+            if server.ranges:
+                self.send_header("Accept-Ranges", "bytes")
+            if status == HTTPStatus.PARTIAL_CONTENT:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if not body:
+                server._count(self.command, path, 0)
+                return
+            with target.open("rb") as f:
+                f.seek(start)
+                data = f.read(n)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # GDAL closes a stream it no longer needs
+                pass
+            server._count(self.command, path, len(data))
+
+        def _empty(self, status: int, path: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            server._count(self.command, path, 0)
+
+    return Handler
+
+
+class MotoS3Server:
+    """A real S3 API on 127.0.0.1 (moto's server mode), with the environment pointing at it.
+
+    Entering sets ``AWS_ENDPOINT_URL`` (read by boto3 and, through
+    :func:`geopsp.io.s3.gdal_options`, by GDAL's ``/vsis3/``) and test credentials unless the
+    environment has its own; leaving restores the environment and stops the server.
+
+    Requires ``moto[server]`` (a ``dev`` dependency).
+    """
+
+    _ENV: ClassVar[dict[str, str]] = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._saved: dict[str, str | None] = {}
+        self.endpoint = ""
+
+    def client(self) -> Any:
+        """Make a boto3 S3 client for the server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def __enter__(self) -> MotoS3Server:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on stderr
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        env = {**self._ENV, "AWS_ENDPOINT_URL": self.endpoint}
+        for key, value in env.items():
+            self._saved[key] = os.environ.get(key)
+            if key == "AWS_ENDPOINT_URL" or key not in os.environ:
+                os.environ[key] = value
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._server.stop()
