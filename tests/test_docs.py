@@ -7,8 +7,9 @@ Markers in the Markdown (an HTML comment on the line right before a fenced block
   lines through bash); every command must exit 0.
 - ``<!-- docs: run fails -->``: every command must exit 1, and each ``Error:`` line of the
   ``text`` block that follows must appear on stderr.
-- ``<!-- docs: run data -->``: executed from the repository root when ``../shared/data`` exists
-  (commands that write nothing: ``config validate``, ``train --dry-run``).
+- ``<!-- docs: run data -->``: executed from the repository root when the sample data exists
+  (``$GEOPSP_DATA``, else ``../shared/data``; the variable is set for the commands), for
+  commands that write nothing: ``config validate``, ``train --dry-run``.
 - ``<!-- docs: run slow -->``: executed only with ``-m slow``.
 - ``<!-- docs: file NAME -->`` before any block: its text is written to NAME in the page's
   folder before the page's commands run.
@@ -40,7 +41,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # TODO(lead): img/preview.png comes from `make demo`; until it is committed the build test puts a
 # placeholder in its place. Remove it from this set once docs/img/preview.png exists.
@@ -344,7 +344,7 @@ def test_run_blocks(page: Page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("page", run_cases("data"))
 def test_run_data_blocks(page: Page, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Commands on the real sample data (validations and dry runs: they write nothing)."""
-    del shared_data
+    monkeypatch.setenv("GEOPSP_DATA", str(shared_data))
     monkeypatch.chdir(ROOT)
     assert run_page(page, ROOT, {"data"}) > 0
 
