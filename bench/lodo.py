@@ -40,7 +40,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-DATA = ROOT.parent / "shared" / "data" / "sentinel2_strzegom"
+sys.path.insert(0, str(ROOT))
+
+from geopsp.testing import sample_data_dir  # noqa: E402
+
+DATA = sample_data_dir() / "sentinel2_strzegom"  # where the config's ${GEOPSP_DATA:-../../shared/data} points
 GEOPSP = [sys.executable, "-m", "geopsp"]
 PUBLISHED = {
     "name": "U-Net, bh-del/lulc_mining (the data's source), its class raster of a later date against the reference",
@@ -184,7 +188,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for geopsp train")
     args = ap.parse_args()
     if not DATA.exists():
-        raise SystemExit(f"{DATA} is missing; the benchmark needs the shared Strzegom data")
+        raise SystemExit(f"{DATA} is missing; the benchmark needs the shared Strzegom data (set GEOPSP_DATA)")
     every = dates()
     todo = args.dates or every
     per_fold = max(1, args.threads // max(1, args.parallel))

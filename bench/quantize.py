@@ -53,16 +53,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from geopsp.testing import sample_data_dir  # noqa: E402
+
 
 def _first(*paths: Path) -> Path:
     return next((p for p in paths if p.exists()), paths[0])
 
 
-# the checkout's sibling shared/ (or, from a worktree under wt/, its parent's), as tests/conftest.py
-SHARED = Path(os.environ["GEOPSP_SHARED_DATA"]) if "GEOPSP_SHARED_DATA" in os.environ else None
-DATA = (
-    SHARED or _first(ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data")
-) / "sentinel2_strzegom"
+DATA = sample_data_dir() / "sentinel2_strzegom"  # $GEOPSP_DATA, else ../shared/data
 FOLD = Path("runs") / "lodo" / "fold_20230530" / "train" / "model.safetensors"
 S2_BUNDLE = _first(ROOT / FOLD, ROOT.parent / "main" / FOLD, ROOT.parent.parent / "main" / FOLD)
 HELD_OUT = "20230530"

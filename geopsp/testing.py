@@ -17,12 +17,40 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp._landscape import hash_coords, layer_key, unit, value_noise
+from geopsp.config.paths import DATA_ENV
 from geopsp.synthetic import make_scene
 
-__all__ = ["make_scene", "random_class_map", "small_scene", "write_geotiff"]
+__all__ = ["make_scene", "random_class_map", "sample_data_dir", "small_scene", "write_geotiff"]
 
 DEFAULT_ORIGIN = (500000.0, 5600000.0)
 """Top-left map coordinates (x, y) of rasters written without an explicit transform."""
+
+
+def sample_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Return the folder holding the sample data sets (it may not exist).
+
+    ``$GEOPSP_DATA`` (:data:`geopsp.config.paths.DATA_ENV`; ``~`` expanded, a relative value
+    taken from the working directory) where set, else ``shared/data`` beside the source
+    checkout, ``<checkout>/../shared/data``: the folder the example configs read as
+    ``${GEOPSP_DATA:-../../shared/data}``. Tests that need it skip when it is absent;
+    benchmarks refuse to run.
+
+    .. versionadded:: 0.2
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read (default: ``os.environ``).
+
+    Examples
+    --------
+    >>> str(sample_data_dir({"GEOPSP_DATA": "/data/geopsp"}))
+    '/data/geopsp'
+    """
+    value = (os.environ if environ is None else environ).get(DATA_ENV)
+    if value:
+        return Path(value).expanduser().resolve()
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def write_geotiff(

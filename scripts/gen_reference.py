@@ -298,7 +298,7 @@ def gen_config() -> str:
     """Return the configuration reference page."""
     from pydantic import BaseModel
 
-    from geopsp.config import load
+    from geopsp.config import load, paths
     from geopsp.config.schema import GeopspConfig
 
     out = [HEADER, "# Configuration reference\n\n"]
@@ -309,6 +309,11 @@ def gen_config() -> str:
         "did-you-mean suggestion. `geopsp config show` prints the resolved configuration.\n\n"
         "Examples: `--set predict.tile_size=256`, `GEOPSP_PREDICT__DEVICE=cuda`, "
         "`GEOPSP_TRAIN__OPTIM__LR=0.005`.\n\n"
+        f"Paths ({', '.join(f'`{k}`' for k in paths.PATH_KEYS)}): a value written in a config file is "
+        "relative to the file's folder, one from `--set` or the environment to the working directory; "
+        "`~` and `${VAR}` / `${VAR:-default}` are expanded, and `train.data.images`, `labels` and `vector` "
+        f"are relative to `train.data.root`. `{paths.DATA_ENV}` names the folder holding the data sets of "
+        "the example configs. See [Where the data is](../howto/data.md).\n\n"
     )
     defaults = load._defaults()
     if defaults:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from geopsp.testing import sample_data_dir
 from geopsp.testing_servers import MotoS3Server
 
-SHARED_DATA = Path(os.environ.get("GEOPSP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = sample_data_dir()
 
 # One full run writes about 0.45 GB under its basetemp at its peak (measured); ask for room to spare.
 NEEDED_FREE_BYTES = int(float(os.environ.get("GEOPSP_TEST_NEEDED_FREE_GIB", "2")) * 1024**3)
@@ -44,9 +45,9 @@ def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real sample data folder (../shared/data); skips the test when it is absent."""
+    """The real sample data folder ($GEOPSP_DATA, else ../shared/data); skips the test when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+        pytest.skip(f"real sample data not found at {SHARED_DATA}; set GEOPSP_DATA to its folder")
     return SHARED_DATA
 
 

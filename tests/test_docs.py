@@ -7,11 +7,12 @@ Markers in the Markdown (an HTML comment on the line right before a fenced block
   lines through bash); every command must exit 0.
 - ``<!-- docs: run fails -->``: every command must exit 1, and each ``Error:`` line of the
   ``text`` block that follows must appear on stderr.
-- ``<!-- docs: run data -->``: executed from the repository root when ``../shared/data`` exists
-  (commands that write nothing: ``config validate``, ``train --dry-run``).
+- ``<!-- docs: run data -->``: executed from the repository root when the sample data exists
+  (``$GEOPSP_DATA``, else ``../shared/data``; the variable is set for the commands), for
+  commands that write nothing: ``config validate``, ``train --dry-run``.
 - ``<!-- docs: run slow -->``: executed only with ``-m slow``.
-- ``<!-- docs: file NAME -->`` before any block: its text is written to NAME in the page's
-  folder before the page's commands run.
+- ``<!-- docs: file NAME -->`` before any block: its text is written to NAME (a path, its
+  folders made) in the page's folder before the page's commands run.
 
 Every other ``bash`` block is *parsed*: each ``geopsp`` command must name existing
 (sub)commands and options, with valid choices, required options and argument counts;
@@ -40,7 +41,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # TODO(lead): img/preview.png comes from `make demo`; until it is committed the build test puts a
 # placeholder in its place. Remove it from this set once docs/img/preview.png exists.
@@ -297,7 +297,9 @@ def run_page(page: Page, folder: Path, kinds: set[str]) -> int:
     ran = 0
     for b in page.blocks:
         if b.marker.startswith("file "):
-            (folder / b.marker.split(None, 1)[1]).write_text(b.text, encoding="utf-8")
+            target = folder / b.marker.split(None, 1)[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(b.text, encoding="utf-8")
     for k, b in enumerate(page.blocks):
         kind = b.marker.split()[1] if b.marker.startswith("run ") else "" if b.marker == "run" else None
         if kind is None or kind not in kinds:
@@ -336,6 +338,7 @@ def run_cases(kind: str) -> list[object]:
 @pytest.mark.parametrize("page", run_cases(""))
 def test_run_blocks(page: Page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cheap sequences (sample scene, model, predict, vectorize, preview, evaluate, config, dry runs) run."""
+    monkeypatch.delenv("GEOPSP_DATA", raising=False)  # the pages show what happens without it
     monkeypatch.chdir(tmp_path)
     assert run_page(page, tmp_path, {"", "fails"}) > 0
 
@@ -344,7 +347,7 @@ def test_run_blocks(page: Page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("page", run_cases("data"))
 def test_run_data_blocks(page: Page, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Commands on the real sample data (validations and dry runs: they write nothing)."""
-    del shared_data
+    monkeypatch.setenv("GEOPSP_DATA", str(shared_data))
     monkeypatch.chdir(ROOT)
     assert run_page(page, ROOT, {"data"}) > 0
 

@@ -391,10 +391,18 @@ def test_train_with_encoder_weights_records_the_file_and_loads_without_it(tmp_pa
     monkeypatch.chdir(elsewhere)
     runner = CliRunner()
 
-    # The config key is relative to the config file, not to the working directory.
+    # The key written in the config file is relative to the file, not to the working directory.
+    train["model"]["encoder_weights"] = "weights/r18.safetensors"
+    in_file = tmp_path / "train_weights.yaml"
+    in_file.write_text(yaml.safe_dump({"train": train}))
+    train["model"]["encoder_weights"] = None
+    res = runner.invoke(cli, ["train", "--config", str(in_file), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["spec"]["encoder_weights"] == str(weights)
+    # From --set it is relative to the working directory, where it was typed.
     res = runner.invoke(
         cli,
-        ["train", "--config", str(cfg), "--set", "train.model.encoder_weights=weights/r18.safetensors", "--dry-run"],
+        ["train", "--config", str(cfg), "--set", "train.model.encoder_weights=../weights/r18.safetensors", "--dry-run"],
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["spec"]["encoder_weights"] == str(weights)

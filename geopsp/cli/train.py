@@ -57,7 +57,9 @@ def train(
 ) -> None:
     """Train a PSPNet from a YAML config (its `train` section).
 
-    Paths in the config are relative to the config file. OUT receives model.safetensors (the
+    Paths in the config file are relative to its folder, paths given with --set to the working
+    directory; ~ and ${VAR} (${VAR:-default}) are expanded, GEOPSP_DATA names the data folder
+    of the example configs. OUT receives model.safetensors (the
     weights train.select keeps: best, last or ema; the console and train_summary.json say which
     and why), best.safetensors (the best validated weights), last.safetensors with last_state.*
     (for --resume), ema.safetensors (the moving average), metrics.csv, curves.png and the
@@ -125,9 +127,10 @@ def train(
 def _with_encoder_weights(conf: Any, option: str | None, base_dir: Path, *, resume: bool) -> Any:
     """Apply ``--encoder-weights`` and make a weights path absolute, checking that the file is there.
 
-    A path given on the command line is relative to the working directory; one in the config
-    (or ``--set``) is relative to the config file's folder, like the config's other paths. A
-    resumed run starts from its own bundle, so the file need not exist any more.
+    A path given on the command line is relative to the working directory; the config key was
+    resolved by ``load_config`` like the config's other paths (in the file: relative to its
+    folder; from ``--set``: to the working directory). A resumed run starts from its own
+    bundle, so the file need not exist any more.
     """
     from geopsp.model.pretrained import check_weights_file, is_weights_path, resolve_weights_path
 
@@ -135,7 +138,7 @@ def _with_encoder_weights(conf: Any, option: str | None, base_dir: Path, *, resu
     if option is not None:
         weights = resolve_weights_path(option, Path.cwd())
     else:
-        weights = resolve_weights_path(model_cfg.encoder_weights, base_dir)
+        weights = resolve_weights_path(model_cfg.encoder_weights, base_dir)  # already absolute: a no-op
     if is_weights_path(weights) and not resume:
         check_weights_file(str(weights))  # before any data are read
     if weights == model_cfg.encoder_weights:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from geopsp.config.paths import PATH_KEYS, PathOrigin, resolve_path
 from geopsp.config.schema import GeopspConfig
 from geopsp.errors import ConfigError
 
@@ -84,6 +86,57 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+def _env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.upper().replace(".", "__")
+
+
+_MISSING = object()
+
+
+def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _resolve_paths(
+    tree: dict[str, Any],
+    layers: Sequence[tuple[Mapping[str, Any], str, Path | None]],
+    environ: Mapping[str, str],
+) -> dict[str, PathOrigin]:
+    """Apply :mod:`geopsp.config.paths`' rule to the path keys of the merged ``tree``, in place.
+
+    ``layers`` are (tree, source, config folder or ``None``) from the lowest to the highest
+    priority; the layer that set a key decides what its relative path is relative to.
+    """
+    cwd = Path.cwd()
+    origins: dict[str, PathOrigin] = {}
+    for key in PATH_KEYS:
+        value = _get_dotted(tree, key)
+        if not isinstance(value, str):
+            continue  # unset, None, or a list of classes
+        setter = next((lay for lay in reversed(layers) if _get_dotted(lay[0], key) is not _MISSING), None)
+        if setter is None:
+            continue  # a packaged default
+        _, source, folder = setter
+        if source == "env":
+            source = _env_name(key)
+        resolved, origins[key] = resolve_path(
+            value,
+            key=key,
+            source=source,
+            from_file=folder is not None,
+            base=folder if folder is not None else cwd,
+            environ=environ,
+            cwd=cwd,
+        )
+        _set_dotted(tree, key, resolved)
+    return origins
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -145,6 +198,13 @@ def load_config(
 ) -> GeopspConfig:
     """Resolve the configuration.
 
+    Path keys (:data:`geopsp.config.paths.PATH_KEYS`: ``train.data.root``, ``train.classes``,
+    ``train.out``, ``train.model.encoder_weights``) come back absolute: a value written in the
+    file is relative to the file's folder, one from ``overrides`` or the environment to the
+    working directory, after ``~`` and ``${VAR}`` / ``${VAR:-default}`` expansion (the rule of
+    :mod:`geopsp.config.paths`). ``train.data.images``, ``labels`` and ``vector`` are expanded and
+    stay relative to ``train.data.root``.
+
     Parameters
     ----------
     path : path, optional
@@ -152,7 +212,8 @@ def load_config(
     overrides : sequence of str or mapping
         ``key.path=value`` strings (the CLI's ``--set``) or a nested mapping; applied last.
     environ : mapping, optional
-        Environment to read ``GEOPSP_SECTION__KEY`` variables from (default: ``os.environ``).
+        Environment to read ``GEOPSP_SECTION__KEY`` and ``${VAR}`` variables from (default:
+        ``os.environ``).
 
     Returns
     -------
@@ -162,19 +223,29 @@ def load_config(
     Raises
     ------
     ConfigError
-        Naming the file and the dotted key, with a did-you-mean suggestion for unknown keys.
+        Naming the file and the dotted key, with a did-you-mean suggestion for unknown keys, or
+        the variable a path uses that is not set.
     """
-    tree = _defaults()
+    env = os.environ if environ is None else environ
     source: str | None = None
+    layers: list[tuple[Mapping[str, Any], str, Path | None]] = []
     if path is not None:
         source = str(path)
-        tree = merge(tree, _read_yaml(Path(path)))
-    tree = merge(tree, _from_env(os.environ if environ is None else environ))
-    tree = merge(tree, parse_set_items(overrides) if not isinstance(overrides, Mapping) else overrides)
+        layers.append((_read_yaml(Path(path)), source, Path(path).resolve().parent))
+    layers.append((_from_env(env), "env", None))
+    layers.append((parse_set_items(overrides) if not isinstance(overrides, Mapping) else overrides, "--set", None))
+    tree = _defaults()
+    for layer, _, _ in layers:
+        tree = merge(tree, layer)
+    tree = copy.deepcopy(tree)
+    origins = _resolve_paths(tree, layers, env)
     try:
-        return GeopspConfig.model_validate(tree)
+        config = GeopspConfig.model_validate(tree)
     except ValidationError as exc:
         raise validation_to_config_error(exc, GeopspConfig, path=source) from exc
+    if "train.data.root" in origins:  # for the message when the folder is missing
+        config.train.data._root_origin = origins["train.data.root"]
+    return config
 
 
 def to_yaml(config: BaseModel) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from geopsp.config.paths import PathOrigin
 from geopsp.device import check_device_name
 
 __all__ = [
@@ -137,7 +138,10 @@ class ColorLabel(_Section):
 class DataConfig(_Section):
     """Where the training scenes and their labels are, and how labels map to classes.
 
-    Paths are relative to the config file's directory (or the working directory without one).
+    ``root`` written in a config file is relative to the file's folder; from ``--set`` or a
+    ``GEOPSP_TRAIN__DATA__ROOT`` variable, to the working directory; ``~`` and ``${VAR}``
+    (``${VAR:-default}``) are expanded (:mod:`geopsp.config.paths`). ``images``, ``labels`` and
+    ``vector`` are relative to ``root``.
     """
 
     layout: Literal["scenes", "vector", "spacenet", "deepglobe"] = Field(
@@ -145,7 +149,12 @@ class DataConfig(_Section):
         description="scenes: GeoTIFFs with label rasters; vector: GeoTIFFs with vector labels; "
         "spacenet: image chips with a building GeoJSON per chip; deepglobe: <id>_sat.jpg with <id>_mask.png.",
     )
-    root: str | None = Field(None, description="Folder holding the data.")
+    root: str | None = Field(
+        None,
+        description="Folder holding the data: in a config file relative to the file's folder, from --set or the "
+        "environment relative to the working directory; ~ and ${VAR} / ${VAR:-default} are expanded "
+        "(default: the config file's folder).",
+    )
     images: str = Field("*.tif", description="Glob of the scenes, relative to root ('**' recurses).")
     labels: str | None = Field(
         None,
@@ -185,6 +194,9 @@ class DataConfig(_Section):
         None, description="DeepGlobe: mask colour -> label value (default: the 7 DeepGlobe land-cover colours)."
     )
     cache_mb: int = Field(2048, ge=0, description="Scenes up to this total size are held in memory while training.")
+
+    # Where load_config took root from, for the message when the folder does not exist.
+    _root_origin: PathOrigin | None = PrivateAttr(default=None)
 
     @field_validator("value_map", mode="before")
     @classmethod
@@ -341,7 +353,7 @@ class TrainModelConfig(_Section):
     aux_weight: float | None = Field(None, ge=0.0)
     encoder_weights: str | None = Field(
         None,
-        description="'imagenet' uses cached weights (offline); a path (relative to the config; .pth, .pt, "
+        description="'imagenet' uses cached weights (offline); a path (relative like train.data.root; .pth, .pt, "
         "or .safetensors) loads a torchvision/timm ResNet state dict; null: from scratch.",
     )
     detail_channels: int | None = Field(
@@ -375,7 +387,8 @@ class TrainConfig(_Section):
 
     data: DataConfig = DataConfig()
     classes: str | tuple[ClassEntry, ...] | None = Field(
-        None, description="Class table: a YAML file (relative to the config) or a list of {id, name, color}."
+        None,
+        description="Class table: a YAML file (relative like train.data.root) or a list of {id, name, color}.",
     )
     split: SplitConfig = SplitConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -444,7 +457,11 @@ class TrainConfig(_Section):
     overlap: int | None = Field(
         None, ge=0, description="Prediction overlap stored in the bundle (default: tile_size / 8)."
     )
-    out: str | None = Field(None, description="Output folder (default: runs/<config name>).")
+    out: str | None = Field(
+        None,
+        description="Output folder, relative like train.data.root (default: runs/<config name> in the working "
+        "directory).",
+    )
 
 
 class BatchConfig(_Section):

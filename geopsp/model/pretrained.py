@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from geopsp.config.paths import WEIGHTS_SUFFIXES, is_weights_path
 from geopsp.errors import ModelError
 from geopsp.model.pspnet import DROPPED_STAGES_ATTR
 
@@ -67,9 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt")
-"""File suffixes of state dicts :func:`read_state_dict` reads."""
 
 PRETRAINED_ATTR = "geopsp_pretrained"
 """Attribute on a model built from a weights file holding its :class:`PretrainedInfo`."""
@@ -131,28 +129,13 @@ class PretrainedInfo:
         }
 
 
-def is_weights_path(value: str | None) -> bool:
-    """Return whether an ``encoder_weights`` value names a file rather than a cached weight name.
-
-    A value is a path when it contains a path separator or ends in one of :data:`WEIGHTS_SUFFIXES`.
-
-    Examples
-    --------
-    >>> is_weights_path("imagenet"), is_weights_path("resnet18.pth"), is_weights_path("w/r18")
-    (False, True, True)
-    """
-    if not value:
-        return False
-    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    return any(s in value for s in seps) or value.lower().endswith(WEIGHTS_SUFFIXES)
-
-
 def resolve_weights_path(value: str | None, base_dir: str | os.PathLike[str]) -> str | None:
     """Return ``value`` with a relative weights path made absolute against ``base_dir``.
 
-    Names (``"imagenet"``) and ``None`` come back unchanged. ``geopsp train`` resolves the
-    config key against the config file's folder and ``--encoder-weights`` against the working
-    directory.
+    Names (``"imagenet"``) and ``None`` come back unchanged. ``geopsp train`` resolves
+    ``--encoder-weights`` against the working directory; :func:`geopsp.config.load_config` has
+    resolved the config key already (against the config file's folder, or the working directory
+    for ``--set``).
 
     Examples
     --------

@@ -82,8 +82,11 @@ class Scene:
 def resolve_paths(config: TrainConfig, base_dir: str | os.PathLike[str] | None) -> TrainConfig:
     """Make the config's paths absolute: relative ones are taken from ``base_dir``.
 
-    ``data.root`` and a ``classes`` file are resolved against ``base_dir`` (the config file's
-    folder); ``images``, ``labels`` and ``vector`` stay relative to ``data.root``.
+    :func:`geopsp.config.load_config` has already made the paths of a loaded config absolute
+    (by the rule of :mod:`geopsp.config.paths`); this resolves those of a config built in code,
+    and sets an unset ``data.root`` to ``base_dir``. ``data.root``, a ``classes`` file and
+    ``out`` are resolved against ``base_dir`` (the config file's folder; default: the working
+    directory); ``images``, ``labels`` and ``vector`` stay relative to ``data.root``.
     """
     base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
     data = config.data
@@ -136,6 +139,19 @@ def _fill(template: str, image: Path, **extra: str) -> str:
         raise ConfigError(f"template {template!r} uses an unknown placeholder {exc}; use {{stem}} or {{name}}") from exc
 
 
+def _missing_root(data: DataConfig, root: Path) -> ConfigError:
+    """Build the one-line error for a missing data folder: what, where it came from, the fix."""
+    what = "is not a folder" if root.exists() else "does not exist"
+    origin = data._root_origin
+    if origin is None:
+        return ConfigError(f"data folder {root} {what}; check train.data.root", key="train.data.root")
+    return ConfigError(
+        f"data folder {root} {what}: {origin.describe()}; {origin.fix()}",
+        path=origin.source if origin.from_file else None,
+        key="train.data.root",
+    )
+
+
 def _chip_id(stem: str, regex: str) -> str | None:
     matches = re.findall(regex, stem)
     if not matches:
@@ -159,7 +175,7 @@ def discover_scenes(data: DataConfig, split: SplitConfig | None = None) -> list[
     """
     root = Path(data.root or ".")
     if not root.is_dir():
-        raise ConfigError(f"data folder {root} does not exist; check train.data.root", key="train.data.root")
+        raise _missing_root(data, root)
     date_regex = split.date_regex if split is not None else r"(\d{8})"
     layout = data.layout
     if layout == "deepglobe":

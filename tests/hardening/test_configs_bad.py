@@ -26,6 +26,12 @@ CASES = {
     "YAML syntax error": ("predict:\n  tile_size: [1, 2\n", "line 3", "invalid YAML"),
     "tab indentation": ("predict:\n\ttile_size: 3\n", "line 2", "invalid YAML"),
     "top level is a list": ("- a\n- b\n", "", "expected a mapping"),
+    "path uses an unset variable": (
+        "train:\n  data:\n    root: ${GEOPSP_HARDENING_UNSET}/x\n",
+        "train.data.root",
+        "${GEOPSP_HARDENING_UNSET}, which is not set; set GEOPSP_HARDENING_UNSET, or give a default",
+    ),
+    "path with an unclosed ${": ("train:\n  classes: ${HOME/c.yaml\n", "train.classes", "without a closing '}'"),
 }
 
 
