@@ -31,7 +31,7 @@ from geopsp.io.atomic import StagedOutputs
 from geopsp.model.meta import BundleMeta
 
 if TYPE_CHECKING:
-    pass
+    from geopsp.io.source import SceneSource
 
 
 __all__ = ["PredictResult", "Progress", "segment_raster"]
@@ -48,8 +48,8 @@ class PredictResult:
 
     Attributes
     ----------
-    scene : Path
-        The input scene.
+    scene : SceneSource
+        The input scene (``str(result.scene)`` is what was given).
     outputs : dict of str to Path
         ``classes`` (always), ``qml``, ``aux`` and ``summary`` (always), ``probability``,
         ``vector`` (with its style ``vector_qml``) and ``preview`` when asked for.
@@ -58,7 +58,7 @@ class PredictResult:
         other output, so its presence marks a complete set.
     """
 
-    scene: Path
+    scene: SceneSource
     outputs: dict[str, Path]
     summary: dict[str, Any] = field(repr=False)
 
@@ -89,7 +89,7 @@ class PredictResult:
 
 
 def segment_raster(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneSource,
     model: Any,
     out_dir_or_path: str | os.PathLike[str],
     *,
@@ -103,9 +103,11 @@ def segment_raster(
 
     Parameters
     ----------
-    scene : str or os.PathLike
-        Any raster GDAL reads (GeoTIFF, COG, PNG, JPEG ...); non-georeferenced inputs give
-        outputs without CRS and a :class:`~geopsp.errors.NotGeoreferencedWarning`.
+    scene : str, os.PathLike or SceneSource
+        Any raster GDAL reads (GeoTIFF, COG, PNG, JPEG ...), local or remote (``http(s)://``,
+        ``s3://``, ``/vsi…/``), or a STAC Item whose assets hold the model's bands
+        (:func:`geopsp.io.source.resolve_scene`); non-georeferenced inputs give outputs without
+        CRS and a :class:`~geopsp.errors.NotGeoreferencedWarning`.
     model : path, Bundle, OnnxModel or (nn.Module, BundleMeta)
         A bundle file, an exported ``.onnx`` model (runs in ONNX Runtime, without torch), a
         loaded :class:`~geopsp.model.bundle.Bundle` or :class:`~geopsp.inference.ort.OnnxModel`,
@@ -163,7 +165,7 @@ def segment_raster(
 
 def _segment_into(
     staged: StagedOutputs,
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneSource,
     model: Any,
     out_dir_or_path: str | os.PathLike[str],
     *,
@@ -176,16 +178,17 @@ def _segment_into(
     from geopsp.inference.run import run_tiles
     from geopsp.inference.runtime import make_predictor, model_meta
     from geopsp.io.raster import open_scene
+    from geopsp.io.source import resolve_scene
 
     cfg = config if config is not None else PredictConfig.model_validate({})
     vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
-    scene_path = Path(scene)
     planned_meta = model_meta(model)  # a bad model file is refused before the scene is opened
-    with open_scene(scene_path) as (src, info):
+    source = resolve_scene(scene, bands=planned_meta.named_bands)
+    with open_scene(source) as (src, info):
         plan = plan_prediction(
-            scene_path,
+            source,
             info,
             planned_meta,
             out_dir_or_path,
@@ -213,7 +216,7 @@ def _segment_into(
         outputs.update(_stage_vector(staged, plan.outputs, vcfg, meta))
     if plan.outputs.preview is not None:
         _require_preview().render_preview(
-            scene_path, staged.staged(plan.outputs.classes), staged.temp(plan.outputs.preview), classes=meta.classes
+            info, staged.staged(plan.outputs.classes), staged.temp(plan.outputs.preview), classes=meta.classes
         )
         outputs["preview"] = plan.outputs.preview
     outputs["summary"] = plan.outputs.summary
@@ -223,13 +226,13 @@ def _segment_into(
     staged.commit()
     logger.info(
         "%s: %d tiles run, %d skipped, %.2f MP/s -> %s",
-        scene_path.name,
+        source.name,
         stats.run,
         stats.skipped,
         summary.megapixels_per_second or 0.0,
         plan.outputs.classes,
     )
-    return PredictResult(scene=scene_path, outputs=outputs, summary=summary.to_dict())
+    return PredictResult(scene=source, outputs=outputs, summary=summary.to_dict())
 
 
 def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> Any:
@@ -251,7 +254,7 @@ def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> 
         dtype=plan.meta.output_dtype,
         compress=cfg.compress,
         overwrite=overwrite,
-        inputs=(plan.scene,),
+        inputs=(plan.scene.local,) if plan.scene.local is not None else (),
         probability_path=plan.outputs.probability,
         tags=plan.tags,
     )

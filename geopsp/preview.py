@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,10 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable, complete_classes
 from geopsp.errors import ConfigError, InputRasterError
 from geopsp.io.atomic import atomic_output
+from geopsp.io.source import SceneSource, is_remote, scene_name
+
+if TYPE_CHECKING:
+    from geopsp.io.scene import SceneInfo
 
 __all__ = ["render_preview", "stretch"]
 
@@ -71,7 +75,7 @@ def stretch(
 
 
 def render_preview(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneSource | SceneInfo,
     class_raster: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
@@ -87,8 +91,10 @@ def render_preview(
 
     Parameters
     ----------
-    scene : str or os.PathLike
-        The image the classes were predicted from (any number of bands, any dtype).
+    scene : str, os.PathLike, SceneSource or SceneInfo
+        The image the classes were predicted from (any number of bands, any dtype), local or
+        remote (:func:`geopsp.io.source.resolve_scene`); a :class:`~geopsp.io.scene.SceneInfo`
+        shows the (cropped or warped) grid a prediction ran on.
     class_raster : str or os.PathLike
         Class ids on the scene's grid (or any grid: it is resampled onto the scene's).
     out : str or os.PathLike
@@ -130,13 +136,14 @@ def render_preview(
     if bands is not None and not 1 <= len(bands) <= 3:
         raise ConfigError(f"give 1 to 3 bands (red,green,blue), got {list(bands)}")
     out_path = Path(out)
-    with atomic_output(out_path, overwrite=overwrite, inputs=[scene, class_raster]) as tmp:
-        rgb, valid, grid = _read_scene(Path(scene), bands, max_size)
+    local = _local_scene(scene)
+    with atomic_output(out_path, overwrite=overwrite, inputs=[*local, class_raster]) as tmp:
+        rgb, valid, grid = _read_scene(scene, bands, max_size)
         ids, cvalid = _read_classes(Path(class_raster), grid)
         table = _table(Path(class_raster), classes, ids[cvalid])
         img = _compose(rgb, valid, ids, cvalid, table, alpha=alpha, outlines=outlines)
         present = sorted({int(v) for v in np.unique(ids[cvalid])})
-        image = _with_legend(img, table, present, title=Path(scene).name) if legend else _to_pil(img)
+        image = _with_legend(img, table, present, title=_scene_title(scene)) if legend else _to_pil(img)
         image.save(tmp, format="PNG", optimize=True)
     logger.info("wrote preview %s (%d x %d)", out_path, image.width, image.height)
     return out_path
@@ -183,12 +190,29 @@ def _pick_bands(src: Any, bands: Sequence[int] | None) -> list[int]:
     return found if len(found) == 3 else [1, 2, 3]
 
 
+def _local_scene(scene: str | os.PathLike[str] | SceneSource | SceneInfo) -> list[Path]:
+    from geopsp.io.scene import SceneInfo
+
+    source = scene.source if isinstance(scene, SceneInfo) else scene
+    if isinstance(source, SceneSource):
+        return [source.local] if source.local is not None else []
+    return [] if is_remote(source) else [Path(source)] if not str(source).lower().endswith(".json") else []
+
+
+def _scene_title(scene: str | os.PathLike[str] | SceneSource | SceneInfo) -> str:
+    from geopsp.io.scene import SceneInfo
+
+    return scene_name(scene.source if isinstance(scene, SceneInfo) else scene)
+
+
 def _read_scene(
-    path: Path, bands: Sequence[int] | None, max_size: int
+    scene: str | os.PathLike[str] | SceneSource | SceneInfo, bands: Sequence[int] | None, max_size: int
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_], dict[str, Any]]:
     from rasterio.enums import Resampling
 
-    with _open(path) as src:
+    from geopsp.io.scene import open_scene
+
+    with open_scene(scene) as (src, _):
         chosen = _pick_bands(src, bands)
         scale = min(1.0, max_size / max(src.width, src.height))
         h = max(1, round(src.height * scale))

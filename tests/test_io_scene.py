@@ -401,7 +401,7 @@ def test_open_scene_yields_an_open_dataset_and_info(tmp_path):
     p = make_tif(tmp_path / "t.tif", rgb())
     with open_scene(p, cache_bytes=8 << 20, threads=1) as (src, info):
         assert not src.closed
-        assert info.path == p
+        assert info.source.local == p and info.source.kind == "local"
     assert src.closed
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
-from geopsp.errors import InputRasterError, NotGeoreferencedWarning, TilingError
+from geopsp.errors import InputRasterError, NotGeoreferencedWarning, RemoteReadWarning, TilingError
 from geopsp.io.atomic import check_output_path
 from geopsp.io.class_metadata import SCENE_TAG
+from geopsp.io.source import SceneSource, scene_name, scene_stem
 from geopsp.tiling.windows import TileGrid
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class OutputSet:
 
 
 def output_set(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneSource,
     out: str | os.PathLike[str],
     *,
     probabilities: bool = False,
@@ -140,7 +141,7 @@ def output_set(
         base = o.with_suffix("")
         base = base.with_name(base.name.removesuffix("_classes"))
     else:
-        stem = Path(scene).stem
+        stem = scene_stem(scene)
         if row_range is not None:
             stem += f"_rows{int(row_range[0])}-{int(row_range[1])}"
         base = o / stem
@@ -187,10 +188,12 @@ def resolve_tiling(config: PredictConfig, meta: BundleMeta) -> tuple[int, int]:
     return int(tile), int(overlap)
 
 
-def provenance_tags(scene: str | os.PathLike[str], meta: BundleMeta, rows: tuple[int, int]) -> dict[str, str]:
+def provenance_tags(
+    scene: str | os.PathLike[str] | SceneSource, meta: BundleMeta, rows: tuple[int, int]
+) -> dict[str, str]:
     """Tags a class raster carries: the scene it comes from (its file name), the model, its rows."""
     return {
-        SCENE_TAG: Path(scene).name,
+        SCENE_TAG: scene_name(scene),
         "GEOPSP_MODEL": f"{meta.spec.arch}/{meta.spec.encoder}",
         "GEOPSP_ROWS": f"{int(rows[0])}-{int(rows[1])}",
     }
@@ -202,7 +205,7 @@ class PredictionPlan:
 
     Attributes
     ----------
-    scene : Path
+    scene : SceneSource
     info : SceneInfo
     meta : BundleMeta
     tile_size, overlap : int
@@ -213,7 +216,7 @@ class PredictionPlan:
     outputs : OutputSet
     """
 
-    scene: Path
+    scene: SceneSource
     info: SceneInfo
     meta: BundleMeta
     tile_size: int
@@ -229,7 +232,7 @@ class PredictionPlan:
 
 
 def plan_prediction(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneSource,
     info: SceneInfo,
     meta: BundleMeta,
     out_dir_or_path: str | os.PathLike[str],
@@ -250,14 +253,14 @@ def plan_prediction(
     ------
     InputRasterError, TilingError, OutputExistsError, OutputError
     """
-    scene_path = Path(scene)
+    source = info.source
     check_scene_for_model(info, meta)
     tile, overlap = resolve_tiling(config, meta)
     grid = TileGrid(info.height, info.width, tile, overlap)
     r0, r1 = grid.check_row_range(row_range)
     vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     outputs = output_set(
-        scene_path,
+        source,
         out_dir_or_path,
         probabilities=config.probabilities,
         vector=config.vector,
@@ -267,12 +270,12 @@ def plan_prediction(
     )
     for key, p in outputs.as_dict().items():
         if key not in ("qml", "vector_qml") and (prepare or (p.exists() and not overwrite)):
-            check_output_path(p, overwrite=overwrite, inputs=[scene_path])
-    return PredictionPlan(scene_path, info, meta, tile, overlap, grid, (r0, r1), outputs)
+            check_output_path(p, overwrite=overwrite, inputs=[source.local] if source.local else [])
+    return PredictionPlan(source, info, meta, tile, overlap, grid, (r0, r1), outputs)
 
 
 def check_inputs(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneSource,
     meta: BundleMeta,
     out_dir_or_path: str | os.PathLike[str],
     *,
@@ -294,11 +297,13 @@ def check_inputs(
         As :func:`geopsp.pipeline.segment_raster` would, before any work.
     """
     from geopsp.io.scene import inspect_scene
+    from geopsp.io.source import resolve_scene
 
     cfg = config if config is not None else PredictConfig.model_validate({})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # segment_raster warns once
-        info = inspect_scene(scene)
+        warnings.simplefilter("ignore", RemoteReadWarning)
+        info = inspect_scene(resolve_scene(scene, bands=meta.named_bands))
     plan = plan_prediction(
         scene,
         info,
@@ -334,12 +339,12 @@ def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:
     missing = [b for b in meta.bands if b > info.count]
     if missing:
         raise InputRasterError(
-            f"{info.path}: the model reads bands {names} but the scene has only {info.count} band(s); "
+            f"{info.source}: the model reads bands {names} but the scene has only {info.count} band(s); "
             f"use a scene with those bands or a model trained on this band layout"
         )
     if info.alpha_band is not None and info.alpha_band in meta.bands:
         raise InputRasterError(
-            f"{info.path}: band {info.alpha_band} is the scene's alpha (transparency) band, but the model reads it "
+            f"{info.source}: band {info.alpha_band} is the scene's alpha (transparency) band, but the model reads it "
             f"as data (bands {names}); use a scene whose data bands are {list(meta.bands)} or a model trained "
             f"on bands {list(info.data_bands)}"
         )
@@ -348,11 +353,11 @@ def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:
         return
     if want == "uint8":
         fix = (
-            f"rescale it to 0..255 (e.g. gdal_translate -ot Byte -scale {info.path.name} scaled.tif) "
+            f"rescale it to 0..255 (e.g. gdal_translate -ot Byte -scale {info.source.name} scaled.tif) "
             f"or use a model trained on {got} data"
         )
     elif want in _FLOAT_BUNDLE_ACCEPTS:
         fix = f"convert it to float32 with the training data's scaling, or use a model trained on {got} data"
     else:
         fix = f"convert it to {want} in the same units as the training data, or use a model trained on {got} data"
-    raise InputRasterError(f"{info.path}: the model was trained on {want} scenes but this scene is {got}; {fix}")
+    raise InputRasterError(f"{info.source}: the model was trained on {want} scenes but this scene is {got}; {fix}")

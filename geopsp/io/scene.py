@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from geopsp.errors import InputRasterError, NotGeoreferencedWarning
+from geopsp.errors import InputRasterError, NotGeoreferencedWarning, RemoteReadWarning
+from geopsp.io.source import SceneSource, gdal_env, remote_failure_message, resolve_scene
 
 if TYPE_CHECKING:
     import affine
@@ -54,8 +55,8 @@ class SceneInfo:
 
     Attributes
     ----------
-    path : Path
-        The scene file.
+    source : SceneSource
+        The scene: what the user named and what GDAL opens (:func:`geopsp.io.source.resolve_scene`).
     width, height, count : int
         Columns, rows and bands.
     dtype : str
@@ -80,7 +81,7 @@ class SceneInfo:
         Band descriptions, ``None`` where unset.
     """
 
-    path: Path
+    source: SceneSource
     width: int
     height: int
     count: int
@@ -102,25 +103,33 @@ class SceneInfo:
 
 
 @contextlib.contextmanager
-def _quiet_open(path: Path) -> Iterator[rasterio.DatasetReader]:
-    """Open with rasterio, without its NotGeoreferencedWarning (we emit our own, once)."""
+def _quiet_open(source: SceneSource) -> Iterator[rasterio.DatasetReader]:
+    """Open with rasterio, without its NotGeoreferencedWarning (we emit our own, once).
+
+    Remote scenes are opened in :func:`geopsp.io.source.gdal_env`; the environment stays in
+    force while the dataset is open, since GDAL reads its blocks later.
+    """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RioNotGeoreferenced)
-        src = rasterio.open(path)
-    with src:
-        yield src
+    with contextlib.ExitStack() as stack:
+        if source.remote:
+            stack.enter_context(gdal_env(source))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RioNotGeoreferenced)
+            src = rasterio.open(source.gdal_path)
+        with src:
+            yield src
 
 
-def inspect_scene(path: str | os.PathLike[str]) -> SceneInfo:
+def inspect_scene(path: str | os.PathLike[str] | SceneSource) -> SceneInfo:
     """Open a scene, check that it can be processed and describe it.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        A raster GDAL can read (GeoTIFF, COG, PNG, JPEG, JPEG2000 ...).
+    path : str, os.PathLike or SceneSource
+        A raster GDAL can read (GeoTIFF, COG, PNG, JPEG, JPEG2000 ...), local or remote
+        (``http(s)://``, ``s3://``, ``/vsi…/``; see :func:`geopsp.io.source.resolve_scene`).
 
     Returns
     -------
@@ -137,31 +146,61 @@ def inspect_scene(path: str | os.PathLike[str]) -> SceneInfo:
     -----
     NotGeoreferencedWarning
         When the scene has no CRS; the scene is still accepted and outputs have no CRS.
+    RemoteReadWarning
+        When a remote scene is not a cloud-optimized GeoTIFF (it is still read).
     """
     from rasterio.errors import RasterioError
 
-    p = Path(path)
-    if not p.exists():
-        raise InputRasterError(f"{p}: no such file; check the path")
-    if p.is_dir():
-        raise InputRasterError(f"{p}: is a directory, not a raster; give the path of an image (GeoTIFF, PNG, JPEG)")
-    size = p.stat().st_size
-    if size == 0:
-        raise InputRasterError(f"{p}: is empty (0 bytes); re-download or re-export it")
+    source = resolve_scene(path)
+    p = source.local
+    size: int | None = None
+    if p is not None:
+        if not p.exists():
+            raise InputRasterError(f"{p}: no such file; check the path")
+        if p.is_dir():
+            raise InputRasterError(f"{p}: is a directory, not a raster; give the path of an image (GeoTIFF, PNG, JPEG)")
+        size = p.stat().st_size
+        if size == 0:
+            raise InputRasterError(f"{p}: is empty (0 bytes); re-download or re-export it")
     try:
-        with _quiet_open(p) as src:
-            info = _describe(p, src, size)
+        with _quiet_open(source) as src:
+            info = _describe(source, src, size)
+            if source.kind in ("http", "s3", "vsi"):
+                _warn_unless_cog(source, src)
     except RasterioError as exc:
+        if p is None:
+            raise InputRasterError(remote_failure_message(source, exc)) from exc
         raise InputRasterError(_open_failure_message(p, exc)) from exc
     if not info.georeferenced:
         what = "a geotransform but no CRS" if not info.transform.is_identity else "no CRS or geotransform (pixel grid)"
         warnings.warn(
-            f"{p}: has {what}; output will have no CRS",
+            f"{source}: has {what}; output will have no CRS",
             NotGeoreferencedWarning,
             stacklevel=2,
         )
-    logger.debug("scene %s: %dx%dx%d %s, mask %s", p, info.width, info.height, info.count, info.dtype, info.mask_source)
+    logger.debug(
+        "scene %s: %dx%dx%d %s, mask %s", source, info.width, info.height, info.count, info.dtype, info.mask_source
+    )
     return info
+
+
+def _warn_unless_cog(source: SceneSource, src: rasterio.DatasetReader) -> None:
+    """Warn once when a remote scene is not a cloud-optimized GeoTIFF (GDAL's ``LAYOUT=COG``).
+
+    A GeoTIFF in strips, or with its directory after the pixels, still reads block by block,
+    but each read may fetch whole strips or seek across the file.
+    """
+    if src.driver == "GTiff" and src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG":
+        return
+    if src.driver == "VRT":  # a stacked STAC item: its assets are warned about one by one
+        return
+    layout = "in strips" if src.block_shapes[0][1] == src.width and src.width > 512 else "not laid out as a COG"
+    warnings.warn(
+        f"{source}: is not a cloud-optimized GeoTIFF ({src.driver}, {layout}); it is read, but remote reads "
+        f"may fetch more than they need: convert it once with gdal_translate -of COG in.tif out.tif",
+        RemoteReadWarning,
+        stacklevel=3,
+    )
 
 
 def _open_failure_message(p: Path, exc: Exception) -> str:
@@ -179,7 +218,7 @@ def _open_failure_message(p: Path, exc: Exception) -> str:
     return f"{p}: cannot be opened as a raster ({detail}); check that it is a complete GeoTIFF, PNG or JPEG"
 
 
-def _describe(p: Path, src: rasterio.DatasetReader, size: int) -> SceneInfo:
+def _describe(p: SceneSource, src: rasterio.DatasetReader, size: int | None) -> SceneInfo:
     from rasterio.enums import ColorInterp, MaskFlags
 
     if src.count < 1:
@@ -220,10 +259,10 @@ def _describe(p: Path, src: rasterio.DatasetReader, size: int) -> SceneInfo:
     else:
         mask_source = "mask"
     rows, cols = src.block_shapes[0]
-    if src.driver == "GTiff":
+    if src.driver == "GTiff" and size is not None:
         _check_not_truncated(p, src, size, (rows, cols))
     return SceneInfo(
-        path=p,
+        source=p,
         width=src.width,
         height=src.height,
         count=src.count,
@@ -240,7 +279,7 @@ def _describe(p: Path, src: rasterio.DatasetReader, size: int) -> SceneInfo:
     )
 
 
-def _check_not_truncated(p: Path, src: rasterio.DatasetReader, size: int, block: tuple[int, int]) -> None:
+def _check_not_truncated(p: SceneSource, src: rasterio.DatasetReader, size: int, block: tuple[int, int]) -> None:
     """Refuse a GeoTIFF whose last blocks lie past the end of the file (cut short in transit).
 
     Writers lay blocks out in index order, so the last block of the last band is (nearly
@@ -328,7 +367,7 @@ def read_rows(
         mask = _read_mask(src, info, idx, window) if info.mask_source == "mask" else None
     except RasterioError as exc:
         raise InputRasterError(
-            f"{info.path}: pixels fail to decode at rows {row_off}-{row_off + height - 1}, "
+            f"{info.source}: pixels fail to decode at rows {row_off}-{row_off + height - 1}, "
             f"columns {col_off}-{col_off + cols - 1} "
             f"(file is corrupt or truncated); re-download or re-export it"
         ) from exc
@@ -408,7 +447,7 @@ def _default_cache_bytes(info: SceneInfo, n_bands: int) -> int:
 
 @contextlib.contextmanager
 def open_scene(
-    path: str | os.PathLike[str] | SceneInfo,
+    path: str | os.PathLike[str] | SceneSource | SceneInfo,
     *,
     cache_bytes: int | None = None,
     threads: int | Literal["ALL_CPUS"] = "ALL_CPUS",
@@ -417,9 +456,10 @@ def open_scene(
 
     Parameters
     ----------
-    path : str, os.PathLike or SceneInfo
-        The scene, or its description from :func:`inspect_scene` (then it is not inspected
-        again: readers that reopen a scene for each window, like training, pay for one open).
+    path : str, os.PathLike, SceneSource or SceneInfo
+        The scene (local or remote, see :func:`inspect_scene`), or its description from
+        :func:`inspect_scene` (then it is not inspected again: readers that reopen a scene for
+        each window, like training, pay for one open).
     cache_bytes : int, optional
         GDAL block cache size; default: 4 blocks of all bands, at least 8 MiB (enough for
         aligned strip reads, which decode each block once).
@@ -439,5 +479,5 @@ def open_scene(
 
     info = path if isinstance(path, SceneInfo) else inspect_scene(path)
     cache = cache_bytes if cache_bytes is not None else _default_cache_bytes(info, info.count)
-    with rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_NUM_THREADS=str(threads)), _quiet_open(info.path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_NUM_THREADS=str(threads)), _quiet_open(info.source) as src:
         yield src, info

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,8 +37,11 @@ __all__ = [
     "gdal_env",
     "is_remote",
     "read_uri",
+    "remote_failure_message",
     "remote_gdal_options",
     "resolve_scene",
+    "scene_name",
+    "scene_stem",
     "vsimem_path",
 ]
 
@@ -86,8 +90,8 @@ class SceneSource:
 
     @property
     def stem(self) -> str:
-        """:attr:`name` without its suffix."""
-        return PurePosixPath(self.name).stem if "." in self.name else self.name
+        """:attr:`name` without its suffix (a STAC item's id as it is)."""
+        return self.name if self.kind == "stac" else PurePosixPath(self.name).stem
 
     @property
     def remote(self) -> bool:
@@ -116,7 +120,9 @@ def is_remote(scene: str | os.PathLike[str] | SceneSource) -> bool:
     return text.startswith("/vsi") or urlsplit(text).scheme in ("http", "https", "s3")
 
 
-def resolve_scene(scene: str | os.PathLike[str] | SceneSource, *, band_names: tuple[str, ...] = ()) -> SceneSource:
+def resolve_scene(
+    scene: str | os.PathLike[str] | SceneSource, *, bands: Mapping[int, str] | None = None
+) -> SceneSource:
     """Say what a scene argument names and how GDAL opens it.
 
     Parameters
@@ -124,8 +130,9 @@ def resolve_scene(scene: str | os.PathLike[str] | SceneSource, *, band_names: tu
     scene : str, os.PathLike or SceneSource
         A local raster, an ``http(s)://`` or ``s3://`` URL, a GDAL ``/vsi…/`` path, or a STAC
         Item (``.json``, local or remote). A :class:`SceneSource` is returned as it is.
-    band_names : tuple of str
-        The model's band names, to pick a STAC item's assets (:func:`geopsp.io.stac.stac_scene`).
+    bands : mapping of int to str, optional
+        The model's bands (scene band index -> name, :attr:`BundleMeta.named_bands`), to pick a
+        STAC item's assets (:func:`geopsp.io.stac.stac_scene`).
 
     Returns
     -------
@@ -148,7 +155,7 @@ def resolve_scene(scene: str | os.PathLike[str] | SceneSource, *, band_names: tu
     if _is_stac(text):
         from geopsp.io.stac import stac_scene
 
-        return stac_scene(text, band_names=band_names)
+        return stac_scene(text, bands=bands)
     if parts.scheme in ("http", "https"):
         return SceneSource(text, "/vsicurl/" + text, "http", PurePosixPath(parts.path).name or parts.netloc)
     if parts.scheme == "s3":
@@ -165,7 +172,82 @@ def resolve_scene(scene: str | os.PathLike[str] | SceneSource, *, band_names: tu
 
 
 def _is_stac(text: str) -> bool:
-    return PurePosixPath(urlsplit(text).path).suffix.lower() in _STAC_SUFFIXES
+    """Tell a STAC item: a ``.json`` file or URL, or a STAC API item URL (``…/items/<id>`` without a file suffix)."""
+    path = PurePosixPath(urlsplit(text).path)
+    if path.suffix.lower() in _STAC_SUFFIXES:
+        return True
+    return urlsplit(text).scheme in ("http", "https") and path.parent.name == "items" and not path.suffix
+
+
+def scene_name(scene: str | os.PathLike[str] | SceneSource) -> str:
+    """Return the file name a scene shows in messages and tags, without opening or fetching anything.
+
+    Examples
+    --------
+    >>> scene_name("https://h/cogs/a.tif?x=1"), scene_name("s3://b/k/c.tif"), scene_name("d/e.tif")
+    ('a.tif', 'c.tif', 'e.tif')
+    """
+    if isinstance(scene, SceneSource):
+        return scene.name
+    text = os.fspath(scene)
+    return PurePosixPath(urlsplit(text).path if "://" in text else text).name
+
+
+def scene_stem(scene: str | os.PathLike[str] | SceneSource) -> str:
+    """Return the stem outputs are named after (:attr:`SceneSource.stem`; a STAC item's id once resolved)."""
+    if isinstance(scene, SceneSource):
+        return scene.stem
+    return PurePosixPath(scene_name(scene)).stem
+
+
+def remote_failure_message(source: SceneSource, exc: Exception) -> str:
+    """One line for a remote scene GDAL could not open: the HTTP/S3 status or the network failure, and the fix.
+
+    Examples
+    --------
+    >>> s = resolve_scene("http://127.0.0.1:9/a.tif")
+    >>> remote_failure_message(s, OSError("HTTP response code: 404"))
+    'http://127.0.0.1:9/a.tif: not found (HTTP 404); check the URL'
+    """
+    detail = str(exc).replace(source.gdal_path, "").strip(" :'\"")
+    low = detail.lower()
+    code = re.search(r"http (?:response|error) code:? ?(\d{3})", low)
+    status = int(code.group(1)) if code else None
+    if status == 404 or "does not exist in the file system" in low or "nosuchkey" in low:
+        what = "no such object" if source.kind == "s3" else "not found"
+        return f"{source}: {what} (HTTP 404); check the {'key' if source.kind == 's3' else 'URL'}"
+    if "specified bucket does not exist" in low or "nosuchbucket" in low:
+        return f"{source}: the bucket does not exist; check the bucket name and AWS_ENDPOINT_URL"
+    if status in (401, 403) or "access denied" in low or "accessdenied" in low:
+        fix = (
+            "check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the bucket policy"
+            if source.kind == "s3"
+            else "check the URL (a signed URL may have expired) or the server's access rules"
+        )
+        return f"{source}: access denied (HTTP {status or 403}); {fix}"
+    if "aws_secret_access_key" in low and "not defined" in low:
+        return (
+            f"{source}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+            f"or AWS_NO_SIGN_REQUEST=YES for a public bucket"
+        )
+    if any(
+        k in low
+        for k in (
+            "couldn't connect",
+            "could not connect",
+            "failed to connect",
+            "resolve host",
+            "connection refused",
+            "timed out",
+            "timeout",
+        )
+    ):
+        return f"{source}: cannot reach the server ({detail}); check the URL, AWS_ENDPOINT_URL and the network"
+    if status is not None:
+        return f"{source}: the server answered HTTP {status}; check the URL"
+    if "not recognized as" in low:
+        return f"{source}: is not a raster GDAL can read ({detail}); check the URL names a GeoTIFF/COG"
+    return f"{source}: cannot be opened ({detail}); check the URL and the network"
 
 
 def remote_gdal_options() -> dict[str, str]:

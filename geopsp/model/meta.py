@@ -277,6 +277,11 @@ class BundleMeta:
             raise ValueError(f"overlap {self.overlap} must be less than half of tile size {self.tile_size}")
 
     @property
+    def named_bands(self) -> dict[int, str]:
+        """The scene bands the model reads, by 1-based index, with their names (``{1: "red", ...}``)."""
+        return dict(zip(self.bands, self.band_names, strict=True))
+
+    @property
     def output_dtype(self) -> str:
         """``uint8`` when class ids and nodata fit, else ``uint16``."""
         return "uint8" if max(self.classes.max_id, self.nodata) <= 255 else "uint16"

@@ -333,11 +333,11 @@ def sample_tiles(
                 inside = np.zeros((tile_size, tile_size), dtype=np.bool_)
                 inside[: tile.height, : tile.width] = valid
                 valids.append(inside)
-                names.append(info.path.name)
+                names.append(info.source.name)
                 windows.append((tile.row, tile.col, tile.height, tile.width))
                 got += 1
     if not xs:
-        shown = ", ".join(i.path.name for i in infos)
+        shown = ", ".join(i.source.name for i in infos)
         raise ConfigError(f"{shown}: every tile is nodata; calibrate on scenes with valid pixels")
     return TileSet(np.stack(xs), np.stack(valids), tuple(names), tuple(windows))
 
