@@ -202,9 +202,10 @@ def test_uint16_up_to_1000_is_refused_with_undistorting_advice(bundle, pixels, t
     assert hi == 1000
     assert line.startswith(f"Error: {scene}: the model reads uint8 (0..255) but this uint16 scene holds {lo}..{hi}")
     assert "from a read of every pixel" in line
-    # every -scale offered is an explicit, stated mapping: never a bare stretch
-    assert re.findall(r"-scale(?! \S+ \S+ \S+ \S+)", line) == []
-    assert f"--input-scale {lo} {hi} 0 255" in line and f"-ot Byte -scale {lo} {hi} 0 255" in line
+    # every -scale offered is a mapping to state in full, never a bare stretch, nor one of the values found
+    assert re.findall(r"-scale(?! SRC_MIN SRC_MAX 0 255 )", line) == []
+    assert "--input-scale SRC_MIN SRC_MAX 0 255" in line and "-ot Byte -scale SRC_MIN SRC_MAX 0 255" in line
+    assert "if the training data were made from such values by a linear mapping" in line
     assert not (tmp_path / "out").exists()
 
 
@@ -214,7 +215,7 @@ def test_fractions_are_refused_for_an_integer_model(tmp_path):
         check_scene_for_model(inspect_scene(scene), _meta(ModelSpec(in_channels=3, num_classes=3)))
     msg = str(err.value)
     assert "whole uint8 numbers" in msg and "such as 0.25" in msg
-    assert "--input-scale 0.25 0.25 0 255 (values are rounded)" in msg
+    assert "among 0.25..0.25" in msg and "--input-scale SRC_MIN SRC_MAX 0 255 (values are rounded)" in msg
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,6 +338,7 @@ def test_out_of_range_value_met_while_reading_stops_the_run_naming_it(bundle, pi
     msg = str(err.value)
     assert msg.startswith(f"{scene}: value 4000 at band 2, row 70, column 80 is outside the model's uint8 range 0..255")
     assert "the check before the run found" in msg and "from a sampled read of 4 windows" in msg
+    assert msg.endswith("(gdalinfo -stats s.tif stores the exact extremes, which a next run checks first)")
     assert "\n" not in msg
     out = tmp_path / "out"
     assert not out.exists() or [p.name for p in out.rglob("*")] == []  # nothing final, nothing temporary

@@ -62,8 +62,10 @@ def test_uint8_model_refuses_uint16_scene_whose_values_do_not_fit(tmp_path):
     msg = str(err.value)
     assert "s.tif" in msg and "\n" not in msg
     assert "the model reads uint8 (0..255) but this uint16 scene holds 5..995" in msg
-    # the only rescaling offered is an explicit mapping, stated in full
-    assert "--input-scale 5 995 0 255" in msg and "gdal_translate -ot Byte -scale 5 995 0 255" in msg
+    # the only rescaling offered is the mapping the training data were made with, to state
+    assert (
+        "--input-scale SRC_MIN SRC_MAX 0 255" in msg and "gdal_translate -ot Byte -scale SRC_MIN SRC_MAX 0 255" in msg
+    )
     assert "trained on uint16" in msg
 
 

@@ -175,8 +175,8 @@ class InputCast:
 
         Examples
         --------
-        >>> InputCast(Path("s.tif"), (1,), "uint8", "uint16", source="type range").note
-        's.tif: stored as uint8, whose values all fit the model's uint16; used as they are'
+        >>> print(InputCast(Path("s.tif"), (1,), "uint8", "uint16", source="type range").note)
+        s.tif: stored as uint8, whose values all fit the model's uint16; used as they are
         """
         name = self.scene.name
         if self.source in ("same type", "same kind") and self.input_scale is None:
@@ -321,7 +321,9 @@ class InputCast:
         if self.input_scale is not None:
             fix = "choose an --input-scale whose source range covers the data (gdalinfo -stats gives its extremes)"
         else:
-            fix = _advice(self.scene, self.stored, self.model, None)
+            fix = _advice(self.scene, self.stored, self.model)
+        if self.source == "sample":
+            fix += f" (gdalinfo -stats {self.scene.name} stores the exact extremes, which a next run checks first)"
         return f"{self.scene}: value {_num(raw)}{mapped} at {where} is {what}{before}; the run stops here; {fix}"
 
 
@@ -355,21 +357,27 @@ def _type_range(dtype: str) -> tuple[float, float]:
     return float(info.min), float(info.max)
 
 
-def _advice(scene: Path, stored: str, model: str, found: tuple[float, float] | None, *, rounded: bool = False) -> str:
-    """Advise a fix that does not distort the values: an explicit mapping to state, or another model."""
+def _advice(scene: Path, stored: str, model: str, *, rounded: bool = False) -> str:
+    """Advise a fix that does not distort the values: the mapping the training data were made with, or another model.
+
+    No source range is filled in: stretching the values found to the model's range is exactly
+    the distortion to avoid, unless the training data were stretched the same way.
+
+    Examples
+    --------
+    >>> _advice(Path("a/s2.tif"), "uint16", "uint8")  # doctest: +NORMALIZE_WHITESPACE
+    'if the training data were made from such values by a linear mapping, state it: --input-scale SRC_MIN
+    SRC_MAX 0 255 (or gdal_translate -ot Byte -scale SRC_MIN SRC_MAX 0 255 s2.tif s2_uint8.tif); else use a
+    model trained on uint16 data'
+    """
     other = f"use a model trained on {stored} data"
     if np.dtype(model).kind not in "ui":
         return f"state the mapping to the training data's units with --input-scale, or {other}"
     t0, t1 = _type_range(model)
-    if found is None:
-        return (
-            f"if the training data were made by a linear mapping, state it: --input-scale SRC_MIN SRC_MAX "
-            f"{_num(t0)} {_num(t1)}; else {other}"
-        )
-    s = f"{_num(found[0])} {_num(found[1])} {_num(t0)} {_num(t1)}"
+    s = f"SRC_MIN SRC_MAX {_num(t0)} {_num(t1)}"
     gdal = _GDAL_TYPES.get(model, model)
     return (
-        f"if the training data were made by a linear mapping, state it: --input-scale {s}"
+        f"if the training data were made from such values by a linear mapping, state it: --input-scale {s}"
         f"{' (values are rounded)' if rounded else ''} "
         f"(or gdal_translate -ot {gdal} -scale {s} {scene.name} {scene.stem}_{model}.tif); else {other}"
     )
@@ -481,19 +489,18 @@ class _Decision:
             return (
                 f"{path}: the model reads {model}, which holds whole numbers exactly only up to "
                 f"{_num(FLOAT32_EXACT)}, but this {stored} scene holds {values}; "
-                f"{_advice(path, stored, model, None)}"
+                f"{_advice(path, stored, model)}"
             )
         t0, t1 = _type_range(model)
-        span = (found.low, found.high)
         if self._range_fits(found.low, found.high):  # in range, but fractions
             example = f" such as {_num(found.example)}" if found.example is not None else ""
             return (
                 f"{path}: the model reads whole {model} numbers ({_num(t0)}..{_num(t1)}) but this {stored} scene "
-                f"holds fractions{example} ({found.described}); a type change alone would round them; "
-                f"{_advice(path, stored, model, span, rounded=True)}"
+                f"holds fractions{example} among {values}; a type change alone would round them; "
+                f"{_advice(path, stored, model, rounded=True)}"
             )
         sampled = f"; gdalinfo -stats {path.name} gives the exact extremes" if found.source == "sample" else ""
         return (
             f"{path}: the model reads {model} ({_num(t0)}..{_num(t1)}) but this {stored} scene holds {values}, "
-            f"which a type change alone would alter; {_advice(path, stored, model, span)}{sampled}"
+            f"which a type change alone would alter; {_advice(path, stored, model)}{sampled}"
         )
