@@ -20,9 +20,11 @@ The rules (``stored``: the scene's type, ``model``: the bundle's ``input_dtype``
   numbers. Units are not checked: if the model was trained on scaled values (reflectance
   0..1), ``input_scale`` states the mapping;
 * ``input_scale`` (``SRC_MIN, SRC_MAX, DST_MIN, DST_MAX``, as ``gdal_translate -scale``) maps
-  every value linearly before anything else, ``v * (DST_MAX - DST_MIN) / (SRC_MAX - SRC_MIN)
-  + ...``; for an integer model the result is rounded to the nearest whole number, halves
-  away from zero (as ``gdal_translate`` rounds), and must then fit the model's type.
+  every value linearly before anything else, to ``DST_MIN + (v - SRC_MIN) * (DST_MAX -
+  DST_MIN) / (SRC_MAX - SRC_MIN)`` (values outside the source range map outside the
+  destination range: nothing is clipped); for an integer model the result is rounded to the
+  nearest whole number, halves away from zero (as ``gdal_translate`` rounds), and must then
+  fit the model's type.
 
 A sample cannot prove that every value fits, so every converted strip is checked again as
 it is read: a valid value outside the model's range (or a fraction, for an integer model)
@@ -31,7 +33,7 @@ ever wrapped or clipped, and since a run's outputs are committed together
 (:mod:`geopsp.io.atomic`), a stopped run leaves none. Pixels that are not valid are never
 checked: the model sees :data:`geopsp.model.inputs.MODEL_FILL` there whatever they hold.
 
-.. versionadded:: 0.3
+.. versionadded:: 0.2
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ value (``bound``) and whether they occur on valid pixels (``attained``): exact s
 scene without a mask do both; statistics of a scene with a mask band may include masked
 pixels (bound only); a sample finds values that occur, not the extremes (attained only).
 
-.. versionadded:: 0.3
+.. versionadded:: 0.2
 """
 
 from __future__ import annotations
