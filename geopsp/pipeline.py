@@ -197,6 +197,8 @@ def _segment_into(
             row_range=row_range,
             overwrite=staged.overwrite,
         )
+        if plan.cast.note is not None:
+            logger.warning("%s", plan.cast.note)
         if cfg.vector:
             _require_vectorize()
         if cfg.preview:

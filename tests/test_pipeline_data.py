@@ -439,7 +439,7 @@ def test_band_mismatch_fails_before_any_tile(tmp_path):
             scene, (stand_in(), make_meta()), tmp_path / "out", config=cfg(), progress=lambda *a: ran.append(a)
         )
     assert ran == []
-    scene16 = write_tif(tmp_path / "s16.tif", np.zeros((3, 40, 40), np.uint16))
+    scene16 = write_tif(tmp_path / "s16.tif", np.full((3, 40, 40), 1000, np.uint16))  # values beyond uint8
     with pytest.raises(InputRasterError, match="uint8"):
         segment_raster(scene16, (stand_in(), make_meta()), tmp_path / "out", config=cfg())
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -55,24 +55,47 @@ def test_alpha_band_is_not_data(tmp_path):
     check_scene_for_model(info, meta_for((1, 2, 3)))
 
 
-def test_uint8_model_refuses_uint16_scene_with_advice(tmp_path):
-    info = info_of(tmp_path, rgb(dtype="uint16"))
+def test_uint8_model_refuses_uint16_scene_whose_values_do_not_fit(tmp_path):
+    info = info_of(tmp_path, rgb(dtype="uint16") * 5)  # up to 995
     with pytest.raises(InputRasterError) as err:
         check_scene_for_model(info, meta_for(input_dtype="uint8"))
     msg = str(err.value)
-    assert "s.tif" in msg
-    assert "trained on uint8" in msg and "this scene is uint16" in msg
-    assert "rescale" in msg and "trained on uint16" in msg
+    assert "s.tif" in msg and "\n" not in msg
+    assert "the model reads uint8 (0..255) but this uint16 scene holds 5..995" in msg
+    # the only rescaling offered is the mapping the training data were made with, to state
+    assert (
+        "--input-scale SRC_MIN SRC_MAX 0 255" in msg and "gdal_translate -ot Byte -scale SRC_MIN SRC_MAX 0 255" in msg
+    )
+    assert "trained on uint16" in msg
+
+
+def test_uint8_model_accepts_uint16_scene_whose_values_fit(tmp_path):
+    cast = check_scene_for_model(info_of(tmp_path, rgb(dtype="uint16")), meta_for(input_dtype="uint8"))
+    assert cast.converts and cast.read_as == "uint8" and cast.observed == (1.0, 199.0)
+    assert cast.note is not None and "values 1..199" in cast.note and "read as uint8" in cast.note
+
+
+def test_matching_dtypes_convert_nothing(tmp_path):
+    cast = check_scene_for_model(info_of(tmp_path, rgb()), meta_for())
+    assert not cast.converts and cast.note is None and cast.source == "same type"
 
 
 @pytest.mark.parametrize("scene_dtype", ["float32", "float64"])
 def test_float_model_accepts_float_scenes(tmp_path, scene_dtype):
-    check_scene_for_model(info_of(tmp_path, rgb(dtype=scene_dtype)), meta_for(input_dtype="float32"))
+    cast = check_scene_for_model(info_of(tmp_path, rgb(dtype=scene_dtype)), meta_for(input_dtype="float32"))
+    assert not cast.converts and cast.note is None
 
 
 @pytest.mark.parametrize(
-    ("model_dtype", "scene_dtype"), [("float32", "uint8"), ("uint16", "uint8"), ("int16", "uint16")]
+    ("model_dtype", "scene_dtype"),
+    [("float32", "uint8"), ("uint16", "uint8"), ("int16", "uint8"), ("float32", "int16")],
 )
-def test_other_dtype_mismatches(tmp_path, model_dtype, scene_dtype):
-    with pytest.raises(InputRasterError, match=f"trained on {model_dtype} scenes but this scene is {scene_dtype}"):
-        check_scene_for_model(info_of(tmp_path, rgb(dtype=scene_dtype)), meta_for(input_dtype=model_dtype))
+def test_types_whose_every_value_fits_are_accepted_without_a_look(tmp_path, model_dtype, scene_dtype):
+    cast = check_scene_for_model(info_of(tmp_path, rgb(dtype=scene_dtype)), meta_for(input_dtype=model_dtype))
+    assert cast.source == "type range" and not cast.converts and cast.observed is None
+    assert cast.note is not None and scene_dtype in cast.note
+
+
+def test_complex_scenes_are_refused(tmp_path):
+    with pytest.raises(InputRasterError, match="trained on uint8 scenes but this scene is complex64"):
+        check_scene_for_model(info_of(tmp_path, rgb(dtype="complex64")), meta_for(input_dtype="uint8"))

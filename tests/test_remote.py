@@ -149,7 +149,9 @@ def _single_band_assets(root: Path) -> tuple[Path, dict[str, Path]]:
             data = src.read(b, out_shape=(src.height // scale, src.width // scale), resampling=Resampling.average)
             t = src.transform * src.transform.scale(scale, scale)
             p = root / f"{name}.tif"
-            with rasterio.open(p, "w", **(prof | {"width": data.shape[1], "height": data.shape[0], "transform": t})) as d:
+            with rasterio.open(
+                p, "w", **(prof | {"width": data.shape[1], "height": data.shape[0], "transform": t})
+            ) as d:
                 d.write(data, 1)
             assets[name] = p
     # the equivalent local file: the 20 m bands resampled onto the 10 m grid as GDAL does while reading

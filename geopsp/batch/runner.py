@@ -253,6 +253,8 @@ def _fingerprint(model: Path, predict: PredictConfig) -> str:
     # settings that change speed or memory, never the outputs, do not count
     speed_only = {"batch_size", "reader_threads", "device", "compile", "bound_heap"}
     settings = predict.model_dump(mode="json", exclude=speed_only)
+    if settings.get("input_scale") is None:  # runs from before the key existed keep their fingerprint
+        settings.pop("input_scale", None)
     blob = json.dumps([str(model), st.st_size, st.st_mtime_ns, settings], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

@@ -6,7 +6,13 @@ import sys
 
 import click
 
-from geopsp.cli.options import config_options, load_cli_config, overwrite_option, runtime_option
+from geopsp.cli.options import (
+    config_options,
+    input_scale_option,
+    load_cli_config,
+    overwrite_option,
+    runtime_option,
+)
 from geopsp.cli.progress import ProgressBar
 
 __all__ = ["batch"]
@@ -68,6 +74,7 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
     default=None,
     help="Split scenes larger than this into row strips run in parallel [default: batch.strip_pixels].",
 )
+@input_scale_option
 @click.option("--retries", type=click.IntRange(min=0), default=None, help="Retries after transient errors.")
 @config_options
 @overwrite_option
@@ -85,6 +92,7 @@ def batch(
     vector: bool | None,
     probabilities: bool | None,
     strip_pixels: int | None,
+    input_scale: tuple[float, float, float, float] | None,
     retries: int | None,
     config_path: str | None,
     set_items: tuple[str, ...],
@@ -106,6 +114,7 @@ def batch(
             "predict.probabilities": probabilities,
             "predict.runtime": runtime,
             "predict.device": "cuda" if gpu else None,
+            "predict.input_scale": list(input_scale) if input_scale is not None else None,
             "batch.strip_pixels": strip_pixels,
             "batch.retries": retries,
         },

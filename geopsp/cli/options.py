@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["config_options", "load_cli_config", "overwrite_option", "runtime_option"]
+__all__ = ["config_options", "input_scale_option", "load_cli_config", "overwrite_option", "runtime_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +24,21 @@ def runtime_option(f: F) -> F:
         type=click.Choice(["auto", "torch", "onnxruntime"]),
         default=None,
         help="What runs the model [default: predict.runtime, auto: the fastest with torch fp32's classes here].",
+    )(f)
+
+
+def input_scale_option(f: F) -> F:
+    """``--input-scale SRC_MIN SRC_MAX DST_MIN DST_MAX`` (``predict.input_scale``; :mod:`geopsp.inference.cast`)."""
+    return click.option(
+        "--input-scale",
+        "input_scale",
+        type=float,
+        nargs=4,
+        default=None,
+        metavar="SRC_MIN SRC_MAX DST_MIN DST_MAX",
+        help="Map the scene's values linearly before the model, as gdal_translate -scale does, as tiles are read "
+        "(no copy); rounded for integer models. Without it a scene of another type than the model's is accepted "
+        "when its values fit.",
     )(f)
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from geopsp.cli.options import config_options, load_cli_config, overwrite_option, runtime_option
+from geopsp.cli.options import (
+    config_options,
+    input_scale_option,
+    load_cli_config,
+    overwrite_option,
+    runtime_option,
+)
 from geopsp.cli.progress import ProgressBar
 
 __all__ = ["predict"]
@@ -63,6 +69,7 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
 )
 @click.option("--preview/--no-preview", default=None, help="Also write a preview PNG.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
+@input_scale_option
 @click.option("--rows", type=(int, int), default=None, metavar="START STOP", help="Compute only rows [START, STOP).")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @overwrite_option
@@ -85,6 +92,7 @@ def predict(
     vector: bool | None,
     preview: bool | None,
     compile_: bool | None,
+    input_scale: tuple[float, float, float, float] | None,
     rows: tuple[int, int] | None,
     no_progress: bool,
     overwrite: bool,
@@ -115,6 +123,7 @@ def predict(
             "predict.vector": vector,
             "predict.preview": preview,
             "predict.compile": compile_,
+            "predict.input_scale": list(input_scale) if input_scale is not None else None,
         },
     )
     cfg = conf.predict

@@ -7,6 +7,7 @@ did-you-mean suggestion for misspelt keys.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -94,6 +95,27 @@ class PredictConfig(_Section):
     compress: Literal["zstd", "deflate", "lzw"] = Field("deflate", description="Compression of output rasters.")
     vector: bool = Field(False, description="Also vectorize the class raster to polygons.")
     preview: bool = Field(False, description="Also write a preview PNG of the scene with classes blended over it.")
+    input_scale: tuple[float, float, float, float] | None = Field(
+        None,
+        description="Explicit linear mapping [SRC_MIN, SRC_MAX, DST_MIN, DST_MAX] of the scene's values, as "
+        "gdal_translate -scale, applied as tiles are read, before normalization (no copy is written); rounded to "
+        "whole numbers for an integer model, whose type the results must fit (never clipped). Default: values "
+        "used as stored, a scene of another type than the model's accepted when its values fit.",
+    )
+
+    @field_validator("input_scale")
+    @classmethod
+    def _input_scale_maps(cls, v: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if v is None:
+            return v
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError(f"input_scale must be four finite numbers SRC_MIN SRC_MAX DST_MIN DST_MAX, got {list(v)}")
+        if v[0] == v[1] or v[2] == v[3]:
+            raise ValueError(
+                f"input_scale {list(v)} maps a range of one value; give SRC_MIN != SRC_MAX and DST_MIN != DST_MAX, "
+                "e.g. [0, 1000, 0, 255]"
+            )
+        return v
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> PredictConfig:

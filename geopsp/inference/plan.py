@@ -4,13 +4,15 @@ This module is the one home of the decisions a prediction makes about a scene an
 used alike by :func:`geopsp.pipeline.segment_raster`, by the dry check of the command line
 (:func:`check_inputs`) and by the batch client:
 
-* whether the model can run on the scene at all (:func:`check_scene_for_model`);
+* whether the model can run on the scene at all, and how the scene's values reach it when
+  it is stored in another data type (:func:`check_scene_for_model`, :mod:`geopsp.inference.cast`);
 * the tile size and overlap (:func:`resolve_tiling`), the tile grid and the rows to compute;
 * the names of every output, as one typed :class:`OutputSet` (:func:`output_set`);
 * the provenance tags written into the class raster (:func:`provenance_tags`).
 
 :func:`plan_prediction` makes all of them into one :class:`PredictionPlan`. Nothing here
-imports torch or reads pixels.
+imports torch; no pixel is read, except a bounded sample (:func:`geopsp.io.values.sample_values`)
+of a scene stored in another type than the model's and holding no exact statistics.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import InputRasterError, NotGeoreferencedWarning, RemoteReadWarning, TilingError
+from geopsp.inference.cast import InputCast, InputScale
 from geopsp.io.atomic import check_output_path
 from geopsp.io.class_metadata import SCENE_TAG
 from geopsp.io.source import SceneSource, scene_name, scene_stem
@@ -47,7 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FLOAT_BUNDLE_ACCEPTS = ("float32", "float64")
 _TIF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -214,6 +216,8 @@ class PredictionPlan:
     rows : (int, int)
         The scene rows ``[r0, r1)`` this run computes and writes.
     outputs : OutputSet
+    cast : InputCast
+        How the scene's values reach the model (:func:`check_scene_for_model`).
     """
 
     scene: SceneSource
@@ -224,6 +228,7 @@ class PredictionPlan:
     grid: TileGrid
     rows: tuple[int, int]
     outputs: OutputSet
+    cast: InputCast
 
     @property
     def tags(self) -> dict[str, str]:
@@ -254,7 +259,7 @@ def plan_prediction(
     InputRasterError, TilingError, OutputExistsError, OutputError
     """
     source = info.source
-    check_scene_for_model(info, meta)
+    cast = check_scene_for_model(info, meta, input_scale=config.input_scale)
     tile, overlap = resolve_tiling(config, meta)
     grid = TileGrid(info.height, info.width, tile, overlap)
     r0, r1 = grid.check_row_range(row_range)
@@ -271,7 +276,7 @@ def plan_prediction(
     for key, p in outputs.as_dict().items():
         if key not in ("qml", "vector_qml") and (prepare or (p.exists() and not overwrite)):
             check_output_path(p, overwrite=overwrite, inputs=[source.local] if source.local else [])
-    return PredictionPlan(source, info, meta, tile, overlap, grid, (r0, r1), outputs)
+    return PredictionPlan(source, info, meta, tile, overlap, grid, (r0, r1), outputs, cast)
 
 
 def check_inputs(
@@ -318,8 +323,13 @@ def check_inputs(
     return plan.outputs
 
 
-def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:
-    """Check that a model bundle can run on a scene, before any pixels are read.
+def check_scene_for_model(info: SceneInfo, meta: BundleMeta, *, input_scale: InputScale | None = None) -> InputCast:
+    """Check that a model bundle can run on a scene, and decide how its values reach the model.
+
+    Bands are checked from the scene's description. A scene stored in another data type than
+    the model's is judged by its values (:mod:`geopsp.inference.cast`): accepted when they fit
+    the model's type, from the file's exact statistics or else a bounded sampled read, and
+    then converted as tiles are read, without a copy.
 
     Parameters
     ----------
@@ -327,13 +337,22 @@ def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:
         From :func:`inspect_scene`.
     meta : BundleMeta
         The model bundle's metadata.
+    input_scale : (float, float, float, float), optional
+        ``SRC_MIN, SRC_MAX, DST_MIN, DST_MAX``: an explicit linear mapping applied to every
+        value first (``predict.input_scale``).
+
+    Returns
+    -------
+    InputCast
+        What the reader does with the values (nothing, when the types match); its
+        :attr:`~geopsp.inference.cast.InputCast.note` is the fact a run prints.
 
     Raises
     ------
     InputRasterError
         When the scene lacks a band the model reads, a model band is the alpha band, or the
-        scene's data type differs from the training data's (a float32/float64 bundle accepts
-        float32 and float64 scenes; integer bundles need the same type).
+        scene's values do not fit the model's data type (the message gives the values found
+        and a fix that does not distort them).
     """
     names = ", ".join(f"{b} ({n})" for b, n in zip(meta.bands, meta.band_names, strict=True))
     missing = [b for b in meta.bands if b > info.count]
@@ -348,16 +367,4 @@ def check_scene_for_model(info: SceneInfo, meta: BundleMeta) -> None:
             f"as data (bands {names}); use a scene whose data bands are {list(meta.bands)} or a model trained "
             f"on bands {list(info.data_bands)}"
         )
-    want, got = meta.input_dtype, info.dtype
-    if want == got or (want in _FLOAT_BUNDLE_ACCEPTS and got in _FLOAT_BUNDLE_ACCEPTS):
-        return
-    if want == "uint8":
-        fix = (
-            f"rescale it to 0..255 (e.g. gdal_translate -ot Byte -scale {info.source.name} scaled.tif) "
-            f"or use a model trained on {got} data"
-        )
-    elif want in _FLOAT_BUNDLE_ACCEPTS:
-        fix = f"convert it to float32 with the training data's scaling, or use a model trained on {got} data"
-    else:
-        fix = f"convert it to {want} in the same units as the training data, or use a model trained on {got} data"
-    raise InputRasterError(f"{info.source}: the model was trained on {want} scenes but this scene is {got}; {fix}")
+    return InputCast.from_scene(info, meta, input_scale=input_scale)

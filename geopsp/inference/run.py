@@ -107,6 +107,7 @@ def run_tiles(
             row_range=(r0, r1),
             threads=config.reader_threads,
             prefetch=max(2 * config.batch_size, 4),
+            read_rows=plan.cast.read_rows if plan.cast.converts else None,  # another type: converted as read
         )
         total = reader.total
         done = run = 0

@@ -55,6 +55,11 @@ class RunSummary:
         The class table.
     nodata : int
         The class raster's nodata value.
+    input : dict, optional
+        How the scene's values reached the model (:meth:`geopsp.inference.cast.InputCast.to_dict`):
+        its stored and read dtypes, ``input_scale``, the values' range found before the run and
+        where it came from (``range_source``: ``same type``, ``type range``, ``statistics``,
+        ``sample``, ...), and whether every strip was checked as it was read.
     peak_gpu_mb : float, optional
         On CUDA only.
     strips : list of dict, optional
@@ -81,6 +86,7 @@ class RunSummary:
     config: dict[str, Any]
     classes: list[dict[str, Any]]
     nodata: int
+    input: dict[str, Any] | None = None
     peak_gpu_mb: float | None = None
     strips: list[dict[str, Any]] | None = None
     schema: str = field(default=SUMMARY_SCHEMA)
@@ -88,7 +94,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the optional fields only where set."""
         out = asdict(self)
-        for key in ("peak_gpu_mb", "strips"):
+        for key in ("input", "peak_gpu_mb", "strips"):
             if out[key] is None:
                 del out[key]
         return out
@@ -103,7 +109,7 @@ class RunSummary:
             If a required field is missing.
         """
         names = {f.name for f in fields(cls)}
-        required = [f.name for f in fields(cls) if f.name not in ("peak_gpu_mb", "strips", "schema")]
+        required = [f.name for f in fields(cls) if f.name not in ("input", "peak_gpu_mb", "strips", "schema")]
         missing = [k for k in required if k not in data]
         if missing:
             raise OutputError(f"{source}: not a geopsp run summary (missing {', '.join(missing)}); rerun the scene")
@@ -240,5 +246,6 @@ def summarize_run(
         config=cfg.model_dump(mode="json"),
         classes=meta.classes.to_list(),
         nodata=meta.nodata,
+        input=plan.cast.to_dict(),
         peak_gpu_mb=peak_gpu,
     )

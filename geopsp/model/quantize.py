@@ -6,7 +6,8 @@ gives the fp32 model's class.
 
 Tiles
     Whole prediction tiles of the given scenes, read and normalized as prediction reads them
-    (:func:`geopsp.io.scene.read_rows`, reflection padding to the graph's tile,
+    (:func:`geopsp.io.scene.read_rows`, a scene of another type than the model's converted by
+    :class:`~geopsp.inference.cast.InputCast`, reflection padding to the graph's tile,
     :func:`geopsp.model.inputs.model_input`, which puts :data:`~geopsp.model.inputs.MODEL_FILL`
     on nodata); all-nodata tiles are skipped. Up to ``2 * max_tiles`` of them, the same share
     from every scene (:func:`sample_tiles`), spread over it (a seeded shuffle of its tile
@@ -292,7 +293,7 @@ def sample_tiles(
         No scene given, or every tile of every scene is nodata.
     """
     from geopsp.inference.plan import check_scene_for_model
-    from geopsp.io.scene import inspect_scene, open_scene, read_rows
+    from geopsp.io.scene import inspect_scene, open_scene
     from geopsp.model.inputs import model_input
     from geopsp.tiling.reader import pad_tile
     from geopsp.tiling.windows import TileGrid
@@ -302,8 +303,10 @@ def sample_tiles(
     if max_tiles < 1:
         raise ConfigError(f"max_tiles must be >= 1, got {max_tiles}", key="max_tiles")
     infos = [inspect_scene(s) for s in scenes]
-    for info in infos:
-        check_scene_for_model(info, meta)
+    casts = [check_scene_for_model(info, meta) for info in infos]
+    for cast in casts:
+        if cast.note is not None:
+            logger.warning("%s", cast.note)
     overlap = _overlap(meta, tile_size)
     grids = [TileGrid(info.height, info.width, tile_size, overlap) for info in infos]
     rng = np.random.default_rng(seed)
@@ -318,14 +321,14 @@ def sample_tiles(
     valids: list[NDArray[np.bool_]] = []
     names: list[str] = []
     windows: list[tuple[int, int, int, int]] = []
-    for info, grid, order, share in zip(infos, grids, orders, shares, strict=True):
+    for info, cast, grid, order, share in zip(infos, casts, grids, orders, shares, strict=True):
         got = 0
         with open_scene(info) as (src, _):
             for flat in order:
                 if got >= share:
                     break
                 tile = grid.tile(*divmod(int(flat), len(grid.col_offsets)))
-                data, valid = read_rows(src, info, tile.row, tile.height, meta.bands, tile.col, tile.width)
+                data, valid = cast.read_rows(src, info, tile.row, tile.height, meta.bands, tile.col, tile.width)
                 if not valid.any():
                     continue
                 padded, pvalid = pad_tile(data, valid, tile_size)

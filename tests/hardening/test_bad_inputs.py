@@ -119,7 +119,18 @@ def test_band_count_mismatch(cli, bundle, rgb, tmp_path, seen):
 def test_dtype_mismatch(cli, bundle, rgb, tmp_path, seen):
     p = write_geotiff(tmp_path / "u16.tif", rgb.astype("uint16") * 40)
     res = predict(cli, p, bundle, tmp_path / "out")
-    seen("scene dtype differs from the bundle's", refused(res, "u16.tif", tmp_path / "out", fix="gdal_translate"))
+    line = refused(res, "u16.tif", tmp_path / "out", fix="--input-scale SRC_MIN SRC_MAX 0 255")
+    seen("scene values do not fit the bundle's dtype (uint16 up to 10160, uint8 bundle)", line)
+
+
+def test_other_dtype_whose_values_fit_works(cli, bundle, rgb, tmp_path, seen):
+    p = write_geotiff(tmp_path / "u16.tif", rgb.astype("uint16"))
+    res = predict(cli, p, bundle, tmp_path / "out")
+    assert res.code == 0, res.err
+    lines = [ln for ln in res.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "read as uint8, no copy written" in lines[0], res.err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out", "u16.tif"]
+    seen("uint16 scene holding 0..255, uint8 bundle (works, read as uint8)", lines[0])
 
 
 def test_output_equals_input(cli, bundle, rgb, tmp_path, seen):
