@@ -20,7 +20,7 @@ from geopsp._landscape import hash_coords, layer_key, unit, value_noise
 from geopsp.config.paths import DATA_ENV
 from geopsp.synthetic import make_scene
 
-__all__ = ["make_scene", "random_class_map", "sample_data_dir", "small_scene", "write_geotiff"]
+__all__ = ["make_scene", "random_class_map", "run_cli", "sample_data_dir", "small_scene", "write_geotiff"]
 
 DEFAULT_ORIGIN = (500000.0, 5600000.0)
 """Top-left map coordinates (x, y) of rasters written without an explicit transform."""
@@ -225,3 +225,33 @@ def small_scene(
         seed=seed,
         **kwargs,
     )
+
+
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """Run ``geopsp ARGS`` through the real entry point in this process; (exit code, stdout, stderr).
+
+    Errors become what a user sees (one line on stderr, exit 1), unlike click's ``CliRunner``
+    on the bare command group; the logging and warning setup the CLI changes is restored.
+    """
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from geopsp.cli.main import main
+
+    logger = logging.getLogger("geopsp")
+    handlers, level = logger.handlers[:], logger.level
+    formatwarning = warnings.formatwarning
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    logging.captureWarnings(False)
+    warnings.formatwarning = formatwarning
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    return code, out.getvalue(), err.getvalue()

@@ -8,8 +8,6 @@ does not stretch them, or, met only while reading, stop the run naming the pixel
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import re
@@ -33,7 +31,7 @@ from geopsp.model.bundle import save_bundle
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.model.registry import build_model, spec_from_preset
 from geopsp.pipeline import segment_raster
-from geopsp.testing import small_scene, write_geotiff
+from geopsp.testing import run_cli, small_scene, write_geotiff
 
 TILE = 64
 
@@ -103,27 +101,6 @@ def small_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sample 4 windows of 32 px, so a small scene is sampled rather than read whole."""
     monkeypatch.setattr(values_module, "SAMPLE_WINDOWS", 4)
     monkeypatch.setattr(values_module, "SAMPLE_WINDOW_PX", 32)
-
-
-def run_cli(*args: object) -> tuple[int, str, str]:
-    """Run ``geopsp ARGS`` through the real entry point in this process; (exit code, stdout, stderr)."""
-    from geopsp.cli.main import main
-
-    logger = logging.getLogger("geopsp")
-    handlers, level = logger.handlers[:], logger.level
-    formatwarning = warnings.formatwarning
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    logging.captureWarnings(False)
-    warnings.formatwarning = formatwarning
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    return code, out.getvalue(), err.getvalue()
 
 
 # ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from geopsp.io.scene import inspect_scene
 from geopsp.io.source import resolve_scene
 from geopsp.pipeline import segment_raster
 from geopsp.synthetic import make_scene
+from geopsp.testing import run_cli
 from geopsp.testing_servers import RangeServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -104,10 +105,10 @@ def test_vsicurl_paths_are_scenes_too(served):
 def test_http_errors_are_one_line_with_exit_1_and_no_output(bundle, served, tmp_path, status, expect):
     with RangeServer(served, status=status if status != 404 else None) as srv:
         url = srv.url("scene_cog.tif" if status != 404 else "missing.tif")
-        res = CliRunner().invoke(cli, ["predict", url, "--model", str(bundle), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and expect in lines[0] and url in lines[0], res.output
+        code, _, err = run_cli("predict", url, "--model", bundle, "--out", tmp_path / "o")
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and expect in lines[0] and url in lines[0], err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
@@ -115,9 +116,9 @@ def test_an_unreachable_server_is_one_line(bundle, tmp_path):
     with RangeServer(tmp_path) as srv:
         url = srv.url("a.tif")
     # the server is stopped: nothing listens on its port any more
-    res = CliRunner().invoke(cli, ["predict", url, "--model", str(bundle), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1
-    assert "cannot reach the server" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    code, _, err = run_cli("predict", url, "--model", bundle, "--out", tmp_path / "o")
+    assert code == 1
+    assert "cannot reach the server" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_s3_scene_through_a_real_s3_api_predicts_as_the_local_file(bundle, served, tmp_path, s3_server):
@@ -147,7 +148,7 @@ def _single_band_assets(root: Path) -> tuple[Path, dict[str, Path]]:
         for b, name, res in ((1, "B02", 10.0), (2, "B03", 20.0), (3, "B04", 20.0)):
             scale = int(res / 10.0)
             data = src.read(b, out_shape=(src.height // scale, src.width // scale), resampling=Resampling.average)
-            t = src.transform * src.transform.scale(scale, scale)
+            t = src.transform @ src.transform.scale(scale, scale)
             p = root / f"{name}.tif"
             with rasterio.open(
                 p, "w", **(prof | {"width": data.shape[1], "height": data.shape[0], "transform": t})
@@ -210,10 +211,10 @@ def test_a_band_without_an_asset_is_one_line_listing_the_assets(tmp_path):
     _, assets = _single_band_assets(tmp_path)
     model = _create_bundle(tmp_path / "nir.safetensors", 3, "B02,B03,B08", dtype="uint16")
     item = _item(tmp_path / "item.json", {k: p.name for k, p in assets.items()})
-    res = CliRunner().invoke(cli, ["predict", str(item), "--model", str(model), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1
-    line = res.output.strip()
-    assert len(line.splitlines()) == 1, res.output
+    code, _, err = run_cli("predict", item, "--model", model, "--out", tmp_path / "o")
+    assert code == 1
+    line = err.strip()
+    assert len(line.splitlines()) == 1, err
     assert "has no asset for band 'B08'" in line and "b02 (B02/blue)" in line and "b04 (B04/red)" in line
     assert not (tmp_path / "o").exists()
 

@@ -39,7 +39,6 @@ checked: the model sees :data:`geopsp.model.inputs.MODEL_FILL` there whatever th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np

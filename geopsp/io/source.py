@@ -213,7 +213,7 @@ def remote_failure_message(source: SceneSource, exc: Exception) -> str:
     low = detail.lower()
     code = re.search(r"http (?:response|error) code:? ?(\d{3})", low)
     status = int(code.group(1)) if code else None
-    if status == 404 or "does not exist in the file system" in low or "nosuchkey" in low:
+    if status == 404 or any(k in low for k in ("does not exist in the file system", "nosuchkey", "key does not exist")):
         what = "no such object" if source.kind == "s3" else "not found"
         return f"{source}: {what} (HTTP 404); check the {'key' if source.kind == 's3' else 'URL'}"
     if "specified bucket does not exist" in low or "nosuchbucket" in low:
