@@ -177,7 +177,8 @@ def _segment_into(
     """Run :func:`segment_raster` (plan, open, run the tiles, extras, summary), then commit the set."""
     from geopsp.inference.run import run_tiles
     from geopsp.inference.runtime import make_predictor, model_meta
-    from geopsp.io.raster import open_scene
+    from geopsp.io.grid import view_scene
+    from geopsp.io.raster import inspect_scene, open_scene
     from geopsp.io.source import resolve_scene
 
     cfg = config if config is not None else PredictConfig.model_validate({})
@@ -186,7 +187,8 @@ def _segment_into(
     t_start = time.perf_counter()
     planned_meta = model_meta(model)  # a bad model file is refused before the scene is opened
     source = resolve_scene(scene, bands=planned_meta.named_bands)
-    with open_scene(source) as (src, info):
+    viewed = view_scene(inspect_scene(source), planned_meta, cfg)  # --resolution, --crs, --aoi
+    with open_scene(viewed) as (src, info):
         plan = plan_prediction(
             source,
             info,

@@ -8,6 +8,8 @@ import click
 
 from geopsp.cli.options import (
     config_options,
+    grid_options,
+    grid_overrides,
     input_scale_option,
     load_cli_config,
     overwrite_option,
@@ -75,6 +77,7 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
     help="Split scenes larger than this into row strips run in parallel [default: batch.strip_pixels].",
 )
 @input_scale_option
+@grid_options
 @click.option("--retries", type=click.IntRange(min=0), default=None, help="Retries after transient errors.")
 @config_options
 @overwrite_option
@@ -93,6 +96,9 @@ def batch(
     probabilities: bool | None,
     strip_pixels: int | None,
     input_scale: tuple[float, float, float, float] | None,
+    resolution: str | None,
+    crs: str | None,
+    aoi: str | None,
     retries: int | None,
     config_path: str | None,
     set_items: tuple[str, ...],
@@ -115,6 +121,7 @@ def batch(
             "predict.runtime": runtime,
             "predict.device": "cuda" if gpu else None,
             "predict.input_scale": list(input_scale) if input_scale is not None else None,
+            **grid_overrides(resolution, crs, aoi),
             "batch.strip_pixels": strip_pixels,
             "batch.retries": retries,
         },

@@ -44,6 +44,12 @@ def model() -> None:
     show_default=True,
     help="Encoder init; imagenet weights must be cached locally (nothing is downloaded).",
 )
+@click.option(
+    "--pixel-size",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Pixel size (m) the model is meant for (--resolution model reads scenes at it).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialization.")
 @overwrite_option
 def create(
@@ -58,6 +64,7 @@ def create(
     overlap: int,
     output_stride: str | None,
     encoder_weights: str,
+    pixel_size: float | None,
     seed: int,
     overwrite: bool,
 ) -> None:
@@ -93,6 +100,7 @@ def create(
         tile_size=tile,
         overlap=overlap,
         nodata=nodata,
+        pixel_size=pixel_size,
         provenance={
             "trained": False,
             "preset": preset,

@@ -7,7 +7,15 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["config_options", "input_scale_option", "load_cli_config", "overwrite_option", "runtime_option"]
+__all__ = [
+    "config_options",
+    "grid_options",
+    "grid_overrides",
+    "input_scale_option",
+    "load_cli_config",
+    "overwrite_option",
+    "runtime_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +48,39 @@ def input_scale_option(f: F) -> F:
         "(no copy); rounded for integer models. Without it a scene of another type than the model's is accepted "
         "when its values fit.",
     )(f)
+
+
+def grid_options(f: F) -> F:
+    """``--resolution``, ``--crs``, ``--aoi``: the grid a scene is read on (:mod:`geopsp.io.grid`)."""
+    f = click.option(
+        "--aoi",
+        default=None,
+        metavar="MINX,MINY,MAXX,MAXY|FILE",
+        help="Read and write only this area: a lon/lat box or a vector file's polygons (any CRS); outside is nodata.",
+    )(f)
+    f = click.option(
+        "--crs", default=None, metavar="CRS", help="Read the scene in this CRS (e.g. EPSG:32633), warped on the fly."
+    )(f)
+    f = click.option(
+        "--resolution",
+        default=None,
+        metavar="native|model|SIZE",
+        help="Pixel size to read at: native [default], model (the bundle's) or a size in CRS units.",
+    )(f)
+    return f
+
+
+def grid_overrides(resolution: str | None, crs: str | None, aoi: str | None) -> dict[str, object]:
+    """Turn :func:`grid_options` into config overrides (a number given as text becomes a float)."""
+    res: object = resolution
+    if resolution is not None and resolution not in ("native", "model"):
+        try:
+            res = float(resolution)
+        except ValueError:
+            raise click.BadParameter(
+                f"{resolution!r}: give native, model or a pixel size such as 10", param_hint="--resolution"
+            ) from None
+    return {"predict.resolution": res, "predict.crs": crs, "predict.aoi": aoi}
 
 
 def config_options(f: F) -> F:

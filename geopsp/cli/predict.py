@@ -9,6 +9,8 @@ import click
 
 from geopsp.cli.options import (
     config_options,
+    grid_options,
+    grid_overrides,
     input_scale_option,
     load_cli_config,
     overwrite_option,
@@ -70,6 +72,7 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--preview/--no-preview", default=None, help="Also write a preview PNG.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model.")
 @input_scale_option
+@grid_options
 @click.option("--rows", type=(int, int), default=None, metavar="START STOP", help="Compute only rows [START, STOP).")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @overwrite_option
@@ -93,6 +96,9 @@ def predict(
     preview: bool | None,
     compile_: bool | None,
     input_scale: tuple[float, float, float, float] | None,
+    resolution: str | None,
+    crs: str | None,
+    aoi: str | None,
     rows: tuple[int, int] | None,
     no_progress: bool,
     overwrite: bool,
@@ -124,6 +130,7 @@ def predict(
             "predict.preview": preview,
             "predict.compile": compile_,
             "predict.input_scale": list(input_scale) if input_scale is not None else None,
+            **grid_overrides(resolution, crs, aoi),
         },
     )
     cfg = conf.predict

@@ -103,6 +103,30 @@ class PredictConfig(_Section):
         "used as stored, a scene of another type than the model's accepted when its values fit.",
     )
 
+    resolution: Literal["native", "model"] | float = Field(
+        "native",
+        description="Pixel size the scene is read at: native (as stored; a scene whose pixel size differs from "
+        "the model's by more than 2x gets a warning), model (the bundle's training pixel size) or a number in the "
+        "target CRS's units; the scene is warped on the fly and the outputs are on that grid.",
+    )
+    crs: str | None = Field(
+        None,
+        description="CRS the scene is read in (EPSG:32633, a WKT or PROJ string); warped on the fly, outputs in it. "
+        "Default: the scene's own.",
+    )
+    aoi: str | None = Field(
+        None,
+        description="Area of interest: minx,miny,maxx,maxy in lon/lat (the STAC bbox convention) or a vector file "
+        "(any CRS); only tiles over it are read, pixels outside its polygons are nodata in every output.",
+    )
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_positive(cls, v: str | float) -> str | float:
+        if not isinstance(v, str) and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"resolution must be native, model or a positive pixel size, got {v}")
+        return v
+
     @field_validator("input_scale")
     @classmethod
     def _input_scale_maps(cls, v: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:

@@ -301,6 +301,7 @@ def check_inputs(
     InputRasterError, TilingError, OutputExistsError, OutputError
         As :func:`geopsp.pipeline.segment_raster` would, before any work.
     """
+    from geopsp.io.grid import view_scene
     from geopsp.io.scene import inspect_scene
     from geopsp.io.source import resolve_scene
 
@@ -308,7 +309,7 @@ def check_inputs(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # segment_raster warns once
         warnings.simplefilter("ignore", RemoteReadWarning)
-        info = inspect_scene(resolve_scene(scene, bands=meta.named_bands))
+        info = view_scene(inspect_scene(resolve_scene(scene, bands=meta.named_bands)), meta, cfg)
     plan = plan_prediction(
         scene,
         info,

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.errors import InputRasterError, NotGeoreferencedWarning, RemoteReadWarning
-from geopsp.io.source import SceneSource, gdal_env, remote_failure_message, resolve_scene
+from geopsp.io.source import SceneSource, Warp, gdal_env, remote_failure_message, resolve_scene
 
 if TYPE_CHECKING:
     import affine
@@ -117,9 +117,36 @@ def _quiet_open(source: SceneSource) -> Iterator[rasterio.DatasetReader]:
             stack.enter_context(gdal_env(source))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RioNotGeoreferenced)
-            src = rasterio.open(source.gdal_path)
-        with src:
+            src = stack.enter_context(rasterio.open(source.gdal_path))
+        if source.warp is None:
             yield src
+            return
+        yield stack.enter_context(_warped(src, source.warp))
+
+
+def _warped(src: rasterio.DatasetReader, warp: Warp) -> Any:
+    """``src`` read on the grid of ``warp``; pixels outside the scene (or nodata in it) are invalid.
+
+    A scene with nodata values keeps them (outside pixels become nodata); one without gets an
+    alpha band, so outside pixels are transparent, not zeros taken for data.
+    """
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.enums import MaskFlags, Resampling
+    from rasterio.vrt import WarpedVRT
+
+    has_nodata = src.nodata is not None
+    has_alpha = any(MaskFlags.alpha in f for f in src.mask_flag_enums)
+    return WarpedVRT(
+        src,
+        crs=CRS.from_wkt(warp.crs_wkt),
+        transform=Affine(*warp.transform),
+        width=warp.width,
+        height=warp.height,
+        resampling=Resampling[warp.resampling],
+        add_alpha=not has_nodata and not has_alpha,
+        warp_mem_limit=64,
+    )
 
 
 def inspect_scene(path: str | os.PathLike[str] | SceneSource) -> SceneInfo:
@@ -383,6 +410,10 @@ def read_rows(
     if data.dtype.kind in "fc":
         for band in data:  # band by band: no (bands, rows, width) temporary
             valid &= np.isfinite(band)
+    if info.source.aoi_wkb is not None:
+        from geopsp.io.aoi import inside_mask
+
+        valid &= inside_mask(info.source.aoi_wkb, info.transform, window)
     return data, valid
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SceneKind",
     "SceneSource",
+    "Warp",
     "gdal_env",
     "is_remote",
     "read_uri",
@@ -66,6 +67,27 @@ _REMOTE_GDAL = {
 
 
 @dataclass(frozen=True, slots=True)
+class Warp:
+    """The grid a scene is read on when it is not its own (``--resolution``, ``--crs``, ``--aoi``).
+
+    Attributes
+    ----------
+    crs_wkt : str
+    transform : tuple of float
+        ``(a, b, c, d, e, f)`` of the north-up target transform.
+    width, height : int
+    resampling : str
+        A ``rasterio.enums.Resampling`` name (:func:`geopsp.io.grid.resampling_for`).
+    """
+
+    crs_wkt: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+    resampling: str
+
+
+@dataclass(frozen=True, slots=True)
 class SceneSource:
     """A scene: what the user named, and what GDAL opens for it.
 
@@ -80,6 +102,10 @@ class SceneSource:
         The file name outputs are named after and messages show (``a.tif``; a STAC item's id).
     local : Path or None
         The local file, for ``local`` scenes.
+    warp : Warp or None
+        Read on this grid instead of the scene's own (a ``WarpedVRT``; :mod:`geopsp.io.grid`).
+    aoi_wkb : bytes or None
+        Polygons (WKB, in the CRS the scene is read in) outside which every pixel is invalid.
     """
 
     given: str
@@ -87,6 +113,8 @@ class SceneSource:
     kind: SceneKind
     name: str
     local: Path | None = None
+    warp: Warp | None = None
+    aoi_wkb: bytes | None = None
 
     @property
     def stem(self) -> str:
@@ -98,9 +126,9 @@ class SceneSource:
         """Whether reading it goes through the network (or a GDAL virtual file system)."""
         return self.kind in _REMOTE_KINDS
 
-    def with_gdal_path(self, gdal_path: str) -> SceneSource:
-        """Return the same scene opened through another GDAL path (a cropped or stacked VRT)."""
-        return replace(self, gdal_path=gdal_path)
+    def viewed(self, warp: Warp | None, aoi_wkb: bytes | None) -> SceneSource:
+        """Return the same scene read on another grid and/or masked to an area of interest."""
+        return replace(self, warp=warp, aoi_wkb=aoi_wkb)
 
     def __str__(self) -> str:
         return self.given
