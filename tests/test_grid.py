@@ -71,7 +71,7 @@ def test_resolution_model_warps_to_the_models_pixel_size_and_writes_on_that_grid
 
 def test_crs_warps_the_scene_and_outputs_are_in_that_crs(bundle, scene, tmp_path):
     res = segment_raster(scene, bundle, tmp_path / "o", config=cfg(crs="EPSG:32634"))
-    t, w, h, crs, ids, nodata = _grid(res.classes)
+    t, _, _, crs, ids, nodata = _grid(res.classes)
     assert crs == "EPSG:32634"
     # a scene reprojected into the next zone is a rotated quad: its corners fall outside it, as nodata
     assert (ids == nodata).any() and (ids != nodata).mean() > 0.8
