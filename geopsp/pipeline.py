@@ -177,17 +177,16 @@ def _segment_into(
     """Run :func:`segment_raster` (plan, open, run the tiles, extras, summary), then commit the set."""
     from geopsp.inference.run import run_tiles
     from geopsp.inference.runtime import make_predictor, model_meta
-    from geopsp.io.grid import view_scene
-    from geopsp.io.raster import inspect_scene, open_scene
-    from geopsp.io.source import resolve_scene
+    from geopsp.io.grid import scene_as_read
+    from geopsp.io.raster import open_scene
 
     cfg = config if config is not None else PredictConfig.model_validate({})
     vcfg = vector_config if vector_config is not None else VectorizeConfig.model_validate({})
     bound_heap_retention(cfg.bound_heap)
     t_start = time.perf_counter()
     planned_meta = model_meta(model)  # a bad model file is refused before the scene is opened
-    source = resolve_scene(scene, bands=planned_meta.named_bands)
-    viewed = view_scene(inspect_scene(source), planned_meta, cfg)  # --resolution, --crs, --aoi
+    viewed = scene_as_read(scene, planned_meta, cfg)  # with --resolution, --crs, --aoi
+    source = viewed.source
     with open_scene(viewed) as (src, info):
         plan = plan_prediction(
             source,

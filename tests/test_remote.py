@@ -236,3 +236,35 @@ def test_copy_of_served_folder_is_untouched(served, tmp_path):
         inspect_scene(srv.url("x.tif"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]
     assert sorted(p.name for p in served.iterdir()) == before
+
+
+# ---------------------------------------------------------------- batch
+
+
+@pytest.mark.dask
+def test_batch_takes_urls_items_and_an_item_collection(tmp_path):
+    import pystac
+
+    stacked, assets = _single_band_assets(tmp_path)
+    model = _create_bundle(tmp_path / "s2.safetensors", 3, "B02,B03,B04", dtype="uint16")
+    local = segment_raster(stacked, model, tmp_path / "local", config=CFG)
+    item = _item(tmp_path / "item.json", {k: p.name for k, p in assets.items()})
+    one = pystac.Item.from_file(str(item))
+    two = one.clone()
+    two.id = "S2X_TEST_SECOND"
+    coll = pystac.ItemCollection([one, two])
+    # hrefs relative to the collection file, which sits beside the assets
+    (tmp_path / "items.json").write_text(json.dumps(coll.to_dict()))
+    out = tmp_path / "batch"
+    with RangeServer(tmp_path) as srv, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RemoteReadWarning)
+        code, _, err = run_cli(
+            "batch", srv.url("stacked.tif"), tmp_path / "items.json", "--model", model, "--out", out, "--workers", 1
+        )
+    assert code == 0, err
+    names = sorted(p.name for p in out.glob("*_classes.tif"))
+    assert names == ["S2X_TEST_20240601_classes.tif", "S2X_TEST_SECOND_classes.tif", "stacked_classes.tif"]
+    for name in names:
+        np.testing.assert_array_equal(_classes(out / name), _classes(local.classes))
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {m["scene"] for m in manifest} >= {srv.url("stacked.tif")}

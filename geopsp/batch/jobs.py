@@ -10,6 +10,12 @@ Recognised layouts when a directory is given:
   label folders (``geojson*/``, ``labels/``, ``masks/`` ...) are skipped.
 * **DeepGlobe**: ``*_sat.jpg`` scenes next to ``*_mask.png`` labels; the masks are skipped.
 * anything else: every raster file below the directory, label folders skipped.
+
+Remote rasters (``http(s)://``, ``s3://``, ``/vsi…/``; also as lines of a list file) are one
+job each, named after their file name. STAC is taken as it comes: an Item (a ``.json`` file or
+URL) is one job named after its id; an ItemCollection (a FeatureCollection of Items) is one
+job per item, each written, with absolute asset links, under ``<out>/.geopsp-items/`` so that
+every worker reads the same item.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from geopsp.errors import InputRasterError, OutputError
+from geopsp.io.source import is_remote, scene_name
 
 __all__ = [
     "LIST_SUFFIXES",
@@ -44,6 +51,13 @@ RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".jp2", ".jpg", ".jpeg", ".png", "
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list", ".csv"})
 """Suffixes of list files: one path per line, or CSV with a path column."""
 
+STAC_SUFFIXES = frozenset({".json", ".geojson"})
+"""Suffixes of STAC Items and ItemCollections."""
+
+ITEMS_DIR = ".geopsp-items"
+"""Where the items of an ItemCollection are written, one file each, under the output folder."""
+
+
 CSV_PATH_COLUMNS = ("path", "scene", "image", "file", "filename", "sat_image_path", "image_path")
 CSV_OUTPUT_COLUMNS = ("output", "out", "name")
 
@@ -61,14 +75,14 @@ class Job:
 
     Parameters
     ----------
-    scene : Path
-        Absolute path of the input raster.
+    scene : Path or str
+        Absolute path of the input raster (or STAC item), or the URL / ``/vsi…/`` path of a remote one.
     rel : PurePosixPath
         Safe relative name of the scene under the output directory: ``rel.parent`` is the
         output sub-folder, ``rel.name`` the scene's file name whose stem prefixes the outputs.
     """
 
-    scene: Path
+    scene: Path | str
     rel: PurePosixPath
 
     @property
@@ -198,10 +212,10 @@ def discover_jobs(
     """
     excluded = Path(out_dir).resolve() if out_dir is not None else None
     jobs: list[Job] = []
-    seen_scenes: set[Path] = set()
+    seen_scenes: set[Path | str] = set()
     by_id: dict[str, Job] = {}
     for item in inputs:
-        for job in _expand(os.fspath(item), excluded, tuple(spacenet_products)):
+        for job in _expand(os.fspath(item), excluded, tuple(spacenet_products), excluded):
             if job.scene in seen_scenes:
                 continue
             if _stem_key(job) in by_id:
@@ -221,9 +235,17 @@ def _stem_key(job: Job) -> str:
     return (job.rel.parent / job.rel.stem).as_posix().lower()
 
 
-def _expand(item: str, excluded: Path | None, products: tuple[str, ...]) -> Iterator[Job]:
+def _expand(item: str, excluded: Path | None, products: tuple[str, ...], out: Path | None) -> Iterator[Job]:
+    if is_remote(item):
+        if PurePosixPath(scene_name(item)).suffix.lower() in STAC_SUFFIXES:
+            yield from _from_stac(item, out)
+        else:
+            yield Job(item, safe_relative(scene_name(item)))
+        return
     path = Path(item).expanduser()
-    if is_glob(item) and not path.exists():
+    if path.suffix.lower() in STAC_SUFFIXES and path.is_file():
+        yield from _from_stac(str(path.resolve()), out)
+    elif is_glob(item) and not path.exists():
         yield from _from_glob(item, excluded)
     elif path.is_dir():
         yield from _from_dir(path, excluded, products)
@@ -316,6 +338,9 @@ def _from_list(list_file: Path) -> Iterator[Job]:
     base = list_file.resolve().parent
     rows = _csv_rows(list_file, text) if list_file.suffix.lower() == ".csv" else _line_rows(text)
     for entry, output in rows:
+        if is_remote(entry):
+            yield Job(entry, safe_relative(output or scene_name(entry)))
+            continue
         src = Path(entry).expanduser()
         scene = src if src.is_absolute() else base / src
         if output is not None:
@@ -356,3 +381,56 @@ def _csv_rows(list_file: Path, text: str) -> Iterator[tuple[str, str | None]]:
             continue
         output = (row.get(out_col) or "").strip() if out_col else ""
         yield entry, output or None
+
+
+def _from_stac(uri: str, out: Path | None) -> Iterator[Job]:
+    """An Item: one job. An ItemCollection: one job per item, written where every worker reads it."""
+    import json
+
+    import pystac
+
+    from geopsp.io.source import read_uri
+
+    try:
+        doc = json.loads(read_uri(uri, what="STAC file"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputRasterError(f"{uri}: is not JSON ({exc}); give STAC Items or an ItemCollection") from exc
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "Feature":
+        yield Job(uri, safe_relative(_item_name(str(doc.get("id", PurePosixPath(uri).stem)))))
+        return
+    if kind != "FeatureCollection":
+        raise InputRasterError(f"{uri}: is neither a STAC Item nor an ItemCollection ({kind or 'no type'})")
+    if out is None:
+        raise InputRasterError(f"{uri}: an ItemCollection needs the batch output folder to hold its items")
+    try:
+        items = pystac.ItemCollection.from_dict(doc, preserve_dict=False)
+    except Exception as exc:  # pystac raises several kinds for malformed items
+        raise InputRasterError(f"{uri}: is not a valid STAC ItemCollection ({exc})") from exc
+    if not len(items):
+        raise InputRasterError(f"{uri}: the ItemCollection holds no items")
+    base = uri if "://" in uri else Path(uri).resolve().parent.as_uri() + "/"
+    folder = out / ITEMS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        for asset in item.assets.values():  # links relative to the collection file become absolute
+            asset.href = _absolute(asset.href, base)
+        name = _item_name(item.id)
+        path = folder / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(item.to_dict(include_self_link=False)))
+        os.replace(tmp, path)
+        yield Job(str(path), safe_relative(name))
+
+
+def _item_name(item_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._") + ".json"
+
+
+def _absolute(href: str, base: str) -> str:
+    from urllib.parse import urljoin, urlsplit
+
+    if "://" in href or href.startswith("/"):
+        return href
+    joined = urljoin(base, href)
+    return urlsplit(joined).path if joined.startswith("file://") else joined

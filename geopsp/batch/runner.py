@@ -442,7 +442,7 @@ def _run_jobs(
             yield rec
             continue
         task = SceneTask(str(job.scene), str(dest / f"{job.stem}_classes.tif"), str(model), predict)
-        size = _scene_size(job.scene)
+        size = _scene_size(job.scene, model, cfg.predict)
         strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels) if size else [(0, 0)]
         fut = _submit(client, job, task, strips, out / WORK_DIR / job.key, resources, cfg.batch.retries)
         if vectorize:
@@ -540,15 +540,16 @@ def _have_vectorize() -> bool:
     return importlib.util.find_spec("geopsp.vectorize") is not None
 
 
-def _scene_size(path: Path) -> tuple[int, int] | None:
-    """(height, width) of a scene, or None when it cannot be read here (the worker reports why).
+def _scene_size(scene: str | os.PathLike[str], model: Path, predict: PredictConfig) -> tuple[int, int] | None:
+    """(height, width) of a scene as the run reads it, or None when it cannot be read here (the worker says why).
 
     A scene without georeferencing gets geopsp's warning here, once; the workers stay quiet about it.
     """
-    from geopsp.io.scene import inspect_scene
+    from geopsp.inference.runtime import model_meta
+    from geopsp.io.grid import scene_as_read
 
     try:
-        info = inspect_scene(path)
+        info = scene_as_read(scene, model_meta(model), predict)  # strips cut the grid segment_raster reads
     except Exception:
         return None
     return info.height, info.width

@@ -117,19 +117,21 @@ def stitch_strips(
     from rasterio.windows import Window
 
     from geopsp.inference.runtime import model_meta
-    from geopsp.io.raster import ClassRasterWriter, inspect_scene
+    from geopsp.io.grid import scene_as_read
+    from geopsp.io.raster import ClassRasterWriter
 
-    scene_path = Path(scene)
     meta = model_meta(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the strips already warned about a missing CRS
-        info = inspect_scene(scene_path)
+        info = scene_as_read(scene, meta, predict)  # the grid the strips ran on
+    source = info.source
+    local = [source.local] if source.local is not None else []
     ordered = sorted(parts, key=lambda p: int(p["row_range"][0]))
     rows = [(int(p["row_range"][0]), int(p["row_range"][1])) for p in ordered]
     if rows[0][0] != 0 or rows[-1][1] != info.height or any(a[1] != b[0] for a, b in itertools.pairwise(rows)):
-        raise OutputError(f"{scene_path}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
-    planned = output_set(scene_path, out, probabilities=predict.probabilities)
-    check_output_path(planned.summary, overwrite=True, inputs=[scene_path])
+        raise OutputError(f"{source}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
+    planned = output_set(source, out, probabilities=predict.probabilities)
+    check_output_path(planned.summary, overwrite=True, inputs=local)
     # the class raster, its sidecars and the summary go into place together, the summary last
     with (
         StagedOutputs(overwrite=True) as staged,
@@ -144,9 +146,9 @@ def stitch_strips(
             dtype=meta.output_dtype,
             compress=predict.compress,
             overwrite=True,
-            inputs=(scene_path,),
+            inputs=local,
             probability_path=planned.probability,
-            tags=provenance_tags(scene_path, meta, (0, info.height)),
+            tags=provenance_tags(source, meta, (0, info.height)),
         ) as writer,
     ):
         for part, (r0, r1) in zip(ordered, rows, strict=True):
@@ -173,7 +175,7 @@ def stitch_strips(
         write_summary(staged.temp(planned.summary, marker=True), planned.summary, summary)
         staged.commit()
     outputs = [*map(Path, written), planned.summary]
-    logger.info("%s: stitched %d strips -> %s", scene_path.name, len(ordered), planned.classes)
+    logger.info("%s: stitched %d strips -> %s", source.name, len(ordered), planned.classes)
     return outputs
 
 

@@ -301,15 +301,13 @@ def check_inputs(
     InputRasterError, TilingError, OutputExistsError, OutputError
         As :func:`geopsp.pipeline.segment_raster` would, before any work.
     """
-    from geopsp.io.grid import view_scene
-    from geopsp.io.scene import inspect_scene
-    from geopsp.io.source import resolve_scene
+    from geopsp.io.grid import scene_as_read
 
     cfg = config if config is not None else PredictConfig.model_validate({})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # segment_raster warns once
         warnings.simplefilter("ignore", RemoteReadWarning)
-        info = view_scene(inspect_scene(resolve_scene(scene, bands=meta.named_bands)), meta, cfg)
+        info = scene_as_read(scene, meta, cfg)
     plan = plan_prediction(
         scene,
         info,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,10 @@ from geopsp.errors import ConfigError, InputRasterError, ResolutionWarning
 if TYPE_CHECKING:
     from geopsp.config.schema import PredictConfig
     from geopsp.io.scene import SceneInfo
+    from geopsp.io.source import SceneSource
     from geopsp.model.meta import BundleMeta
 
-__all__ = ["RESOLUTION_WARN_RATIO", "resampling_for", "view_scene"]
+__all__ = ["RESOLUTION_WARN_RATIO", "resampling_for", "scene_as_read", "view_scene"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,21 @@ def view_scene(info: SceneInfo, meta: BundleMeta, config: PredictConfig) -> Scen
         resampling,
     )
     return viewed
+
+
+def scene_as_read(scene: str | os.PathLike[str] | SceneSource, meta: BundleMeta, config: PredictConfig) -> SceneInfo:
+    """Resolve, inspect and view a scene as a run on ``meta`` with ``config`` reads it (every caller's one call).
+
+    Raises
+    ------
+    InputRasterError, ConfigError
+        See :func:`geopsp.io.source.resolve_scene`, :func:`geopsp.io.scene.inspect_scene`
+        and :func:`view_scene`.
+    """
+    from geopsp.io.scene import inspect_scene
+    from geopsp.io.source import resolve_scene
+
+    return view_scene(inspect_scene(resolve_scene(scene, bands=meta.named_bands)), meta, config)
 
 
 def _native_in(info: SceneInfo, dst_crs: object) -> float:
