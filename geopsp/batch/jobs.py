@@ -384,7 +384,7 @@ def _csv_rows(list_file: Path, text: str) -> Iterator[tuple[str, str | None]]:
 
 
 def _from_stac(uri: str, out: Path | None) -> Iterator[Job]:
-    """An Item: one job. An ItemCollection: one job per item, written where every worker reads it."""
+    """Make jobs of STAC: an Item is one job, an ItemCollection one per item, written where every worker reads it."""
     import json
 
     import pystac
