@@ -572,3 +572,21 @@ def test_quick_config_on_a_synthetic_scene(tmp_path):
     meta = read_bundle_meta(res.best)
     assert meta.classes == SYNTHETIC_CLASSES and meta.input_dtype == "uint16" and len(meta.bands) == 4
     assert meta.provenance["data"]["train_scenes"] == ["scene"] == meta.provenance["data"]["val_scenes"]
+
+
+def test_train_band_names_option_names_the_bands_in_the_bundle(easy_data, tmp_path):
+    import json
+
+    import yaml
+
+    from geopsp.testing import run_cli
+
+    conf = tiny_config(easy_data).model_dump(mode="json", exclude_none=True)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"train": conf}))
+    bands = len(dry_run(tiny_config(easy_data))["bands"])
+    names = ",".join(f"b{i}" for i in range(bands))
+    code, out, err = run_cli("train", "--config", tmp_path / "c.yaml", "--dry-run", "--band-names", names)
+    assert code == 0, err
+    assert json.loads(out)["band_names"] == names.split(",")
+    code, _, err = run_cli("train", "--config", tmp_path / "c.yaml", "--dry-run", "--band-names", "x")
+    assert code == 1 and "1 band names for" in err, err

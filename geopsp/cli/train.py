@@ -33,6 +33,13 @@ __all__ = ["train"]
     help="Start the encoder from a torchvision/timm ResNet state dict (.pth, .pt, .safetensors; RGB weights "
     "adapted to the band count), overriding train.model.encoder_weights. See `geopsp model fetch-weights`.",
 )
+@click.option(
+    "--band-names",
+    default=None,
+    metavar="A,B,C",
+    help="Names of the bands the model reads, stored in the bundle (STAC items are matched by them) "
+    "[default: train.data.band_names, else the scenes' band descriptions, else band_N].",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
 @click.option(
     "--dry-run",
@@ -48,6 +55,7 @@ def train(
     ctx: click.Context,
     out: str | None,
     encoder_weights: str | None,
+    band_names: str | None,
     resume: bool,
     dry_run: bool,
     no_progress: bool,
@@ -71,7 +79,10 @@ def train(
         raise click.UsageError("--resume and --overwrite exclude each other")
     if config_path is None and not set_items:
         raise ConfigError("give a training config with --config FILE (see configs/*.yaml)")
-    conf = load_cli_config(config_path, set_items)
+    names = [n.strip() for n in band_names.split(",")] if band_names else None
+    if names is not None and not all(names):
+        raise click.BadParameter(f"empty name in {band_names!r}", param_hint="--band-names")
+    conf = load_cli_config(config_path, set_items, **{"train.data.band_names": names})
     base_dir = Path(config_path).resolve().parent if config_path else Path.cwd()
     conf = _with_encoder_weights(conf, encoder_weights, base_dir, resume=resume)
 
