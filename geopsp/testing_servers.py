@@ -14,6 +14,7 @@ what they serve so a test can check that a remote read fetches each byte about o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -211,3 +212,108 @@ class MotoS3Server:
             else:
                 os.environ[key] = value
         self._server.stop()
+
+
+# --------------------------------------------------------------------------- command line
+# ``python -m geopsp.testing_servers http DIR --port 8765`` returns once the server listens and
+# leaves it running in the background for ``--for`` seconds (the how-to pages use it to show
+# remote reads without the internet); ``stop --port 8765`` ends it sooner.
+
+
+def _pid_file(port: int) -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"geopsp-test-server-{port}.pid"
+
+
+def _serve(argv: list[str]) -> None:
+    """The background process: serve until killed or ``--for`` seconds pass."""
+    import time
+
+    kind, port, seconds = argv[0], int(argv[1]), float(argv[2])
+    if kind == "http":
+        server: Any = RangeServer(argv[3])
+        server._httpd.server_close()
+        server._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(server))
+        server._thread = threading.Thread(target=server._httpd.serve_forever, daemon=True)
+        with server:
+            _pid_file(port).write_text(str(os.getpid()))
+            time.sleep(seconds)
+        return
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    try:
+        _pid_file(port).write_text(str(os.getpid()))
+        time.sleep(seconds)
+    finally:
+        moto.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``http DIR --port P`` | ``s3 --port P [--bucket B --put FILE...]`` | ``stop --port P``."""
+    import argparse
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m geopsp.testing_servers", description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["http", "s3", "stop", "_serve"])
+    parser.add_argument("root", nargs="*", default=["."])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--for", dest="seconds", type=float, default=600.0, help="stop after this many seconds")
+    parser.add_argument("--bucket", default=None, help="s3: create this bucket")
+    parser.add_argument("--put", nargs="*", default=[], help="s3: upload these files into --bucket")
+    args = parser.parse_args(argv)
+    if args.kind == "_serve":
+        _serve(args.root)
+        return 0
+    if args.kind == "stop":
+        pid_file = _pid_file(args.port)
+        if pid_file.is_file():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            pid_file.unlink(missing_ok=True)
+        return 0
+    extra = [str(Path(args.root[0]).resolve())] if args.kind == "http" else []
+    cmd = [sys.executable, "-m", "geopsp.testing_servers", "_serve", args.kind, str(args.port), str(args.seconds)]
+    subprocess.Popen(
+        [*cmd, *extra, "--port", str(args.port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", args.port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        print(f"the {args.kind} server did not start on port {args.port}", file=sys.stderr)
+        return 1
+    url = f"http://127.0.0.1:{args.port}"
+    if args.kind == "s3" and args.bucket:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        )
+        client.create_bucket(Bucket=args.bucket)
+        for f in args.put:
+            client.upload_file(f, args.bucket, Path(f).name)
+    print(url)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
