@@ -157,7 +157,7 @@ def finish_fold(date: str, cmds: dict[str, Any], seconds: float) -> dict[str, An
 def machine() -> dict[str, Any]:
     import torch
 
-    from geopsp.inference.predict import _cpu_name
+    from geopsp.device import cpu_name as _cpu_name
 
     return {
         "cpu": _cpu_name(),

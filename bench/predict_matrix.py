@@ -305,7 +305,7 @@ def naive(folder: Path, sizes: list[int]) -> list[dict[str, Any]]:
 def machine() -> dict[str, Any]:
     import torch
 
-    from geopsp.inference.predict import _cpu_name
+    from geopsp.device import cpu_name as _cpu_name
 
     return {
         "cpu": _cpu_name(),

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from report_runtime import section_quantize, section_runtime
+from report_runtime import section_quantize, section_remote, section_runtime
 from report_training import section_lodo, section_training
 
 HERE = Path(__file__).resolve().parent
@@ -600,6 +600,7 @@ def write_page() -> Path:
     out += ["## Against the naive approach\n\n", section_naive(pm) if pm else none]
     out += ["## Runtimes\n\n", section_runtime(load("runtime"))]
     out += ["## int8 agreement\n\n", section_quantize(load("quantize"))]
+    out += ["## Remote reads\n\n", section_remote(load("remote"))]
     out += ["## Vectorize\n\n", section_vectorize(vz)]
     out += ["## Grid dependence\n\n", section_seams(sm)]
     out += ["## Training\n\n", section_training(load("train_speed"))]

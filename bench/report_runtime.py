@@ -108,3 +108,30 @@ def section_quantize(q: dict[str, Any] | None) -> str:
         "| bundle | calibrated on | scored on | kept | agreement | mean F1 fp32 → int8 | max |ΔF1| | int8 speed-up "
         "(model only, 4 × 256 px) |\n|---|---|---|---|---|---|---|---|\n" + "".join(rows) + "\n"
     )
+
+
+def section_remote(rm: dict[str, Any] | None) -> str:
+    if rm is None:
+        return "No results yet: run `python bench/remote.py`.\n\n"
+    m = rm["machine"]
+    out = [
+        f"`bench/remote.py` on {m['cpu']} ({m['cores']} cores): `geopsp predict` of a {rm['scene']} "
+        f"({rm['model']}), once from the file on disk and once over HTTP with Range requests from a server on "
+        "127.0.0.1, each in a fresh process. Target: the remote run's peak RSS within 1.2x of the local one and "
+        "each byte fetched about once.\n\n",
+        "| read | wall s | peak RSS MB | bytes fetched / file | requests |\n|---|---|---|---|---|\n",
+    ]
+    for r in rm["runs"]:
+        ratio = r.get("fetched_over_file")
+        out.append(
+            f"| {r['read']} | {_f(r['wall_s'], 1)} | {_f(r['peak_rss_mb'], 0)} | "
+            f"{_f(ratio, 3) if ratio is not None else '–'} | {r.get('requests', '–')} |\n"
+        )
+    out.append(
+        f"\nPeak RSS remote / local: **{_f(rm['rss_ratio_remote_over_local'], 3)}x**; classes identical: "
+        f"{'yes' if rm['classes_identical'] else '**no**'}. The overviews are not in the file (a COG without "
+        "them), so a full-resolution run needs every byte once; the excess is the header chunk fetched again by "
+        "the reader threads. Wall times come from a shared machine (a helper session and tests ran meanwhile); "
+        "compare the memory, not the seconds.\n\n"
+    )
+    return "".join(out)

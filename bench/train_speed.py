@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_speed.json")
     args = ap.parse_args()
-    from geopsp.inference.predict import _cpu_name
+    from geopsp.device import cpu_name as _cpu_name
 
     load0 = [round(x, 2) for x in os.getloadavg()]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}

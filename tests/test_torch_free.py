@@ -125,3 +125,33 @@ def test_a_bundle_without_torch_is_one_line(env, onnx_model, tmp_path):
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "torch is not installed" in lines[0] and "geopsp[torch]" in lines[0], res.stderr
+
+
+def test_remote_scene_and_stac_item_without_torch(env, onnx_model, tmp_path):
+    """A COG over HTTP and a STAC item of it predict in the torch-free install as the local file does."""
+    from geopsp.testing_servers import RangeServer
+
+    _, model = onnx_model
+    scene, _ = small_scene(tmp_path, width=140, height=120, name="remote.tif")
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "remote-item",
+        "geometry": None,
+        "properties": {"datetime": "2024-06-01T00:00:00Z"},
+        "links": [],
+        "assets": {"image": {"href": "remote.tif", "type": "image/tiff", "roles": ["data"]}},
+    }
+    from geopsp.inference.runtime import model_meta
+
+    bands = [{"name": n} for n in model_meta(model).band_names]  # one 3-band asset, bands named as the model's
+    item["assets"]["image"]["eo:bands"] = bands  # type: ignore[index]
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    here = segment_raster(scene, model, tmp_path / "here", config=PredictConfig())
+    with RangeServer(tmp_path) as srv:
+        for name, arg in (("url", srv.url("remote.tif")), ("stac", srv.url("item.json"))):
+            res = _run(env, "predict", arg, "--model", str(model), "--out", str(tmp_path / name), "--no-progress")
+            assert res.returncode == 0, res.stderr
+            classes = next((tmp_path / name).glob("*_classes.tif"))
+            with rasterio.open(classes) as a, rasterio.open(here.classes) as b:
+                assert np.array_equal(a.read(1), b.read(1)), name
