@@ -35,7 +35,7 @@ from geopsp.testing import small_scene
 TILE = 64
 
 
-def _meta(spec, *, dtype="uint8", norm=None, bands=(1, 2, 3), pixel_size=0.5, crs="EPSG:32633"):
+def _meta(spec, *, dtype="uint8", norm=None, bands=(1, 2, 3), pixel_size=10.0, crs="EPSG:32633"):
     return BundleMeta(
         spec=spec,
         classes=ClassTable.from_list(
@@ -98,7 +98,7 @@ def test_deepness_keys_follow_its_contract(exported):
     assert props["class_names"] == {"0": "water", "1": "forest", "2": "urban"}  # channels, consecutive
     assert props["tiles_size"] == props["tile_size"] == TILE
     assert props["tiles_overlap"] == round(100 * 8 / TILE)  # percent of the tile, not pixels
-    assert props["resolution"] == 50.0  # 0.5 m -> cm per pixel
+    assert props["resolution"] == 1000.0  # 10 m (the synthetic scenes' pixels) -> cm per pixel
     # Deepness: x/255, then (x - mean) / std  ==  geopsp: (raw - offset) / scale
     assert props["standardization_mean"] == pytest.approx([100 / 255, 90 / 255, 80 / 255])
     assert props["standardization_std"] == pytest.approx([50 / 255, 40 / 255, 30 / 255])
