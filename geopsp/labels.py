@@ -39,6 +39,7 @@ __all__ = [
     "UnknownLabelWarning",
     "VectorLabels",
     "label_raster_on_grid",
+    "local_vector_path",
     "rasterize_labels",
     "value_key",
     "window_transform",
@@ -450,17 +451,43 @@ def label_raster_on_grid(src: Any, grid: Any, *, onto: str = "the grid") -> Iter
         yield vrt
 
 
+def local_vector_path(path: str | os.PathLike[str]) -> Path:
+    """Return a vector file's local path; vector labels are read whole, from local files only.
+
+    Raises
+    ------
+    InputVectorError
+        For a remote one (``http(s)://``, ``s3://``, ``/vsi…/``): download it first. OGR's
+        readers of such files (GeoPackage's SQLite over ``/vsicurl/``) can stall on plain
+        HTTP servers, and the whole file is needed anyway.
+
+    Examples
+    --------
+    >>> local_vector_path("labels/roads.gpkg").as_posix()
+    'labels/roads.gpkg'
+    """
+    from geopsp.io.source import is_remote
+
+    if is_remote(path):
+        raise InputVectorError(
+            f"{os.fspath(path)}: vector labels are read from local files; download it first "
+            "(curl -O URL, aws s3 cp s3://...) and give the local path"
+        )
+    return Path(path)
+
+
 def read_vector(path: str | os.PathLike[str], *, layer: str | None = None) -> gpd.GeoDataFrame:
     """Read a vector file into a GeoDataFrame.
 
     Raises
     ------
     InputVectorError
-        If the file is missing or unreadable, naming it and the reason.
+        If the file is missing, remote (:func:`local_vector_path`) or unreadable, naming it
+        and the reason.
     """
     import geopandas as gpd
 
-    p = Path(path)
+    p = local_vector_path(path)
     if not p.exists():
         raise InputVectorError(f"{p}: vector labels not found; check the path")
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable, complete_classes
 from geopsp.errors import ConfigError, InputRasterError
 from geopsp.io.atomic import atomic_output
-from geopsp.io.source import SceneSource, is_remote, scene_name
+from geopsp.io.source import SceneSource, is_remote, resolve_scene, scene_name
 
 if TYPE_CHECKING:
     from geopsp.io.scene import SceneInfo
@@ -76,7 +75,7 @@ def stretch(
 
 def render_preview(
     scene: str | os.PathLike[str] | SceneSource | SceneInfo,
-    class_raster: str | os.PathLike[str],
+    class_raster: str | os.PathLike[str] | SceneSource,
     out: str | os.PathLike[str],
     *,
     bands: Sequence[int] | None = None,
@@ -95,8 +94,9 @@ def render_preview(
         The image the classes were predicted from (any number of bands, any dtype), local or
         remote (:func:`geopsp.io.source.resolve_scene`); a :class:`~geopsp.io.scene.SceneInfo`
         shows the (cropped or warped) grid a prediction ran on.
-    class_raster : str or os.PathLike
-        Class ids on the scene's grid (or any grid: it is resampled onto the scene's).
+    class_raster : str, os.PathLike or SceneSource
+        Class ids on the scene's grid (or any grid: it is resampled onto the scene's); local
+        or remote like the scene.
     out : str or os.PathLike
         Output PNG.
     bands : sequence of int, optional
@@ -136,11 +136,12 @@ def render_preview(
     if bands is not None and not 1 <= len(bands) <= 3:
         raise ConfigError(f"give 1 to 3 bands (red,green,blue), got {list(bands)}")
     out_path = Path(out)
-    local = _local_scene(scene)
-    with atomic_output(out_path, overwrite=overwrite, inputs=[*local, class_raster]) as tmp:
+    class_source = resolve_scene(class_raster)
+    local = [*_local_scene(scene), *([class_source.local] if class_source.local is not None else [])]
+    with atomic_output(out_path, overwrite=overwrite, inputs=local) as tmp:
         rgb, valid, grid = _read_scene(scene, bands, max_size)
-        ids, cvalid = _read_classes(Path(class_raster), grid)
-        table = _table(Path(class_raster), classes, ids[cvalid])
+        ids, cvalid = _read_classes(class_source, grid)
+        table = _table(class_source, classes, ids[cvalid])
         img = _compose(rgb, valid, ids, cvalid, table, alpha=alpha, outlines=outlines)
         present = sorted({int(v) for v in np.unique(ids[cvalid])})
         image = _with_legend(img, table, present, title=_scene_title(scene)) if legend else _to_pil(img)
@@ -150,21 +151,6 @@ def render_preview(
 
 
 # --- reading --------------------------------------------------------------------------------
-
-
-def _open(path: Path) -> Any:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
-    from rasterio.errors import RasterioIOError
-
-    if not path.exists():
-        raise InputRasterError(f"{path}: not found; check the path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RioNotGeoreferenced)
-            return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputRasterError(f"{path}: cannot open as a raster ({exc})") from exc
 
 
 def _pick_bands(src: Any, bands: Sequence[int] | None) -> list[int]:
@@ -239,32 +225,38 @@ def _scaled(t: Any, sx: float, sy: float) -> Any:
     return Affine(t.a * sx, t.b * sy, t.c, t.d * sx, t.e * sy, t.f)
 
 
-def _read_classes(path: Path, grid: dict[str, Any]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+def _read_classes(source: SceneSource, grid: dict[str, Any]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+
+    from geopsp.io.scene import open_raster, read_failure
 
     h, w = grid["height"], grid["width"]
-    with _open(path) as src:
+    with open_raster(source, what="class raster") as src:
         nodata = src.nodata
-        same_grid = (src.height, src.width) == grid["src_shape"] and (
-            src.crs is None or grid["crs"] is None or (src.crs == grid["crs"])
-        )
-        if same_grid or src.crs is None or grid["crs"] is None:
-            if not same_grid:
-                logger.warning("%s: grid differs from the scene's and cannot be reprojected; stretching it", path)
-            down = src.height > h
-            ids = src.read(1, out_shape=(h, w), resampling=Resampling.mode if down else Resampling.nearest)
-        else:
-            from rasterio.warp import reproject
-
-            ids = np.full((h, w), nodata if nodata is not None else 0, dtype=src.dtypes[0])
-            reproject(
-                source=_band(src),
-                destination=ids,
-                dst_transform=grid["transform"],
-                dst_crs=grid["crs"],
-                dst_nodata=nodata,
-                resampling=Resampling.mode,
+        try:
+            same_grid = (src.height, src.width) == grid["src_shape"] and (
+                src.crs is None or grid["crs"] is None or (src.crs == grid["crs"])
             )
+            if same_grid or src.crs is None or grid["crs"] is None:
+                if not same_grid:
+                    logger.warning("%s: grid differs from the scene's and cannot be reprojected; stretching it", source)
+                down = src.height > h
+                ids = src.read(1, out_shape=(h, w), resampling=Resampling.mode if down else Resampling.nearest)
+            else:
+                from rasterio.warp import reproject
+
+                ids = np.full((h, w), nodata if nodata is not None else 0, dtype=src.dtypes[0])
+                reproject(
+                    source=_band(src),
+                    destination=ids,
+                    dst_transform=grid["transform"],
+                    dst_crs=grid["crs"],
+                    dst_nodata=nodata,
+                    resampling=Resampling.mode,
+                )
+        except RasterioError as exc:
+            raise read_failure(source, exc, rows=(0, src.height - 1)) from exc
     ids64 = ids.astype(np.int64)
     valid = np.ones(ids.shape, dtype=bool) if nodata is None else ids64 != int(nodata)
     return ids64, valid
@@ -276,13 +268,13 @@ def _band(src: Any) -> Any:
     return rasterio.band(src, 1)
 
 
-def _table(path: Path, classes: ClassTable | None, ids: NDArray[np.int64]) -> ClassTable:
+def _table(source: SceneSource, classes: ClassTable | None, ids: NDArray[np.int64]) -> ClassTable:
     from geopsp.vectorize import inspect_class_raster
 
     table = classes
     if table is None:
         try:
-            table = inspect_class_raster(path).classes
+            table = inspect_class_raster(source).classes
         except InputRasterError:
             table = None
     return complete_classes(table, np.unique(ids)) if len(ids) else (table or ClassTable.default(1))

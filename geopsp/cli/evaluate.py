@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -96,6 +95,8 @@ def evaluate(
     """Score a class raster against reference labels.
 
     The reference is a raster, or a vector reprojected and rasterized onto the prediction's grid.
+    PREDICTION, REFERENCE and --scene are local files, http(s):// or s3:// URLs, or GDAL
+    /vsi.../ paths.
 
     Reports per-class IoU, F1, producer's and user's accuracy, mIoU, overall accuracy,
     Cohen's kappa and the confusion matrix; unlabeled and nodata pixels are excluded and
@@ -127,7 +128,7 @@ def evaluate(
         "min_area_px": min_area_px,
     }
     if model_path is None:
-        _score(Path(inputs[0]), reference, classes, {}, out, overwrite, opts)
+        _score(inputs[0], reference, classes, {}, out, overwrite, opts)
         return
 
     import tempfile
@@ -145,15 +146,15 @@ def evaluate(
     classes = classes or model_meta(bundle).classes
     if out is not None:
         result = segment_raster(str(scene), bundle, out, config=conf.predict, overwrite=overwrite)
-        _score(Path(result.classes), reference, classes, report, out, overwrite, opts)
+        _score(str(result.classes), reference, classes, report, out, overwrite, opts)
         return
     with tempfile.TemporaryDirectory(prefix="geopsp-eval-") as tmp:
         result = segment_raster(str(scene), bundle, tmp, config=conf.predict, overwrite=True)
-        _score(Path(result.classes), reference, classes, report, out, overwrite, opts)
+        _score(str(result.classes), reference, classes, report, out, overwrite, opts)
 
 
 def _score(
-    prediction: Path,
+    prediction: str,
     reference: str,
     classes: Any,
     report: dict[str, Any],

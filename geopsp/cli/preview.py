@@ -22,8 +22,8 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @click.command()
-@click.argument("scene", type=click.Path(exists=True, dir_okay=False))
-@click.argument("class_raster", type=click.Path(exists=True, dir_okay=False))
+@click.argument("scene", type=click.Path(dir_okay=False))
+@click.argument("class_raster", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @click.option("--bands", callback=_parse_bands, default=None, help="Bands shown as red,green,blue, e.g. 3,2,1.")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.45, show_default=True, help="Class opacity.")
@@ -53,7 +53,8 @@ def preview(
     """Render SCENE with the classes of CLASS_RASTER blended over it to a PNG (prints its path).
 
     The scene is stretched between its 2nd and 98th percentiles per band and read decimated,
-    so memory stays small for any scene size.
+    so memory stays small for any scene size. SCENE and CLASS_RASTER are local files,
+    http(s):// or s3:// URLs, or GDAL /vsi.../ paths.
     """
     from geopsp.preview import render_preview
 

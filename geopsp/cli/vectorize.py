@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +17,7 @@ _FORMATS = ("gpkg", "geojson", "fgb", "shp", "parquet")
 
 
 @click.command()
-@click.argument("class_raster", type=click.Path(exists=True, dir_okay=False))
+@click.argument("class_raster", type=click.Path(dir_okay=False))
 @click.option(
     "--out",
     "-o",
@@ -73,9 +72,11 @@ def vectorize(
 ) -> None:
     """Turn a class raster into land-use polygons (one per connected region, seamless).
 
-    Writes OUT with class_id, class_name, area_m2, perimeter_m and scene attributes, a QGIS
-    style (inside a GeoPackage, and as a .qml sidecar), and prints its path.
+    CLASS_RASTER is a local file, an http(s):// or s3:// URL, or a GDAL /vsi.../ path. Writes
+    OUT with class_id, class_name, area_m2, perimeter_m and scene attributes, a QGIS style
+    (inside a GeoPackage, and as a .qml sidecar next to OUT), and prints its path.
     """
+    from geopsp.io.source import scene_name
     from geopsp.vectorize import vectorize as run
 
     cfg = load_cli_config(
@@ -99,7 +100,7 @@ def vectorize(
 
         classes = ClassTable.from_file(classes_path)
     verbosity = int((ctx.obj or {}).get("verbosity", 0)) if ctx.obj is not None else 0
-    with _Bar(Path(class_raster).name, enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar:
+    with _Bar(scene_name(class_raster), enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar:
         path = run(
             class_raster,
             out,

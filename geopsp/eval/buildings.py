@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from geopsp.errors import InputRasterError, InputVectorError
+from geopsp.io.scene import open_raster, read_failure
+from geopsp.io.source import SceneSource, resolve_scene
 
 __all__ = ["BuildingScores", "building_scores", "evaluate_buildings", "match_footprints", "raster_footprints"]
 
@@ -124,7 +123,7 @@ def building_scores(
 
 
 def raster_footprints(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | SceneSource,
     values: Sequence[int],
     *,
     min_area_px: float = 0.0,
@@ -132,26 +131,24 @@ def raster_footprints(
 ) -> tuple[list[Any], Any]:
     """Polygons of the connected regions whose value is in ``values``.
 
+    ``path`` may be remote (``http(s)://``, ``s3://``, ``/vsi…/``; :func:`geopsp.io.scene.open_raster`).
+
     Returns
     -------
     (polygons, crs)
         Shapely polygons in the raster's CRS (pixel coordinates without one).
     """
-    import rasterio
     import shapely
-    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import RasterioError
     from rasterio.features import shapes
 
-    p = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(p) as src:
-                band = src.read(1)
-                transform, crs = src.transform, src.crs
-                px_area = abs(transform.a * transform.e - transform.b * transform.d)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputRasterError(f"{p}: cannot read ({exc})") from exc
+    with open_raster(path) as src:
+        try:
+            band = src.read(1)
+        except RasterioError as exc:
+            raise read_failure(path, exc, rows=(0, src.height - 1)) from exc
+        transform, crs = src.transform, src.crs
+        px_area = abs(transform.a * transform.e - transform.b * transform.d)
     mask: NDArray[np.bool_] = np.isin(band, np.asarray(list(values)))
     polys = []
     for geom, _ in shapes(mask.astype(np.uint8), mask=mask, transform=transform, connectivity=connectivity):
@@ -175,11 +172,11 @@ def evaluate_buildings(
 
     Parameters
     ----------
-    prediction : path
-        Class raster; regions with a value in ``building_values`` are footprints.
-    reference : path
-        Vector footprints (every polygon is a building), or a raster (``reference_values``,
-        default ``building_values``).
+    prediction : path or URL
+        Class raster, local or remote; regions with a value in ``building_values`` are footprints.
+    reference : path or URL
+        Vector footprints (every polygon is a building), or a raster, local or remote
+        (``reference_values``, default ``building_values``).
     building_values : sequence of int, default (1,)
         Class ids of the building class in the prediction.
     iou_threshold : float, default 0.5
@@ -200,23 +197,20 @@ def evaluate_buildings(
     from geopsp.labels import read_vector
 
     pred_polys, crs = raster_footprints(prediction, building_values, min_area_px=min_area_px)
-    ref_path = Path(reference)
-    if is_vector_path(ref_path):
-        gdf = read_vector(ref_path, layer=layer)
+    if is_vector_path(reference):
+        gdf = read_vector(reference, layer=layer)
         gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
         if crs is not None and gdf.crs is not None and gdf.crs != crs:
             gdf = gdf.to_crs(crs)
         ref_polys = [g for g in shapely.make_valid(np.asarray(gdf.geometry.values, dtype=object)) if g.area > 0]
         if min_area_px > 0 and ref_polys:
-            import rasterio
-
-            with rasterio.open(prediction) as src:
+            with open_raster(prediction, what="prediction") as src:
                 t = src.transform
             px_area = abs(t.a * t.e - t.b * t.d)
             ref_polys = [g for g in ref_polys if g.area >= min_area_px * px_area]
     else:
-        if not ref_path.exists():
-            raise InputVectorError(f"{ref_path}: not found; check the path")
-        ref_polys, _ = raster_footprints(ref_path, reference_values or building_values, min_area_px=min_area_px)
+        ref_polys, _ = raster_footprints(
+            resolve_scene(reference), reference_values or building_values, min_area_px=min_area_px
+        )
     logger.info("%d predicted and %d reference footprints", len(pred_polys), len(ref_polys))
     return building_scores(pred_polys, ref_polys, iou_threshold=iou_threshold)

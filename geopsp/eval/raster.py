@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -24,12 +24,15 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable
 from geopsp.errors import InputRasterError, InputVectorError
 from geopsp.eval.metrics import ConfusionMatrix, Scores
+from geopsp.io.scene import open_raster, read_failure
+from geopsp.io.source import SceneSource, resolve_scene, scene_name
 from geopsp.labels import (
     UNLABELED,
     LabelMapping,
     UnknownLabelWarning,
     VectorLabels,
     label_raster_on_grid,
+    local_vector_path,
     value_key,
     window_transform,
 )
@@ -43,22 +46,25 @@ _UNKNOWN_REF = -3
 
 
 def is_vector_path(path: str | os.PathLike[str]) -> bool:
-    """Tell whether ``path`` looks like a vector file (by suffix).
+    """Tell whether ``path`` (a local path or a URL) looks like a vector file (by suffix).
 
     Examples
     --------
-    >>> is_vector_path("labels.gpkg"), is_vector_path("labels.tif")
-    (True, False)
+    >>> is_vector_path("labels.gpkg"), is_vector_path("labels.tif"), is_vector_path("https://h/l.gpkg?sig=1")
+    (True, False, True)
     """
-    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+    return PurePosixPath(scene_name(path)).suffix.lower() in VECTOR_SUFFIXES
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Scores of a prediction against a reference, with what was counted and excluded."""
+    """Scores of a prediction against a reference, with what was counted and excluded.
 
-    prediction: Path
-    reference: Path
+    ``prediction`` and ``reference`` are the inputs as given: local paths or URLs.
+    """
+
+    prediction: str
+    reference: str
     classes: ClassTable
     scores: Scores
     excluded: dict[str, int]
@@ -66,8 +72,8 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report (NaN as null)."""
         return {
-            "prediction": str(self.prediction),
-            "reference": str(self.reference),
+            "prediction": self.prediction,
+            "reference": self.reference,
             **self.scores.to_dict(),
             "excluded_pixels": self.excluded,
             "class_table": self.classes.to_list(),
@@ -101,17 +107,20 @@ def _lut_lookup(
     return mapped[inverse].reshape(values.shape)
 
 
-def _infer_classes(pred_path: Path, block_rows: int) -> ClassTable:
+def _infer_classes(pred_path: SceneSource, block_rows: int) -> ClassTable:
     """Class table from the values of a class raster (when neither the raster nor the caller has one)."""
-    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
 
     seen: set[int] = set()
-    with _quiet(), rasterio.open(pred_path) as src:
+    with open_raster(pred_path, what="prediction") as src:
         nodata = src.nodata
         for r0 in range(0, src.height, block_rows):
-            from rasterio.windows import Window
-
-            block = src.read(1, window=Window(0, r0, src.width, min(block_rows, src.height - r0)))
+            h = min(block_rows, src.height - r0)
+            try:
+                block = src.read(1, window=Window(0, r0, src.width, h))
+            except RasterioError as exc:
+                raise read_failure(pred_path, exc, rows=(r0, r0 + h - 1)) from exc
             seen.update(int(v) for v in np.unique(block).tolist() if nodata is None or v != nodata)
     if not seen:
         raise InputRasterError(f"{pred_path}: holds no class value (only nodata); nothing to evaluate")
@@ -137,10 +146,11 @@ def evaluate_rasters(
 
     Parameters
     ----------
-    prediction : path
-        A class raster (band 1 holds class ids; its nodata is excluded).
-    reference : path
-        A label raster, or a vector file (``.gpkg``, ``.geojson``, ``.shp`` ...).
+    prediction : path or URL
+        A class raster (band 1 holds class ids; its nodata is excluded), local or remote
+        (``http(s)://``, ``s3://``, ``/vsi…/``: :func:`geopsp.io.scene.open_raster`).
+    reference : path or URL
+        A label raster (local or remote), or a local vector file (``.gpkg``, ``.geojson``, ``.shp`` ...).
     classes : ClassTable or path, optional
         Class table (YAML/JSON); default: the table geopsp stored in the prediction, else the
         values found in it.
@@ -172,13 +182,18 @@ def evaluate_rasters(
     CRSMismatchError
         If a reference raster has no CRS while the prediction has one and the grids differ.
     """
-    import rasterio
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    pred_path, ref_path = Path(prediction), Path(reference)
+    ref_is_vector = is_vector_path(reference)
+    pred_path = resolve_scene(prediction)
+    ref_path = local_vector_path(reference) if ref_is_vector else resolve_scene(reference)
     for p in (pred_path, ref_path):
-        if not p.exists():
-            raise (InputVectorError if is_vector_path(p) else InputRasterError)(f"{p}: not found; check the path")
+        local = p.local if isinstance(p, SceneSource) else p
+        if local is not None and not local.exists():
+            raise (InputRasterError if isinstance(p, SceneSource) else InputVectorError)(
+                f"{local}: not found; check the path"
+            )
     table = resolve_class_table(classes, pred_path, block_rows=block_rows)
     k = len(table)
     pred_index = {c.id: i for i, c in enumerate(table)}
@@ -192,10 +207,7 @@ def evaluate_rasters(
 
     with ExitStack() as stack:
         stack.enter_context(_quiet())
-        try:
-            src = stack.enter_context(rasterio.open(pred_path))
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputRasterError(f"{pred_path}: cannot open the prediction ({exc})") from exc
+        src = stack.enter_context(open_raster(pred_path, what="prediction"))
         pred_nodata = src.nodata
 
         def pred_fn(v: Any) -> int:
@@ -208,7 +220,7 @@ def evaluate_rasters(
         vector: VectorLabels | None = None
         ref_src: Any = None
         ref_nodata: float | None = None
-        if is_vector_path(ref_path):
+        if not isinstance(ref_path, SceneSource):
             vec_field = field
             if vec_field is None and burn_value is None:
                 vec_field = _guess_field(ref_path, layer)
@@ -218,10 +230,7 @@ def evaluate_rasters(
             # value_map is applied while burning; the rasterized values are class ids already.
             ref_mapping = LabelMapping(table, ignore_values=tuple(ignore_values), ignore_index=65535)
         else:
-            try:
-                ref_ds = stack.enter_context(rasterio.open(ref_path))
-            except rasterio.errors.RasterioIOError as exc:
-                raise InputRasterError(f"{ref_path}: cannot open the reference ({exc})") from exc
+            ref_ds = stack.enter_context(open_raster(ref_path, what="reference"))
             ref_src = stack.enter_context(label_raster_on_grid(ref_ds, src, onto=str(pred_path)))
             ref_nodata = ref_src.nodata
 
@@ -242,7 +251,10 @@ def evaluate_rasters(
         for r0 in range(0, src.height, block_rows):
             h = min(block_rows, src.height - r0)
             win = Window(0, r0, src.width, h)
-            raw_pred = src.read(1, window=win)
+            try:
+                raw_pred = src.read(1, window=win)
+            except RasterioError as exc:
+                raise read_failure(pred_path, exc, rows=(r0, r0 + h - 1)) from exc
             pred = _lut_lookup(raw_pred, pred_fn, pred_cache)
             other = pred == k
             if other.any():
@@ -252,7 +264,10 @@ def evaluate_rasters(
                     window_transform(src.transform, r0, 0), src.width, h, fill=fill, all_touched=all_touched
                 )
             else:
-                raw = ref_src.read(1, window=win)
+                try:
+                    raw = ref_src.read(1, window=win)
+                except RasterioError as exc:
+                    raise read_failure(ref_path, exc, rows=(r0, r0 + h - 1)) from exc
             ref = _lut_lookup(raw, ref_fn, ref_cache)
             odd = ref == _UNKNOWN_REF
             if odd.any():
@@ -278,12 +293,12 @@ def evaluate_rasters(
             UnknownLabelWarning,
             stacklevel=2,
         )
-    return Evaluation(pred_path, ref_path, table, cm.scores(table), excluded)
+    return Evaluation(str(pred_path), str(ref_path), table, cm.scores(table), excluded)
 
 
 def resolve_class_table(
     classes: ClassTable | str | os.PathLike[str] | None,
-    prediction: str | os.PathLike[str],
+    prediction: str | os.PathLike[str] | SceneSource,
     *,
     block_rows: int = 512,
 ) -> ClassTable:
@@ -297,7 +312,7 @@ def resolve_class_table(
     InputRasterError
         If the prediction cannot be read or holds only nodata.
     """
-    pred_path = Path(prediction)
+    pred_path = resolve_scene(prediction)
     if isinstance(classes, ClassTable):
         return classes
     if classes is not None:
@@ -309,6 +324,8 @@ def resolve_class_table(
             stored = read_class_table(pred_path)
     except ImportError:  # pragma: no cover - io.raster is part of geopsp
         stored = None
+    except InputRasterError:
+        raise
     except Exception as exc:
         raise InputRasterError(f"{pred_path}: cannot read the prediction ({exc})") from exc
     if stored is not None:
@@ -316,7 +333,7 @@ def resolve_class_table(
     return _infer_classes(pred_path, block_rows)
 
 
-def _guess_field(path: Path, layer: str | None) -> str:
+def _guess_field(path: str | os.PathLike[str], layer: str | None) -> str:
     import pyogrio
 
     try:

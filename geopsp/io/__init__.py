@@ -9,7 +9,7 @@ from geopsp.io.raster import (
     read_class_table,
     write_class_raster,
 )
-from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
+from geopsp.io.scene import SceneInfo, inspect_scene, open_raster, open_scene, read_failure, read_rows
 
 __all__ = [
     "ClassRasterWriter",
@@ -21,8 +21,10 @@ __all__ = [
     "check_output_path",
     "encode_probability",
     "inspect_scene",
+    "open_raster",
     "open_scene",
     "read_class_table",
+    "read_failure",
     "read_rows",
     "write_class_raster",
 ]

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from geopsp.classes import ClassTable
 
-__all__ = ["CLASSES_TAG", "LEGACY_SCENE_TAG", "SCENE_TAG", "pam_xml", "read_class_table"]
+if TYPE_CHECKING:
+    from geopsp.io.source import SceneSource
+
+__all__ = ["CLASSES_TAG", "LEGACY_SCENE_TAG", "SCENE_TAG", "class_table_from_tags", "pam_xml", "read_class_table"]
 
 CLASSES_TAG = "GEOPSP_CLASSES"
 """Dataset tag holding the class table as JSON."""
@@ -66,15 +70,28 @@ def pam_xml(classes: ClassTable, *, nodata: int | None) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def read_class_table(path: str | os.PathLike[str]) -> ClassTable | None:
-    """Return the class table stored in a class raster by geopsp, or None if it has none."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+def read_class_table(path: str | os.PathLike[str] | SceneSource) -> ClassTable | None:
+    """Return the class table stored in a class raster by geopsp, or None if it has none.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RioNotGeoreferenced)
-        with rasterio.open(path) as src:
-            text = src.tags().get(CLASSES_TAG)
+    The raster may be remote (``http(s)://``, ``s3://``, ``/vsi…/``; :func:`geopsp.io.scene.open_raster`).
+    """
+    from geopsp.io.scene import open_raster
+
+    with open_raster(path, what="class raster") as src:
+        return class_table_from_tags(src.tags())
+
+
+def class_table_from_tags(tags: Mapping[str, str]) -> ClassTable | None:
+    """Return the class table in a class raster's dataset tags (:data:`CLASSES_TAG`), or None.
+
+    Examples
+    --------
+    >>> class_table_from_tags({CLASSES_TAG: '[{"id": 1, "name": "water"}]'}).names
+    ['water']
+    >>> class_table_from_tags({}) is None
+    True
+    """
+    text = tags.get(CLASSES_TAG)
     if not text:
         return None
     return ClassTable.from_list(json.loads(text))

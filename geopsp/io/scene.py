@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import rasterio
     import rasterio.crs
 
-__all__ = ["SceneInfo", "inspect_scene", "open_scene", "read_rows"]
+__all__ = ["SceneInfo", "inspect_scene", "open_raster", "open_scene", "read_failure", "read_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,79 @@ def _quiet_open(source: SceneSource) -> Iterator[rasterio.DatasetReader]:
             yield src
             return
         yield stack.enter_context(_warped(src, source.warp))
+
+
+@contextlib.contextmanager
+def open_raster(
+    path: str | os.PathLike[str] | SceneSource, *, what: str = "raster"
+) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster that is not read as a scene (a class raster, a label raster), local or remote.
+
+    The name means what it means for a scene (:func:`geopsp.io.source.resolve_scene`): a
+    remote raster is opened, and read while open, in :func:`geopsp.io.source.gdal_env`, so
+    it is fetched block by block and no sidecar file is probed over the network. Unlike
+    :func:`inspect_scene` nothing is checked beyond that GDAL can open it.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or SceneSource
+        A local path, an ``http(s)://`` or ``s3://`` URL, or a GDAL ``/vsi…/`` path.
+    what : str, default "raster"
+        What the raster is, for messages (``"class raster"``).
+
+    Yields
+    ------
+    rasterio.DatasetReader
+
+    Raises
+    ------
+    InputRasterError
+        One line when the file is missing or GDAL cannot open it (for a remote raster: the
+        HTTP/S3 status or the network failure, :func:`geopsp.io.source.remote_failure_message`).
+    """
+    from rasterio.errors import RasterioError
+
+    source = resolve_scene(path)
+    p = source.local
+    if p is not None and not p.exists():
+        raise InputRasterError(f"{p}: {what} not found; check the path")
+    with contextlib.ExitStack() as stack:
+        try:
+            src = stack.enter_context(_quiet_open(source))
+        except RasterioError as exc:
+            message = remote_failure_message(source, exc) if p is None else _open_failure_message(p, exc)
+            raise InputRasterError(message) from exc
+        yield src
+
+
+def read_failure(
+    path: str | os.PathLike[str] | SceneSource, exc: Exception, *, rows: tuple[int, int]
+) -> InputRasterError:
+    """Make the one-line error for pixels of an open raster that could not be read (raise it from ``exc``).
+
+    Parameters
+    ----------
+    path : str, os.PathLike or SceneSource
+        The raster as the user named it.
+    exc : Exception
+        GDAL's error.
+    rows : (int, int)
+        First and last row (0-based, inclusive) of the failed read.
+
+    Examples
+    --------
+    >>> str(read_failure("a.tif", OSError("TIFFReadEncodedTile() failed"), rows=(0, 63)))
+    'a.tif: pixels fail to decode at rows 0-63 (file is corrupt or truncated); re-download or re-export it'
+    >>> str(read_failure("http://127.0.0.1:9/a.tif", OSError("Connection refused"), rows=(0, 63)))[:61]
+    'http://127.0.0.1:9/a.tif: cannot reach the server (Connection'
+    """
+    source = resolve_scene(path)
+    if source.remote:
+        return InputRasterError(remote_failure_message(source, exc))
+    return InputRasterError(
+        f"{source}: pixels fail to decode at rows {rows[0]}-{rows[1]} (file is corrupt or truncated); "
+        "re-download or re-export it"
+    )
 
 
 def _warped(src: rasterio.DatasetReader, warp: Warp) -> Any:

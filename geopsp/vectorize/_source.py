@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from geopsp.classes import ClassInfo, ClassTable
 from geopsp.errors import InputRasterError
-from geopsp.io.class_metadata import LEGACY_SCENE_TAG, SCENE_TAG
+from geopsp.io.class_metadata import LEGACY_SCENE_TAG, SCENE_TAG, class_table_from_tags
+from geopsp.io.scene import open_raster
+from geopsp.io.source import SceneSource, resolve_scene
 
 __all__ = ["RasterSource", "inspect_class_raster"]
 
@@ -23,9 +23,16 @@ _FLOAT_DTYPES = ("float32", "float64")  # accepted when every value is a whole n
 
 @dataclass(frozen=True)
 class RasterSource:
-    """What :func:`geopsp.vectorize.vectorize` knows about its input."""
+    """What :func:`geopsp.vectorize.vectorize` knows about its input.
 
-    path: Path
+    Attributes
+    ----------
+    source : SceneSource
+        The class raster: what the user named and what GDAL opens, local or remote
+        (:func:`geopsp.io.source.resolve_scene`).
+    """
+
+    source: SceneSource
     width: int
     height: int
     dtype: str
@@ -48,66 +55,52 @@ class RasterSource:
         return float(t.a * col + t.b * row + t.c), float(t.d * col + t.e * row + t.f)
 
 
-def inspect_class_raster(path: str | os.PathLike[str]) -> RasterSource:
-    """Open a class raster and describe it.
+def inspect_class_raster(path: str | os.PathLike[str] | SceneSource) -> RasterSource:
+    """Open a class raster, local or remote (``http(s)://``, ``s3://``, ``/vsi…/``), and describe it.
 
     Raises
     ------
     InputRasterError
-        The file is missing, not a raster, or its band 1 does not hold integers.
+        The file is missing, unreachable, not a raster, or its band 1 does not hold integers.
     """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
-    from rasterio.errors import RasterioIOError
-
-    p = Path(path)
-    if not p.exists():
-        raise InputRasterError(f"{p}: class raster not found; check the path")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RioNotGeoreferenced)
-            with rasterio.open(p) as src:
-                dtype = src.dtypes[0]
-                tags = src.tags()
-                try:
-                    cmap = src.colormap(1)
-                except ValueError:
-                    cmap = None
-                info = RasterSource(
-                    path=p,
-                    width=src.width,
-                    height=src.height,
-                    dtype=dtype,
-                    crs=src.crs,
-                    transform=src.transform,
-                    nodata=src.nodata,
-                    classes=None,
-                    scene=tags.get(SCENE_TAG) or tags.get(LEGACY_SCENE_TAG) or None,
-                )
-    except RasterioIOError as exc:
-        raise InputRasterError(f"{p}: cannot open as a raster ({exc}); is it a GeoTIFF class raster?") from exc
+    source = resolve_scene(path)
+    with open_raster(source, what="class raster") as src:
+        dtype = src.dtypes[0]
+        tags = src.tags()
+        try:
+            cmap = src.colormap(1)
+        except ValueError:
+            cmap = None
+        info = RasterSource(
+            source=source,
+            width=src.width,
+            height=src.height,
+            dtype=dtype,
+            crs=src.crs,
+            transform=src.transform,
+            nodata=src.nodata,
+            classes=None,
+            scene=tags.get(SCENE_TAG) or tags.get(LEGACY_SCENE_TAG) or None,
+        )
     if dtype not in _INT_DTYPES + _FLOAT_DTYPES:
         raise InputRasterError(
-            f"{p}: band 1 is {dtype}; a class raster holds integer class ids ({', '.join(_INT_DTYPES)})"
+            f"{source}: band 1 is {dtype}; a class raster holds integer class ids ({', '.join(_INT_DTYPES)})"
         )
-    classes = _class_table(p, cmap, info.nodata)
+    classes = _class_table(source, tags, cmap, info.nodata)
     return RasterSource(**{**info.__dict__, "classes": classes})
 
 
-def _class_table(path: Path, cmap: dict[int, tuple[int, ...]] | None, nodata: float | None) -> ClassTable | None:
+def _class_table(
+    source: SceneSource, tags: dict[str, str], cmap: dict[int, tuple[int, ...]] | None, nodata: float | None
+) -> ClassTable | None:
     """Return the class table stored by geopsp, else one built from the colour table."""
     try:
-        from geopsp.io.raster import read_class_table
-    except ImportError:  # pragma: no cover - io.raster is part of geopsp
-        read_class_table = None  # type: ignore[assignment]
-    if read_class_table is not None:
-        try:
-            table = read_class_table(path)
-        except Exception as exc:  # a damaged tag must not stop vectorizing
-            logger.warning("%s: ignoring unreadable class table tag (%s)", path, exc)
-            table = None
-        if table is not None:
-            return table
+        table = class_table_from_tags(tags)
+    except Exception as exc:  # a damaged tag must not stop vectorizing
+        logger.warning("%s: ignoring unreadable class table tag (%s)", source, exc)
+        table = None
+    if table is not None:
+        return table
     if not cmap:
         return None
     # A GDAL colour table lists 256 (or more) entries; only non-black, opaque ones are classes.

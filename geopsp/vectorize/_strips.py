@@ -12,7 +12,6 @@ import contextlib
 import gc
 import math
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
@@ -250,6 +249,7 @@ class StripJob:
     """What is needed to polygonize one strip, in this process or a worker (picklable)."""
 
     path: str
+    """The class raster as the user named it (a path, URL or ``/vsi…/`` path)."""
     index: int
     row0: int
     row1: int
@@ -267,11 +267,17 @@ def process_strip(src: Any, job: StripJob) -> Strip:
     where classes change along those rows are the corners of the neighbouring strips'
     polygons on the seam lines, and inserting them keeps both sides of a seam edge-matched.
     """
+    from rasterio.errors import RasterioError
+
+    from geopsp.io.scene import read_failure
     from geopsp.vectorize._geometry import row_breakpoints, seam_points, simplify_coverage
 
     halo = 1 if job.simplify_px > 0 else 0
     lo, hi = max(0, job.row0 - halo), min(job.height, job.row1 + halo)
-    data, valid = read_strip(src, lo, hi)
+    try:
+        data, valid = read_strip(src, lo, hi)
+    except RasterioError as exc:
+        raise read_failure(job.path, exc, rows=(lo, hi - 1)) from exc
     core = slice(job.row0 - lo, job.row1 - lo)
     strip = polygonize_strip(
         data[core],
@@ -309,14 +315,15 @@ def cache_mb(src: Any) -> int:
 
 @contextlib.contextmanager
 def open_quietly(path: str | os.PathLike[str]) -> Iterator[Any]:
-    """Open a class raster without rasterio's NotGeoreferencedWarning (vectorize warns in its own words)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
+    """Open a class raster, local or remote, without rasterio's NotGeoreferencedWarning.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RioNotGeoreferenced)
-        src = rasterio.open(path)
-    with src:
+    This is :func:`geopsp.io.scene.open_raster`: a remote raster is opened and read in the
+    GDAL environment for remote reads, in this process as in a worker (spawned workers
+    inherit no GDAL configuration, so each enters it itself).
+    """
+    from geopsp.io.scene import open_raster
+
+    with open_raster(path, what="class raster") as src:
         yield src
 
 

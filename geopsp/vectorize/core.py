@@ -73,7 +73,9 @@ def vectorize(
     Parameters
     ----------
     class_raster : str or os.PathLike
-        Single-band integer raster of class ids (nodata, if set, makes no polygons).
+        Single-band integer raster of class ids (nodata, if set, makes no polygons): a local
+        file, an ``http(s)://`` or ``s3://`` URL or a GDAL ``/vsi…/`` path, read strip by strip
+        (remote ones through GDAL's range requests, :func:`geopsp.io.source.gdal_env`).
     out : str or os.PathLike
         Output vector file. Its suffix picks the format (``.gpkg``, ``.geojson``, ``.fgb``,
         ``.shp``, ``.parquet``); an unknown suffix uses ``config.format``.
@@ -102,7 +104,7 @@ def vectorize(
     Raises
     ------
     InputRasterError
-        The raster is missing, unreadable or not integer.
+        The raster is missing, unreachable, unreadable or not integer.
     ConfigError
         Unknown format, or an option out of range.
     OutputExistsError
@@ -134,38 +136,42 @@ def vectorize(
     src = inspect_class_raster(class_raster)
     out_path = Path(out)
     fmt = _output_format(out_path, cfg)
-    qml_path: Path | None = out_path.with_suffix(".qml")
-    if qml_path is not None and qml_path.absolute() == src.path.with_suffix(".qml").absolute() and qml_path.exists():
+    own_qml = out_path.with_suffix(".qml")
+    qml_path: Path | None = own_qml
+    local = src.source.local
+    inputs = [local] if local is not None else []
+    # only a local raster can have a style sidecar the output's would replace
+    if local is not None and own_qml.absolute() == local.with_suffix(".qml").absolute() and own_qml.exists():
         # QGIS finds styles by file stem: <stem>.qml already styles the class raster.
         if fmt != "gpkg":
             raise OutputError(
-                f"{out_path}: its style sidecar {qml_path.name} would replace the class raster's own style; "
+                f"{out_path}: its style sidecar {own_qml.name} would replace the class raster's own style; "
                 "give the polygons another file name (e.g. <scene>_polygons.gpkg)"
             )
         logger.warning(
             "%s: not writing %s, which styles the class raster; the style is inside the GeoPackage",
             out_path,
-            qml_path.name,
+            own_qml.name,
         )
         qml_path = None
-    check_output_path(out_path, overwrite=overwrite, inputs=[src.path])
+    check_output_path(out_path, overwrite=overwrite, inputs=inputs)
     if qml_path is not None:
-        check_output_path(qml_path, overwrite=overwrite, inputs=[src.path])
+        check_output_path(qml_path, overwrite=overwrite, inputs=inputs)
     table = classes if classes is not None else src.classes
-    scene_name = scene if scene is not None else (src.scene or src.path.stem)
+    scene_name = scene if scene is not None else (src.scene or src.source.stem)
     if not src.georeferenced:
         if src.transform.is_identity:
             what = "no CRS or geotransform; polygons are in pixel coordinates and areas in pixels"
         else:
             what = "a geotransform but no CRS; polygons are in its map units with no CRS, and so are areas and lengths"
-        warnings.warn(f"{src.path}: class raster has {what}", NotGeoreferencedWarning, stacklevel=2)
+        warnings.warn(f"{src.source}: class raster has {what}", NotGeoreferencedWarning, stacklevel=2)
     pixel = math.sqrt(abs(src.transform.determinant)) or 1.0
     simplify_px = cfg.simplify / pixel
     eliminate = cfg.sieve_px > 0 or cfg.min_area_m2 > 0 or cfg.fill_holes_m2 > 0
     frames = _Framer(src, table, scene_name, cfg.skip_classes, short_names=fmt == "shp")
     logger.info(
         "vectorizing %s (%d x %d) in strips of %d rows%s",
-        src.path,
+        src.source,
         src.width,
         src.height,
         cfg.block_rows,
@@ -194,7 +200,7 @@ def vectorize(
         overwrite=overwrite,
         geometry_type=geometry_type,
         finalize=finalize,
-        inputs=[src.path],
+        inputs=inputs,
     )
     if qml_path is not None:
         _write_qml(qml_path, frames.class_table(), overwrite=overwrite)
@@ -230,7 +236,7 @@ def _jobs(src: RasterSource, cfg: VectorizeConfig, keep_nodata: bool, simplify_p
     rows = cfg.block_rows
     return [
         StripJob(
-            path=str(src.path),
+            path=src.source.given,
             index=i,
             row0=r0,
             row1=min(r0 + rows, src.height),
@@ -258,7 +264,7 @@ def _strips(src: RasterSource, cfg: VectorizeConfig, *, keep_nodata: bool, simpl
     if workers == 1:
         import rasterio
 
-        with open_quietly(src.path) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
+        with open_quietly(src.source.given) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
             for job in jobs:
                 yield process_strip(ds, job)
         return
