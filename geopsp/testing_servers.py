@@ -227,7 +227,7 @@ def _pid_file(port: int) -> Path:
 
 
 def _serve(argv: list[str]) -> None:
-    """The background process: serve until killed or ``--for`` seconds pass."""
+    """Serve in the background process until killed or ``--for`` seconds pass."""
     import time
 
     kind, port, seconds = argv[0], int(argv[1]), float(argv[2])
