@@ -147,11 +147,11 @@ def _handler(server: RangeServer) -> type[BaseHTTPRequestHandler]:
             with target.open("rb") as f:
                 f.seek(start)
                 data = f.read(n)
+            server._count(self.command, path, len(data))  # before sending: a client may look as soon as it has it
             try:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):  # GDAL closes a stream it no longer needs
                 pass
-            server._count(self.command, path, len(data))
 
         def _empty(self, status: int, path: str) -> None:
             self.send_response(status)

@@ -177,7 +177,8 @@ class InputCast:
 
         Examples
         --------
-        >>> print(InputCast(Path("s.tif"), (1,), "uint8", "uint16", source="type range").note)
+        >>> from geopsp.io.source import resolve_scene
+        >>> print(InputCast(resolve_scene("s.tif"), (1,), "uint8", "uint16", source="type range").note)
         s.tif: stored as uint8, whose values all fit the model's uint16; used as they are
         """
         name = self.scene.name
@@ -367,7 +368,8 @@ def _advice(scene: SceneSource, stored: str, model: str, *, rounded: bool = Fals
 
     Examples
     --------
-    >>> _advice(Path("a/s2.tif"), "uint16", "uint8")  # doctest: +NORMALIZE_WHITESPACE
+    >>> from geopsp.io.source import resolve_scene
+    >>> _advice(resolve_scene("a/s2.tif"), "uint16", "uint8")  # doctest: +NORMALIZE_WHITESPACE
     'if the training data were made from such values by a linear mapping, state it: --input-scale SRC_MIN
     SRC_MAX 0 255 (or gdal_translate -ot Byte -scale SRC_MIN SRC_MAX 0 255 s2.tif s2_uint8.tif); else use a
     model trained on uint16 data'
