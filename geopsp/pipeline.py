@@ -9,10 +9,13 @@ Memory is bounded by ``width x tile_size`` (the strip and the row buffer), never
 height. Every output is written under a temporary name; when all are finished they are
 committed as one set, the summary last, so a failure (a corrupt block, an error while
 vectorizing, Ctrl-C) leaves none of them under the final names (:mod:`geopsp.io.atomic`).
+An ``s3://`` destination gets the same set, made in a local staging folder and uploaded once
+complete, the summary last (:class:`geopsp.io.s3.S3Destination`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -28,6 +31,7 @@ from geopsp.errors import ConfigError
 from geopsp.inference.plan import OutputSet, PredictionPlan, plan_prediction
 from geopsp.inference.summary import summarize_run, write_summary
 from geopsp.io.atomic import StagedOutputs
+from geopsp.io.s3 import S3Destination, is_s3_uri
 from geopsp.model.meta import BundleMeta
 
 if TYPE_CHECKING:
@@ -52,15 +56,20 @@ class PredictResult:
         The input scene (``str(result.scene)`` is what was given).
     outputs : dict of str to Path
         ``classes`` (always), ``qml``, ``aux`` and ``summary`` (always), ``probability``,
-        ``vector`` (with its style ``vector_qml``) and ``preview`` when asked for.
+        ``vector`` (with its style ``vector_qml``) and ``preview`` when asked for. For an
+        ``s3://`` destination these are the files of the staging folder, removed after the
+        upload; :attr:`uris` says where they went.
     summary : dict
         The run summary also written to ``outputs["summary"]``; it is committed after every
         other output, so its presence marks a complete set.
+    uris : dict of str to str
+        For an ``s3://`` destination: each output's ``s3://`` URI, same names; else empty.
     """
 
     scene: SceneSource
     outputs: dict[str, Path]
     summary: dict[str, Any] = field(repr=False)
+    uris: dict[str, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> Path:
@@ -86,6 +95,11 @@ class PredictResult:
     def paths(self) -> list[Path]:
         """Every output path, class raster first."""
         return list(self.outputs.values())
+
+    @property
+    def locations(self) -> list[str]:
+        """Where every output is, class raster first: its ``s3://`` URI, else its path."""
+        return list(self.uris.values()) if self.uris else [str(p) for p in self.outputs.values()]
 
 
 def segment_raster(
@@ -115,6 +129,9 @@ def segment_raster(
         ``config.runtime`` picks what runs it (:mod:`geopsp.inference.runtime`).
     out_dir_or_path : str or os.PathLike
         Output directory, or the class raster's path (``*.tif``); see :func:`geopsp.inference.plan.output_set`.
+        Either may be an ``s3://bucket/prefix/`` URI (credentials and ``AWS_ENDPOINT_URL``
+        from the environment): the set is made in a local staging folder and uploaded once
+        complete, the summary last.
     config : PredictConfig, optional
         Tiling, device, TTA, blending and output options; defaults from the bundle.
     overwrite : bool, default False
@@ -148,10 +165,16 @@ def segment_raster(
     The outputs are one set (:class:`~geopsp.io.atomic.StagedOutputs`): each is written under
     a temporary name, and only when all are finished are they committed, the summary last.
     After a failure or an interrupt (an error while vectorizing, Ctrl-C) none of them is
-    under its final name; a summary under its final name means the whole set is there.
+    under its final name; a summary under its final name means the whole set is there. In S3
+    the same holds for the objects: a failed upload deletes the ones this run had uploaded.
     """
-    with StagedOutputs(overwrite=overwrite) as staged:  # left without a commit: every temporary is removed
-        return _segment_into(
+    with contextlib.ExitStack() as stack:
+        destination = None
+        if is_s3_uri(out_dir_or_path):
+            destination = stack.enter_context(S3Destination.staged(str(out_dir_or_path), overwrite=overwrite))
+            out_dir_or_path, overwrite = destination.local, False  # a fresh staging folder
+        staged = stack.enter_context(StagedOutputs(overwrite=overwrite))  # left uncommitted: temporaries removed
+        result = _segment_into(
             staged,
             scene,
             model,
@@ -160,7 +183,9 @@ def segment_raster(
             progress=progress,
             row_range=row_range,
             vector_config=vector_config,
+            destination=destination,
         )
+    return result
 
 
 def _segment_into(
@@ -173,8 +198,9 @@ def _segment_into(
     progress: Progress | None,
     row_range: tuple[int, int] | None,
     vector_config: VectorizeConfig | None,
+    destination: S3Destination | None = None,
 ) -> PredictResult:
-    """Run :func:`segment_raster` (plan, open, run the tiles, extras, summary), then commit the set."""
+    """Run :func:`segment_raster` (plan, open, run the tiles, extras, summary), then commit (and upload) the set."""
     from geopsp.inference.run import run_tiles
     from geopsp.inference.runtime import make_predictor, model_meta
     from geopsp.io.grid import scene_as_read
@@ -197,6 +223,7 @@ def _segment_into(
             vector_config=vcfg,
             row_range=row_range,
             overwrite=staged.overwrite,
+            destination=destination,
         )
         if plan.cast.note is not None:
             logger.warning("%s", plan.cast.note)
@@ -223,19 +250,25 @@ def _segment_into(
         )
         outputs["preview"] = plan.outputs.preview
     outputs["summary"] = plan.outputs.summary
-    summary = summarize_run(plan, cfg, predictor, stats, outputs, bundle_path, t_setup - t_start, t_start)
+    named = outputs if destination is None else {k: destination.uri_of(p) for k, p in outputs.items()}
+    summary = summarize_run(plan, cfg, predictor, stats, named, bundle_path, t_setup - t_start, t_start)
     summary.device["runtime_reason"] = choice.reason
     write_summary(staged.temp(plan.outputs.summary, marker=True), plan.outputs.summary, summary)
     staged.commit()
+    uris: dict[str, str] = {}
+    if destination is not None:
+        members = [p for k, p in outputs.items() if k != "summary"]
+        destination.upload(members, marker=outputs["summary"])
+        uris = {k: str(v) for k, v in named.items()}
     logger.info(
         "%s: %d tiles run, %d skipped, %.2f MP/s -> %s",
         source.name,
         stats.run,
         stats.skipped,
         summary.megapixels_per_second or 0.0,
-        plan.outputs.classes,
+        uris.get("classes", plan.outputs.classes),
     )
-    return PredictResult(scene=source, outputs=outputs, summary=summary.to_dict())
+    return PredictResult(scene=source, outputs=outputs, summary=summary.to_dict(), uris=uris)
 
 
 def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> Any:

@@ -15,11 +15,14 @@ what they serve so a test can check that a remote read fetches each byte about o
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import threading
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -185,11 +188,44 @@ class MotoS3Server:
         self._saved: dict[str, str | None] = {}
         self.endpoint = ""
 
-    def client(self) -> Any:
-        """Make a boto3 S3 client for the server."""
+    def client(self, service: str = "s3") -> Any:
+        """Make a boto3 client for the server (``"s3"``, or ``"iam"`` to make users)."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def user(self, name: str, policy: Mapping[str, Any]) -> dict[str, str]:
+        """Make an IAM user with an inline ``policy``; return its credentials as environment variables.
+
+        The policy binds only inside :meth:`enforcing_auth`.
+        """
+        iam = self.client("iam")
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+    @contextlib.contextmanager
+    def enforcing_auth(self) -> Iterator[None]:
+        """Check signatures and IAM policies of every request meanwhile (moto's own switch).
+
+        Unknown keys get 403 ``InvalidAccessKeyId``, requests a policy denies 403 ``AccessDenied``.
+        """
+        self._set_auth("0")
+        try:
+            yield
+        finally:
+            self._set_auth("inf")
+
+    def _set_auth(self, count: str) -> None:
+        req = urllib.request.Request(
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=count.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as answer:
+            answer.read()
 
     def __enter__(self) -> MotoS3Server:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on stderr

@@ -47,7 +47,8 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
     "out",
     required=True,
     type=click.Path(),
-    help="Output directory (or, for one scene, the class raster's path ending in .tif).",
+    help="Output directory (or, for one scene, the class raster's path ending in .tif); "
+    "s3://bucket/prefix/ uploads each scene's outputs once complete.",
 )
 @click.option("--tile", "tile", type=int, default=None, help="Tile edge in pixels [default: the bundle's].")
 @click.option("--overlap", type=int, default=None, help="Overlap between tiles in pixels [default: the bundle's].")
@@ -109,7 +110,7 @@ def predict(
 
     Per scene, OUT gets <stem>_classes.tif (a styled COG), <stem>_classes.qml,
     <stem>_summary.json and, if asked, <stem>_probability.tif. Stdout lists the written
-    files, one per line; progress and messages go to stderr.
+    files (or s3:// objects), one per line; progress and messages go to stderr.
     """
     from geopsp.errors import ConfigError, GeopspError
 
@@ -191,8 +192,8 @@ def predict(
             except GeopspError as exc:
                 skip(exc)
                 continue
-        for path in result.paths:
-            click.echo(str(path))
+        for location in result.locations:
+            click.echo(location)
     if failed:
         click.echo(f"Error: {failed} of {len(scenes)} scenes failed", err=True)
         sys.exit(1)

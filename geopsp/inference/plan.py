@@ -17,6 +17,7 @@ of a scene stored in another type than the model's and holding no exact statisti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -34,6 +35,7 @@ from geopsp.io.source import SceneSource, scene_name, scene_stem
 from geopsp.tiling.windows import TileGrid
 
 if TYPE_CHECKING:
+    from geopsp.io.s3 import S3Destination
     from geopsp.io.scene import SceneInfo
     from geopsp.model.meta import BundleMeta
 
@@ -86,6 +88,17 @@ class OutputSet:
         ['classes', 'qml', 'summary', 'preview']
         """
         return {f.name: p for f in fields(self) if (p := getattr(self, f.name)) is not None}
+
+    @property
+    def checked(self) -> list[Path]:
+        """The outputs an existing copy of which refuses a run without ``overwrite``: all but the styles.
+
+        Examples
+        --------
+        >>> [p.name for p in output_set("a/s1.tif", "out", vector=True).checked]
+        ['s1_classes.tif', 's1_summary.json', 's1_polygons.gpkg']
+        """
+        return [p for k, p in self.as_dict().items() if k not in ("qml", "vector_qml")]
 
     def written(self, staged: Sequence[Path]) -> dict[str, Path]:
         """Name what the class raster writer wrote: the rasters, their style and ``.aux.xml``.
@@ -247,12 +260,14 @@ def plan_prediction(
     row_range: tuple[int, int] | None = None,
     overwrite: bool = False,
     prepare: bool = True,
+    destination: S3Destination | None = None,
 ) -> PredictionPlan:
     """Plan a run, and refuse it before any work if it cannot be done.
 
     With ``prepare`` every output is fully checked (its folder created and tested for
     writing); without, only existing outputs are refused, so a dry check leaves the file
-    system untouched.
+    system untouched. With a ``destination`` (``out_dir_or_path`` is its staging path) the
+    outputs' objects are checked in S3 too (:meth:`~geopsp.io.s3.S3Destination.check_absent`).
 
     Raises
     ------
@@ -273,9 +288,11 @@ def plan_prediction(
         row_range=None if row_range is None else (r0, r1),
         vector_format=vcfg.format,
     )
-    for key, p in outputs.as_dict().items():
-        if key not in ("qml", "vector_qml") and (prepare or (p.exists() and not overwrite)):
+    for p in outputs.checked:
+        if prepare or (p.exists() and not overwrite):
             check_output_path(p, overwrite=overwrite, inputs=[source.local] if source.local else [])
+    if destination is not None:
+        destination.check_absent(outputs.checked)
     return PredictionPlan(source, info, meta, tile, overlap, grid, (r0, r1), outputs, cast)
 
 
@@ -291,10 +308,13 @@ def check_inputs(
 ) -> OutputSet:
     """Check a scene, the model metadata and the outputs without reading pixels or importing torch.
 
+    An ``s3://`` output is checked in S3 (the bucket, and existing objects).
+
     Returns
     -------
     OutputSet
-        The outputs :func:`geopsp.pipeline.segment_raster` would write.
+        The outputs :func:`geopsp.pipeline.segment_raster` would write (for an ``s3://``
+        output, named in a staging folder that is gone again).
 
     Raises
     ------
@@ -302,23 +322,30 @@ def check_inputs(
         As :func:`geopsp.pipeline.segment_raster` would, before any work.
     """
     from geopsp.io.grid import scene_as_read
+    from geopsp.io.s3 import S3Destination, is_s3_uri
 
     cfg = config if config is not None else PredictConfig.model_validate({})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # segment_raster warns once
         warnings.simplefilter("ignore", RemoteReadWarning)
         info = scene_as_read(scene, meta, cfg)
-    plan = plan_prediction(
-        scene,
-        info,
-        meta,
-        out_dir_or_path,
-        config=cfg,
-        vector_config=vector_config,
-        row_range=row_range,
-        overwrite=overwrite,
-        prepare=False,
-    )
+    with contextlib.ExitStack() as stack:
+        destination = None
+        if is_s3_uri(out_dir_or_path):
+            destination = stack.enter_context(S3Destination.staged(str(out_dir_or_path), overwrite=overwrite))
+            out_dir_or_path = destination.local
+        plan = plan_prediction(
+            scene,
+            info,
+            meta,
+            out_dir_or_path,
+            config=cfg,
+            vector_config=vector_config,
+            row_range=row_range,
+            overwrite=overwrite,
+            prepare=False,
+            destination=destination,
+        )
     return plan.outputs
 
 

@@ -9,6 +9,7 @@ other output of its set, so a summary under its final name marks a complete set.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -182,12 +183,15 @@ def summarize_run(
     cfg: PredictConfig,
     predictor: Any,
     stats: TileLoopStats,
-    outputs: dict[str, Path],
+    outputs: Mapping[str, str | os.PathLike[str]],
     bundle_path: str | None,
     setup_s: float,
     t_start: float,
 ) -> RunSummary:
-    """Summarize one run of :func:`geopsp.pipeline.segment_raster` (``t_start``: its perf_counter start)."""
+    """Summarize one run of :func:`geopsp.pipeline.segment_raster` (``t_start``: its perf_counter start).
+
+    ``outputs`` names each output as the summary records it: its path, or its ``s3://`` URI.
+    """
     info, meta = plan.info, plan.meta
     r0, r1 = plan.rows
     wall = time.perf_counter() - t_start
@@ -201,7 +205,7 @@ def summarize_run(
     return RunSummary(
         scene=str(plan.scene),
         model=bundle_path,
-        outputs={k: str(v) for k, v in outputs.items()},
+        outputs={k: os.fspath(v) for k, v in outputs.items()},
         size={"width": info.width, "height": info.height, "bands": info.count, "dtype": info.dtype},
         rows=[r0, r1],
         georeferenced=info.georeferenced,

@@ -56,6 +56,7 @@ __all__ = [
     "atomic_output",
     "check_output_path",
     "fsync_path",
+    "left_by_dead_process",
     "remove_stale_temps",
     "rename_noreplace",
     "signals_deferred",
@@ -99,6 +100,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def left_by_dead_process(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is named by :func:`temp_prefix` for a process of this host that no longer runs.
+
+    Temporaries of live processes, of other hosts (shared folders) and other names are not.
+    """
+    m = _OWNED.match(Path(path).name)
+    if m is None or m.group(1) != _HOST:
+        return False
+    pid = int(m.group(2))
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     """Remove temporary files for ``path`` left by dead processes of this host (e.g. after SIGKILL).
 
@@ -116,9 +129,7 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     with contextlib.suppress(OSError):
         for tmp in out.parent.glob(f"{TEMP_MARKER}*"):
             m = _OWNED.match(tmp.name)
-            if m is None or m.group(1) != _HOST or out.name not in m.group(3) or not tmp.is_file():
-                continue
-            if int(m.group(2)) == os.getpid() or _pid_alive(int(m.group(2))):
+            if m is None or out.name not in m.group(3) or not tmp.is_file() or not left_by_dead_process(tmp):
                 continue
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -1,0 +1,278 @@
+"""Outputs written to S3 (``--out s3://bucket/prefix/``) against a real S3 API on loopback (moto's server mode).
+
+The session's ``s3_server`` points ``AWS_ENDPOINT_URL`` at the server and sets test
+credentials; each test makes its own bucket. 403s are real: the server checks signatures and
+IAM policies inside ``s3_server.enforcing_auth()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rasterio = pytest.importorskip("rasterio")
+pytest.importorskip("boto3")
+
+# ---------------------------------------------------------------- helpers
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def errors(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+def geopsp(*argv: str) -> Run:
+    """Run the CLI in-process (``geopsp.cli.main.main``: one-line errors, exit codes)."""
+    from geopsp.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(argv))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        logging.captureWarnings(False)
+        logging.getLogger("geopsp").handlers.clear()
+        logging.getLogger("py.warnings").handlers.clear()
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def keys(s3, bucket: str, prefix: str = "") -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", ()))
+
+
+def read_s3_raster(uri: str) -> np.ndarray:
+    """Read band 1 through GDAL's /vsis3/ with geopsp's remote-read options (the endpoint from the environment).
+
+    They keep GDAL from probing sidecars, which matters here: GDAL reading the ``.aux.xml``
+    from this in-process server never gets its answer.
+    """
+    from geopsp.io.s3 import split_s3_uri
+    from geopsp.io.source import remote_gdal_options
+
+    bucket, key = split_s3_uri(uri)
+    with rasterio.Env(**remote_gdal_options()), rasterio.open(f"/vsis3/{bucket}/{key}") as ds:
+        return ds.read(1)
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    args = ["model", "create", "--preset", "fast", "--encoder", "resnet18", "--bands", "3", "--classes", "4"]
+    res = geopsp(*args, "--tile", "64", "--overlap", "8", "--out", str(path))
+    assert res.code == 0, res.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    from geopsp.synthetic import make_scene
+
+    root = tmp_path_factory.mktemp("scenes")
+    make_scene(root / "s1.tif", width=97, height=83, bands=3, seed=3, labels_path=root / "labels.tif")
+    return root / "s1.tif"
+
+
+@pytest.fixture(scope="module")
+def local_classes(bundle, scene, tmp_path_factory) -> Path:
+    """The class raster of the same run into a local folder."""
+    out = tmp_path_factory.mktemp("local")
+    res = geopsp("predict", str(scene), "--model", str(bundle), "--out", str(out), "--no-progress")
+    assert res.code == 0, res.stderr
+    return out / "s1_classes.tif"
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+def predict(bundle: Path, scene: Path, out: str, *extra: str) -> Run:
+    return geopsp("predict", str(scene), "--model", str(bundle), "--out", out, "--no-progress", *extra)
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_uploads_the_set_and_the_classes_equal_a_local_run(s3_server, bucket, bundle, scene, local_classes):
+    res = predict(bundle, scene, f"s3://{bucket}/runs/one/", "--probabilities", "--vector")
+    assert res.code == 0, res.stderr
+    names = ["s1_classes.qml", "s1_classes.tif", "s1_classes.tif.aux.xml", "s1_polygons.gpkg", "s1_polygons.qml"]
+    names += ["s1_probability.tif", "s1_summary.json"]
+    assert keys(s3_server.client(), bucket) == [f"runs/one/{n}" for n in names]
+    # stdout lists the objects, class raster first, summary last
+    lines = res.stdout.split()
+    assert lines[0] == f"s3://{bucket}/runs/one/s1_classes.tif" and lines[-1].endswith("s1_summary.json")
+    assert sorted(lines) == sorted(f"s3://{bucket}/runs/one/{n}" for n in names)
+    np.testing.assert_array_equal(read_s3_raster(lines[0]), read(local_classes))
+    # the summary names the objects, not the staging folder
+    body = s3_server.client().get_object(Bucket=bucket, Key="runs/one/s1_summary.json")["Body"].read()
+    outputs = json.loads(body)["outputs"]
+    assert outputs["classes"] == lines[0] and all(v.startswith(f"s3://{bucket}/runs/one/") for v in outputs.values())
+
+
+def test_predict_to_one_s3_file_names_the_others_after_it(s3_server, bucket, bundle, scene, local_classes):
+    res = predict(bundle, scene, f"s3://{bucket}/maps/area_classes.tif")
+    assert res.code == 0, res.stderr
+    assert keys(s3_server.client(), bucket) == [
+        "maps/area_classes.qml",
+        "maps/area_classes.tif",
+        "maps/area_classes.tif.aux.xml",
+        "maps/area_summary.json",
+    ]
+    np.testing.assert_array_equal(read_s3_raster(f"s3://{bucket}/maps/area_classes.tif"), read(local_classes))
+
+
+def test_library_returns_the_uris(s3_server, bucket, bundle, scene):
+    from geopsp.model.bundle import load_bundle
+    from geopsp.pipeline import segment_raster
+
+    result = segment_raster(scene, load_bundle(bundle), f"s3://{bucket}/lib")
+    assert result.uris["classes"] == f"s3://{bucket}/lib/s1_classes.tif"
+    assert result.locations[-1] == f"s3://{bucket}/lib/s1_summary.json"
+    assert not result.classes.exists()  # the staging folder is gone
+    assert len(keys(s3_server.client(), bucket, "lib/")) == len(result.uris)
+
+
+def test_existing_outputs_are_refused_before_any_work_and_replaced_with_overwrite(s3_server, bucket, bundle, scene):
+    s3 = s3_server.client()
+    s3.put_object(Bucket=bucket, Key="p/s1_summary.json", Body=b"{}")
+    res = predict(bundle, scene, f"s3://{bucket}/p/")
+    assert res.code == 1
+    assert res.errors == [
+        f"Error: s3://{bucket}/p/s1_summary.json: already exists; pass --overwrite (overwrite=True) to replace it"
+    ]
+    assert keys(s3, bucket) == ["p/s1_summary.json"]
+    res = predict(bundle, scene, f"s3://{bucket}/p/", "--overwrite")
+    assert res.code == 0, res.stderr
+    assert json.loads(s3.get_object(Bucket=bucket, Key="p/s1_summary.json")["Body"].read())["schema"]
+    assert len(keys(s3, bucket)) == 4
+    # a complete set exists now: the class raster alone refuses the run too
+    s3.delete_object(Bucket=bucket, Key="p/s1_summary.json")
+    res = predict(bundle, scene, f"s3://{bucket}/p/")
+    assert res.code == 1 and res.errors == [
+        f"Error: s3://{bucket}/p/s1_classes.tif: already exists; pass --overwrite (overwrite=True) to replace it"
+    ]
+
+
+def test_a_failed_upload_mid_set_leaves_no_summary_and_no_member(s3_server, bucket, bundle, scene):
+    """The server refuses the summary (a real 403 from an IAM policy): the members already uploaded are removed."""
+    user = s3_server.user(
+        f"no-summary-{bucket}",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+                {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/*_summary.json"},
+            ],
+        },
+    )
+    with pytest.MonkeyPatch.context() as mp, s3_server.enforcing_auth():
+        for k, v in user.items():
+            mp.setenv(k, v)
+        res = predict(bundle, scene, f"s3://{bucket}/mid/")
+    assert res.code == 1
+    assert len(res.errors) == 1, res.errors
+    refused = f"Error: s3://{bucket}/mid/s1_summary.json: S3 refused access (HTTP 403 AccessDenied"
+    assert res.errors[0].startswith(refused)
+    assert keys(s3_server.client(), bucket) == []
+
+
+def test_wrong_credentials_are_one_line_403_before_any_work(s3_server, bucket, bundle, scene, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with s3_server.enforcing_auth():
+        res = predict(bundle, scene, f"s3://{bucket}/x/")
+    assert res.code == 1
+    assert len(res.errors) == 1, res.errors
+    assert res.errors[0].startswith(f"Error: s3://{bucket}/x/: S3 refused access (HTTP 403")
+    assert "AWS_ACCESS_KEY_ID" in res.errors[0]
+    assert keys(s3_server.client(), bucket) == []
+
+
+def test_missing_bucket_is_one_line(s3_server, bundle, scene):
+    del s3_server
+    res = predict(bundle, scene, "s3://no-such-bucket-here/x/")
+    assert res.code == 1
+    assert res.errors == [
+        "Error: s3://no-such-bucket-here/x/: the bucket 'no-such-bucket-here' does not exist (HTTP 404); "
+        "check the bucket name and AWS_ENDPOINT_URL"
+    ]
+
+
+def test_unreachable_endpoint_is_one_line(s3_server, bundle, scene, monkeypatch):
+    del s3_server
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    res = predict(bundle, scene, "s3://anything/x/")
+    assert res.code == 1
+    assert len(res.errors) == 1, res.errors
+    assert res.errors[0].startswith("Error: s3://anything/x/: cannot reach S3 (")
+    assert f"127.0.0.1:{port}" in res.errors[0] and "AWS_ENDPOINT_URL" in res.errors[0]
+
+
+def test_without_boto3_s3_out_is_a_config_error(s3_server, bundle, scene, monkeypatch):
+    del s3_server
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    res = predict(bundle, scene, "s3://anything/x/")
+    assert res.code == 1
+    assert res.errors == ["Error: s3:// needs boto3, which is not installed; pip install 'geopsp[s3]'"]
+
+
+def test_bad_s3_keys_are_refused(bundle, scene):
+    res = predict(bundle, scene, "s3://bucket/a/../b/")
+    assert res.code == 1 and len(res.errors) == 1 and "'..'" in res.errors[0]
+
+
+def test_staging_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    from geopsp.io import atomic
+    from geopsp.io.s3 import S3Destination
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / f"{atomic.TEMP_MARKER}{atomic._HOST}-999999999-0123abcd-s3-x1"
+    alive = tmp_path / f"{atomic.TEMP_MARKER}{atomic._HOST}-{os.getppid()}-0123abcd-s3-x2"
+    dead.mkdir()
+    alive.mkdir()
+    with S3Destination.staged("s3://b/p/") as dest:
+        assert dest.local == dest.root / "p/" and dest.root.is_dir()
+        root = dest.root
+    assert not root.exists() and not dead.exists() and alive.exists()
