@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,3 +277,89 @@ def test_staging_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
         assert dest.local == dest.root / "p/" and dest.root.is_dir()
         root = dest.root
     assert not root.exists() and not dead.exists() and alive.exists()
+
+
+# ---------------------------------------------------------------- batch
+
+
+@pytest.fixture(scope="module")
+def batch_scenes(tmp_path_factory) -> Path:
+    from geopsp.synthetic import make_scene
+
+    root = tmp_path_factory.mktemp("batch-scenes")
+    labels = tmp_path_factory.mktemp("batch-labels")
+    make_scene(root / "a.tif", width=96, height=80, bands=3, seed=1, labels_path=labels / "a.tif")
+    make_scene(root / "sub" / "big.tif", width=150, height=600, bands=3, seed=7, labels_path=labels / "big.tif")
+    return root
+
+
+@pytest.mark.dask
+@pytest.mark.timeout(300)
+def test_batch_to_s3_uploads_each_set_and_resumes_from_the_objects(s3_server, bucket, bundle, batch_scenes, tmp_path):
+    """Workers (a real LocalCluster, the environment inherited) upload their sets; strips go through S3."""
+    pytest.importorskip("distributed")
+    import torch
+
+    from geopsp.batch import run_batch
+    from geopsp.config.schema import BatchConfig, GeopspConfig, PredictConfig
+    from geopsp.model.bundle import load_bundle
+    from geopsp.pipeline import segment_raster
+
+    s3 = s3_server.client()
+    out = f"s3://{bucket}/batch/"
+    cfg = GeopspConfig(
+        predict=PredictConfig(vector=True, probabilities=True),
+        batch=BatchConfig(strip_pixels=65_536, n_workers=1, torch_threads=1, dashboard_address=None),
+    )
+    report = run_batch([batch_scenes], bundle, out, config=cfg)
+    assert report.summary_line() == f"2 scenes: 2 done (see {out}manifest.jsonl)"
+    assert {r.id: r.strips for r in report.records} == {"a.tif": 1, "sub/big.tif": 2}
+    per_scene = ["classes.qml", "classes.tif", "classes.tif.aux.xml", "polygons.gpkg", "polygons.qml"]
+    per_scene += ["probability.tif", "summary.json"]
+    expected = [f"batch/a_{n}" for n in per_scene] + ["batch/manifest.jsonl"]
+    expected += [f"batch/sub/big_{n}" for n in per_scene]
+    assert keys(s3, bucket) == sorted(expected)  # no strips left under .geopsp-work/
+    # the same classes as one in-process run each (one torch thread, as the worker)
+    model = load_bundle(bundle)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, key in (("a.tif", "batch/a_classes.tif"), ("sub/big.tif", "batch/sub/big_classes.tif")):
+            ref = segment_raster(batch_scenes / name, model, tmp_path / "ref" / Path(name).stem).classes
+            got = tmp_path / "got" / Path(key).name
+            got.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(got))
+            np.testing.assert_array_equal(read(got), read(ref), err_msg=name)
+    finally:
+        torch.set_num_threads(threads)
+    manifest = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key="batch/manifest.jsonl")["Body"].iter_lines()]
+    assert {r["id"]: r["status"] for r in manifest} == {"a.tif": "done", "sub/big.tif": "done"}
+    big = next(r for r in manifest if r["id"] == "sub/big.tif")
+    assert "sub/big_polygons.gpkg" in big["outputs"] and "sub/big_summary.json" in big["outputs"]
+    summary = json.loads(s3.get_object(Bucket=bucket, Key="batch/sub/big_summary.json")["Body"].read())
+    assert summary["outputs"]["classes"] == f"{out}sub/big_classes.tif" and len(summary["strips"]) == 2
+
+    # Without the manifest and without a's summary: big is complete (its summary object says so), a is redone.
+    s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "batch/manifest.jsonl"}, {"Key": "batch/a_summary.json"}]}
+    )
+    again = run_batch([batch_scenes], bundle, out, config=cfg)
+    assert {r.id: r.status for r in again.records} == {"a.tif": "done", "sub/big.tif": "skipped"}
+    assert keys(s3, bucket) == sorted(expected)
+    # Everything complete now: nothing to run, no cluster started.
+    t0 = time.perf_counter()
+    third = run_batch([batch_scenes], bundle, out, config=cfg)
+    assert third.skipped == 2 and time.perf_counter() - t0 < 10
+    lines = s3.get_object(Bucket=bucket, Key="batch/manifest.jsonl")["Body"].read().decode().splitlines()
+    assert [json.loads(x)["status"] for x in lines] == ["skipped", "done", "skipped", "skipped"]
+
+
+def test_batch_to_a_missing_bucket_fails_before_any_cluster(s3_server, bundle, batch_scenes):
+    from geopsp.batch import run_batch
+    from geopsp.errors import OutputError
+
+    del s3_server
+    t0 = time.perf_counter()
+    with pytest.raises(OutputError, match=r"^s3://no-such-batch-bucket/x/: the bucket 'no-such-batch-bucket' does not"):
+        run_batch([batch_scenes], bundle, "s3://no-such-batch-bucket/x/")
+    assert time.perf_counter() - t0 < 10

@@ -6,7 +6,8 @@ on the same folder never interleave lines and a crash leaves at most one torn la
 which readers skip. The newest record of a scene wins.
 
 Output paths in records are relative to the output folder and informational only: geopsp
-never writes to a path read from a manifest.
+never writes to a path read from a manifest. A batch writing to ``s3://`` keeps its manifest
+as an object under the prefix (:class:`S3Manifest`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Literal
 from geopsp.errors import OutputError
 from geopsp.io.outdir import ensure_output_dir
 
-__all__ = ["MANIFEST_NAME", "Manifest", "SceneRecord", "Status"]
+__all__ = ["MANIFEST_NAME", "Manifest", "S3Manifest", "SceneRecord", "Status"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ class Manifest:
                 return False
         return True
 
+    def close(self) -> None:
+        """Do nothing: every record is on disk when :meth:`append` returns (as :meth:`S3Manifest.close` needs)."""
+
     def append(self, records: SceneRecord | Sequence[SceneRecord]) -> None:
         """Append records atomically (one ``write`` per call, under an exclusive lock).
 
@@ -207,3 +211,86 @@ def _repair_torn_tail(fd: int) -> None:
         return
     if os.pread(fd, 1, size - 1) != b"\n":
         os.write(fd, b"\n")
+
+
+class S3Manifest:
+    """The manifest of a batch writing to ``s3://``: a local copy, uploaded whole as ``<prefix>/manifest.jsonl``.
+
+    S3 cannot append, so the records go into a private local :class:`Manifest` (the object's
+    earlier lines first) and the whole file is uploaded at most every ``flush_s`` seconds and by
+    :meth:`close`. Finished scenes are told by their objects: :meth:`is_complete` checks a
+    record's outputs against one listing of the prefix, taken when the batch starts.
+    Two batches writing the same prefix at once would overwrite each other's manifest.
+
+    Parameters
+    ----------
+    uri : str
+        The batch output prefix, ``s3://bucket/prefix/``.
+    flush_s : float, default 10
+        Least time between two uploads of the manifest.
+
+    Raises
+    ------
+    OutputError
+        One line when the bucket cannot be used or the manifest cannot be read.
+    """
+
+    def __init__(self, uri: str, *, flush_s: float = 10.0) -> None:
+        import tempfile
+
+        from geopsp.io import s3
+
+        self.out_dir = uri if uri.endswith("/") else uri + "/"
+        self.path = self.out_dir + MANIFEST_NAME
+        self.flush_s = flush_s
+        self._client = s3.client()
+        s3.check_bucket(self.out_dir, s3=self._client)
+        self.objects = set(s3.list_objects(self.out_dir, s3=self._client))
+        self._folder = Path(tempfile.mkdtemp(prefix="geopsp-manifest-"))
+        self._local = Manifest(self._folder)
+        if self.path in self.objects:
+            s3.download_file(self.path, self._local.path, s3=self._client)
+        self._flushed = time.monotonic()
+
+    def records(self) -> Iterator[SceneRecord]:
+        """Yield every readable record, the object's first."""
+        return self._local.records()
+
+    def latest(self) -> dict[str, SceneRecord]:
+        """Return the newest record per scene id."""
+        return self._local.latest()
+
+    def is_complete(self, record: SceneRecord | None) -> bool:
+        """Whether ``record`` says complete and all its outputs were objects when the batch started."""
+        if record is None or not record.complete:
+            return False
+        return all(self.out_dir + rel in self.objects for rel in record.outputs)
+
+    def append(self, records: SceneRecord | Sequence[SceneRecord]) -> None:
+        """Record outcomes; upload the manifest when ``flush_s`` passed since the last upload."""
+        self._local.append(records)
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Upload the manifest now (when it has any record).
+
+        Raises
+        ------
+        OutputError
+            One line naming the manifest object.
+        """
+        from geopsp.io import s3
+
+        if self._local.path.is_file():
+            s3.upload_file(self._local.path, self.path, s3=self._client)
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Upload the manifest a last time and remove the local copy."""
+        import shutil
+
+        try:
+            self.flush()
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)

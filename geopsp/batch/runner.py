@@ -4,6 +4,10 @@ The client discovers jobs, skips scenes the manifest says are complete, submits 
 scene (or one per row strip plus a stitch task for big scenes, and optionally a vectorize
 task on any worker), and appends one manifest record per scene as results arrive.
 
+Outputs go to a local (or shared) folder or below an ``s3://`` prefix
+(:mod:`geopsp.batch.destination`); with S3 each worker uploads its scene's set, polygons
+included, once complete, the summary last, so a summary object marks a finished scene.
+
 Workers keep the model bundle in a per-process cache keyed by path, size and mtime, so each
 worker loads it once. Input errors are returned as failures and never retried; other errors
 (a worker killed by the OOM killer, a CUDA OOM, a flaky file system) are retried by dask.
@@ -16,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,8 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from geopsp.batch.jobs import Job, discover_jobs, output_dir_for
-from geopsp.batch.manifest import Manifest, SceneRecord
+from geopsp.batch.destination import WORK_DIR, BatchOutputs, batch_outputs
+from geopsp.batch.jobs import Job, discover_jobs
+from geopsp.batch.manifest import Manifest, S3Manifest, SceneRecord
 from geopsp.batch.strips import plan_strips
 from geopsp.batch.tasks import SceneTask, TorchThreads, cpu_count, run_scene, stitch_scene, vectorize_scene
 from geopsp.config.schema import GeopspConfig, PredictConfig
@@ -37,19 +41,14 @@ from geopsp.errors import (
     InputRasterError,
 )
 from geopsp.inference.plan import resolve_tiling
-from geopsp.io.atomic import TEMP_MARKER
-from geopsp.io.outdir import ensure_output_dir
 from geopsp.model.meta import BundleMeta
 
-__all__ = ["SCHEDULER_ENV", "BatchReport", "run_batch"]
+__all__ = ["SCHEDULER_ENV", "WORK_DIR", "BatchReport", "run_batch"]
 
 logger = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "GEOPSP_SCHEDULER"
 """Environment variable naming a dask scheduler address (``tcp://host:8786``)."""
-
-WORK_DIR = ".geopsp-work"
-"""Folder under the output directory holding temporary strip rasters."""
 
 ProgressFn = Callable[[int, int], None]
 
@@ -62,10 +61,10 @@ class BatchReport:
     ----------
     records : tuple of SceneRecord
         One per scene, in job order.
-    out_dir : Path
-        The output folder.
-    manifest : Path
-        ``out_dir / "manifest.jsonl"``.
+    out_dir : Path or str
+        The output folder, or the ``s3://`` prefix.
+    manifest : Path or str
+        ``out_dir / "manifest.jsonl"`` (an ``s3://`` URI below a prefix).
     seconds : float
         Wall time of the whole batch.
     dashboard : str or None
@@ -73,8 +72,8 @@ class BatchReport:
     """
 
     records: tuple[SceneRecord, ...]
-    out_dir: Path
-    manifest: Path
+    out_dir: Path | str
+    manifest: Path | str
     seconds: float
     dashboard: str | None = None
 
@@ -116,7 +115,7 @@ class BatchReport:
 @dataclass(slots=True)
 class _Pending:
     job: Job
-    out: Path
+    out: str
     strips: int
     started: float = field(default_factory=time.perf_counter)
 
@@ -144,7 +143,10 @@ def run_batch(
         Model bundle; every worker loads it once.
     out_dir : str or os.PathLike
         Output folder; outputs mirror the input names below it, and ``manifest.jsonl`` lists
-        every scene's outcome.
+        every scene's outcome. An ``s3://bucket/prefix/`` writes below the prefix instead:
+        every worker uploads its scenes' sets (credentials and ``AWS_ENDPOINT_URL`` from its
+        environment), a scene whose summary object exists counts as complete, and the
+        manifest is an object under the prefix.
     config : GeopspConfig, optional
         ``predict`` and ``batch`` settings (default: packaged defaults).
     scheduler : str, optional
@@ -177,22 +179,45 @@ def run_batch(
     ConfigError
         If no worker of the cluster offers the requested resources.
     OutputError
-        If an output name is unsafe or the output folder is not writable.
+        If an output name is unsafe, the output folder is not writable, or the S3 bucket
+        cannot be used (missing, access refused, unreachable).
     """
     t0 = time.perf_counter()
     cfg = config if config is not None else GeopspConfig()
+    outputs = batch_outputs(out_dir)  # checked (created, or the bucket listed) before anything else
+    try:
+        report = _run_batch(inputs, model, outputs, t0, cfg, scheduler, n_workers, resources, overwrite, progress)
+    except BaseException:
+        with contextlib.suppress(GeopspError):  # the first failure is the one to report
+            outputs.manifest.close()
+        raise
+    outputs.manifest.close()
+    return report
+
+
+def _run_batch(
+    inputs: Sequence[str | os.PathLike[str]],
+    model: str | os.PathLike[str],
+    outputs: BatchOutputs,
+    t0: float,
+    cfg: GeopspConfig,
+    scheduler: str | None,
+    n_workers: int | None,
+    resources: Mapping[str, float] | None,
+    overwrite: bool,
+    progress: ProgressFn | None,
+) -> BatchReport:
     bcfg = cfg.batch
-    out = ensure_output_dir(out_dir)
     model_path, meta = _check_model(model)
     tiling = resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
-    jobs = discover_jobs(inputs, out_dir=out, spacenet_products=bcfg.spacenet_products)
+    jobs = discover_jobs(inputs, out_dir=outputs.exclude, spacenet_products=bcfg.spacenet_products)
     if not jobs:
         raise InputRasterError(f"{', '.join(map(str, inputs)) or 'no inputs'}: no scenes to process")
     address = scheduler or os.environ.get(SCHEDULER_ENV) or bcfg.scheduler
     res = dict(bcfg.resources if resources is None else resources)
     fingerprint = _fingerprint(model_path, cfg.predict)
 
-    manifest = Manifest(out)
+    manifest = outputs.manifest
     latest = manifest.latest()
     records: dict[str, SceneRecord] = {}
     todo: list[Job] = []
@@ -204,6 +229,9 @@ def run_batch(
             records[job.id] = SceneRecord(
                 job.id, str(job.scene), "skipped", prev.outputs, strips=prev.strips, fingerprint=prev.fingerprint
             )
+        elif not overwrite and (found := outputs.finished(job, cfg)) is not None:
+            logger.info("%s: kept: its outputs and summary are in %s", job.id, outputs.root)
+            records[job.id] = SceneRecord(job.id, str(job.scene), "skipped", found)
         else:
             todo.append(job)
     manifest.append([records[j.id] for j in jobs if j.id in records])
@@ -220,7 +248,7 @@ def run_batch(
                 for rec in _run_jobs(
                     client,
                     todo,
-                    out,
+                    outputs,
                     model_path,
                     tiling,
                     cfg,
@@ -233,8 +261,10 @@ def run_batch(
                 ):
                     records[rec.id] = rec
         finally:
-            _cleanup_temps(out, todo)
-    report = BatchReport(tuple(records[j.id] for j in jobs), out, manifest.path, time.perf_counter() - t0, dashboard)
+            outputs.cleanup(todo)
+    report = BatchReport(
+        tuple(records[j.id] for j in jobs), outputs.root, manifest.path, time.perf_counter() - t0, dashboard
+    )
     logger.debug("%s", report.summary_line())
     return report
 
@@ -412,26 +442,29 @@ def _check_resources(client: Any, resources: Mapping[str, float]) -> None:
 def _run_jobs(
     client: Any,
     jobs: Sequence[Job],
-    out: Path,
+    outputs: BatchOutputs,
     model: Path,
     tiling: tuple[int, int],
     cfg: GeopspConfig,
     resources: Mapping[str, float],
     fingerprint: str,
-    manifest: Manifest,
+    manifest: Manifest | S3Manifest,
     progress: ProgressFn | None,
     finished: int,
     total: int,
 ) -> Iterator[SceneRecord]:
     from distributed import as_completed
 
-    vectorize = cfg.predict.vector and _have_vectorize()
+    # In S3 the polygons join the scene's set (its summary, uploaded last, marks it complete);
+    # locally they are a separate CPU task.
+    in_set = cfg.vectorize if outputs.remote and cfg.predict.vector else None
+    vectorize = cfg.predict.vector and _have_vectorize() and in_set is None
     predict = cfg.predict.model_copy(update={"vector": False}) if vectorize else cfg.predict
     tile, overlap = tiling
     pending: dict[Any, _Pending] = {}
     for job in jobs:
         try:
-            dest = output_dir_for(out, job)
+            dest = outputs.scene_out(job)
         except GeopspError as exc:  # e.g. a symlink leading out of the output folder
             rec = SceneRecord(job.id, str(job.scene), "failed", error=str(exc), error_type=type(exc).__name__)
             manifest.append(rec)
@@ -441,10 +474,10 @@ def _run_jobs(
                 progress(finished, total)
             yield rec
             continue
-        task = SceneTask(str(job.scene), str(dest / f"{job.stem}_classes.tif"), str(model), predict)
+        task = SceneTask(str(job.scene), dest, str(model), predict, vectorize=in_set)
         size = _scene_size(job.scene, model, cfg.predict)
         strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels) if size else [(0, 0)]
-        fut = _submit(client, job, task, strips, out / WORK_DIR / job.key, resources, cfg.batch.retries)
+        fut = _submit(client, job, task, strips, outputs, resources, cfg.batch.retries)
         if vectorize:
             key = f"geopsp-vector-{job.key}-{_token()}"
             fut = client.submit(vectorize_scene, fut, cfg.vectorize, key=key, retries=cfg.batch.retries, pure=False)
@@ -453,7 +486,7 @@ def _run_jobs(
     try:
         for fut in as_completed(list(pending), loop=client.loop):  # type: ignore[no-untyped-call]
             p = pending.pop(fut)
-            rec = _record(fut, p, out, fingerprint)
+            rec = _record(fut, p, outputs, fingerprint)
             fut.release()  # drop the result so losing its worker later recomputes nothing
             manifest.append(rec)
             if rec.status == "failed":
@@ -474,7 +507,7 @@ def _submit(
     job: Job,
     task: SceneTask,
     strips: Sequence[tuple[int, int]],
-    work: Path,
+    outputs: BatchOutputs,
     resources: Mapping[str, float],
     retries: int,
 ) -> Any:
@@ -483,10 +516,11 @@ def _submit(
     if len(strips) <= 1:
         key = f"geopsp-scene-{job.key}-{_token()}"
         return client.submit(run_scene, task, key=key, resources=res, retries=retries, pure=False)
+    strip_predict = task.predict.model_copy(update={"vector": False})  # polygons come from the stitched scene
     parts = [
         client.submit(
             run_scene,
-            replace(task, out=str(work / f"strip-{i:04d}" / f"{job.stem}_classes.tif"), row_range=rr),
+            replace(task, out=outputs.strip_out(job, i), row_range=rr, predict=strip_predict, vectorize=None),
             key=f"geopsp-strip-{job.key}-{i}-{_token()}",
             resources=res,
             retries=retries,
@@ -496,10 +530,10 @@ def _submit(
     ]
     # Stitching asks for no resources: any worker (a CPU-only one too) may do it.
     key = f"geopsp-stitch-{job.key}-{_token()}"
-    return client.submit(stitch_scene, task, parts, str(work), key=key, retries=retries, pure=False)
+    return client.submit(stitch_scene, task, parts, outputs.work(job), key=key, retries=retries, pure=False)
 
 
-def _record(fut: Any, p: _Pending, out: Path, fingerprint: str) -> SceneRecord:
+def _record(fut: Any, p: _Pending, outputs: BatchOutputs, fingerprint: str) -> SceneRecord:
     job = p.job
     base = SceneRecord(job.id, str(job.scene), "failed", strips=p.strips)
     if fut.status == "error":
@@ -512,9 +546,8 @@ def _record(fut: Any, p: _Pending, out: Path, fingerprint: str) -> SceneRecord:
     base = replace(base, seconds=float(result.get("seconds", 0.0)), worker=result.get("worker"))
     if result["status"] != "done":
         return replace(base, error=result.get("error"), error_type=result.get("error_type"))
-    root = out.resolve()
-    outputs = tuple(Path(o).resolve().relative_to(root).as_posix() for o in result["outputs"])
-    return replace(base, status="done", outputs=outputs, fingerprint=fingerprint)
+    written = tuple(outputs.relative(o) for o in result["outputs"])
+    return replace(base, status="done", outputs=written, fingerprint=fingerprint)
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -553,16 +586,3 @@ def _scene_size(scene: str | os.PathLike[str], model: Path, predict: PredictConf
     except Exception:
         return None
     return info.height, info.width
-
-
-def _cleanup_temps(out: Path, jobs: Sequence[Job]) -> None:
-    """Remove temporary files left by workers that died mid-write, and finished strip folders."""
-    for job in jobs:
-        with contextlib.suppress(OSError, GeopspError):
-            folder = output_dir_for(out, job)
-            for tmp in folder.glob(f"{TEMP_MARKER}*-{job.stem}_*"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-        shutil.rmtree(out / WORK_DIR / job.key, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        (out / WORK_DIR).rmdir()

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ def stitch_strips(
     model: str | os.PathLike[str],
     predict: PredictConfig,
     block_rows: int = 512,
+    locate: Callable[[Path], str] | None = None,
 ) -> list[Path]:
     """Stitch strip class rasters (and probability rasters) into the scene's outputs.
 
@@ -100,6 +101,9 @@ def stitch_strips(
         The settings the strips were made with.
     block_rows : int, default 512
         Rows copied at a time.
+    locate : callable, optional
+        How the summary names each output (``locate(path)``: its ``s3://`` URI when the set is
+        staged for S3); default: its path.
 
     Returns
     -------
@@ -171,7 +175,8 @@ def stitch_strips(
                     writer.write_rows(r0 + off, cls, prob)
         written = writer.close(staged)
         names = {**planned.written([Path(p) for p in written]), "summary": planned.summary}
-        summary = merge_strip_summaries(ordered, width=info.width, height=info.height, outputs=names)
+        named = names if locate is None else {k: locate(v) for k, v in names.items()}
+        summary = merge_strip_summaries(ordered, width=info.width, height=info.height, outputs=named)
         write_summary(staged.temp(planned.summary, marker=True), planned.summary, summary)
         staged.commit()
     outputs = [*map(Path, written), planned.summary]

@@ -80,6 +80,9 @@ class SceneTask:
         Prediction settings.
     row_range : tuple of int, optional
         Rows ``[r0, r1)`` of a strip.
+    vectorize : VectorizeConfig, optional
+        Vectorize within the task, into the scene's set (an ``s3://`` batch; a scene task
+        vectorizes with ``predict.vector``, a stitch task after stitching).
     """
 
     scene: str
@@ -87,6 +90,7 @@ class SceneTask:
     model: str
     predict: PredictConfig
     row_range: tuple[int, int] | None = None
+    vectorize: VectorizeConfig | None = None
 
 
 class TorchThreads(WorkerPlugin):
@@ -199,7 +203,15 @@ def _segment(task: SceneTask) -> Any:
         bundle = cached_bundle(task.model, task.predict.device)
     # Anything under a final name that the manifest does not list as complete is a leftover
     # of an interrupted attempt; the client already decided the scene must be (re)computed.
-    return segment_raster(task.scene, bundle, task.out, config=task.predict, overwrite=True, row_range=task.row_range)
+    return segment_raster(
+        task.scene,
+        bundle,
+        task.out,
+        config=task.predict,
+        overwrite=True,
+        row_range=task.row_range,
+        vector_config=task.vectorize,
+    )
 
 
 def run_scene(task: SceneTask) -> dict[str, Any]:
@@ -228,7 +240,7 @@ def run_scene(task: SceneTask) -> dict[str, Any]:
         return _failure(exc, t0)
     return {
         "status": "done",
-        "outputs": [str(p) for p in _outputs_of(result)],
+        "outputs": _outputs_of(result),
         "summary": getattr(result, "summary", None),
         "seconds": time.perf_counter() - t0,
         "row_range": task.row_range,
@@ -236,11 +248,15 @@ def run_scene(task: SceneTask) -> dict[str, Any]:
     }
 
 
-def _outputs_of(result: Any) -> list[Path]:
+def _outputs_of(result: Any) -> list[str]:
+    """Where a result's outputs are: their paths, or their ``s3://`` URIs."""
+    locations = getattr(result, "locations", None)
+    if locations is not None:
+        return [str(p) for p in locations]
     outputs = getattr(result, "outputs", ())
     if isinstance(outputs, Mapping):
         outputs = outputs.values()
-    return [Path(p) for p in outputs if p is not None]
+    return [str(p) for p in outputs if p is not None]
 
 
 def _failure(exc: BaseException, t0: float) -> dict[str, Any]:
@@ -265,21 +281,77 @@ def _worker_address() -> str | None:
 
 
 def stitch_scene(task: SceneTask, parts: Sequence[Mapping[str, Any]], work: str) -> dict[str, Any]:
-    """Worker task: stitch strip results into the scene's outputs (see :mod:`geopsp.batch.strips`)."""
+    """Worker task: stitch strip results into the scene's outputs (see :mod:`geopsp.batch.strips`).
+
+    ``work`` is the strips' folder, or their ``s3://`` prefix; it is removed afterwards.
+    """
     from geopsp.batch.strips import stitch_strips
+    from geopsp.io.s3 import is_s3_uri
 
     t0 = time.perf_counter()
     failed = next((p for p in parts if p["status"] != "done"), None)
     if failed is not None:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_work(work)
         return dict(failed)
     try:
-        outputs = stitch_strips(task.scene, parts, task.out, model=task.model, predict=task.predict)
+        if is_s3_uri(task.out):
+            outputs = _stitch_to_s3(task, parts)
+        else:
+            stitched = stitch_strips(task.scene, parts, task.out, model=task.model, predict=task.predict)
+            outputs = [str(p) for p in stitched]
     except _PERMANENT as exc:
         return _failure(exc, t0)
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_work(work)  # not before: a retry after a transient error needs the strips
     seconds = sum(float(p["seconds"]) for p in parts) + time.perf_counter() - t0
-    return {"status": "done", "outputs": [str(p) for p in outputs], "seconds": seconds, "worker": _worker_address()}
+    return {"status": "done", "outputs": outputs, "seconds": seconds, "worker": _worker_address()}
+
+
+def _stitch_to_s3(task: SceneTask, parts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Stitch strips stored in S3 in a local staging folder, vectorize there if asked, upload the set (summary last)."""
+    from geopsp.batch.strips import stitch_strips, vectorize_outputs
+    from geopsp.io.s3 import S3Destination
+
+    with S3Destination.staged(task.out, overwrite=True) as dest:
+        local = _download_strips(parts, dest.root / ".geopsp-strips")
+        stitched = stitch_strips(
+            task.scene, local, dest.local, model=task.model, predict=task.predict, locate=dest.uri_of
+        )
+        members, summary = stitched[:-1], stitched[-1]
+        if task.vectorize is not None:
+            with _quiet_georeferencing():
+                members += vectorize_outputs(stitched, task.vectorize)
+        return dest.upload(members, marker=summary)
+
+
+def _download_strips(parts: Sequence[Mapping[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """Fetch each strip's class (and probability) raster from S3; the parts then name the local copies."""
+    from geopsp.io.s3 import download_file
+
+    local: list[dict[str, Any]] = []
+    for i, part in enumerate(parts):
+        summary = dict(part.get("summary") or {})
+        named = summary.get("outputs")
+        if isinstance(named, Mapping):
+            here = {k: folder / f"{i:04d}" / str(uri).rsplit("/", 1)[-1] for k, uri in named.items()}
+            for name in ("classes", "probability"):  # the rasters the stitcher reads; the rest stays in S3
+                if name in here:
+                    here[name].parent.mkdir(parents=True, exist_ok=True)
+                    download_file(str(named[name]), here[name])
+            summary["outputs"] = {k: str(v) for k, v in here.items()}
+        local.append({**part, "summary": summary})
+    return local
+
+
+def _remove_work(work: str) -> None:
+    """Remove a scene's strips: a local folder, or every object below an ``s3://`` prefix."""
+    from geopsp.errors import GeopspError
+    from geopsp.io import s3
+
+    if not s3.is_s3_uri(work):
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    with contextlib.suppress(GeopspError):  # litter only; the batch client sweeps again at the end
+        s3.delete_objects(s3.list_objects(work))
 
 
 def vectorize_scene(result: Mapping[str, Any], config: VectorizeConfig) -> dict[str, Any]:

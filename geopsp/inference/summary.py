@@ -134,7 +134,7 @@ def write_summary(tmp: Path, final: Path, summary: RunSummary) -> None:
 
 
 def merge_strip_summaries(
-    parts: Sequence[Mapping[str, Any]], *, width: int, height: int, outputs: Mapping[str, Path]
+    parts: Sequence[Mapping[str, Any]], *, width: int, height: int, outputs: Mapping[str, str | os.PathLike[str]]
 ) -> RunSummary:
     """One summary for a scene stitched from strips: times and tile counts add up.
 
@@ -145,8 +145,8 @@ def merge_strip_summaries(
         :meth:`RunSummary.to_dict`), in row order.
     width, height : int
         The scene's size.
-    outputs : mapping of str to Path
-        The stitched scene's outputs.
+    outputs : mapping of str to path or str
+        The stitched scene's outputs (paths, or ``s3://`` URIs).
     """
     first = RunSummary.from_dict(parts[0].get("summary") or {}, source=f"strip rows {parts[0].get('row_range')}")
     seconds: dict[str, float] = {}
@@ -161,7 +161,7 @@ def merge_strip_summaries(
     busy = seconds.get("total", 0.0)
     merged = first.to_dict()
     merged.update(
-        outputs={k: str(v) for k, v in outputs.items()},
+        outputs={k: os.fspath(v) for k, v in outputs.items()},
         rows=[0, height],
         seconds=seconds or first.seconds,
         tiles={**first.tiles, **counts},
