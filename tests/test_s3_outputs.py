@@ -279,6 +279,41 @@ def test_staging_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
     assert not root.exists() and not dead.exists() and alive.exists()
 
 
+# ---------------------------------------------------------------- vectorize, evaluate
+
+
+def test_vectorize_uploads_the_polygons_and_their_style(s3_server, bucket, local_classes):
+    uri = f"s3://{bucket}/v/polys.gpkg"
+    res = geopsp("vectorize", str(local_classes), "--out", uri, "--no-progress")
+    assert res.code == 0, res.stderr
+    assert res.stdout.split() == [uri]
+    s3 = s3_server.client()
+    assert keys(s3, bucket) == ["v/polys.gpkg", "v/polys.qml"]
+    res = geopsp("vectorize", str(local_classes), "--out", uri, "--no-progress")
+    assert res.code == 1
+    assert res.errors == [f"Error: {uri}: already exists; pass --overwrite (overwrite=True) to replace it"]
+    assert geopsp("vectorize", str(local_classes), "--out", uri, "--no-progress", "--overwrite").code == 0
+
+
+def test_evaluate_uploads_the_prediction_and_the_report_last(s3_server, bucket, bundle, scene):
+    labels = scene.with_name("labels.tif")
+    out = f"s3://{bucket}/ev/"
+    args = ["evaluate", "--model", str(bundle), "--scene", str(scene), str(labels), "--out", out]
+    args += ["--ignore-value", "4", "--ignore-value", "5"]  # the synthetic labels have 6 classes, the model 4
+    res = geopsp(*args)
+    assert res.code == 0, res.stderr
+    names = ["classes.csv", "confusion.csv", "confusion.png", "report.json", "s1_classes.qml", "s1_classes.tif"]
+    names += ["s1_classes.tif.aux.xml", "s1_summary.json"]
+    assert keys(s3_server.client(), bucket) == [f"ev/{n}" for n in names]
+    wrote = next(ln for ln in res.errors if ln.startswith("wrote "))
+    assert wrote.endswith(f"{out}report.json")
+    report = json.loads(s3_server.client().get_object(Bucket=bucket, Key="ev/report.json")["Body"].read())
+    assert report["scene"] == str(scene) and "miou" in report
+    res = geopsp(*args)
+    assert res.code == 1
+    assert res.errors == [f"Error: {out}report.json: already exists; pass --overwrite (overwrite=True) to replace it"]
+
+
 # ---------------------------------------------------------------- batch
 
 

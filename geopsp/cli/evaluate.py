@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -31,7 +33,8 @@ __all__ = ["evaluate"]
     type=click.Path(file_okay=False),
     default=None,
     help="Folder for report.json, classes.csv, confusion.csv and confusion.png "
-    "(and the prediction with --model) [default: the JSON report on stdout].",
+    "(and the prediction with --model) [default: the JSON report on stdout]; "
+    "s3://bucket/prefix/ uploads them once complete, report.json last.",
 )
 @click.option(
     "--classes",
@@ -127,16 +130,54 @@ def evaluate(
         "iou_threshold": iou_threshold,
         "min_area_px": min_area_px,
     }
-    if model_path is None:
-        _score(inputs[0], reference, classes, {}, out, overwrite, opts)
-        return
+    from geopsp.eval.report import REPORT_NAMES
+    from geopsp.io.s3 import S3Destination, is_s3_uri
 
+    with contextlib.ExitStack() as stack:
+        dest = None
+        if out is not None and is_s3_uri(out):  # made in a staging folder, uploaded once complete, report.json last
+            dest = stack.enter_context(S3Destination.staged(out, overwrite=overwrite))
+            dest.check_absent([dest.local / n for n in REPORT_NAMES])
+        local_out = str(dest.local) if dest is not None else out
+        if model_path is None or scene is None:  # (a model comes with a scene: checked above)
+            written = _score(inputs[0], reference, classes, {}, local_out, overwrite and dest is None, opts)
+        else:
+            written = _predict_and_score(
+                model_path, scene, reference, classes, out, dest, overwrite, opts, config_path, set_items
+            )
+        if dest is not None and written:  # the prediction's set too, the report last
+            shown = dest.upload_all(marker=dest.local / "report.json")
+        else:
+            shown = [str(p) for p in written]
+    if shown:
+        click.echo(f"wrote {', '.join(shown)}", err=True)
+
+
+def _predict_and_score(
+    model_path: str,
+    scene: str,
+    reference: str,
+    classes: Any,
+    out: str | None,
+    dest: Any,
+    overwrite: bool,
+    opts: dict[str, Any],
+    config_path: str | None,
+    set_items: tuple[str, ...],
+) -> list[Path]:
+    """Segment ``scene`` (into ``out``, the staging folder of ``dest``, or a temporary folder), then score it.
+
+    Returns the report's files, as :func:`_score`.
+    """
     import tempfile
 
+    from geopsp.inference.plan import check_inputs
     from geopsp.inference.runtime import is_onnx_model, model_meta
     from geopsp.pipeline import segment_raster
 
     conf = load_cli_config(config_path, set_items)
+    if dest is not None:  # the prediction's objects are refused before any work, as the report's
+        check_inputs(scene, model_meta(model_path), dest.uri, config=conf.predict, overwrite=overwrite)
     bundle: Any = model_path
     if not is_onnx_model(model_path):
         from geopsp.model.bundle import load_bundle
@@ -144,13 +185,15 @@ def evaluate(
         bundle = load_bundle(model_path)
     report: dict[str, Any] = {"model": str(model_path), "scene": str(scene)}
     classes = classes or model_meta(bundle).classes
+    if dest is not None:
+        result = segment_raster(scene, bundle, dest.local, config=conf.predict)
+        return _score(str(result.classes), reference, classes, report, str(dest.local), False, opts)
     if out is not None:
-        result = segment_raster(str(scene), bundle, out, config=conf.predict, overwrite=overwrite)
-        _score(str(result.classes), reference, classes, report, out, overwrite, opts)
-        return
+        result = segment_raster(scene, bundle, out, config=conf.predict, overwrite=overwrite)
+        return _score(str(result.classes), reference, classes, report, out, overwrite, opts)
     with tempfile.TemporaryDirectory(prefix="geopsp-eval-") as tmp:
-        result = segment_raster(str(scene), bundle, tmp, config=conf.predict, overwrite=True)
-        _score(str(result.classes), reference, classes, report, out, overwrite, opts)
+        result = segment_raster(scene, bundle, tmp, config=conf.predict, overwrite=True)
+        return _score(str(result.classes), reference, classes, report, out, overwrite, opts)
 
 
 def _score(
@@ -161,7 +204,8 @@ def _score(
     out: str | None,
     overwrite: bool,
     opts: dict[str, Any],
-) -> None:
+) -> list[Path]:
+    """Score ``prediction``; write the report into ``out`` (returning its files), else print it on stdout."""
     from geopsp.eval.buildings import evaluate_buildings
     from geopsp.eval.raster import evaluate_rasters, is_vector_path
     from geopsp.eval.report import write_report
@@ -207,14 +251,14 @@ def _score(
         report["buildings"] = {"class_id": building_id, **bscores.to_dict()}
     if out is not None:
         paths = write_report(out, report, evaluation.scores, overwrite=overwrite)
-        click.echo(f"wrote {', '.join(str(p) for p in paths.values())}", err=True)
         miou = report.get("miou")
         click.echo(
             f"mIoU {miou if miou is None else round(miou, 4)}  OA {_r(report.get('overall_accuracy'))}", err=True
         )
-    else:
-        json.dump(report, sys.stdout, indent=2, allow_nan=False)
-        sys.stdout.write("\n")
+        return list(paths.values())
+    json.dump(report, sys.stdout, indent=2, allow_nan=False)
+    sys.stdout.write("\n")
+    return []
 
 
 def _r(v: Any) -> Any:

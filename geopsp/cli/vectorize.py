@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -23,7 +24,8 @@ _FORMATS = ("gpkg", "geojson", "fgb", "shp", "parquet")
     "-o",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Output file; the suffix picks the format (.gpkg, .geojson, .fgb, .shp, .parquet).",
+    help="Output file; the suffix picks the format (.gpkg, .geojson, .fgb, .shp, .parquet). "
+    "An s3://bucket/key uploads it (and its .qml) once written.",
 )
 @click.option("--format", "fmt", type=click.Choice(_FORMATS), default=None, help="Format when the suffix does not say.")
 @click.option("--layer", default=None, help="Layer name [default: the output's file stem].")
@@ -74,8 +76,10 @@ def vectorize(
 
     CLASS_RASTER is a local file, an http(s):// or s3:// URL, or a GDAL /vsi.../ path. Writes
     OUT with class_id, class_name, area_m2, perimeter_m and scene attributes, a QGIS style
-    (inside a GeoPackage, and as a .qml sidecar next to OUT), and prints its path.
+    (inside a GeoPackage, and as a .qml sidecar next to OUT), and prints its path. OUT may be
+    an s3://bucket/key: both are uploaded once written, OUT last.
     """
+    from geopsp.io.s3 import S3Destination, is_s3_uri
     from geopsp.io.source import scene_name
     from geopsp.vectorize import vectorize as run
 
@@ -100,18 +104,25 @@ def vectorize(
 
         classes = ClassTable.from_file(classes_path)
     verbosity = int((ctx.obj or {}).get("verbosity", 0)) if ctx.obj is not None else 0
-    with _Bar(scene_name(class_raster), enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar:
-        path = run(
-            class_raster,
-            out,
-            config=cfg.vectorize,
-            classes=classes,
-            scene=scene,
-            overwrite=overwrite,
-            progress=bar.callback,
-            layer=layer,
-        )
-    click.echo(str(path))
+    with contextlib.ExitStack() as stack:
+        dest = None
+        if is_s3_uri(out):  # written into a staging folder, uploaded once complete (the .qml first)
+            dest = stack.enter_context(S3Destination.staged(out, overwrite=overwrite))
+            dest.check_absent([dest.local, dest.local.with_suffix(".qml")])
+            out, overwrite = str(dest.local), False
+        with _Bar(scene_name(class_raster), enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar:
+            path = run(
+                class_raster,
+                out,
+                config=cfg.vectorize,
+                classes=classes,
+                scene=scene,
+                overwrite=overwrite,
+                progress=bar.callback,
+                layer=layer,
+            )
+        shown = str(path) if dest is None else dest.upload_all(marker=path)[-1]
+    click.echo(shown)
 
 
 class _Bar:

@@ -457,6 +457,12 @@ class S3Destination:
             raise
         return done
 
+    def upload_all(self, *, marker: str | os.PathLike[str]) -> list[str]:
+        """Upload every file of the staging folder, ``marker`` last (see :meth:`upload`)."""
+        last = Path(marker)
+        members = sorted(p for p in self.root.rglob("*") if p.is_file() and p != last)
+        return self.upload(members, marker=last)
+
     @staticmethod
     def _remove(uris: Sequence[str], s3: Any) -> None:
         if not uris:
