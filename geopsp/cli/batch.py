@@ -51,7 +51,11 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
 )
 @runtime_option
 @click.option(
-    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (mirrors input names)."
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder (mirrors input names), or s3://bucket/prefix/ (each worker uploads its scenes' outputs).",
 )
 @click.option(
     "--scheduler",
@@ -108,7 +112,8 @@ def batch(
 
     Directories are searched recursively (SpaceNet and DeepGlobe layouts recognised); outputs
     mirror the input names under --out, and --out/manifest.jsonl records every scene.
-    Scenes already complete are skipped, so a rerun finishes only what is missing. Exits 1
+    Scenes already complete are skipped, so a rerun finishes only what is missing. --out
+    s3://bucket/prefix/ uploads each scene's outputs once complete, its summary last. Exits 1
     when any scene failed.
     """
     resources = _parse_resources(resource_items, gpu)
