@@ -215,6 +215,15 @@ def test_a_failed_upload_mid_set_leaves_no_summary_and_no_member(s3_server, buck
     assert keys(s3_server.client(), bucket) == []
 
 
+def test_a_scene_failing_mid_run_uploads_nothing(s3_server, bucket, bundle, scene, tmp_path):
+    broken = tmp_path / "broken.tif"
+    data = scene.read_bytes()
+    broken.write_bytes(data[: len(data) * 2 // 3])  # a valid header, pixel data cut off
+    res = predict(bundle, broken, f"s3://{bucket}/b/")
+    assert res.code == 1 and len(res.errors) == 1, res.errors
+    assert keys(s3_server.client(), bucket) == []
+
+
 def test_wrong_credentials_are_one_line_403_before_any_work(s3_server, bucket, bundle, scene, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY0000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")

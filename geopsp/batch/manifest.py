@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -249,7 +250,11 @@ class S3Manifest:
         self._folder = Path(tempfile.mkdtemp(prefix="geopsp-manifest-"))
         self._local = Manifest(self._folder)
         if self.path in self.objects:
-            s3.download_file(self.path, self._local.path, s3=self._client)
+            try:
+                s3.download_file(self.path, self._local.path, s3=self._client)
+            except BaseException:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                raise
         self._flushed = time.monotonic()
 
     def records(self) -> Iterator[SceneRecord]:
@@ -288,8 +293,6 @@ class S3Manifest:
 
     def close(self) -> None:
         """Upload the manifest a last time and remove the local copy."""
-        import shutil
-
         try:
             self.flush()
         finally:
