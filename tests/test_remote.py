@@ -268,3 +268,23 @@ def test_batch_takes_urls_items_and_an_item_collection(tmp_path):
         np.testing.assert_array_equal(_classes(out / name), _classes(local.classes))
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {m["scene"] for m in manifest} >= {srv.url("stacked.tif")}
+
+
+@pytest.mark.dask
+def test_batch_of_an_item_collection_into_s3_uploads_its_items_for_the_workers(tmp_path, s3_server):
+    import pystac
+
+    _, assets = _single_band_assets(tmp_path)
+    model = _create_bundle(tmp_path / "s2.safetensors", 3, "B02,B03,B04", dtype="uint16")
+    one = pystac.Item.from_file(str(_item(tmp_path / "item.json", {k: p.name for k, p in assets.items()})))
+    (tmp_path / "items.json").write_text(json.dumps(pystac.ItemCollection([one]).to_dict()))
+    bucket = f"maps-{uuid.uuid4().hex[:8]}"
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    code, _, err = run_cli(
+        "batch", tmp_path / "items.json", "--model", model, "--out", f"s3://{bucket}/run/", "--workers", 1
+    )
+    assert code == 0, err
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "run/.geopsp-items/S2X_TEST_20240601.json" in keys
+    assert {"run/S2X_TEST_20240601_classes.tif", "run/S2X_TEST_20240601_summary.json"} <= keys

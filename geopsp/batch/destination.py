@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from geopsp.batch.jobs import Job, output_dir_for
+from geopsp.batch.jobs import ITEMS_DIR, Job, output_dir_for
 from geopsp.batch.manifest import Manifest, S3Manifest
 from geopsp.config.schema import GeopspConfig
 from geopsp.errors import GeopspError
@@ -55,6 +55,11 @@ class LocalOutputs:
     def exclude(self) -> Path:
         """Files below this folder are never taken as inputs."""
         return self.root
+
+    @property
+    def items(self) -> str:
+        """Where the items of an ItemCollection are written, one file each, for every worker to read."""
+        return str(self.root / ITEMS_DIR)
 
     def scene_out(self, job: Job) -> str:
         """Name the class raster of a job (the other outputs are named after it)."""
@@ -114,6 +119,11 @@ class S3Outputs:
 
     def _uri(self, rel: str | os.PathLike[str]) -> str:
         return self.root + PurePosixPath(rel).as_posix()
+
+    @property
+    def items(self) -> str:
+        """Where the items of an ItemCollection are uploaded, one object each, for every worker to read."""
+        return self._uri(ITEMS_DIR) + "/"
 
     def scene_out(self, job: Job) -> str:
         """Name the class raster object of a job (the other outputs are named after it)."""

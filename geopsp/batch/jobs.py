@@ -180,6 +180,7 @@ def discover_jobs(
     *,
     out_dir: str | os.PathLike[str] | None = None,
     spacenet_products: Sequence[str] = (),
+    items_to: str | None = None,
 ) -> list[Job]:
     """Expand batch inputs into jobs, in input order, without duplicates.
 
@@ -195,6 +196,9 @@ def discover_jobs(
         The batch output folder; files below it are never taken as inputs.
     spacenet_products : sequence of str
         SpaceNet image folders to take (``"PS-RGB"``); empty: all.
+    items_to : str, optional
+        Folder or ``s3://`` prefix the items of an ItemCollection are written to, one each
+        (default: ``out_dir/.geopsp-items``).
 
     Returns
     -------
@@ -215,7 +219,8 @@ def discover_jobs(
     seen_scenes: set[Path | str] = set()
     by_id: dict[str, Job] = {}
     for item in inputs:
-        for job in _expand(os.fspath(item), excluded, tuple(spacenet_products), excluded):
+        items = items_to if items_to is not None else str(excluded / ITEMS_DIR) if excluded is not None else None
+        for job in _expand(os.fspath(item), excluded, tuple(spacenet_products), items):
             if job.scene in seen_scenes:
                 continue
             if _stem_key(job) in by_id:
@@ -235,7 +240,7 @@ def _stem_key(job: Job) -> str:
     return (job.rel.parent / job.rel.stem).as_posix().lower()
 
 
-def _expand(item: str, excluded: Path | None, products: tuple[str, ...], out: Path | None) -> Iterator[Job]:
+def _expand(item: str, excluded: Path | None, products: tuple[str, ...], out: str | None) -> Iterator[Job]:
     if is_remote(item):
         if PurePosixPath(scene_name(item)).suffix.lower() in STAC_SUFFIXES:
             yield from _from_stac(item, out)
@@ -383,7 +388,7 @@ def _csv_rows(list_file: Path, text: str) -> Iterator[tuple[str, str | None]]:
         yield entry, output or None
 
 
-def _from_stac(uri: str, out: Path | None) -> Iterator[Job]:
+def _from_stac(uri: str, out: str | None) -> Iterator[Job]:
     """Make jobs of STAC: an Item is one job, an ItemCollection one per item, written where every worker reads it."""
     import json
 
@@ -402,7 +407,7 @@ def _from_stac(uri: str, out: Path | None) -> Iterator[Job]:
     if kind != "FeatureCollection":
         raise InputRasterError(f"{uri}: is neither a STAC Item nor an ItemCollection ({kind or 'no type'})")
     if out is None:
-        raise InputRasterError(f"{uri}: an ItemCollection needs the batch output folder to hold its items")
+        raise InputRasterError(f"{uri}: an ItemCollection needs a batch output folder or prefix to hold its items")
     try:
         items = pystac.ItemCollection.from_dict(doc, preserve_dict=False)
     except Exception as exc:  # pystac raises several kinds for malformed items
@@ -410,17 +415,32 @@ def _from_stac(uri: str, out: Path | None) -> Iterator[Job]:
     if not len(items):
         raise InputRasterError(f"{uri}: the ItemCollection holds no items")
     base = uri if "://" in uri else Path(uri).resolve().parent.as_uri() + "/"
-    folder = out / ITEMS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
     for item in items:
         for asset in item.assets.values():  # links relative to the collection file become absolute
             asset.href = _absolute(asset.href, base)
         name = _item_name(item.id)
-        path = folder / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(item.to_dict(include_self_link=False)))
-        os.replace(tmp, path)
-        yield Job(str(path), safe_relative(name))
+        yield Job(_write_item(json.dumps(item.to_dict(include_self_link=False)), out, name), safe_relative(name))
+
+
+def _write_item(text: str, out: str, name: str) -> str:
+    """Write one item where every worker reads it: a file in a folder, or an object under an s3:// prefix."""
+    import tempfile
+
+    from geopsp.io import s3
+
+    if s3.is_s3_uri(out):
+        with tempfile.TemporaryDirectory(prefix="geopsp-item-") as tmp:
+            local = Path(tmp) / name
+            local.write_text(text)
+            s3.upload_file(local, out + name)
+        return out + name
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text(text)
+    os.replace(tmp_path, path)
+    return str(path)
 
 
 def _item_name(item_id: str) -> str:
@@ -428,9 +448,14 @@ def _item_name(item_id: str) -> str:
 
 
 def _absolute(href: str, base: str) -> str:
-    from urllib.parse import urljoin, urlsplit
+    """An asset link that reads the same from anywhere: a URL, or a ``file://`` URI for a local file.
 
-    if "://" in href or href.startswith("/"):
+    (A bare ``/path`` in an item uploaded to S3 would be read as a key of that bucket.)
+    """
+    from urllib.parse import urljoin
+
+    if "://" in href:
         return href
-    joined = urljoin(base, href)
-    return urlsplit(joined).path if joined.startswith("file://") else joined
+    if href.startswith("/"):
+        return Path(href).as_uri()
+    return urljoin(base, href)

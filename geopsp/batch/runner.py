@@ -210,7 +210,9 @@ def _run_batch(
     bcfg = cfg.batch
     model_path, meta = _check_model(model)
     tiling = resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
-    jobs = discover_jobs(inputs, out_dir=outputs.exclude, spacenet_products=bcfg.spacenet_products)
+    jobs = discover_jobs(
+        inputs, out_dir=outputs.exclude, spacenet_products=bcfg.spacenet_products, items_to=outputs.items
+    )
     if not jobs:
         raise InputRasterError(f"{', '.join(map(str, inputs)) or 'no inputs'}: no scenes to process")
     address = scheduler or os.environ.get(SCHEDULER_ENV) or bcfg.scheduler

@@ -190,6 +190,10 @@ def resolve_scene(
         return SceneSource(text, f"/vsis3/{parts.netloc}{parts.path}", "s3", PurePosixPath(parts.path).name)
     if text.startswith("/vsi"):
         return SceneSource(text, text, "vsi", PurePosixPath(text).name)
+    if parts.scheme == "file":  # file:///abs/path (STAC asset links): the local file
+        from urllib.request import url2pathname
+
+        text = url2pathname(parts.path)
     if parts.scheme and len(parts.scheme) > 1 and "://" in text:
         raise InputRasterError(
             f"{text}: the {parts.scheme}:// scheme is not supported; give a local path, an http(s):// or s3:// "
