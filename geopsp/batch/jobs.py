@@ -448,7 +448,7 @@ def _item_name(item_id: str) -> str:
 
 
 def _absolute(href: str, base: str) -> str:
-    """An asset link that reads the same from anywhere: a URL, or a ``file://`` URI for a local file.
+    """Make an asset link read the same from anywhere: a URL, or a ``file://`` URI for a local file.
 
     (A bare ``/path`` in an item uploaded to S3 would be read as a key of that bucket.)
     """
