@@ -63,18 +63,6 @@ RangeSource = Literal["same type", "same kind", "type range", "statistics", "sam
 FLOAT32_EXACT = float(2**24)
 """float32 holds every whole number of at most this magnitude exactly."""
 
-_GDAL_TYPES = {
-    "uint8": "Byte",
-    "int8": "Int8",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "uint64": "UInt64",
-    "int64": "Int64",
-    "float32": "Float32",
-    "float64": "Float64",
-}
 
 _CHUNK_PX = 1 << 20  # values converted at a time: bounds the float64 temporaries of a mapping
 
@@ -379,7 +367,9 @@ def _advice(scene: SceneSource, stored: str, model: str, *, rounded: bool = Fals
         return f"state the mapping to the training data's units with --input-scale, or {other}"
     t0, t1 = _type_range(model)
     s = f"SRC_MIN SRC_MAX {_num(t0)} {_num(t1)}"
-    gdal = _GDAL_TYPES.get(model, model)
+    from geopsp.io.vrt import gdal_type_name
+
+    gdal = gdal_type_name(model)
     return (
         f"if the training data were made from such values by a linear mapping, state it: --input-scale {s}"
         f"{' (values are rounded)' if rounded else ''} "

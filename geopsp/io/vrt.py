@@ -17,18 +17,20 @@ import numpy as np
 if TYPE_CHECKING:
     import affine
 
-__all__ = ["BandSource", "vrt_document"]
+__all__ = ["BandSource", "gdal_type_name", "vrt_document"]
 
-_GDAL_TYPES = {
-    "uint8": "Byte",
-    "int8": "Int8",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "float32": "Float32",
-    "float64": "Float64",
-}
+
+def gdal_type_name(dtype: str) -> str:
+    """GDAL's name of a NumPy dtype (``uint8`` -> ``Byte``), as ``-ot`` and VRTs spell it.
+
+    Examples
+    --------
+    >>> gdal_type_name("uint8"), gdal_type_name("float32")
+    ('Byte', 'Float32')
+    """
+    from rasterio.dtypes import dtype_rev, typename_fwd
+
+    return str(typename_fwd[dtype_rev[str(np.dtype(dtype))]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ def vrt_document(
     >>> '<DstRect xOff="0" yOff="0" xSize="200" ySize="200"/>' in doc
     True
     """
-    gdal_type = _GDAL_TYPES[str(np.dtype(dtype))]
+    gdal_type = gdal_type_name(dtype)
     t = transform
     parts = [f'<VRTDataset rasterXSize="{int(width)}" rasterYSize="{int(height)}">']
     if crs_wkt:
