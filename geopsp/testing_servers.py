@@ -46,6 +46,8 @@ class RangeServer:
         without range support).
     status : int, optional
         Answer every request with this status instead (e.g. 403).
+    port : int, default 0
+        The port to listen on; 0: a free one.
 
     Attributes
     ----------
@@ -55,14 +57,16 @@ class RangeServer:
         ``(method, path)`` -> count.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, ranges: bool = True, status: int | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, ranges: bool = True, status: int | None = None, port: int = 0
+    ) -> None:
         self.root = Path(root)
         self.ranges = ranges
         self.status = status
         self.bytes_served = 0
         self.requests: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -268,11 +272,7 @@ def _serve(argv: list[str]) -> None:
 
     kind, port, seconds = argv[0], int(argv[1]), float(argv[2])
     if kind == "http":
-        server: Any = RangeServer(argv[3])
-        server._httpd.server_close()
-        server._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(server))
-        server._thread = threading.Thread(target=server._httpd.serve_forever, daemon=True)
-        with server:
+        with RangeServer(argv[3], port=port):
             _pid_file(port).write_text(str(os.getpid()))
             time.sleep(seconds)
         return
