@@ -295,3 +295,15 @@ def test_batch_of_an_item_collection_into_s3_uploads_its_items_for_the_workers(t
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert "run/.geopsp-items/S2X_TEST_20240601.json" in keys
     assert {"run/S2X_TEST_20240601_classes.tif", "run/S2X_TEST_20240601_summary.json"} <= keys
+
+
+def test_a_server_gone_mid_run_is_one_line_about_the_network(served):
+    from geopsp.io.scene import open_scene, read_rows
+
+    with RangeServer(served) as srv:
+        url = srv.url("scene_cog.tif")
+        with open_scene(url) as (src, info):
+            srv.__exit__()  # the header is read; the server goes away before the pixels
+            with pytest.raises(InputRasterError, match="over the network failed") as err:
+                read_rows(src, info, info.height - 256, 256, [1, 2, 3])
+    assert "corrupt" not in str(err.value) and url in str(err.value)

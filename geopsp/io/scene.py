@@ -466,6 +466,14 @@ def read_rows(
         arr = src.read(read_idx, window=window)
         mask = _read_mask(src, info, idx, window) if info.mask_source == "mask" else None
     except RasterioError as exc:
+        if info.source.remote:  # the network, not the file: say which (404, 403, unreachable ...)
+            msg = remote_failure_message(info.source, exc)
+            if ": cannot be opened (" in msg:  # GDAL gave no status (a dropped connection mid-read)
+                msg = (
+                    f"{info.source}: reading rows {row_off}-{row_off + height - 1} over the network failed "
+                    f"({exc}); check that the server is up and the network, then rerun"
+                )
+            raise InputRasterError(msg) from exc
         raise InputRasterError(
             f"{info.source}: pixels fail to decode at rows {row_off}-{row_off + height - 1}, "
             f"columns {col_off}-{col_off + cols - 1} "
