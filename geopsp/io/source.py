@@ -15,7 +15,6 @@ scene (a GDAL VRT document) of the assets that hold the model's bands.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import urllib.error
@@ -43,7 +42,6 @@ __all__ = [
     "resolve_scene",
     "scene_name",
     "scene_stem",
-    "vsimem_path",
 ]
 
 SceneKind = Literal["local", "http", "s3", "vsi", "stac"]
@@ -327,20 +325,3 @@ def read_uri(uri: str, *, what: str = "file") -> bytes:
     if not p.is_file():
         raise InputRasterError(f"{p}: no such {what}; check the path")
     return p.read_bytes()
-
-
-_VSIMEM: dict[str, Any] = {}
-
-
-def vsimem_path(document: str, *, suffix: str = ".vrt") -> str:
-    """Keep a document (a VRT) in GDAL's memory file system for the life of the process; its ``/vsimem/`` path.
-
-    The same document gives the same path, so a scene reopened by a reader thread or a batch
-    worker costs no copy.
-    """
-    from rasterio.io import MemoryFile
-
-    key = hashlib.sha256(document.encode()).hexdigest()[:16]
-    if key not in _VSIMEM:
-        _VSIMEM[key] = MemoryFile(document.encode(), filename=f"geopsp-{key}{suffix}")
-    return str(_VSIMEM[key].name)

@@ -1,8 +1,8 @@
-"""Virtual scenes as GDAL VRT documents: bands of several rasters stacked on one grid, or a window of one.
+"""Virtual scenes as GDAL VRT documents: bands of several rasters stacked on one grid.
 
 A VRT reads its sources only when its own blocks are read, so stacking a STAC item's assets
-or cropping a scene to an area of interest costs no pixel read and no copy; a source on
-another pixel size is resampled by GDAL as it is read (``resampling`` on each source).
+costs no pixel read and no copy; a source on another pixel size is resampled by GDAL as it is
+read (``resampling`` on each source).
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ class BandSource:
         Its nodata value (not blended into neighbours when resampling).
     description : str or None
         The band's name in the VRT.
-    alpha : bool
-        The band is an alpha band (colour interpretation ``Alpha``).
     """
 
     path: str
@@ -62,7 +60,6 @@ class BandSource:
     transform: affine.Affine
     nodata: float | None = None
     description: str | None = None
-    alpha: bool = False
 
 
 def _number(v: float) -> str:
@@ -78,7 +75,6 @@ def vrt_document(
     crs_wkt: str | None,
     dtype: str,
     resampling: str = "nearest",
-    mask: BandSource | None = None,
     block: int = 512,
 ) -> str:
     """Build a VRT document: one band per entry of ``bands``, on the grid ``width`` x ``height`` at ``transform``.
@@ -97,15 +93,13 @@ def vrt_document(
         NumPy dtype name of every band.
     resampling : str, default "nearest"
         GDAL resampling of sources on another pixel size (``nearest``, ``bilinear``, ``average`` ...).
-    mask : BandSource, optional
-        A per-dataset mask: ``band`` 0 means the source's own mask band (``mask,1``).
     block : int, default 512
         The VRT's block edge.
 
     Returns
     -------
     str
-        The XML document, which GDAL opens as it is (or from :func:`geopsp.io.source.vsimem_path`).
+        The XML document, which GDAL opens as it is.
 
     Examples
     --------
@@ -129,21 +123,13 @@ def vrt_document(
                 parts.append(f"    <Description>{escape(b.description)}</Description>")
             if b.nodata is not None:
                 parts.append(f"    <NoDataValue>{_number(b.nodata)}</NoDataValue>")
-            if b.alpha:
-                parts.append("    <ColorInterp>Alpha</ColorInterp>")
             parts.append(_source(b, t, resampling, "    "))
         parts.append("  </VRTRasterBand>")
-    if mask is not None:
-        parts.append("  <MaskBand>")
-        parts.append('    <VRTRasterBand dataType="Byte">')
-        parts.append(_source(mask, t, "nearest", "      ", band_ref="mask,1" if mask.band == 0 else None))
-        parts.append("    </VRTRasterBand>")
-        parts.append("  </MaskBand>")
     parts.append("</VRTDataset>")
     return "\n".join(parts)
 
 
-def _source(b: BandSource, t: Any, resampling: str, indent: str, *, band_ref: str | None = None) -> str:
+def _source(b: BandSource, t: Any, resampling: str, indent: str) -> str:
     """Place ``b`` (all of it) on the grid of ``t`` as a source element; GDAL clips it to the grid."""
     s = b.transform
     x_off = (s.c - t.c) / t.a
@@ -154,7 +140,7 @@ def _source(b: BandSource, t: Any, resampling: str, indent: str, *, band_ref: st
     lines = [
         f'{indent}<{kind} resampling="{resampling}">',
         f'{indent}  <SourceFilename relativeToVRT="0">{escape(b.path)}</SourceFilename>',
-        f"{indent}  <SourceBand>{band_ref or b.band}</SourceBand>",
+        f"{indent}  <SourceBand>{b.band}</SourceBand>",
         f'{indent}  <SrcRect xOff="0" yOff="0" xSize="{b.width}" ySize="{b.height}"/>',
         f'{indent}  <DstRect xOff="{_number(x_off)}" yOff="{_number(y_off)}" '
         f'xSize="{_number(x_size)}" ySize="{_number(y_size)}"/>',
