@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geopsp.errors import ConfigError, InputRasterError, ResolutionWarning
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from geopsp.io.source import SceneSource
     from geopsp.model.meta import BundleMeta
 
-__all__ = ["RESOLUTION_WARN_RATIO", "resampling_for", "scene_as_read", "view_scene"]
+__all__ = ["RESOLUTION_WARN_RATIO", "has_colour_table", "resampling_for", "scene_as_read", "view_scene"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +55,24 @@ def resampling_for(dtype: str, *, ratio: float, categorical: bool = False) -> st
 
 
 def _metres_per_unit(info: SceneInfo) -> float:
-    """Approximate metres per CRS unit at the scene's centre (1 for projected CRSs in metres)."""
-    crs = info.crs
-    if crs is None:
+    """Metres per CRS unit of a pixel at the scene's centre: the square root of its area in m² over its area in units².
+
+    Measured as :mod:`geopsp.vectorize` measures polygons (true metres in any CRS: an equal-area
+    projection for degrees and Mercator), on one pixel at the centre.
+    """
+    import numpy as np
+    import shapely
+
+    from geopsp.vectorize._measure import Measurer
+
+    if info.crs is None:
         return 1.0
-    if crs.is_geographic:
-        t = info.transform
-        lat = t.f + t.e * info.height / 2
-        return 111_320.0 * max(math.cos(math.radians(lat)), 1e-6)
-    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    return float(factor)
+    t = info.transform
+    cx, cy = t.c + t.a * info.width / 2, t.f + t.e * info.height / 2
+    px, py = abs(t.a), abs(t.e)
+    pixel = np.array([shapely.box(cx, cy, cx + px, cy + py)], dtype=object)
+    area_m2, _ = Measurer(info.crs, (cx, cy))(pixel)
+    return float(math.sqrt(float(area_m2[0]) / (px * py)))
 
 
 def view_scene(info: SceneInfo, meta: BundleMeta, config: PredictConfig) -> SceneInfo:
@@ -218,15 +226,20 @@ def _native_in(info: SceneInfo, dst_crs: object) -> float:
     return float(abs(t.a))
 
 
+def has_colour_table(src: Any) -> bool:
+    """Whether an open raster's first band has a colour table (categories, not measurements)."""
+    try:
+        src.colormap(1)
+    except ValueError:
+        return False
+    return True
+
+
 def _has_colours(info: SceneInfo) -> bool:
     from geopsp.io.scene import open_scene
 
     with open_scene(info, threads=1) as (src, _):
-        try:
-            src.colormap(1)
-        except ValueError:
-            return False
-    return True
+        return has_colour_table(src)
 
 
 def _check_memory(

@@ -4,8 +4,8 @@
 ``pystac``, matches its assets to the model's band names and stacks them into a GDAL VRT
 (:mod:`geopsp.io.vrt`) on the grid of the finest asset, over the area all of them cover.
 Assets on coarser grids (Sentinel-2's 20 m bands beside its 10 m ones) are resampled by GDAL
-while reading (bilinear; nearest for 8-bit data with a colour table), so nothing is read or
-copied up front.
+while reading (:func:`geopsp.io.grid.resampling_for`: bilinear; nearest for 8-bit data with a
+colour table), so nothing is read or copied up front.
 
 A model band matches, case-insensitively and ignoring leading zeros in band numbers
 (``B8`` = ``B08``), in this order: an asset's key, a band's ``name`` (``eo:bands`` in STAC
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geopsp.errors import InputRasterError
+from geopsp.io.grid import has_colour_table, resampling_for
 from geopsp.io.source import SceneSource, gdal_env, read_uri, remote_failure_message, resolve_scene
 from geopsp.io.vrt import BandSource, vrt_document
 
@@ -164,7 +165,7 @@ def _stack(uri: str, item_id: str, chosen: Mapping[int, _AssetBand], wanted: Map
                         "dtype": src.dtypes[a.band - 1] if a.band <= src.count else None,
                         "count": src.count,
                         "nodata": src.nodata,
-                        "colormap": _has_colormap(src),
+                        "colormap": has_colour_table(src),
                     }
         except rasterio.errors.RasterioError as exc:
             msg = remote_failure_message(source, exc) if source.remote else f"{a.href}: cannot be opened ({exc})"
@@ -212,7 +213,9 @@ def _stack(uri: str, item_id: str, chosen: Mapping[int, _AssetBand], wanted: Map
             nodata=i["nodata"],
             description=wanted[index],
         )
-    up = "nearest" if dtype == "uint8" and any(i["colormap"] for i in infos.values()) else "bilinear"
+    coarsest = max(abs(i["transform"].a) for i in infos.values())
+    categorical = any(i["colormap"] for i in infos.values())
+    up = resampling_for(dtype, ratio=abs(res_x) / coarsest, categorical=categorical)  # coarser assets upsampled
     crs = finest["crs"]
     return vrt_document(
         layers,
@@ -223,11 +226,3 @@ def _stack(uri: str, item_id: str, chosen: Mapping[int, _AssetBand], wanted: Map
         dtype=dtype,
         resampling=up,
     )
-
-
-def _has_colormap(src: Any) -> bool:
-    try:
-        src.colormap(1)
-    except ValueError:
-        return False
-    return True
