@@ -176,7 +176,7 @@ class MotoS3Server:
     :func:`geopsp.io.s3.gdal_options`, by GDAL's ``/vsis3/``) and test credentials unless the
     environment has its own; leaving restores the environment and stops the server.
 
-    Requires ``moto[server]`` (a ``dev`` dependency).
+    Requires ``moto[server]`` (a ``dev`` dependency). ``port`` 0 (the default) takes a free one.
     """
 
     _ENV: ClassVar[dict[str, str]] = {
@@ -185,10 +185,10 @@ class MotoS3Server:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
 
-    def __init__(self) -> None:
+    def __init__(self, *, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self._saved: dict[str, str | None] = {}
         self.endpoint = ""
 
@@ -276,16 +276,9 @@ def _serve(argv: list[str]) -> None:
             _pid_file(port).write_text(str(os.getpid()))
             time.sleep(seconds)
         return
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    try:
+    with MotoS3Server(port=port):
         _pid_file(port).write_text(str(os.getpid()))
         time.sleep(seconds)
-    finally:
-        moto.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
