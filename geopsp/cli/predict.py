@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -153,16 +152,19 @@ def predict(
         failed += 1
         click.echo(f"Error: {exc}", err=True)
 
-    todo: list[str] = []
+    from geopsp.io.source import SceneSource, resolve_scene
+
+    todo: list[SceneSource] = []
     for scene in scenes:
         try:
+            source = resolve_scene(scene, bands=meta.named_bands)  # a STAC item is fetched once, here
             check_inputs(
-                scene, meta, out, config=cfg, overwrite=overwrite, row_range=rows, vector_config=conf.vectorize
+                source, meta, out, config=cfg, overwrite=overwrite, row_range=rows, vector_config=conf.vectorize
             )
         except GeopspError as exc:
             skip(exc)
             continue
-        todo.append(scene)
+        todo.append(source)
     if not todo:
         sys.exit(1)
 
@@ -176,11 +178,11 @@ def predict(
     obj = ctx.find_root().obj
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
     show = not no_progress and verbosity >= 0
-    for scene in todo:
-        with ProgressBar(Path(scene).name, unit="tiles", enabled=show) as progress:
+    for source in todo:
+        with ProgressBar(source.name, unit="tiles", enabled=show) as progress:
             try:
                 result = segment_raster(
-                    scene,
+                    source,
                     model,
                     out,
                     config=cfg,
