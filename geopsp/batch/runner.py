@@ -209,7 +209,7 @@ def _run_batch(
 ) -> BatchReport:
     bcfg = cfg.batch
     model_path, meta = _check_model(model)
-    tiling = resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
+    resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
     jobs = discover_jobs(
         inputs, out_dir=outputs.exclude, spacenet_products=bcfg.spacenet_products, items_to=outputs.items
     )
@@ -252,7 +252,7 @@ def _run_batch(
                     todo,
                     outputs,
                     model_path,
-                    tiling,
+                    meta,
                     cfg,
                     res,
                     fingerprint,
@@ -446,7 +446,7 @@ def _run_jobs(
     jobs: Sequence[Job],
     outputs: BatchOutputs,
     model: Path,
-    tiling: tuple[int, int],
+    meta: BundleMeta,
     cfg: GeopspConfig,
     resources: Mapping[str, float],
     fingerprint: str,
@@ -462,7 +462,7 @@ def _run_jobs(
     in_set = cfg.vectorize if outputs.remote and cfg.predict.vector else None
     vectorize = cfg.predict.vector and _have_vectorize() and in_set is None
     predict = cfg.predict.model_copy(update={"vector": False}) if vectorize else cfg.predict
-    tile, overlap = tiling
+    tile, overlap = resolve_tiling(cfg.predict, meta)
     pending: dict[Any, _Pending] = {}
     for job in jobs:
         try:
@@ -477,7 +477,7 @@ def _run_jobs(
             yield rec
             continue
         task = SceneTask(str(job.scene), dest, str(model), predict, vectorize=in_set)
-        size = _scene_size(job.scene, model, cfg.predict)
+        size = _scene_size(job.scene, meta, cfg.predict)
         strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels) if size else [(0, 0)]
         fut = _submit(client, job, task, strips, outputs, resources, cfg.batch.retries)
         if vectorize:
@@ -575,16 +575,15 @@ def _have_vectorize() -> bool:
     return importlib.util.find_spec("geopsp.vectorize") is not None
 
 
-def _scene_size(scene: str | os.PathLike[str], model: Path, predict: PredictConfig) -> tuple[int, int] | None:
+def _scene_size(scene: str | os.PathLike[str], meta: BundleMeta, predict: PredictConfig) -> tuple[int, int] | None:
     """(height, width) of a scene as the run reads it, or None when it cannot be read here (the worker says why).
 
     A scene without georeferencing gets geopsp's warning here, once; the workers stay quiet about it.
     """
-    from geopsp.inference.runtime import model_meta
     from geopsp.io.grid import scene_as_read
 
     try:
-        info = scene_as_read(scene, model_meta(model), predict)  # strips cut the grid segment_raster reads
+        info = scene_as_read(scene, meta, predict)  # strips cut the grid segment_raster reads
     except Exception:
         return None
     return info.height, info.width
