@@ -131,7 +131,7 @@ def section_remote(rm: dict[str, Any] | None) -> str:
         f"\nPeak RSS remote / local: **{_f(rm['rss_ratio_remote_over_local'], 3)}x**; classes identical: "
         f"{'yes' if rm['classes_identical'] else '**no**'}. The overviews are not in the file (a COG without "
         "them), so a full-resolution run needs every byte once; the excess is the header chunk fetched again by "
-        "the reader threads. Wall times come from a shared machine (a helper session and tests ran meanwhile); "
-        "compare the memory, not the seconds.\n\n"
+        "the reader threads. Nothing else ran on the machine; the two runs are back to back, so their wall "
+        "times compare too (the loopback server costs no network time: a real one adds its latency).\n\n"
     )
     return "".join(out)

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from geopsp.errors import InputRasterError
 from geopsp.io.grid import has_colour_table, resampling_for
-from geopsp.io.source import SceneSource, gdal_env, read_uri, remote_failure_message, resolve_scene
+from geopsp.io.source import SceneSource, read_uri, resolve_scene
 from geopsp.io.vrt import BandSource, vrt_document
 
 __all__ = ["stac_scene"]
@@ -144,8 +143,9 @@ def _describe_asset(key: str, catalogue: list[_AssetBand]) -> str:
 
 def _stack(uri: str, item_id: str, chosen: Mapping[int, _AssetBand], wanted: Mapping[int, str]) -> str:
     """Open the chosen assets' headers and stack them on the finest grid over their common area."""
-    import rasterio
     from affine import Affine
+
+    from geopsp.io.scene import open_raster
 
     infos: dict[str, dict[str, Any]] = {}
     for a in chosen.values():
@@ -153,23 +153,20 @@ def _stack(uri: str, item_id: str, chosen: Mapping[int, _AssetBand], wanted: Map
             continue
         source = resolve_scene(a.href)
         try:
-            with gdal_env(source), warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(source.gdal_path) as src:
-                    infos[a.href] = {
-                        "gdal": source.gdal_path,
-                        "crs": src.crs,
-                        "transform": src.transform,
-                        "width": src.width,
-                        "height": src.height,
-                        "dtype": src.dtypes[a.band - 1] if a.band <= src.count else None,
-                        "count": src.count,
-                        "nodata": src.nodata,
-                        "colormap": has_colour_table(src),
-                    }
-        except rasterio.errors.RasterioError as exc:
-            msg = remote_failure_message(source, exc) if source.remote else f"{a.href}: cannot be opened ({exc})"
-            raise InputRasterError(f"{uri}: asset {a.key}: {msg}") from exc
+            with open_raster(source, what=f"asset {a.key}") as src:  # remote: in gdal_env, one-line failures
+                infos[a.href] = {
+                    "gdal": source.gdal_path,
+                    "crs": src.crs,
+                    "transform": src.transform,
+                    "width": src.width,
+                    "height": src.height,
+                    "dtype": src.dtypes[a.band - 1] if a.band <= src.count else None,
+                    "count": src.count,
+                    "nodata": src.nodata,
+                    "colormap": has_colour_table(src),
+                }
+        except InputRasterError as exc:
+            raise InputRasterError(f"{uri}: asset {a.key}: {exc}") from exc
         if a.band > infos[a.href]["count"]:
             raise InputRasterError(f"{uri}: asset {a.key} has {infos[a.href]['count']} band(s), not band {a.band}")
     crss = {str(i["crs"]) for i in infos.values()}
