@@ -4,6 +4,9 @@
 :func:`resolve_device` turns a name into a :class:`torch.device` on this machine, checking that
 the CUDA device asked for exists. Prediction, training and batch runs all go through it.
 :func:`cpu_has_native_bf16` tells whether bf16 autocast can be fast on this CPU.
+:func:`gdal_threads` is the one home of how many threads GDAL may use in this process (block
+decoding, COG encoding): all CPUs for a lone run, a worker's share of the host in a batch
+(:func:`set_gdal_threads`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,22 @@ from geopsp.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEVICE_NAMES", "check_device_name", "cpu_count", "cpu_has_native_bf16", "cpu_name", "resolve_device"]
+__all__ = [
+    "DEVICE_NAMES",
+    "check_device_name",
+    "cpu_count",
+    "cpu_has_native_bf16",
+    "cpu_name",
+    "gdal_threads",
+    "resolve_device",
+    "set_gdal_threads",
+]
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 """The device names geopsp accepts, as written in messages and help texts."""
 
 _NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
+_GDAL_THREADS: int | None = None
 
 
 def check_device_name(name: str) -> str:
@@ -130,3 +143,28 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS/Windows
         return os.cpu_count() or 1
+
+
+def set_gdal_threads(threads: int | None) -> None:
+    """Set the threads GDAL may use in this process from now on (None: all CPUs).
+
+    Batch workers call it with their share of the host's cores, so that eight workers on a
+    16-core host do not each decode and encode with all 16.
+    """
+    global _GDAL_THREADS
+    _GDAL_THREADS = None if threads is None else max(1, int(threads))
+
+
+def gdal_threads() -> str:
+    """Return the value for GDAL's ``NUM_THREADS`` / ``GDAL_NUM_THREADS`` in this process.
+
+    :func:`set_gdal_threads`'s number, else ``ALL_CPUS``.
+
+    Examples
+    --------
+    >>> set_gdal_threads(3); gdal_threads()
+    '3'
+    >>> set_gdal_threads(None); gdal_threads()
+    'ALL_CPUS'
+    """
+    return "ALL_CPUS" if _GDAL_THREADS is None else str(_GDAL_THREADS)

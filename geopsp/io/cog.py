@@ -73,6 +73,8 @@ def to_cog(stage: Path, out: Path, *, compress: str, blocksize: int, resampling:
     """
     import rasterio.shutil
 
+    from geopsp.device import gdal_threads
+
     with quiet_rasterio():
         rasterio.shutil.copy(
             stage,
@@ -82,7 +84,7 @@ def to_cog(stage: Path, out: Path, *, compress: str, blocksize: int, resampling:
             BLOCKSIZE=blocksize,
             OVERVIEW_RESAMPLING=resampling,
             BIGTIFF="IF_SAFER",
-            NUM_THREADS="ALL_CPUS",
+            NUM_THREADS=gdal_threads(),
         )
     stage.unlink()
     # GDAL may leave a PAM file for the staging dataset (e.g. statistics); it is ours to drop.

@@ -562,7 +562,7 @@ def open_scene(
     path: str | os.PathLike[str] | SceneSource | SceneInfo,
     *,
     cache_bytes: int | None = None,
-    threads: int | Literal["ALL_CPUS"] = "ALL_CPUS",
+    threads: int | Literal["ALL_CPUS"] | None = None,
 ) -> Iterator[tuple[rasterio.DatasetReader, SceneInfo]]:
     """Inspect a scene and open it for strip reading, in a GDAL environment tuned for that.
 
@@ -575,8 +575,9 @@ def open_scene(
     cache_bytes : int, optional
         GDAL block cache size; default: 4 blocks of all bands, at least 8 MiB (enough for
         aligned strip reads, which decode each block once).
-    threads : int or "ALL_CPUS", default "ALL_CPUS"
-        Threads GDAL may use to decode the blocks of one read (``GDAL_NUM_THREADS``).
+    threads : int or "ALL_CPUS", optional
+        Threads GDAL may use to decode the blocks of one read (``GDAL_NUM_THREADS``); default:
+        :func:`geopsp.device.gdal_threads` (all CPUs, or a batch worker's share).
 
     Yields
     ------
@@ -591,5 +592,8 @@ def open_scene(
 
     info = path if isinstance(path, SceneInfo) else inspect_scene(path)
     cache = cache_bytes if cache_bytes is not None else _default_cache_bytes(info, info.count)
-    with rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_NUM_THREADS=str(threads)), _quiet_open(info.source) as src:
+    from geopsp.device import gdal_threads
+
+    n_threads = gdal_threads() if threads is None else str(threads)
+    with rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_NUM_THREADS=n_threads), _quiet_open(info.source) as src:
         yield src, info
