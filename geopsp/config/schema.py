@@ -47,7 +47,12 @@ class PredictConfig(_Section):
     overlap: int | None = Field(
         None, ge=0, le=4096, description="Overlap between neighbouring tiles in pixels (default: the bundle's)."
     )
-    batch_size: int = Field(4, ge=1, le=1024, description="Tiles per forward pass.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Tiles per forward pass; null: 4 on the CPU, sized from the free memory on CUDA.",
+    )
     device: DeviceName = Field(
         "auto", description="Where the model runs (auto, cpu, cuda or cuda:N); auto picks CUDA when present."
     )

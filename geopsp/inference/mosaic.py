@@ -212,6 +212,11 @@ class Mosaicker:
         self._finished = False
         self._pending_cls: _Array | None = None
         self._pending_prob: _Array | None = None
+        # finished rows on their way to the host: on CUDA a band's rows are copied without
+        # blocking and handed to the sink one band later, so the host never waits for the GPU
+        self._cuda = self.backend == "torch" and getattr(self.device, "type", "cpu") == "cuda"
+        self._lag = 1 if self._cuda else 0
+        self._outbox: list[tuple[int, _Array, _Array | None, Any]] = []
         if self._bands:
             self._start_band(0)
 
@@ -288,6 +293,7 @@ class Mosaicker:
                 if self._pos + 1 >= len(self._bands):
                     break
                 self._start_band(self._pos + 1)
+        self._send(keep=0)
 
     # -- bands -------------------------------------------------------------------------------
 
@@ -315,13 +321,39 @@ class Mosaicker:
         self._finish_chunks_before(-(-self.grid.width // self._cw))
         _, _, e0, e1 = self._span()
         if e1 > e0 and self._pending_cls is not None:
-            cls = _to_numpy(self._pending_cls)
-            if cls.dtype != self.out_dtype:
-                cls = cls.astype(self.out_dtype)
-            prob = None if self._pending_prob is None else _to_numpy(self._pending_prob)
-            self.sink(e0, cls, prob)
+            cls, prob, ready = self._to_host(self._pending_cls), None, None
+            if self._pending_prob is not None:
+                prob = self._to_host(self._pending_prob)
+            if self._cuda:
+                import torch
+
+                ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                ready.record()
+            self._outbox.append((e0, cls, prob, ready))
         self._pending_cls = None
         self._pending_prob = None
+        self._send(keep=self._lag)
+
+    def _to_host(self, x: _Array) -> _Array:
+        """Start copying finished rows to the host: into page-locked memory without blocking on CUDA."""
+        if not self._cuda:
+            return x
+        import torch
+
+        host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        host.copy_(x, non_blocking=True)
+        return host
+
+    def _send(self, *, keep: int) -> None:
+        """Hand finished rows to the sink, oldest first, keeping the newest ``keep`` bands in flight."""
+        while len(self._outbox) > keep:
+            row, cls_x, prob_x, ready = self._outbox.pop(0)
+            if ready is not None:
+                ready.synchronize()  # recorded a band ago: normally long done
+            cls = _to_numpy(cls_x)
+            if cls.dtype != self.out_dtype:
+                cls = cls.astype(self.out_dtype)
+            self.sink(row, cls, None if prob_x is None else _to_numpy(prob_x))
 
     # -- chunks --------------------------------------------------------------------------------
 

@@ -268,12 +268,38 @@ class OrtPredictor:
         """Return one padded tile normalized (:func:`~geopsp.model.inputs.model_input`), in reader threads."""
         return np.ascontiguousarray(model_input(data, valid, self.meta.normalization)), valid
 
+    casts_only = False
+    """The reader normalizes tiles into the batch buffer (:class:`~geopsp.tiling.batches.TilePreparer`)."""
+
+    def host_dtype(self, dtype: np.dtype[Any]) -> np.dtype[Any]:
+        """Return float32: the graph takes normalized tiles."""
+        return np.dtype(np.float32)
+
+    def host_array(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any]:
+        """Allocate a batch buffer (ordinary memory)."""
+        return np.empty(shape, dtype=dtype)
+
+    def prepare_into(self, tile: Tile, raw: NDArray[Any], valid: NDArray[np.bool_], out: NDArray[Any]) -> None:
+        """Normalize one padded tile into a slot of a batch buffer (reader threads)."""
+        model_input(raw, valid, self.meta.normalization, out=out)
+
+    def batch_size_for(self, requested: int | None, shape: tuple[int, int]) -> int:
+        """Return ``requested``, else :data:`~geopsp.inference.sizing.CPU_BATCH_SIZE`."""
+        from geopsp.inference.sizing import CPU_BATCH_SIZE
+
+        return CPU_BATCH_SIZE if requested is None else int(requested)
+
+    def copy_done(self) -> None:
+        """Return None: nothing is copied to a device."""
+        return None
+
     def to_device(
-        self, arrays: Sequence[NDArray[Any]], masks: Sequence[NDArray[np.bool_]]
+        self, arrays: NDArray[Any] | Sequence[NDArray[Any]], masks: NDArray[np.bool_] | Sequence[NDArray[np.bool_]]
     ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        """Stack prepared tiles and their valid masks (the host is the device)."""
+        """Return a stacked batch as it is, or stack one array per tile (the host is the device)."""
         t0 = time.perf_counter()
-        x, m = np.stack(arrays), np.stack(masks)
+        x = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
+        m = masks if isinstance(masks, np.ndarray) else np.stack(masks)
         self.transfer_seconds += time.perf_counter() - t0
         return x, m
 

@@ -25,7 +25,6 @@ the test-time augmentations in probability space; blending and argmax stay on th
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +35,8 @@ from torch import Tensor, nn
 
 from geopsp.device import cpu_has_native_bf16, cpu_name, resolve_device
 from geopsp.errors import ConfigError, ModelError
+from geopsp.inference.sizing import CPU_BATCH_SIZE, cuda_batch_size
+from geopsp.inference.timing import StageClock
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
 from geopsp.tiling.windows import Tile
@@ -164,9 +165,10 @@ class Predictor:
             raise ConfigError(f"margin_px must be >= 0, got {margin_px}")
         self.margin_px = int(margin_px)
         self.normalize_on_device = self.is_cuda
-        self.model_seconds = 0.0
-        self.transfer_seconds = 0.0
+        self.clock = StageClock(self.device)
         self._nonfinite: Tensor | None = None
+        self._copy_stream = torch.cuda.Stream(self.device) if self.is_cuda else None  # type: ignore[no-untyped-call]
+        self._copied: Any = None  # the CUDA event of the last host-to-device copy
         model = model.eval().to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -193,6 +195,73 @@ class Predictor:
             "torch": torch.__version__,
         }
 
+    @property
+    def model_seconds(self) -> float:
+        """Seconds the model ran (TTA included): device time on CUDA, wall time on the CPU."""
+        return self.clock.seconds("model")
+
+    @property
+    def transfer_seconds(self) -> float:
+        """Seconds of host-to-device copies (device time on CUDA, on the copy stream)."""
+        return self.clock.seconds("transfer")
+
+    # -- the reader's side (geopsp.tiling.batches.TilePreparer) ---------------------------------
+
+    @property
+    def casts_only(self) -> bool:
+        """True on CUDA: the reader only casts raw tiles into the (pinned) batch buffer."""
+        return self.normalize_on_device
+
+    def host_dtype(self, dtype: np.dtype[Any]) -> np.dtype[Any]:
+        """Return the batch buffer's dtype: raw integers (uint16 widened) on CUDA, float32 on the CPU."""
+        if self.normalize_on_device:
+            return _HOST_DTYPES.get(np.dtype(dtype).name, np.dtype(dtype))
+        return np.dtype(np.float32)
+
+    def host_array(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any]:
+        """Allocate a batch buffer: page-locked on CUDA, so copies to the device do not block the host."""
+        if not self.is_cuda:
+            return np.empty(shape, dtype=dtype)
+        kind = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+        return torch.empty(shape, dtype=kind, pin_memory=True).numpy()
+
+    def prepare_into(self, tile: Tile, raw: NDArray[Any], valid: NDArray[np.bool_], out: NDArray[Any]) -> None:
+        """Prepare one padded ``(C, rows, cols)`` tile into a slot of a batch buffer (reader threads)."""
+        if self.normalize_on_device:
+            np.copyto(out, raw, casting="unsafe")
+        else:
+            model_input(raw, valid, self.meta.normalization, out=out)
+
+    def batch_size_for(self, requested: int | None, shape: tuple[int, int]) -> int:
+        """Return the tiles per forward pass: ``requested``, else sized to this device.
+
+        On the CPU the default is :data:`~geopsp.inference.sizing.CPU_BATCH_SIZE`; on CUDA
+        one and two tiles of ``shape`` are run once to measure what a tile costs in memory,
+        and the batch is what half of the free memory holds
+        (:func:`~geopsp.inference.sizing.cuda_batch_size`).
+        """
+        if requested is not None:
+            return int(requested)
+        if not self.is_cuda:
+            return CPU_BATCH_SIZE
+        bands = len(self.meta.bands)
+        peaks = []
+        for n in (1, 2):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            x = torch.zeros((n, bands, *shape), dtype=torch.float32, device=self.device)
+            self.probabilities(x)
+            torch.cuda.synchronize(self.device)
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+            del x
+        free, _ = torch.cuda.mem_get_info(self.device)
+        reserved_idle = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        self._nonfinite = None  # the probes' zeros are not the run's
+        return cuda_batch_size(
+            free_bytes=int(free) + int(reserved_idle), one_tile_bytes=int(peaks[0]), two_tile_bytes=int(peaks[1])
+        )
+
     def prepare(
         self, tile: Tile, data: NDArray[Any], valid: NDArray[np.bool_]
     ) -> tuple[NDArray[Any], NDArray[np.bool_]]:
@@ -207,25 +276,51 @@ class Predictor:
             return np.ascontiguousarray(data, dtype=target), valid
         return np.ascontiguousarray(model_input(data, valid, self.meta.normalization)), valid
 
-    def to_device(self, arrays: Sequence[NDArray[Any]], masks: Sequence[NDArray[np.bool_]]) -> tuple[Tensor, Tensor]:
-        """Stack prepared tiles and their valid masks on the device.
+    def to_device(
+        self, arrays: NDArray[Any] | Sequence[NDArray[Any]], masks: NDArray[np.bool_] | Sequence[NDArray[np.bool_]]
+    ) -> tuple[Tensor, Tensor]:
+        """Put prepared tiles and their valid masks on the device.
+
+        Parameters
+        ----------
+        arrays, masks : ndarray or sequence of ndarray
+            A stacked batch ``(N, C, S, S)`` / ``(N, S, S)`` (e.g. a
+            :class:`~geopsp.tiling.batches.TileBatch`'s buffers, used without a copy on the
+            CPU), or one array per tile (stacked here).
 
         Returns
         -------
         x : Tensor, shape (N, C, S, S), float32
             The model input (:func:`geopsp.model.inputs.model_input` of every tile).
         valid : Tensor, shape (N, S, S), bool
+
+        Notes
+        -----
+        On CUDA the copy runs on a side stream from page-locked memory, so it overlaps the
+        previous batch's kernels; the model's stream waits for it on the device, not the host.
+        :meth:`copy_done` tells when the host buffers may be reused.
         """
-        t0 = time.perf_counter()
-        x = torch.from_numpy(np.stack(arrays))
-        m = torch.from_numpy(np.stack(masks))
-        if self.is_cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-            m = m.pin_memory().to(self.device, non_blocking=True)
-        if self.normalize_on_device:
-            x = model_input(x, m, self.meta.normalization)
-        self.transfer_seconds += time.perf_counter() - t0
-        return x, m
+        x = torch.from_numpy(arrays if isinstance(arrays, np.ndarray) else np.stack(arrays))
+        m = torch.from_numpy(masks if isinstance(masks, np.ndarray) else np.stack(masks))
+        if not self.is_cuda:
+            return (model_input(x, m, self.meta.normalization) if self.normalize_on_device else x), m
+        if not x.is_pinned():
+            x, m = x.pin_memory(), m.pin_memory()
+        compute = torch.cuda.current_stream(self.device)
+        with self.clock.time("transfer", self._copy_stream), torch.cuda.stream(self._copy_stream):
+            xd = x.to(self.device, non_blocking=True)
+            md = m.to(self.device, non_blocking=True)
+        done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        done.record(self._copy_stream)
+        compute.wait_event(done)
+        xd.record_stream(compute)  # made on the copy stream, used on this one
+        md.record_stream(compute)
+        self._copied = done
+        return model_input(xd, md, self.meta.normalization), md
+
+    def copy_done(self) -> Callable[[], None] | None:
+        """Return what waits until the last :meth:`to_device` copy has read its host buffers (None on the CPU)."""
+        return None if self._copied is None else self._copied.synchronize
 
     @torch.inference_mode()
     def logits(self, x: Tensor) -> Tensor:
@@ -252,7 +347,10 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, x: Tensor) -> Tensor:
         """Softmax probabilities ``(N, K, S, S)`` float32, averaged over the TTA transforms."""
-        t0 = time.perf_counter()
+        with self.clock.time("model"):
+            return self._probabilities(x)
+
+    def _probabilities(self, x: Tensor) -> Tensor:
         transforms = TTA_TRANSFORMS[self.tta]
         h, w = x.shape[2], x.shape[3]
         if self.tta == "d4" and h != w:  # rotations need a square: pad, then crop back
@@ -267,7 +365,6 @@ class Predictor:
             acc = acc.div_(len(transforms))
         acc = acc[:, :, :h, :w]
         self._check_finite(acc)
-        self.model_seconds += time.perf_counter() - t0
         return acc.contiguous()
 
     def _check_finite(self, probs: Tensor) -> None:

@@ -2,10 +2,17 @@
 
 The stages overlap::
 
-    reader thread      read block rows once, cut tiles, skip all-nodata tiles
-    worker threads     pad by reflection, model input (CPU) or widen (CUDA)
-    main thread        batch -> model (+TTA) -> softmax -> blend into the strip accumulator
-    writer thread      finished rows -> ClassRasterWriter (COG, colours, RAT, QML)
+    reader thread      read block rows once, cut valid masks, skip all-nodata tiles
+    cutter threads     copy each tile into a slot of a reused batch buffer (pinned on CUDA),
+                       pad by reflection, model input (CPU) or cast (CUDA)
+    main thread        batch -> device (side stream on CUDA) -> model (+TTA) -> softmax
+                       -> blend into the strip accumulator
+    writer thread      finished rows -> ClassRasterWriter
+
+and then the finish: the writer's COG, colours, RAT and QML (``finalize_output``, after
+``tiles_loop``: the summary times the two apart). Stage times are device times on CUDA
+(:class:`~geopsp.inference.timing.StageClock`), so ``model`` is what the model took, not what
+launching it took.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 from geopsp.config.schema import PredictConfig
 from geopsp.inference.mosaic import Mosaicker
 from geopsp.inference.plan import PredictionPlan
+from geopsp.inference.timing import StageClock
 from geopsp.io.row_writer import RowWriterThread
 from geopsp.tiling.reader import TileReader
 
@@ -30,7 +38,12 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True, slots=True)
 class TileLoopStats:
-    """What the tile loop did and where its time went (seconds)."""
+    """What the tile loop did and where its time went (seconds).
+
+    ``tiles_loop`` runs from the first tile to the last row written; ``finalize_output`` is
+    the writer's finish after it (COG, sidecars); ``write`` is the writer thread's row writing
+    during the loop. ``model``, ``transfer`` and ``blend`` are device times on CUDA.
+    """
 
     total: int
     run: int
@@ -46,6 +59,7 @@ class TileLoopStats:
     tiles_loop: float
     strip_bytes: int
     read_buffer_bytes: int
+    batch_size: int
 
 
 def run_tiles(
@@ -103,45 +117,38 @@ def run_tiles(
             plan.info,
             plan.grid,
             meta.bands,
-            prepare=predictor.prepare,
             row_range=(r0, r1),
             threads=config.reader_threads,
-            prefetch=max(2 * config.batch_size, 4),
+            prefetch=1,  # batches queued; the ring holds one filling, one queued, one in use, one copying
             read_rows=plan.cast.read_rows if plan.cast.converts else None,  # another type: converted as read
         )
+        batch_size = predictor.batch_size_for(config.batch_size, plan.grid.input_shape)
         total = reader.total
         done = run = 0
+        clock = getattr(predictor, "clock", None) or StageClock("cpu")
         t_loop = time.perf_counter()
-        batch: list[Any] = []
-
-        def flush() -> None:
-            nonlocal done, run
-            if not batch:
-                return
-            x, valid = predictor.to_device([b.data for b in batch], [b.valid for b in batch])
-            mosaic.add([b.tile for b in batch], predictor.probabilities(x), valid)
-            run += len(batch)
-            done += len(batch)
-            batch.clear()
+        for batch in reader.batches(batch_size, predictor):
+            done += len(batch.skipped)
+            if batch.tiles:
+                x, valid = predictor.to_device(batch.data, batch.valid)
+                ready = predictor.copy_done()
+                if ready is not None:  # the device copies the buffer: it is free once the copy is
+                    batch.release(ready)
+                probs = predictor.probabilities(x)
+                with clock.time("blend"):
+                    mosaic.add(batch.tiles, probs, valid)
+                run += len(batch.tiles)
+                done += len(batch.tiles)
+            batch.release()  # no-op when released above
             if progress is not None:
                 progress(done, total)
-
-        for item in reader:
-            if item.skipped:
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                continue
-            batch.append(item)
-            if len(batch) >= config.batch_size:
-                flush()
-        flush()
         predictor.raise_if_nonfinite()
-        mosaic.finish()
+        with clock.time("blend"):
+            mosaic.finish()
         wthread.close()
-        t_close0 = time.perf_counter()
+        t_loop_end = time.perf_counter()
         written = [Path(p) for p in writer.close(staged)]
-        t_close = time.perf_counter() - t_close0
+        t_close = time.perf_counter() - t_loop_end
         if progress is not None:
             progress(total, total)
     except BaseException:
@@ -164,10 +171,11 @@ def run_tiles(
         wait_for_tiles=reader.wait_seconds,
         transfer=predictor.transfer_seconds,
         model=predictor.model_seconds,
-        blend=mosaic.seconds,
-        write=wthread.seconds + t_close,
+        blend=clock.seconds("blend"),
+        write=wthread.seconds,
         finalize_output=t_close,
-        tiles_loop=time.perf_counter() - t_loop,
+        tiles_loop=t_loop_end - t_loop,
+        batch_size=batch_size,
         strip_bytes=mosaic.strip_bytes,
         read_buffer_bytes=reader.buffer.peak_bytes,
     )

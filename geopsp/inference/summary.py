@@ -8,6 +8,7 @@ other output of its set, so a summary under its final name marks a complete set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -198,10 +199,10 @@ def summarize_run(
     pixels = info.width * (r1 - r0)
     loop_s = stats.tiles_loop
     peak_gpu = None
+    device = dict(predictor.settings)
     if predictor.is_cuda:
-        import torch
-
-        peak_gpu = round(torch.cuda.max_memory_allocated(predictor.device) / 2**20, 1)
+        peak_gpu = round(_peak_gpu_bytes(predictor.device) / 2**20, 1)
+        device.update(_gpu_use(predictor.device, stats))
     return RunSummary(
         scene=str(plan.scene),
         model=bundle_path,
@@ -234,11 +235,11 @@ def summarize_run(
         peak_rss_mb=peak_rss_mb(),
         strip_bytes=stats.strip_bytes,
         read_buffer_bytes=stats.read_buffer_bytes,
-        device=predictor.settings,
+        device=device,
         settings={
             "tile_size": plan.tile_size,
             "overlap": plan.overlap,
-            "batch_size": cfg.batch_size,
+            "batch_size": stats.batch_size,
             "tta": cfg.tta,
             "blend": cfg.blend,
             "blend_floor": cfg.blend_floor,
@@ -253,3 +254,29 @@ def summarize_run(
         input=plan.cast.to_dict(),
         peak_gpu_mb=peak_gpu,
     )
+
+
+def _peak_gpu_bytes(device: Any) -> int:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(device))
+
+
+def _gpu_use(device: Any, stats: TileLoopStats) -> dict[str, Any]:
+    """How busy the GPU was in the loop: device seconds of copies, model and blend over the loop's wall time.
+
+    Also the driver's utilization sample where NVML is installed (``torch.cuda.utilization``).
+    """
+    busy = stats.transfer + stats.model + stats.blend
+    use: dict[str, Any] = {
+        "gpu_busy_fraction": round(busy / stats.tiles_loop, 4) if stats.tiles_loop > 0 else None,
+        "gpu_memory_total_mb": None,
+        "gpu_utilization_percent": None,
+    }
+    import torch
+
+    with contextlib.suppress(Exception):
+        use["gpu_memory_total_mb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**20, 1)
+    with contextlib.suppress(Exception):  # needs pynvml
+        use["gpu_utilization_percent"] = int(torch.cuda.utilization(device))
+    return use

@@ -36,14 +36,16 @@ MODEL_FILL = 0.0
 
 
 @overload
-def model_input(raw: NDArray[Any], valid: NDArray[np.bool_] | None, norm: Normalization) -> NDArray[np.float32]: ...
+def model_input(
+    raw: NDArray[Any], valid: NDArray[np.bool_] | None, norm: Normalization, *, out: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]: ...
 
 
 @overload
 def model_input(raw: torch.Tensor, valid: torch.Tensor | None, norm: Normalization) -> torch.Tensor: ...
 
 
-def model_input(raw: Any, valid: Any, norm: Normalization) -> Any:
+def model_input(raw: Any, valid: Any, norm: Normalization, *, out: Any = None) -> Any:
     """Normalize raw pixels and put :data:`MODEL_FILL` where they are not valid.
 
     Parameters
@@ -55,6 +57,9 @@ def model_input(raw: Any, valid: Any, norm: Normalization) -> Any:
         still filled).
     norm : Normalization
         The bundle's per-band scaling.
+    out : ndarray of float32, optional
+        NumPy only: where to write the result (``raw``'s shape), e.g. a slot of a reused batch
+        buffer; the bits are those of a new array.
 
     Returns
     -------
@@ -69,13 +74,15 @@ def model_input(raw: Any, valid: Any, norm: Normalization) -> Any:
     [[[1.0, 0.0, 0.0]]]
     """
     if isinstance(raw, np.ndarray):
-        return _numpy_input(raw, valid, norm)
+        return _numpy_input(raw, valid, norm, out)
     return _torch_input(raw, valid, norm)
 
 
-def _numpy_input(raw: NDArray[Any], valid: NDArray[np.bool_] | None, norm: Normalization) -> NDArray[np.float32]:
+def _numpy_input(
+    raw: NDArray[Any], valid: NDArray[np.bool_] | None, norm: Normalization, out: NDArray[np.float32] | None
+) -> NDArray[np.float32]:
     with np.errstate(over="ignore", invalid="ignore"):  # what overflows is filled below
-        out = norm.apply(raw)
+        out = norm.apply(raw, out=out)
     if valid is not None and not valid.all():
         np.copyto(out, np.float32(MODEL_FILL), where=~np.expand_dims(valid, -3))
     if raw.dtype.kind in "fc":  # integers scale to finite values; floats may not

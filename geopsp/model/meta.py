@@ -174,19 +174,30 @@ class Normalization:
         scale = tuple(max(float(h) - float(lo), 1e-6) for lo, h in zip(low, high, strict=True))
         return cls("percentile", tuple(float(v) for v in low), scale, clip)
 
-    def apply(self, x: NDArray[Any], *, axis: int = -3) -> NDArray[np.float32]:
+    def apply(self, x: NDArray[Any], *, axis: int = -3, out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
         """Normalize an array with bands on ``axis`` (default: ``(..., C, H, W)``).
+
+        Parameters
+        ----------
+        x : ndarray
+        axis : int
+            The band axis.
+        out : ndarray of float32, optional
+            Where to write the result (``x``'s shape); default: a new array. The bits are the same.
 
         Returns
         -------
         ndarray of float32
-            Same shape as ``x``.
+            Same shape as ``x`` (``out`` when given).
         """
         shape = [1] * x.ndim
         shape[axis] = self.bands
         off = np.asarray(self.offset, dtype=np.float32).reshape(shape)
         sc = np.asarray(self.scale, dtype=np.float32).reshape(shape)
-        out = x.astype(np.float32)  # one allocation; the arithmetic runs in place
+        if out is None:
+            out = x.astype(np.float32)  # one allocation; the arithmetic runs in place
+        else:
+            np.copyto(out, x, casting="unsafe")
         out -= off
         out /= sc
         if self.clip is not None:

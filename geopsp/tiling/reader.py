@@ -2,12 +2,14 @@
 
 A background thread reads the scene in block-aligned pieces (``geopsp.io.raster.read_rows``
 over groups of whole blocks, as the tiles reach them) into a row buffer that slides down the
-scene, and cuts each band's tiles from memory. Windowed reads of overlapping tiles would
+scene (:class:`~geopsp.tiling.rows.RowBuffer`). Windowed reads of overlapping tiles would
 decode every block several times (about 4x slower on compressed scenes); here each block is
 decoded exactly once, and rows are forgotten as soon as no later tile needs them. Tiles
-that hold only nodata are reported as skipped and never preprocessed. A pool of ``threads``
-workers pads (by reflection) and preprocesses the other tiles while the model runs; the
-consumer receives them in grid order.
+that hold only nodata are reported as skipped and never preprocessed. The reader thread only
+cuts each tile's valid mask; a pool of ``threads`` workers copies the tile's data out of the
+buffer, pads it (by reflection) and preprocesses it while the model runs, and the consumer
+receives the tiles in grid order: one by one (iterating the reader), or stacked in batches
+in reused buffers (:meth:`TileReader.batches`, :mod:`geopsp.tiling.batches`).
 """
 
 from __future__ import annotations
@@ -18,33 +20,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from geopsp.tiling.batches import NumpyPreparer, SlotRing, SlotSet, TileBatch, TilePreparer, slot_arrays
+from geopsp.tiling.rows import Piece, ReadRows, RowBuffer, assemble, pad_in_place
 from geopsp.tiling.windows import Tile, TileGrid
 
 __all__ = ["PreparedTile", "RowBuffer", "TileReader", "pad_tile"]
 
 logger = logging.getLogger(__name__)
-
-
-class ReadRows(Protocol):
-    """A row reader: :func:`geopsp.io.scene.read_rows` or a stand-in with its signature."""
-
-    def __call__(
-        self,
-        src: Any,
-        info: Any,
-        row_off: int,
-        height: int,
-        bands: Sequence[int],
-        col_off: int = 0,
-        width: int | None = None,
-    ) -> tuple[NDArray[Any], NDArray[np.bool_]]: ...
 
 
 Prepare = Callable[[Tile, NDArray[Any], NDArray[np.bool_]], tuple[NDArray[Any], NDArray[np.bool_]]]
@@ -90,188 +79,6 @@ def pad_tile(
     return out, vout
 
 
-class _Group:
-    """The buffered rows of one column group ``[c0, c1)``: chunks as read, rows ``< stop``."""
-
-    __slots__ = ("c0", "c1", "chunks", "stop")
-
-    def __init__(self, c0: int, c1: int) -> None:
-        self.c0 = c0
-        self.c1 = c1
-        self.stop = 0
-        # (first row, data (C, h, c1 - c0), valid mask packed 8 columns a byte)
-        self.chunks: list[tuple[int, NDArray[Any], NDArray[np.uint8]]] = []
-
-    def drop_above(self, row: int) -> None:
-        """Forget rows above ``row``; a chunk partly above it is cut down to a copy."""
-        if not self.chunks or self.chunks[0][0] >= row:
-            return  # chunks are in row order: nothing lies above (e.g. released already)
-        kept = []
-        for r0, d, v in self.chunks:
-            if r0 + d.shape[1] <= row:
-                continue
-            if r0 < row:
-                d, v = d[:, row - r0 :].copy(), v[row - r0 :].copy()
-                r0 = row
-            kept.append((r0, d, v))
-        self.chunks = kept
-
-
-class RowBuffer:
-    """Rows of the selected bands, read in block-aligned pieces and cut into tiles.
-
-    The scene's columns are split into groups of whole blocks (``group_cols`` wide or more; a
-    file of full-width strips is one group). :meth:`ensure` names the rows a band of tiles
-    needs; a group's new rows are read only when the first tile reaching into it is cut, and
-    reads end on block rows, so each block is decoded exactly once. Rows no tile needs any
-    more are forgotten: those above the band at :meth:`ensure`, and, as tiles move right,
-    those above the next band in the groups left of them (:meth:`release`). The valid mask is
-    stored packed, eight pixels a byte. So a band starts with only the rows it shares with
-    the previous one (at most ``tile`` rows) in memory, and the buffer stays near
-    ``tile x width x (bands + 1/8)`` bytes, plus a few groups of ``tile + block_rows`` rows,
-    whatever the scene height.
-
-    Parameters
-    ----------
-    read_rows : callable
-        ``read_rows(src, info, row_off, height, bands, col_off=, width=) -> (data (C, h, w),
-        valid (h, w))``, as :func:`geopsp.io.scene.read_rows`.
-    src, info : objects
-        Passed through to ``read_rows``.
-    height, width : int
-        Scene size.
-    bands : sequence of int
-        1-based bands to read.
-    block_rows : int
-        Rows per block (or strip) of the file; reads end on multiples of it so no block is
-        decoded twice. Blocks taller than ``max_align`` rows (whole-image strips) are not
-        aligned to.
-    max_align : int
-        See ``block_rows``.
-    block_cols : int, optional
-        Columns per block; groups are whole blocks. Default (or blocks at least as wide as
-        the scene): one group of every column.
-    group_cols : int
-        Smallest group width. Each read covers a group, so GDAL can decode its blocks in
-        parallel (``GDAL_NUM_THREADS``).
-    """
-
-    def __init__(
-        self,
-        read_rows: ReadRows,
-        src: Any,
-        info: Any,
-        *,
-        height: int,
-        width: int,
-        bands: Sequence[int],
-        block_rows: int,
-        max_align: int,
-        block_cols: int | None = None,
-        group_cols: int = 2048,
-    ) -> None:
-        self._read_rows = read_rows
-        self._src = src
-        self._info = info
-        self.height = height
-        self.width = width
-        self.bands = list(bands)
-        self.block_rows = max(1, int(block_rows))
-        self.max_align = max_align
-        if not block_cols or block_cols >= width:
-            step = width
-        else:
-            step = int(block_cols) * max(1, -(-group_cols // int(block_cols)))
-        self._groups = [_Group(c, min(width, c + step)) for c in range(0, width, step)]
-        self.start = 0  # rows above are forgotten
-        self.need = 0  # rows below are not promised (ensure)
-        self.read_seconds = 0.0
-        self.reads: list[tuple[int, int, int, int]] = []  # (row_off, height, col_off, width)
-        self.peak_bytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the chunks."""
-        return sum(d.nbytes + v.nbytes for g in self._groups for _, d, v in g.chunks)
-
-    def ensure(self, start: int, stop: int) -> None:
-        """Promise rows ``[start, stop)`` to :meth:`cut`; forget every row above ``start``."""
-        if start < self.start:  # going back up: start over
-            for g in self._groups:
-                g.chunks.clear()
-                g.stop = start
-        for g in self._groups:
-            if start >= g.stop:  # nothing buffered is still needed; read on from `start`
-                g.chunks.clear()
-                g.stop = start
-            else:
-                g.drop_above(start)
-        self.start = start
-        self.need = stop
-
-    def release(self, col: int, keep_from: int) -> None:
-        """Forget rows above ``keep_from`` in the groups left of column ``col``.
-
-        Call it when every tile still to come starts at column ``col`` or later, or at row
-        ``keep_from`` or lower (the next band).
-        """
-        for g in self._groups:
-            if g.c1 > col:
-                break
-            g.drop_above(keep_from)
-
-    def _fill(self, g: _Group) -> None:
-        """Read the group's rows up to the promised stop, extended to a block row's end."""
-        if g.stop >= self.need:
-            return
-        end = self.need
-        if self.block_rows <= self.max_align:
-            end = min(self.height, -(-end // self.block_rows) * self.block_rows)
-        t0 = time.perf_counter()
-        data, valid = self._read_rows(
-            self._src, self._info, g.stop, end - g.stop, self.bands, col_off=g.c0, width=g.c1 - g.c0
-        )
-        self.read_seconds += time.perf_counter() - t0
-        self.reads.append((g.stop, end - g.stop, g.c0, g.c1 - g.c0))
-        g.chunks.append((g.stop, data, np.packbits(valid, axis=1)))
-        g.stop = end
-        self.peak_bytes = max(self.peak_bytes, self.nbytes)
-
-    def cut(self, row: int, row_end: int, col: int, col_end: int) -> tuple[NDArray[Any], NDArray[np.bool_]]:
-        """Copy rows ``[row, row_end)`` x columns ``[col, col_end)``, reading them if needed.
-
-        Returns
-        -------
-        data : ndarray, shape (C, rows, cols)
-        valid : ndarray of bool, shape (rows, cols)
-        """
-        if row < self.start or row_end > self.need:
-            raise ValueError(f"rows {row}..{row_end} are not buffered ({self.start}..{self.need})")
-        data: NDArray[Any] | None = None
-        valid = np.empty((row_end - row, col_end - col), dtype=np.bool_)
-        for g in self._groups:
-            lo, hi = max(col, g.c0), min(col_end, g.c1)
-            if lo >= hi:
-                continue
-            self._fill(g)
-            b0, shift = (lo - g.c0) // 8, (lo - g.c0) % 8
-            covered = 0
-            for r0, d, v in g.chunks:
-                a, b = max(row, r0), min(row_end, r0 + d.shape[1])
-                if a >= b:
-                    continue
-                covered += b - a
-                if data is None:
-                    data = np.empty((d.shape[0], row_end - row, col_end - col), dtype=d.dtype)
-                data[:, a - row : b - row, lo - col : hi - col] = d[:, a - r0 : b - r0, lo - g.c0 : hi - g.c0]
-                bits = np.unpackbits(v[a - r0 : b - r0, b0 : -(-(hi - g.c0) // 8)], axis=1)
-                valid[a - row : b - row, lo - col : hi - col] = bits[:, shift : shift + hi - lo].view(np.bool_)
-            if covered != row_end - row:
-                raise ValueError(f"rows {row}..{row_end} of columns {lo}..{hi} were released")
-        assert data is not None
-        return data, valid
-
-
 _DONE = object()
 
 
@@ -299,6 +106,9 @@ class TileReader:
         Row reader; default ``geopsp.io.raster.read_rows``.
     block_rows, block_cols : int, optional
         Rows and columns per file block; default from ``info.block_shape``.
+    ring_size : int
+        Batch buffers of :meth:`batches` (one filling, one queued, one in use, one being
+        copied to a device).
     """
 
     def __init__(
@@ -315,6 +125,7 @@ class TileReader:
         read_rows: ReadRows | None = None,
         block_rows: int | None = None,
         block_cols: int | None = None,
+        ring_size: int = 4,
     ) -> None:
         if read_rows is None:
             from geopsp.io.raster import read_rows as _read_rows
@@ -350,6 +161,9 @@ class TileReader:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._ring: SlotRing | None = None
+        self._ring_size = max(2, int(ring_size))
 
     @property
     def read_seconds(self) -> float:
@@ -363,6 +177,7 @@ class TileReader:
         self.close()
 
     def __iter__(self) -> Iterator[PreparedTile]:
+        """Iterate :class:`PreparedTile` one by one (each in arrays of its own)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="geopsp-reader", daemon=True)
             self._thread.start()
@@ -403,33 +218,41 @@ class TileReader:
                 continue
         return False
 
+    def _walk(self) -> Iterator[Tile]:
+        """Yield the tiles in grid order with their rows promised; forget rows behind each one after it."""
+        bands = [self.grid.band_tiles(rows) for _, rows in self.grid.band_rows(self.row_range)]
+        for k, tiles in enumerate(bands):
+            self.buffer.ensure(min(t.row for t in tiles), max(t.row_end for t in tiles))
+            # rows the next band starts at: the groups that tiles have passed keep only those
+            keep = min(t.row for t in bands[k + 1]) if k + 1 < len(bands) else self.grid.height
+            for n, tile in enumerate(tiles):
+                if self._stop.is_set():
+                    return
+                yield tile
+                self.buffer.release(tiles[n + 1].col if n + 1 < len(tiles) else self.grid.width, keep)
+
     def _produce(self) -> None:
         try:
-            bands = [self.grid.band_tiles(rows) for _, rows in self.grid.band_rows(self.row_range)]
-            for k, tiles in enumerate(bands):
-                self.buffer.ensure(min(t.row for t in tiles), max(t.row_end for t in tiles))
-                # rows the next band starts at: the groups that tiles have passed keep only those
-                keep = min(t.row for t in bands[k + 1]) if k + 1 < len(bands) else self.grid.height
-                for n, tile in enumerate(tiles):
-                    if self._stop.is_set():
+            for tile in self._walk():
+                valid = np.empty((tile.height, tile.width), dtype=np.bool_)
+                pieces = self.buffer.cut_valid(tile.row, tile.row_end, tile.col, tile.col_end, valid)
+                if not valid.any():
+                    self.skipped += 1
+                    if not self._put(PreparedTile(tile, None, None)):
                         return
-                    d, v = self.buffer.cut(tile.row, tile.row_end, tile.col, tile.col_end)
-                    self.buffer.release(tiles[n + 1].col if n + 1 < len(tiles) else self.grid.width, keep)
-                    if not v.any():
-                        self.skipped += 1
-                        if not self._put(PreparedTile(tile, None, None)):
-                            return
-                        continue
-                    fut = self._pool.submit(self._prepare, tile, d, v)
-                    if not self._put(fut):
-                        fut.cancel()
-                        return
+                    continue
+                fut = self._pool.submit(self._prepare, tile, pieces, valid)
+                if not self._put(fut):
+                    fut.cancel()
+                    return
             self._put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
 
-    def _prepare(self, tile: Tile, data: NDArray[Any], valid: NDArray[np.bool_]) -> PreparedTile:
+    def _prepare(self, tile: Tile, pieces: list[Piece], valid: NDArray[np.bool_]) -> PreparedTile:
         t0 = time.perf_counter()
+        data = np.empty((len(self.buffer.bands), tile.height, tile.width), dtype=pieces[0][2].dtype)
+        assemble(pieces, data)
         d, v = pad_tile(data, valid, self.grid.input_shape)
         if self.prepare is not None:
             d, v = self.prepare(tile, d, v)
@@ -438,3 +261,117 @@ class TileReader:
         with self._lock:
             self.prepare_seconds += time.perf_counter() - t0
         return PreparedTile(tile, d, np.ascontiguousarray(v))
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def batches(self, batch_size: int, preparer: TilePreparer | None = None) -> Iterator[TileBatch]:
+        """Iterate :class:`~geopsp.tiling.batches.TileBatch` of up to ``batch_size`` tiles, in grid order.
+
+        The tiles are cut, padded and prepared by the worker threads straight into buffers of a
+        small ring allocated by ``preparer`` (default: raw tiles in ordinary arrays); release
+        each batch (:meth:`TileBatch.release`) once done with its arrays, or the reader waits.
+        The last batch may hold no tiles, only skipped ones. ``prepare`` of the constructor is
+        not used here: ``preparer`` prepares.
+        """
+        if self._thread is not None:
+            raise RuntimeError("a TileReader iterates once")
+        prep: TilePreparer = preparer if preparer is not None else NumpyPreparer()
+        size = max(1, int(batch_size))
+        self._thread = threading.Thread(
+            target=self._produce_batches, args=(size, prep), name="geopsp-reader", daemon=True
+        )
+        self._thread.start()
+        while True:
+            t0 = time.perf_counter()
+            item = self._queue.get()
+            if item is _DONE:
+                self.wait_seconds += time.perf_counter() - t0
+                return
+            if isinstance(item, BaseException):
+                raise item
+            tiles, skipped, futures, slots = item
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:
+                self._ring_release(slots)
+                raise
+            self.wait_seconds += time.perf_counter() - t0
+            n = len(tiles)
+            yield TileBatch(tiles, skipped, slots.data[:n], slots.valid[:n], self._ring, slots)
+
+    def _ring_release(self, slots: SlotSet) -> None:
+        if self._ring is not None:
+            self._ring.release(slots)
+
+    def _produce_batches(self, size: int, prep: TilePreparer) -> None:
+        try:
+            slots: SlotSet | None = None
+            tiles: list[Tile] = []
+            skipped: list[Tile] = []
+            futures: list[Future[None]] = []
+            for tile in self._walk():
+                if slots is None:
+                    slots = self._first_slots(tile, size, prep)
+                    if slots is None:
+                        return
+                i = len(tiles)
+                pieces = self.buffer.cut_valid(tile.row, tile.row_end, tile.col, tile.col_end, slots.valid[i])
+                if not slots.valid[i, : tile.height, : tile.width].any():
+                    self.skipped += 1
+                    skipped.append(tile)
+                    continue
+                futures.append(self._pool.submit(self._fill, tile, pieces, slots, i, prep))
+                tiles.append(tile)
+                if len(tiles) == size:
+                    if not self._put((tiles, skipped, futures, slots)):
+                        return
+                    tiles, skipped, futures = [], [], []
+                    slots = self._ring.acquire() if self._ring is not None else None
+                    if slots is None:
+                        return
+            if tiles or skipped:
+                if slots is None:  # only skipped tiles: an empty batch
+                    empty = np.empty((0,), dtype=np.uint8)
+                    slots = SlotSet(empty, empty.astype(np.bool_))
+                if not self._put((tiles, skipped, futures, slots)):
+                    return
+            elif slots is not None:
+                self._ring_release(slots)
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _first_slots(self, tile: Tile, size: int, prep: TilePreparer) -> SlotSet | None:
+        """Make the ring, now that the type of the rows is known (a cast reader may change it)."""
+        probe = np.empty((tile.height, tile.width), dtype=np.bool_)
+        dtype = self.buffer.cut_valid(tile.row, tile.row_end, tile.col, tile.col_end, probe)[0][2].dtype
+        shape = self.grid.input_shape
+        n_bands = len(self.buffer.bands)
+        self._ring = SlotRing(self._ring_size, lambda: slot_arrays(prep, size, n_bands, shape, dtype), self._stop)
+        return self._ring.acquire()
+
+    def _fill(self, tile: Tile, pieces: list[Piece], slots: SlotSet, i: int, prep: TilePreparer) -> None:
+        """Cut one tile into slot ``i``: copy, pad by reflection, prepare (a worker thread)."""
+        t0 = time.perf_counter()
+        out, valid = slots.data[i], slots.valid[i]
+        h, w = tile.height, tile.width
+        if prep.casts_only:
+            raw = out  # the copy casts: no scratch tile
+        else:
+            raw = self._scratch(out.shape, pieces[0][2].dtype)
+        assemble(pieces, raw)
+        pad_in_place(raw, h, w)
+        pad_in_place(valid, h, w)
+        if raw is not out:
+            prep.prepare_into(tile, raw, valid, out)
+        with self._lock:
+            self.prepare_seconds += time.perf_counter() - t0
+
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> NDArray[Any]:
+        """Return a tile-sized array of this thread's, reused tile after tile."""
+        held = getattr(self._local, "scratch", None)
+        if held is None or held.shape != shape or held.dtype != dtype:
+            held = np.empty(shape, dtype=dtype)
+            self._local.scratch = held
+        return held
