@@ -87,6 +87,56 @@ def run(scene: Path, *, mode: str, tile: int, overlap: int, batch: int, threads:
     }
 
 
+_VIEWS = {"aten.slice", "aten.select", "aten.alias", "aten.view", "aten.expand", "aten.unsqueeze", "aten.t"}
+
+
+def blend_ops(*, width: int = 4096, height: int = 2048, classes: int = 6, batch: int = 4) -> dict[str, Any]:
+    """Count the torch ops the mosaic issues per tile (each non-view op is a kernel launch on CUDA).
+
+    Counted on the CPU with a dispatch mode, for the CPU reduction and for the CUDA one
+    (one argmax instead of the K where-passes), on a 512/64 grid.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from geopsp.inference.mosaic import Mosaicker
+    from geopsp.tiling import TileGrid
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernels = 0
+            self.views = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if str(func.overloadpacket) in _VIEWS:
+                self.views += 1
+            else:
+                self.kernels += 1
+            return func(*args, **(kwargs or {}))
+
+    grid = TileGrid(height, width, 512, 64)
+    rng = np.random.default_rng(0)
+    probs = torch.from_numpy(rng.random((batch, classes, 512, 512), dtype=np.float32))
+    valid = torch.ones((batch, 512, 512), dtype=torch.bool)
+    tiles = list(grid.tiles())
+    out: dict[str, Any] = {"grid": [height, width, 512, 64], "classes": classes, "tiles": len(tiles)}
+    for name, fused in (("cpu_reduction", False), ("cuda_reduction", True)):
+        mosaic = Mosaicker(grid, class_ids=list(range(1, classes + 1)), nodata=0, sink=lambda *a: None)
+        mosaic._fused_argmax = fused
+        count = Count()
+        with count:
+            for i in range(0, len(tiles), batch):
+                part = tiles[i : i + batch]
+                mosaic.add(part, probs[: len(part)], valid[: len(part)])
+            mosaic.finish()
+        out[name] = {
+            "kernels_per_tile": round(count.kernels / len(tiles), 1),
+            "views_per_tile": round(count.views / len(tiles), 1),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=8192)
@@ -110,8 +160,10 @@ def main() -> None:
             rows.append(run(scene, mode=mode, tile=512, overlap=64, batch=args.batch, threads=args.threads))
             print(json.dumps(rows[-1]), flush=True)
     best = {m: min((r for r in rows if r["mode"] == m), key=lambda r: r["cpu_s"]) for m in modes}
+    ops = blend_ops() if hasattr(TileReader, "batches") else None
     result = {
         "machine": {"cpu": cpu_name(), "cores": cpu_count(), "loadavg": list(os.getloadavg())},
+        "blend_ops": ops,
         "scene": {"size": args.size, "bands": 3, "dtype": "uint8", "compress": "deflate", "tile": 512, "overlap": 64},
         "batch": args.batch,
         "threads": args.threads,

@@ -210,3 +210,29 @@ def test_reader_cutters_run_in_parallel_threads():
             n += len(batch.tiles)
             batch.release()
     assert n == len(grid) and len([x for x in names if x.startswith("geopsp-prep")]) >= 2
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_fused_argmax_of_the_cuda_path_gives_the_classes_of_the_where_passes(backend):
+    grid = TileGrid(100, 120, 32, 8)
+    rng = np.random.default_rng(9)
+    rows = {}
+    for fused in (False, True):
+        got = []
+        mosaic = Mosaicker(
+            grid, class_ids=[3, 1, 7, 5], nodata=0, backend=backend, probabilities=True,
+            sink=lambda r, c, p, got=got: got.append((c, p)),
+        )  # fmt: skip
+        mosaic._fused_argmax = fused
+        for t in grid.tiles():
+            p = rng.integers(0, 3, size=(1, 4, 32, 32)).astype(np.float32)  # many exact ties
+            v = rng.random((1, 32, 32)) < 0.9
+            mosaic.add(
+                [t], torch.from_numpy(p) if backend == "torch" else p, torch.from_numpy(v) if backend == "torch" else v
+            )
+        mosaic.finish()
+        rows[fused] = (np.concatenate([c for c, _ in got]), np.concatenate([p for _, p in got]))
+        rng = np.random.default_rng(9)
+    np.testing.assert_array_equal(rows[True][0], rows[False][0])
+    np.testing.assert_array_equal(rows[True][1], rows[False][1])
+    assert set(np.unique(rows[True][0])) <= {0, 1, 3, 5, 7}

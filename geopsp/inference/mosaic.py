@@ -216,6 +216,9 @@ class Mosaicker:
         # blocking and handed to the sink one band later, so the host never waits for the GPU
         self._cuda = self.backend == "torch" and getattr(self.device, "type", "cpu") == "cuda"
         self._lag = 1 if self._cuda else 0
+        # on CUDA one argmax kernel replaces the K where-passes (4 kernels a class; launches,
+        # not arithmetic, bound a GPU here); the probabilities are finite there or the run fails
+        self._fused_argmax = self._cuda
         self._outbox: list[tuple[int, _Array, _Array | None, Any]] = []
         if self._bands:
             self._start_band(0)
@@ -436,12 +439,16 @@ class Mosaicker:
         wsum = chunk.wsum[lo:hi]
         invalid = ~chunk.valid[lo:hi] | (wsum <= 0)
         best = xp.max(acc, axis=0)
-        # the class of the first maximum, or of the first NaN (NaN wins, as in torch.max and
-        # numpy.argmax); K where-passes are several times faster than torch.argmax over dim 0
-        cls = self._nodata
-        for c in range(self.num_classes - 1, -1, -1):
-            a = acc[c]
-            cls = xp.where((a == best) | xp.isnan(a), self._lut_of[c], cls)
+        if self._fused_argmax:  # the first maximum, as below for finite sums
+            first = xp.argmax(acc, axis=0)
+            cls = xp.reshape(xp.take(self._lut, xp.reshape(first, (-1,))), first.shape)
+        else:
+            # the class of the first maximum, or of the first NaN (NaN wins, as in torch.max and
+            # numpy.argmax); on the CPU K where-passes are several times faster than an argmax
+            cls = self._nodata
+            for c in range(self.num_classes - 1, -1, -1):
+                a = acc[c]
+                cls = xp.where((a == best) | xp.isnan(a), self._lut_of[c], cls)
         assert self._pending_cls is not None
         self._pending_cls[out_row : out_row + hi - lo, x0 : x0 + width] = xp.where(invalid, self._nodata, cls)
         if self._pending_prob is not None:
