@@ -51,7 +51,12 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
 )
 @click.option("--tile", "tile", type=int, default=None, help="Tile edge in pixels [default: the bundle's].")
 @click.option("--overlap", type=int, default=None, help="Overlap between tiles in pixels [default: the bundle's].")
-@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass [default: 4 on the CPU; on CUDA what half the free GPU memory holds, up to 64].")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Tiles per forward pass [default: 4 on the CPU; on CUDA what half the free GPU memory holds, up to 64].",
+)
 @click.option(
     "--device",
     default=None,

@@ -90,7 +90,12 @@ class PredictConfig(_Section):
         "((tile + 2 margin) / tile)^2 model time.",
     )
     probabilities: bool = Field(False, description="Also write the winning class probability as a uint8 raster.")
-    reader_threads: int = Field(2, ge=1, le=64, description="Background threads reading and preprocessing tiles.")
+    reader_threads: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Threads cutting and preprocessing tiles; null: 2 on the CPU, half the cores (2-8) on CUDA.",
+    )
     bound_heap: bool = Field(
         True,
         description="Keep peak memory near the working set on glibc (large buffers mapped and unmapped, freed "

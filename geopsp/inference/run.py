@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from geopsp.config.schema import PredictConfig
+from geopsp.device import cpu_count
 from geopsp.inference.mosaic import Mosaicker
 from geopsp.inference.plan import PredictionPlan
+from geopsp.inference.sizing import cutter_threads
 from geopsp.inference.timing import StageClock
 from geopsp.io.row_writer import RowWriterThread
 from geopsp.tiling.reader import TileReader
@@ -60,6 +62,7 @@ class TileLoopStats:
     strip_bytes: int
     read_buffer_bytes: int
     batch_size: int
+    reader_threads: int
 
 
 def run_tiles(
@@ -118,7 +121,7 @@ def run_tiles(
             plan.grid,
             meta.bands,
             row_range=(r0, r1),
-            threads=config.reader_threads,
+            threads=cutter_threads(config.reader_threads, cuda=bool(predictor.is_cuda), cores=cpu_count()),
             prefetch=1,  # batches queued; the ring holds one filling, one queued, one in use, one copying
             read_rows=plan.cast.read_rows if plan.cast.converts else None,  # another type: converted as read
         )
@@ -176,6 +179,7 @@ def run_tiles(
         finalize_output=t_close,
         tiles_loop=t_loop_end - t_loop,
         batch_size=batch_size,
+        reader_threads=reader.threads,
         strip_bytes=mosaic.strip_bytes,
         read_buffer_bytes=reader.buffer.peak_bytes,
     )

@@ -245,7 +245,7 @@ def summarize_run(
             "blend_floor": cfg.blend_floor,
             "margin_px": cfg.margin_px,
             "amp": predictor.amp,
-            "reader_threads": cfg.reader_threads,
+            "reader_threads": stats.reader_threads,
             "bound_heap": cfg.bound_heap,
         },
         config=cfg.model_dump(mode="json"),

@@ -157,7 +157,8 @@ class TileReader:
         self.prepare_seconds = 0.0
         self.wait_seconds = 0.0
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="geopsp-prep")
+        self.threads = max(1, int(threads))
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="geopsp-prep")
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
