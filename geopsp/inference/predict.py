@@ -257,7 +257,8 @@ class Predictor:
             del x
         free, _ = torch.cuda.mem_get_info(self.device)
         reserved_idle = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        self._nonfinite = None  # the probes' zeros are not the run's
+        self._nonfinite = None  # the probes are not the run's: neither their verdict nor their time
+        self.clock = StageClock(self.device)
         return cuda_batch_size(
             free_bytes=int(free) + int(reserved_idle), one_tile_bytes=int(peaks[0]), two_tile_bytes=int(peaks[1])
         )
