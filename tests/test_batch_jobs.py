@@ -269,6 +269,28 @@ def test_strips_cover_the_scene_on_grid_offsets(height, width, tile, overlap, ma
     assert all(a in offsets for a, _ in strips)
 
 
+@pytest.mark.parametrize("workers", [2, 3, 8])
+@pytest.mark.parametrize(("height", "max_px"), [(20000, 50_000_000), (9000, 20_000_000), (30000, 40_000_000)])
+def test_strips_for_several_workers_come_in_full_rounds_and_finish_sooner(height, max_px, workers):
+    from geopsp.tiling import TileGrid
+    from geopsp.tiling.windows import axis_offsets
+
+    width, tile, overlap = 20000, 512, 64
+    grid = TileGrid(height, width, tile, overlap)
+    strips = plan_strips(height, width, tile, overlap, max_px, workers=workers)
+    assert strips[0][0] == 0 and strips[-1][1] == height
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(strips))
+    assert {a for a, _ in strips} <= set(axis_offsets(height, tile, overlap))
+    assert len(strips) % workers == 0  # no worker runs a round alone
+    assert all(r1 - r0 <= -(-max_px // width) + tile for r0, r1 in strips)  # about max_px each, at most
+
+    def makespan(parts):  # tiles on the busiest worker, strips handed out in order
+        counts = [grid.count(p) for p in parts]
+        return max(sum(counts[i::workers]) for i in range(workers))
+
+    assert makespan(strips) <= makespan(plan_strips(height, width, tile, overlap, max_px))
+
+
 def test_small_scene_is_one_strip():
     assert plan_strips(100, 100, 64, 8, 10_000) == [(0, 100)]
 
