@@ -127,7 +127,7 @@ def tls_scheduler(pki, tmp_path_factory) -> Iterator[str]:
     try:
         procs.append(subprocess.Popen(
             [str(DASK), "scheduler", "--host", "127.0.0.1", "--protocol", "tls", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(sched_file), *pki.args("scheduler")],
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file), *pki.args("scheduler")],
             stdout=logs[0], stderr=subprocess.STDOUT, env=env,
         ))  # fmt: skip
         deadline = time.monotonic() + 60
@@ -139,11 +139,17 @@ def tls_scheduler(pki, tmp_path_factory) -> Iterator[str]:
         assert address.startswith("tls://127.0.0.1:")
         procs.append(subprocess.Popen(
             [str(DASK), "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny", "--no-dashboard",
-             "--death-timeout", "30", *pki.args("worker")],
+             "--dashboard-address", "127.0.0.1:0", "--death-timeout", "30", *pki.args("worker")],
             stdout=logs[1], stderr=subprocess.STDOUT, env=env,
         ))  # fmt: skip
         with Client(address, security=pki.security(), timeout=30, set_as_default=False) as client:
             client.wait_for_workers(1, timeout=60)
+        # dask's HTTP servers listen on every interface unless told otherwise, --no-dashboard or not
+        psutil = pytest.importorskip("psutil")
+        listening = {
+            c.laddr.ip for p in procs for c in psutil.Process(p.pid).net_connections("inet") if c.status == "LISTEN"
+        }
+        assert listening == {"127.0.0.1"}
         yield address
     finally:
         for proc in procs[::-1]:

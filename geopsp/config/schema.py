@@ -564,7 +564,7 @@ class BatchConfig(_Section):
     spacenet_products: tuple[str, ...] = Field(
         (), description="SpaceNet image folders to take (e.g. [PS-RGB]); empty: every image folder found."
     )
-    gpus: Literal["all"] | Annotated[int, Field(ge=1, le=1024)] | None = Field(
+    gpus: Literal["all"] | int | None = Field(
         None,
         description="LocalCluster: one worker per GPU ('all' or how many), pinned to it with CUDA_VISIBLE_DEVICES, "
         "plus n_workers (default 1) CPU workers that stitch and vectorize.",
@@ -576,11 +576,19 @@ class BatchConfig(_Section):
     )
     dashboard_address: str | None = Field(
         "127.0.0.1:0",
-        description="LocalCluster dashboard address (needs bokeh); ':8787' listens on every interface, None turns "
-        "it off.",
+        description="LocalCluster dashboard address (needs bokeh); ':8787' listens on every interface; None: no "
+        "dashboard.",
     )
     tls: TLSConfig = TLSConfig()
     connect_timeout_s: float = Field(30.0, gt=0, description="Seconds to wait for the scheduler and a first worker.")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_count(cls, value: Any) -> Any:
+        number = isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+        if isinstance(value, bool) or (number and not 1 <= int(value) <= 1024):
+            raise ValueError(f"gpus must be 'all' or a number of GPUs (1 to 1024), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _scheduler_address(self) -> BatchConfig:
