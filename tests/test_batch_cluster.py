@@ -27,7 +27,7 @@ pytest.importorskip("distributed")
 
 # dask imports a preload module twice; the guard keeps the wrapping single.
 RECORDER = """
-import json, os
+import json, os, sys
 from distributed import get_worker
 import geopsp.batch.tasks as tasks
 
@@ -35,8 +35,9 @@ def _recorded(name, fn):
     def run(*args, **kwargs):
         result = fn(*args, **kwargs)
         worker = get_worker()
+        torch = sys.modules.get("torch")
         line = {"task": name, "worker": worker.name, "resources": dict(worker.state.total_resources),
-                **tasks.worker_stats()}
+                "cuda_devices": torch.cuda.device_count() if torch is not None else None, **tasks.worker_stats()}
         with open(os.path.join(os.environ["GEOPSP_TEST_RECORD"], f"{os.getpid()}.jsonl"), "a") as fh:
             fh.write(json.dumps(line) + "\\n")
         return result
@@ -199,6 +200,36 @@ def test_gpu_pinned_cluster_runs_scenes_on_gpu_workers_and_stitches_and_vectoriz
     share = max(1, cpu_count() // 2)  # two single-thread workers on this machine
     assert {r["gdal_threads"] for r in ran} == {str(share)}
     assert {r["torch_num_threads"] for r in ran if r["task"] == "run_scene"} == {share}
+
+
+@pytest.mark.gpu
+def test_gpus_all_pins_each_worker_to_one_real_gpu(tiny_bundle, scenes, tmp_path, monkeypatch):
+    import dask
+
+    from geopsp.batch import run_batch
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.device_count() == 0:
+        pytest.skip("needs CUDA")
+    hook = tmp_path / "geopsp_test_recorder.py"
+    hook.write_text(RECORDER, encoding="utf-8")
+    monkeypatch.setenv("GEOPSP_TEST_RECORD", str(tmp_path))
+    cfg = GeopspConfig(predict=PredictConfig(vector=True), batch=BatchConfig(strip_pixels=65_536))
+    out = tmp_path / "out"
+    with dask.config.set({"distributed.worker.preload": [str(hook)]}):
+        report = run_batch([scenes / "small.tif", scenes / "big.tif"], tiny_bundle, out, config=cfg, gpus="all")
+    assert report.ok, report.records
+    gpus = visible_gpus("all")
+    ran = records(tmp_path)
+    for r in ran:
+        if r["task"] == "run_scene":
+            assert r["worker"].startswith("gpu-")
+            assert r["cuda_visible_devices"] == gpus[int(r["worker"].removeprefix("gpu-"))]
+            assert r["cuda_devices"] == 1  # its own GPU, and only that one
+        else:
+            assert (r["worker"], r["cuda_visible_devices"]) == ("cpu-0", "")
+    device = json.loads((out / "small_summary.json").read_text())["device"]
+    assert device["device"].startswith("cuda"), device
 
 
 def test_every_service_of_the_local_cluster_listens_on_loopback():
