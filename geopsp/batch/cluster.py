@@ -285,7 +285,9 @@ def _check_pinned_device(predict: PredictConfig) -> None:
 
 def _machine_workers(predict: PredictConfig, cores: int) -> int:
     """Worker processes for a CPU-only local cluster on this machine."""
-    if predict.device != "cpu":
+    import importlib.util
+
+    if predict.device != "cpu" and importlib.util.find_spec("torch") is not None:  # without torch: ONNX on CPUs
         from geopsp.device import resolve_device
 
         if resolve_device(predict.device, key="predict.device").type == "cuda":

@@ -547,7 +547,8 @@ class BatchConfig(_Section):
         None,
         ge=1,
         le=256,
-        description="torch threads per worker (default: the host's cores shared among its worker threads).",
+        description="Threads of each worker process for torch, GDAL and ONNX Runtime (default: the host's cores "
+        "shared among its worker threads).",
     )
     memory_limit: str = Field(
         "auto", description="LocalCluster memory limit per worker ('auto', '4GiB', '0' for none)."
