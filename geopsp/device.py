@@ -6,13 +6,14 @@ the CUDA device asked for exists. Prediction, training and batch runs all go thr
 :func:`cpu_has_native_bf16` tells whether bf16 autocast can be fast on this CPU.
 :func:`gdal_threads` is the one home of how many threads GDAL may use in this process (block
 decoding, COG encoding): all CPUs for a lone run, a worker's share of the host in a batch
-(:func:`set_gdal_threads`).
+(:func:`set_gdal_threads`). :func:`visible_gpus` names the GPUs a batch may pin its workers to.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from geopsp.errors import ConfigError
 
@@ -28,6 +29,7 @@ __all__ = [
     "gdal_threads",
     "resolve_device",
     "set_gdal_threads",
+    "visible_gpus",
 ]
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -137,8 +139,6 @@ def cpu_name() -> str:
 
 def cpu_count() -> int:
     """Return the CPUs this process may use (its affinity), at least 1."""
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS/Windows
@@ -168,3 +168,56 @@ def gdal_threads() -> str:
     'ALL_CPUS'
     """
     return "ALL_CPUS" if _GDAL_THREADS is None else str(_GDAL_THREADS)
+
+
+def visible_gpus(request: Literal["all"] | int = "all", *, key: str | None = "batch.gpus") -> tuple[str, ...]:
+    """Name the CUDA GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` entries for worker processes.
+
+    The count comes from :func:`torch.cuda.device_count`, which asks NVML when it can and so
+    does not initialize CUDA in this process. The names honour this process's own
+    ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-...`` UUIDs): with ``CUDA_VISIBLE_DEVICES=2,3``
+    the GPUs are ``("2", "3")``, so a worker given ``"3"`` sees the same GPU this process calls
+    ``cuda:1``.
+
+    Parameters
+    ----------
+    request : "all" or int
+        Every visible GPU, or the first ``request`` of them.
+    key : str, optional
+        The config key the request came from, for the error message.
+
+    Returns
+    -------
+    tuple of str
+        One ``CUDA_VISIBLE_DEVICES`` value per GPU, in order.
+
+    Raises
+    ------
+    ConfigError
+        If no CUDA GPU is visible (or torch is not installed), or ``request`` is more GPUs
+        than there are.
+    """
+    if request != "all" and (isinstance(request, bool) or not isinstance(request, int) or request < 1):
+        raise ConfigError(f"gpus must be 'all' or a number of GPUs of at least 1, got {request!r}", key=key)
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        import torch
+
+        count = int(torch.cuda.device_count())
+    except ImportError:
+        count = 0
+    where = "" if seen is None else f" with CUDA_VISIBLE_DEVICES={seen!r}"
+    if count == 0:
+        raise ConfigError(
+            f"gpus={request!r} but this machine shows 0 CUDA GPUs{where} (torch.cuda.device_count()); "
+            "run on a machine with a CUDA GPU and torch built for CUDA, or drop --gpus",
+            key=key,
+        )
+    if request != "all" and request > count:
+        raise ConfigError(
+            f"gpus={request} but this machine shows {count} CUDA GPU(s){where}; use --gpus {count} or --gpus all",
+            key=key,
+        )
+    names = [s.strip() for s in seen.split(",")] if seen is not None else [str(i) for i in range(count)]
+    names = names[:count]  # CUDA stops at the first entry it cannot use
+    return tuple(names if request == "all" else names[:request])

@@ -56,3 +56,17 @@ def s3_server() -> Iterator[MotoS3Server]:
     """A real S3 API (moto's server mode) on 127.0.0.1; ``AWS_ENDPOINT_URL`` points at it meanwhile."""
     with MotoS3Server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fast-preset bundle for 3-band scenes: 4 classes, 64 px tiles with 8 px overlap (cluster and batch tests)."""
+    from geopsp.testing import run_cli
+
+    path = tmp_path_factory.mktemp("tiny-model") / "m.safetensors"
+    code, _, err = run_cli(
+        "model", "create", "--preset", "fast", "--encoder", "resnet18", "--bands", "3", "--classes", "4",
+        "--tile", "64", "--overlap", "8", "--out", path,
+    )  # fmt: skip
+    assert code == 0, err
+    return path

@@ -178,7 +178,7 @@ def dask_cluster(root: Path, worker_args: list[list[str]]) -> Iterator[Cluster]:
         logs.append(log)
         sched = subprocess.Popen(
             [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(sched_file)],
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         procs.append(sched)
@@ -196,7 +196,8 @@ def dask_cluster(root: Path, worker_args: list[list[str]]) -> Iterator[Cluster]:
             logs.append(wlog)
             w = subprocess.Popen(
                 [str(DASK), "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
-                 "--no-dashboard", "--death-timeout", "30", "--preload", str(hook), *extra],
+                 "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--death-timeout", "30",
+                 "--preload", str(hook), *extra],
                 stdout=wlog, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
             procs.append(w)

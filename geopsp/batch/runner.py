@@ -1,8 +1,9 @@
-"""Run a batch of scenes on dask.distributed: a LocalCluster by default, any cluster when given.
+"""Run a batch of scenes on dask.distributed: a local cluster by default, any cluster when given.
 
-The client discovers jobs, skips scenes the manifest says are complete, submits one task per
-scene (or one per row strip plus a stitch task for big scenes, and optionally a vectorize
-task on any worker), and appends one manifest record per scene as results arrive.
+The client plans the cluster (:mod:`geopsp.batch.cluster`), discovers jobs, skips scenes the
+manifest says are complete, submits one task per scene (or one per row strip plus a stitch
+task for big scenes, and optionally a vectorize task on a CPU worker), and appends one
+manifest record per scene as results arrive.
 
 Outputs go to a local (or shared) folder or below an ``s3://`` prefix
 (:mod:`geopsp.batch.destination`); with S3 each worker uploads its scene's set, polygons
@@ -16,27 +17,26 @@ worker loads it once. Input errors are returned as failures and never retried; o
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from geopsp.batch.cluster import ClusterTarget, GpuRequest, connect, plan_cluster
 from geopsp.batch.destination import WORK_DIR, BatchOutputs, batch_outputs
 from geopsp.batch.jobs import Job, discover_jobs
 from geopsp.batch.manifest import Manifest, S3Manifest, SceneRecord
 from geopsp.batch.strips import plan_strips
-from geopsp.batch.tasks import SceneTask, TorchThreads, cpu_count, run_scene, stitch_scene, vectorize_scene
+from geopsp.batch.tasks import SceneTask, run_scene, stitch_scene, vectorize_scene
 from geopsp.config.schema import GeopspConfig, PredictConfig
 from geopsp.errors import (
     CheckpointError,
-    ConfigError,
     GeopspError,
     InputRasterError,
 )
@@ -129,6 +129,7 @@ def run_batch(
     scheduler: str | None = None,
     n_workers: int | None = None,
     resources: Mapping[str, float] | None = None,
+    gpus: GpuRequest = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
 ) -> BatchReport:
@@ -150,14 +151,23 @@ def run_batch(
     config : GeopspConfig, optional
         ``predict`` and ``batch`` settings (default: packaged defaults).
     scheduler : str, optional
-        Address of a running scheduler (``tcp://host:8786``). Default: the ``GEOPSP_SCHEDULER``
-        environment variable, then ``config.batch.scheduler``; when none is set a
-        ``LocalCluster`` sized to this machine is started and closed.
+        Address of a running scheduler (``tcp://host:8786``, ``tls://host:8786`` with
+        ``config.batch.tls``). Default: the ``GEOPSP_SCHEDULER`` environment variable, then
+        ``config.batch.scheduler``; when none is set a local cluster sized to this machine is
+        started (every service on 127.0.0.1) and closed.
     n_workers : int, optional
-        LocalCluster worker processes (default: ``config.batch.n_workers`` or machine-sized).
+        Local worker processes, the CPU workers beside GPU ones with ``gpus`` (default:
+        ``config.batch.n_workers``, else machine-sized, or 1 beside GPU workers).
     resources : mapping of str to float, optional
         dask resources each scene task asks for (``{"GPU": 1}``); default
-        ``config.batch.resources``. Stitching and vectorizing ask for none.
+        ``config.batch.resources``. Stitch and vectorize tasks ask for
+        ``config.batch.cpu_resources``.
+    gpus : "all", int or sequence of str, optional
+        Local cluster only (default ``config.batch.gpus``): one worker per GPU, pinned to it
+        by ``CUDA_VISIBLE_DEVICES``, running the scene tasks (they ask for ``GPU=1``), plus
+        CPU workers that stitch and vectorize. ``"all"`` or a count takes this machine's
+        GPUs; a sequence gives each GPU worker's ``CUDA_VISIBLE_DEVICES`` as it is (see
+        :func:`geopsp.batch.cluster.plan_cluster`).
     overwrite : bool, default False
         Recompute scenes the manifest marks complete.
     progress : callable, optional
@@ -177,7 +187,8 @@ def run_batch(
     TilingError
         If the tile size and overlap cannot work (see :func:`geopsp.inference.plan.resolve_tiling`).
     ConfigError
-        If no worker of the cluster offers the requested resources.
+        If no worker of the cluster offers the requested resources, the scheduler cannot be
+        reached, a TLS file cannot be read, or ``gpus`` asks for GPUs this machine does not have.
     OutputError
         If an output name is unsafe, the output folder is not writable, or the S3 bucket
         cannot be used (missing, access refused, unreachable).
@@ -186,7 +197,15 @@ def run_batch(
     cfg = config if config is not None else GeopspConfig()
     outputs = batch_outputs(out_dir)  # checked (created, or the bucket listed) before anything else
     try:
-        report = _run_batch(inputs, model, outputs, t0, cfg, scheduler, n_workers, resources, overwrite, progress)
+        where = functools.partial(
+            plan_cluster,
+            cfg,
+            address=scheduler or os.environ.get(SCHEDULER_ENV) or cfg.batch.scheduler,
+            n_workers=n_workers,
+            resources=resources,
+            gpus=gpus,
+        )
+        report = _run_batch(inputs, model, outputs, t0, cfg, where, overwrite, progress)
     except BaseException:
         with contextlib.suppress(GeopspError):  # the first failure is the one to report
             outputs.manifest.close()
@@ -201,22 +220,19 @@ def _run_batch(
     outputs: BatchOutputs,
     t0: float,
     cfg: GeopspConfig,
-    scheduler: str | None,
-    n_workers: int | None,
-    resources: Mapping[str, float] | None,
+    where: Callable[[], ClusterTarget],
     overwrite: bool,
     progress: ProgressFn | None,
 ) -> BatchReport:
     bcfg = cfg.batch
     model_path, meta = _check_model(model)
     resolve_tiling(cfg.predict, meta)  # segment_raster's own rule; a bad one fails before any cluster
+    target = where()  # TLS files, the scheduler's address, GPUs: checked before any scene is looked at
     jobs = discover_jobs(
         inputs, out_dir=outputs.exclude, spacenet_products=bcfg.spacenet_products, items_to=outputs.items
     )
     if not jobs:
         raise InputRasterError(f"{', '.join(map(str, inputs)) or 'no inputs'}: no scenes to process")
-    address = scheduler or os.environ.get(SCHEDULER_ENV) or bcfg.scheduler
-    res = dict(bcfg.resources if resources is None else resources)
     fingerprint = _fingerprint(model_path, cfg.predict)
 
     manifest = outputs.manifest
@@ -246,7 +262,7 @@ def _run_batch(
     dashboard: str | None = None
     if todo:
         try:
-            with _connect(address, cfg, n_workers, res) as (client, dashboard):
+            with connect(target, cfg) as (client, dashboard):
                 for rec in _run_jobs(
                     client,
                     todo,
@@ -254,7 +270,7 @@ def _run_batch(
                     model_path,
                     meta,
                     cfg,
-                    res,
+                    target,
                     fingerprint,
                     manifest,
                     progress,
@@ -291,153 +307,6 @@ def _fingerprint(model: Path, predict: PredictConfig) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- cluster
-
-
-@contextlib.contextmanager
-def _connect(
-    address: str | None, cfg: GeopspConfig, n_workers: int | None, resources: Mapping[str, float]
-) -> Iterator[tuple[Any, str | None]]:
-    from distributed import Client, LocalCluster
-
-    bcfg = cfg.batch
-    timeout = bcfg.connect_timeout_s
-    if address:
-        logger.info("connecting to dask scheduler %s", address)
-        if n_workers is not None:
-            logger.warning("n_workers applies to a LocalCluster only; the cluster at %s keeps its workers", address)
-        try:
-            client = Client(address, timeout=timeout, set_as_default=False)  # type: ignore[no-untyped-call]
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot reach dask scheduler {address} ({exc}); start one with `dask scheduler` or drop --scheduler"
-            ) from exc
-        try:
-            try:
-                client.wait_for_workers(1, timeout=timeout)
-            except TimeoutError as exc:
-                raise ConfigError(
-                    f"dask scheduler {address} has no workers after {timeout:g}s; "
-                    f"start some with `dask worker {address}`"
-                ) from exc
-            _check_resources(client, resources)
-            client.register_plugin(
-                TorchThreads(_torch_threads_by_host(client, bcfg.torch_threads)), name="geopsp-threads"
-            )
-            dashboard = _dashboard(client)
-            yield client, dashboard
-        finally:
-            client.close()  # type: ignore[no-untyped-call]
-        return
-
-    n, tpw, torch_n = _local_sizing(cfg, n_workers)
-    dash = bcfg.dashboard_address if _have_bokeh() else None
-    logger.info("starting a LocalCluster: %d worker(s) x %d thread(s), %d torch thread(s) each", n, tpw, torch_n)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dask's own start-up chatter (ports in use, etc.)
-        cluster = LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=n,
-            threads_per_worker=tpw,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=dash,
-            memory_limit=bcfg.memory_limit,
-            resources=dict(resources) or None,
-            silence_logs=logging.ERROR,
-        )
-    try:
-        client = Client(cluster, set_as_default=False)  # type: ignore[no-untyped-call]
-        try:
-            client.register_plugin(TorchThreads({}, default=torch_n), name="geopsp-threads")
-            yield client, _dashboard(client)
-        finally:
-            client.close()  # type: ignore[no-untyped-call]
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cluster.close()
-
-
-def _have_bokeh() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("bokeh") is not None
-
-
-def _dashboard(client: Any) -> str | None:
-    """Return the dashboard link when the scheduler really serves one (it needs bokeh there)."""
-    try:
-        served = client.run_on_scheduler(_have_bokeh) and "dashboard" in client.scheduler_info().get("services", {})
-    except Exception:  # pragma: no cover - best effort
-        return None
-    if not served:
-        logger.debug("the scheduler serves no dashboard (install bokeh for one)")
-        return None
-    link = str(client.dashboard_link)
-    logger.info("dask dashboard: %s", link)
-    return link
-
-
-def _uses_cuda(predict: PredictConfig) -> bool:
-    from geopsp.device import resolve_device
-
-    return predict.device != "cpu" and resolve_device(predict.device, key="predict.device").type == "cuda"
-
-
-def _local_sizing(cfg: GeopspConfig, n_workers: int | None) -> tuple[int, int, int]:
-    """Worker processes, threads per worker and torch threads per worker for this machine."""
-    bcfg = cfg.batch
-    cores = cpu_count()
-    tpw = bcfg.threads_per_worker
-    n = n_workers or bcfg.n_workers
-    if n is None:
-        if _uses_cuda(cfg.predict):
-            n = 1  # one process drives the GPU; more would only contend for its memory
-        else:
-            per = 1 if cores <= 4 else 2 if cores <= 16 else 4
-            n = max(1, cores // per)
-            try:
-                import psutil
-
-                mem_gb = psutil.virtual_memory().total / 2**30
-                n = max(1, min(n, int(mem_gb // 3)))  # ~3 GiB per worker: model, tiles, mosaic
-            except ImportError:  # pragma: no cover
-                pass
-    torch_n = bcfg.torch_threads or max(1, cores // (n * tpw))
-    return n, tpw, torch_n
-
-
-def _torch_threads_by_host(client: Any, fixed: int | None) -> dict[str, int]:
-    """Share each host's cores among the worker threads running on it."""
-    if fixed is not None:
-        return {"*": fixed}
-    workers = client.scheduler_info().get("workers", {})
-    cores = client.run(cpu_count)
-    threads: dict[str, int] = {}
-    host_cores: dict[str, int] = {}
-    for addr, info in workers.items():
-        host = urlparse(addr).hostname or addr
-        threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
-        host_cores[host] = int(cores.get(addr, 1))
-    return {h: max(1, host_cores[h] // max(1, threads[h])) for h in threads}
-
-
-def _check_resources(client: Any, resources: Mapping[str, float]) -> None:
-    if not resources:
-        return
-    workers = client.scheduler_info().get("workers", {})
-    fit = [
-        a for a, info in workers.items()
-        if all(float(info.get("resources", {}).get(k, 0)) >= v for k, v in resources.items())
-    ]  # fmt: skip
-    if not fit:
-        want = " ".join(f"{k}={v:g}" for k, v in resources.items())
-        raise ConfigError(
-            f"no worker of the cluster offers {want}; start GPU workers with `dask worker ADDRESS --resources {want}`"
-        )
-    logger.info("%d of %d workers offer %s", len(fit), len(workers), dict(resources))
-
-
 # --------------------------------------------------------------------------- client loop
 
 
@@ -448,7 +317,7 @@ def _run_jobs(
     model: Path,
     meta: BundleMeta,
     cfg: GeopspConfig,
-    resources: Mapping[str, float],
+    target: ClusterTarget,
     fingerprint: str,
     manifest: Manifest | S3Manifest,
     progress: ProgressFn | None,
@@ -479,10 +348,18 @@ def _run_jobs(
         task = SceneTask(str(job.scene), dest, str(model), predict, vectorize=in_set)
         size = _scene_size(job.scene, meta, cfg.predict)
         strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels) if size else [(0, 0)]
-        fut = _submit(client, job, task, strips, outputs, resources, cfg.batch.retries)
+        fut = _submit(client, job, task, strips, outputs, target, cfg.batch.retries)
         if vectorize:
             key = f"geopsp-vector-{job.key}-{_token()}"
-            fut = client.submit(vectorize_scene, fut, cfg.vectorize, key=key, retries=cfg.batch.retries, pure=False)
+            fut = client.submit(
+                vectorize_scene,
+                fut,
+                cfg.vectorize,
+                key=key,
+                resources=target.cpu_resources or None,
+                retries=cfg.batch.retries,
+                pure=False,
+            )
         pending[fut] = _Pending(job, dest, len(strips))
 
     try:
@@ -510,11 +387,11 @@ def _submit(
     task: SceneTask,
     strips: Sequence[tuple[int, int]],
     outputs: BatchOutputs,
-    resources: Mapping[str, float],
+    target: ClusterTarget,
     retries: int,
 ) -> Any:
     """Submit one scene: a single task, or strip tasks plus a stitch task that depends on them."""
-    res = dict(resources) or None
+    res = dict(target.scene_resources) or None
     if len(strips) <= 1:
         key = f"geopsp-scene-{job.key}-{_token()}"
         return client.submit(run_scene, task, key=key, resources=res, retries=retries, pure=False)
@@ -530,9 +407,12 @@ def _submit(
         )
         for i, rr in enumerate(strips)
     ]
-    # Stitching asks for no resources: any worker (a CPU-only one too) may do it.
+    # Stitching asks for the CPU workers' resources (none by default: any worker may do it).
     key = f"geopsp-stitch-{job.key}-{_token()}"
-    return client.submit(stitch_scene, task, parts, outputs.work(job), key=key, retries=retries, pure=False)
+    cpu = dict(target.cpu_resources) or None
+    return client.submit(
+        stitch_scene, task, parts, outputs.work(job), key=key, resources=cpu, retries=retries, pure=False
+    )
 
 
 def _record(fut: Any, p: _Pending, outputs: BatchOutputs, fingerprint: str) -> SceneRecord:

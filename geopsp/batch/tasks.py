@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -23,7 +24,7 @@ from urllib.parse import urlparse
 from distributed import WorkerPlugin
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
-from geopsp.device import cpu_count
+from geopsp.device import cpu_count, gdal_threads, set_gdal_threads
 from geopsp.errors import (
     CheckpointError,
     ConfigError,
@@ -39,7 +40,7 @@ from geopsp.errors import (
 __all__ = [
     "BUNDLE_LOADS",
     "SceneTask",
-    "TorchThreads",
+    "ThreadShares",
     "cached_bundle",
     "cpu_count",
     "run_scene",
@@ -93,8 +94,20 @@ class SceneTask:
     vectorize: VectorizeConfig | None = None
 
 
-class TorchThreads(WorkerPlugin):
-    """Worker plugin setting the model's thread count (torch and ONNX Runtime) so workers do not oversubscribe cores."""
+class ThreadShares(WorkerPlugin):
+    """Worker plugin giving each worker process its share of the host's cores, so workers do not oversubscribe them.
+
+    The share is the thread count of torch and ONNX Runtime (set when a task first runs a
+    model, so a worker that only stitches never imports torch) and of GDAL's decoding and
+    encoding (:func:`geopsp.device.set_gdal_threads`, at once).
+
+    Parameters
+    ----------
+    by_host : mapping of str to int
+        Threads by worker host name; ``"*"`` for every host.
+    default : int, optional
+        For a host not listed; None: the worker's cores divided by its task threads.
+    """
 
     idempotent = True
 
@@ -104,13 +117,14 @@ class TorchThreads(WorkerPlugin):
         self.default = default
 
     def setup(self, worker: Any) -> None:
-        """Pick this worker's torch thread count: by host, else the default, else cores / threads."""
+        """Pick this worker's share: by host, else the default, else cores / task threads."""
         global _TORCH_THREADS
         host = urlparse(worker.address).hostname or ""
         n = self.by_host.get("*") or self.by_host.get(host) or self.default
         if n is None:
             n = max(1, cpu_count() // max(1, int(worker.state.nthreads)))
         _TORCH_THREADS = n
+        set_gdal_threads(n)
 
 
 _TORCH_THREADS: int | None = None
@@ -154,15 +168,25 @@ def cached_bundle(path: str, device: str) -> Any:
 
 
 def worker_stats() -> dict[str, Any]:
-    """Model-cache state of this worker process (run it with ``client.run(worker_stats)``).
+    """Model-cache and thread state of this worker process (run it with ``client.run(worker_stats)``).
 
     Returns
     -------
     dict
-        ``bundle_loads`` (bundles loaded so far), ``cached`` (bundles held) and
-        ``torch_threads`` (the thread count the batch set, or None).
+        ``bundle_loads`` (bundles loaded so far), ``cached`` (bundles held),
+        ``torch_threads`` (the share the batch set, or None), ``torch_num_threads`` (what
+        torch uses, None before torch is imported), ``gdal_threads`` (GDAL's
+        ``NUM_THREADS``) and ``cuda_visible_devices`` (this process's, or None).
     """
-    return {"bundle_loads": BUNDLE_LOADS, "cached": len(_BUNDLES), "torch_threads": _TORCH_THREADS}
+    torch = sys.modules.get("torch")
+    return {
+        "bundle_loads": BUNDLE_LOADS,
+        "cached": len(_BUNDLES),
+        "torch_threads": _TORCH_THREADS,
+        "torch_num_threads": None if torch is None else int(torch.get_num_threads()),
+        "gdal_threads": gdal_threads(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 @contextlib.contextmanager

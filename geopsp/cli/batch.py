@@ -8,6 +8,7 @@ import click
 
 from geopsp.cli.options import (
     config_options,
+    device_option,
     grid_options,
     grid_overrides,
     input_scale_option,
@@ -38,6 +39,19 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
     if gpu:
         out.setdefault("GPU", 1.0)
     return out
+
+
+def _parse_gpus(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | int | None:
+    """``--gpus all`` or a positive count (a usage error otherwise)."""
+    if value is None or value == "all":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"expected 'all' or a number of GPUs (at least 1), got {value!r}")
+    return n
 
 
 @click.command(context_settings={"show_default": True})
@@ -71,7 +85,36 @@ def _parse_resources(items: tuple[str, ...], gpu: bool) -> dict[str, float] | No
     metavar="NAME=N",
     help="dask resources each scene asks for, e.g. GPU=1 (workers declare them: dask worker --resources GPU=1).",
 )
-@click.option("--gpu", is_flag=True, help="Shorthand for --resources GPU=1 and predict.device=cuda.")
+@click.option(
+    "--gpu", is_flag=True, help="Shorthand for --resources GPU=1 and predict.device=cuda (GPU workers of a cluster)."
+)
+@click.option(
+    "--gpus",
+    default=None,
+    metavar="all|N",
+    callback=_parse_gpus,
+    help="Start one local worker per GPU (all, or the first N; CUDA_VISIBLE_DEVICES is honoured), each pinned to "
+    "its GPU, plus --workers CPU workers (default 1) that stitch and vectorize [default: batch.gpus].",
+)
+@device_option
+@click.option(
+    "--tls-ca-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="CA certificate (PEM) of a TLS cluster (tls:// scheduler; batch.tls.ca_file).",
+)
+@click.option(
+    "--tls-cert",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="This client's certificate (PEM), signed by that CA (batch.tls.cert).",
+)
+@click.option(
+    "--tls-key",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The certificate's private key (PEM; batch.tls.key).",
+)
 @click.option("--vector", is_flag=True, default=None, help="Also vectorize each class raster (a separate CPU task).")
 @click.option("--probabilities", is_flag=True, default=None, help="Also write the winning-class probability raster.")
 @click.option(
@@ -96,6 +139,11 @@ def batch(
     n_workers: int | None,
     resource_items: tuple[str, ...],
     gpu: bool,
+    gpus: str | int | None,
+    device: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     vector: bool | None,
     probabilities: bool | None,
     strip_pixels: int | None,
@@ -124,11 +172,15 @@ def batch(
             "predict.vector": vector,
             "predict.probabilities": probabilities,
             "predict.runtime": runtime,
-            "predict.device": "cuda" if gpu else None,
+            "predict.device": device or ("cuda" if gpu else None),
             "predict.input_scale": list(input_scale) if input_scale is not None else None,
             **grid_overrides(resolution, crs, aoi),
             "batch.strip_pixels": strip_pixels,
             "batch.retries": retries,
+            "batch.gpus": gpus,
+            "batch.tls.ca_file": tls_ca_file,
+            "batch.tls.cert": tls_cert,
+            "batch.tls.key": tls_key,
         },
     )
     from geopsp.batch.runner import run_batch

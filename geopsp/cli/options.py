@@ -9,6 +9,7 @@ import click
 
 __all__ = [
     "config_options",
+    "device_option",
     "grid_options",
     "grid_overrides",
     "input_scale_option",
@@ -23,6 +24,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 def overwrite_option(f: F) -> F:
     """``--overwrite``: replace existing outputs."""
     return click.option("--overwrite", is_flag=True, help="Replace existing outputs.")(f)
+
+
+def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Check ``--device`` (a usage error, exit code 2)."""
+    from geopsp.device import check_device_name
+
+    try:
+        return None if value is None else check_device_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def device_option(f: F) -> F:
+    """``--device auto|cpu|cuda|cuda:N`` (``predict.device``; :mod:`geopsp.device`)."""
+    return click.option(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        callback=_device_name,
+        help="Where the model runs: auto, cpu, cuda or cuda:N [default: auto].",
+    )(f)
 
 
 def runtime_option(f: F) -> F:

@@ -8,6 +8,7 @@ import click
 
 from geopsp.cli.options import (
     config_options,
+    device_option,
     grid_options,
     grid_overrides,
     input_scale_option,
@@ -18,16 +19,6 @@ from geopsp.cli.options import (
 from geopsp.cli.progress import ProgressBar
 
 __all__ = ["predict"]
-
-
-def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Check ``--device`` (a usage error, exit code 2)."""
-    from geopsp.device import check_device_name
-
-    try:
-        return None if value is None else check_device_name(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("predict")
@@ -57,13 +48,7 @@ def _device_name(_ctx: click.Context, _param: click.Parameter, value: str | None
     default=None,
     help="Tiles per forward pass [default: 4 on the CPU; on CUDA what half the free GPU memory holds, up to 64].",
 )
-@click.option(
-    "--device",
-    default=None,
-    metavar="DEVICE",
-    callback=_device_name,
-    help="Where the model runs: auto, cpu, cuda or cuda:N [default: auto].",
-)
+@device_option
 @runtime_option
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast [default: on for CUDA and CPUs with native bf16].")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default=None, help="Test-time augmentation.")

@@ -199,9 +199,9 @@ def load_config(
     """Resolve the configuration.
 
     Path keys (:data:`geopsp.config.paths.PATH_KEYS`: ``train.data.root``, ``train.classes``,
-    ``train.out``, ``train.model.encoder_weights``) come back absolute: a value written in the
-    file is relative to the file's folder, one from ``overrides`` or the environment to the
-    working directory, after ``~`` and ``${VAR}`` / ``${VAR:-default}`` expansion (the rule of
+    ``train.out``, ``train.model.encoder_weights``, ``batch.tls.*``) come back absolute: a value
+    written in the file is relative to the file's folder, one from ``overrides`` or the
+    environment to the working directory, after ``~`` and ``${VAR}`` / ``${VAR:-default}`` expansion (the rule of
     :mod:`geopsp.config.paths`). ``train.data.images``, ``labels`` and ``vector`` are expanded and
     stay relative to ``train.data.root``.
 

@@ -53,6 +53,9 @@ PATH_KEYS: dict[str, Literal["base", "root"]] = {
     "train.classes": "base",
     "train.out": "base",
     "train.model.encoder_weights": "base",
+    "batch.tls.ca_file": "base",
+    "batch.tls.cert": "base",
+    "batch.tls.key": "base",
 }
 """Config keys holding paths: ``base`` ones are made absolute (against the config file's folder
 or the working directory), ``root`` ones stay relative to ``train.data.root``."""

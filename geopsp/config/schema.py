@@ -27,6 +27,7 @@ __all__ = [
     "PredictConfig",
     "SamplingConfig",
     "SplitConfig",
+    "TLSConfig",
     "TrainConfig",
     "TrainModelConfig",
     "VectorizeConfig",
@@ -520,6 +521,28 @@ class TrainConfig(_Section):
     )
 
 
+class TLSConfig(_Section):
+    """TLS of the dask cluster a batch runs on (PEM files; relative paths are relative to the config file)."""
+
+    ca_file: str | None = Field(
+        None, description="CA certificate that signed the scheduler's and workers' certificates."
+    )
+    cert: str | None = Field(None, description="This client's certificate, signed by ca_file.")
+    key: str | None = Field(None, description="The certificate's private key (None: appended to cert).")
+
+    @model_validator(mode="after")
+    def _complete(self) -> TLSConfig:
+        if (self.ca_file is None) != (self.cert is None) or (self.key is not None and self.cert is None):
+            given = ", ".join(k for k in ("ca_file", "cert", "key") if getattr(self, k) is not None)
+            raise ValueError(f"TLS needs ca_file and cert (key unless appended to cert), got only {given}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether TLS settings are given."""
+        return self.ca_file is not None
+
+
 class BatchConfig(_Section):
     """Options of ``geopsp batch``: where scenes run and how big scenes are split."""
 
@@ -534,7 +557,8 @@ class BatchConfig(_Section):
         None,
         ge=1,
         le=256,
-        description="torch threads per worker (default: the host's cores shared among its worker threads).",
+        description="Threads of each worker process for torch, GDAL and ONNX Runtime (default: the host's cores "
+        "shared among its worker threads).",
     )
     memory_limit: str = Field(
         "auto", description="LocalCluster memory limit per worker ('auto', '4GiB', '0' for none)."
@@ -551,10 +575,31 @@ class BatchConfig(_Section):
     spacenet_products: tuple[str, ...] = Field(
         (), description="SpaceNet image folders to take (e.g. [PS-RGB]); empty: every image folder found."
     )
-    dashboard_address: str | None = Field(
-        ":0", description="LocalCluster dashboard address (needs bokeh); None turns it off."
+    gpus: Literal["all"] | int | None = Field(
+        None,
+        description="LocalCluster: one worker per GPU ('all' or how many), pinned to it with CUDA_VISIBLE_DEVICES, "
+        "plus n_workers (default 1) CPU workers that stitch and vectorize.",
     )
+    cpu_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="dask resources each stitch and vectorize task asks for, e.g. {CPU: 1} to keep them off GPU "
+        "workers (a LocalCluster with gpus uses {CPU: 1}).",
+    )
+    dashboard_address: str | None = Field(
+        "127.0.0.1:0",
+        description="LocalCluster dashboard address (needs bokeh); ':8787' listens on every interface; None: no "
+        "dashboard.",
+    )
+    tls: TLSConfig = TLSConfig()
     connect_timeout_s: float = Field(30.0, gt=0, description="Seconds to wait for the scheduler and a first worker.")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_count(cls, value: Any) -> Any:
+        number = isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+        if isinstance(value, bool) or (number and not 1 <= int(value) <= 1024):
+            raise ValueError(f"gpus must be 'all' or a number of GPUs (1 to 1024), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _scheduler_address(self) -> BatchConfig:

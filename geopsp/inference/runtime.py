@@ -75,7 +75,7 @@ _THREADS: int | None = None
 def set_threads(threads: int | None) -> None:
     """Set the intra-op threads of the ONNX Runtime sessions this process builds from now on (None: all CPUs).
 
-    Batch workers call it with their share of the host's cores (``TorchThreads``).
+    Batch workers call it with their share of the host's cores (``geopsp.batch.tasks.ThreadShares``).
     """
     global _THREADS
     _THREADS = None if threads is None else max(1, int(threads))
