@@ -310,6 +310,22 @@ def _fingerprint(model: Path, predict: PredictConfig) -> str:
 # --------------------------------------------------------------------------- client loop
 
 
+def scene_slots(client: Any, resources: Mapping[str, float]) -> int:
+    """Return how many scene (or strip) tasks the cluster runs at once: its threads, or what its resources allow.
+
+    With ``resources`` (e.g. ``{GPU: 1}``) a worker runs as many as its smallest share
+    allows (``GPU=2`` and ``GPU: 1``: two); without, as many as it has threads.
+    """
+    total = 0
+    for info in client.scheduler_info(n_workers=-1).get("workers", {}).values():
+        if resources:
+            have = info.get("resources", {})
+            total += int(min(float(have.get(k, 0)) // v for k, v in resources.items()))
+        else:
+            total += int(info.get("nthreads", 1))
+    return max(1, total)
+
+
 def _run_jobs(
     client: Any,
     jobs: Sequence[Job],
@@ -332,6 +348,7 @@ def _run_jobs(
     vectorize = cfg.predict.vector and _have_vectorize() and in_set is None
     predict = cfg.predict.model_copy(update={"vector": False}) if vectorize else cfg.predict
     tile, overlap = resolve_tiling(cfg.predict, meta)
+    slots = scene_slots(client, target.scene_resources)  # big scenes are cut into full rounds of them
     pending: dict[Any, _Pending] = {}
     for job in jobs:
         try:
@@ -347,7 +364,7 @@ def _run_jobs(
             continue
         task = SceneTask(str(job.scene), dest, str(model), predict, vectorize=in_set)
         size = _scene_size(job.scene, meta, cfg.predict)
-        strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels) if size else [(0, 0)]
+        strips = plan_strips(*size, tile, overlap, cfg.batch.strip_pixels, workers=slots) if size else [(0, 0)]
         fut = _submit(client, job, task, strips, outputs, target, cfg.batch.retries)
         if vectorize:
             key = f"geopsp-vector-{job.key}-{_token()}"
