@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/geopsp-bench-host"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--before", type=Path, default=None, help="this script's JSON from the commit before")
+    parser.add_argument("--before-commit", default="")
     args = parser.parse_args()
     from predict import cheap_scene
 
@@ -170,6 +172,9 @@ def main() -> None:
         "runs": rows,
         "best": best,
     }
+    if args.before is not None:
+        result["before"] = json.loads(args.before.read_text())["best"]["tiles"]
+        result["before_commit"] = args.before_commit
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(best, indent=1))

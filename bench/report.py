@@ -45,6 +45,7 @@ SCRIPTS = {
     "lodo": "lodo.py",
     "runtime": "runtime.py",
     "quantize": "quantize.py",
+    "host_stages": "host_stages.py",
 }
 
 
@@ -559,21 +560,85 @@ def section_other() -> str:
     return "| results | produced by |\n|---|---|\n" + "".join(rows) + "\n"
 
 
-GPU = """## GPU
-
-No GPU was available where these numbers were taken, so the report has CPU numbers only. On a
-machine with CUDA the same harness measures the GPU path (normalization, blending and argmax on
-the device, bf16 autocast on by default):
-
-```bash
-.venv/bin/python bench/predict_matrix.py --device cuda --parts sweep --out bench/results/predict_matrix_cuda.json
-```
-
-Each sweep row then also records `peak_gpu_mb`, as does the summary JSON of every
-`geopsp predict` run on CUDA. See
-[Use a GPU](howto/gpu.md).
-
-"""
+def section_gpu(gc: dict[str, Any] | None, hs: dict[str, Any] | None, mg: dict[str, Any] | None) -> str:
+    out = []
+    cuda = gc is not None and str(gc.get("device", "")).startswith("cuda")
+    if cuda:
+        m = gc["machine"]
+        out.append(
+            f"Measured by `bench/gpu_check.py` on **{m['gpu']}** ({m['gpus']} GPU(s), host {m['cpu']}, "
+            f"{m['cores']} cores, torch {m['torch']}).\n\n"
+        )
+        corr = gc.get("correctness")
+        if corr:
+            out.append("| check | agreement / identical | bar | passed |\n|---|---|---|---|\n")
+            for c in corr["checks"]:
+                what = fmt(c.get("agreement"), 6) if "agreement" in c else fmt(c.get("identical"))
+                out.append(f"| {c['check']} | {what} | {fmt(c.get('bar'))} | {fmt(c['passed'])} |\n")
+            out.append("\n")
+        sp = gc.get("speed")
+        if sp:
+            size = sp["scene"]["size"]
+            out.append(
+                f"On a {size}² 3-band uint8 DEFLATE COG, 512 px tiles, overlap 64:\n\n"
+                "| preset | batch | model only Mpx/s | end to end Mpx/s | loop Mpx/s | loop / model | peak GPU MB "
+                "| GPU busy | host CPU ms/MP |\n|---|---|---|---|---|---|---|---|---|\n"
+            )
+            for preset in ("fast", "paper"):
+                r = sp.get(preset)
+                if r:
+                    out.append(
+                        f"| {preset} | {r['batch_size']} | {fmt(r['model_only_mpx_per_s'], 1)} | "
+                        f"{fmt(r['end_to_end_mpx_per_s'], 1)} | {fmt(r['loop_mpx_per_s'], 1)} | "
+                        f"{fmt(r['loop_vs_model_only'])} | {fmt(r['peak_gpu_mb'], 0)} | "
+                        f"{fmt(r['gpu_busy_fraction'])} | {fmt(r['host_cpu_ms_per_mp'], 1)} |\n"
+                    )
+            out.append("\n")
+    else:
+        out.append(
+            "No GPU was lent to the sessions that took these numbers, so the GPU path has been built and "
+            "tested on the CPU only; its own numbers come from `bench/gpu_check.py` on a CUDA machine "
+            "(see [Use a GPU](howto/gpu.md#the-device-check)). What can be measured without one is the host "
+            "side a GPU needs, and the plan that spreads a big scene over several GPUs.\n\n"
+        )
+    if hs:
+        m, best = hs["machine"], hs["best"]
+        out.append(
+            f"**Host side of a GPU run** (`bench/host_stages.py`, {m['cpu']}, {m['cores']} cores, load "
+            f"{fmt(m['loadavg'][0], 1)}): decoding a {hs['scene']['size']}² 3-band DEFLATE COG and cutting its "
+            f"tiles into batches of {hs['batch']} as the CUDA path does, with no model.\n\n"
+            "| path | wall Mpx/s | CPU ms per scene MP |\n|---|---|---|\n"
+        )
+        names = {"batches": "cutters → reused batch buffers", "tiles": "one tile at a time, then a stack per batch"}
+        for mode in ("batches", "tiles"):
+            if mode in best:
+                r = best[mode]
+                out.append(f"| {names[mode]} | {fmt(r['mpx_per_s'], 1)} | {fmt(r['cpu_ms_per_mp'], 1)} |\n")
+        if hs.get("before"):
+            r = hs["before"]
+            commit = hs.get("before_commit", "")
+            out.append(
+                f"| before: serial cutting, one tile at a time (`{commit}`) | {fmt(r['mpx_per_s'], 1)} | "
+                f"{fmt(r['cpu_ms_per_mp'], 1)} |\n"
+            )
+        out.append("\n")
+        ops = hs.get("blend_ops")
+        if ops:
+            out.append(
+                f"Blending launches **{fmt(ops['cuda_reduction']['kernels_per_tile'], 1)} kernels a tile** on CUDA "
+                f"(one argmax per chunk), {fmt(ops['cpu_reduction']['kernels_per_tile'], 1)} with the CPU's "
+                f"per-class passes ({ops['classes']} classes, counted with a dispatch mode).\n\n"
+            )
+    if mg:
+        out.append(
+            f"**Several GPUs on one scene** (`bench/multi_gpu.py`, an estimate on paper): a {mg['scene']['height']}² "
+            f"scene, {mg['scene']['tile']} px tiles, {mg['gpus']} GPUs, `batch.strip_pixels` "
+            f"{mg['strip_pixels'] / 1e6:g} MP.\n\n"
+        )
+        for line in mg.get("lines", []):
+            out.append(f"- {line}\n")
+        out.append("\n")
+    return "".join(out)
 
 
 def write_page() -> Path:
@@ -605,7 +670,7 @@ def write_page() -> Path:
     out += ["## Grid dependence\n\n", section_seams(sm)]
     out += ["## Training\n\n", section_training(load("train_speed"))]
     out += ["## Leave-one-date-out accuracy\n\n", section_lodo(load("lodo"))]
-    out.append(GPU)
+    out += ["## GPU\n\n", section_gpu(load("gpu_check"), load("host_stages"), load("multi_gpu"))]
     out += ["## All results\n\n", section_other()]
     PAGE.write_text("".join(out).rstrip() + "\n", encoding="utf-8")
     return PAGE
