@@ -137,3 +137,20 @@ def test_torchrun_runs_the_cli_as_two_ranks(easy_data, tmp_path):  # noqa: F811
     assert summary["epochs_run"] == 2 and Path(summary["model"]).exists()
     assert proc.stderr.count("kept ") == 1
     assert json.loads((out / "train_summary.json").read_text())["ranks"] == 2
+
+
+def _config_error_on_rank_1() -> None:
+    from geopsp.errors import ConfigError
+
+    if Ranks.current().rank == 1:
+        raise ConfigError("bad value", key="train.epochs")
+    torch.distributed.init_process_group("gloo")
+    torch.distributed.barrier()  # waits for rank 1, which never comes: the launcher stops it
+
+
+@pytest.mark.slow
+def test_a_rank_s_geopsp_error_comes_back_as_itself():
+    from geopsp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^rank 1: train.epochs: bad value$"):
+        launch(2, _config_error_on_rank_1)

@@ -133,6 +133,8 @@ def train(
     if gpus is not None and gpus > 1:
         from geopsp.train.distributed import launch
 
+        if verbosity < 1:
+            _quiet_launcher()
         summary = launch(gpus, _train_rank, *args)[0]
     else:
         summary = _train_rank(*args)
@@ -140,6 +142,17 @@ def train(
             return  # under torchrun rank 0 alone reports
     click.echo(f"kept {summary['kept']} as {Path(summary['model']).name}: {summary['reason']}", err=True)
     click.echo(json.dumps(summary, indent=2))
+
+
+def _quiet_launcher() -> None:
+    """Keep torch's launcher to its errors' one line (its loggers print a failed rank's traceback; -v shows it)."""
+    import logging
+
+    import torch.distributed.launcher.api  # noqa: F401 - creates the launcher's loggers, each with its own level
+
+    for name, log in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("torch.distributed.elastic") and isinstance(log, logging.Logger):
+            log.setLevel(logging.CRITICAL)
 
 
 def _check_gpus(gpus: int, device: str, ranks: Ranks) -> None:

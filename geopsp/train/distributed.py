@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -162,7 +164,13 @@ def launch(nproc: int, fn: Callable[..., T], *args: Any) -> list[T]:
         A geopsp error raised on a rank, as the same class, its message prefixed with the rank.
     RuntimeError
         Any other failure of a rank (the other ranks are stopped).
+
+    Notes
+    -----
+    While the processes run, SIGINT and SIGTERM stop them all; the signal is then delivered
+    again to this process's own handlers (Ctrl-C raises :class:`KeyboardInterrupt` as usual).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -176,8 +184,13 @@ def launch(nproc: int, fn: Callable[..., T], *args: Any) -> list[T]:
         max_restarts=0,
         start_method="spawn",
     )
+    saved = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     try:
         results = elastic_launch(config, _run_rank)(fn, *args)
+    except SignalException as exc:
+        _restore(saved)  # the launcher's handlers raise SignalException; the caller's decide
+        signal.raise_signal(exc.sigval)
+        raise
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         message = failure.message
@@ -187,4 +200,18 @@ def launch(nproc: int, fn: Callable[..., T], *args: Any) -> list[T]:
         if isinstance(cls, type) and issubclass(cls, errors.GeopspError) and detail:
             raise cls(f"rank {rank}: {detail}") from exc
         raise RuntimeError(f"rank {rank} of {nproc} failed: {text}") from exc
+    finally:
+        _restore(saved)
     return [results[r] for r in range(nproc)]
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+"""The signals torch's launcher takes over (its default ``signals_to_handle``)."""
+
+
+def _restore(saved: dict[signal.Signals, Any]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
