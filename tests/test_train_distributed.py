@@ -83,6 +83,7 @@ def _file_digest(path: Path) -> str:
     return _digest(load_file(str(path)))
 
 
+@pytest.mark.timeout(300)  # a collective that waits for ever fails here, not after the 10-minute default
 def test_two_ranks_train_together_write_once_and_resume_to_the_same_weights(easy_data):  # noqa: F811
     straight, resumed = easy_data / "straight", easy_data / "resumed"
     first, second = launch(2, _rank, easy_data, straight, resumed)
@@ -123,6 +124,7 @@ def test_gpus_beyond_the_visible_ones_is_one_line(easy_data, tmp_path):  # noqa:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_torchrun_runs_the_cli_as_two_ranks(easy_data, tmp_path):  # noqa: F811
     import yaml
 
@@ -149,6 +151,7 @@ def _config_error_on_rank_1() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_rank_s_geopsp_error_comes_back_as_itself():
     from geopsp.errors import ConfigError
 
