@@ -61,7 +61,9 @@ def check_device_name(name: str) -> str:
     return name
 
 
-def resolve_device(name: str | torch.device = "auto", *, key: str | None = None) -> torch.device:
+def resolve_device(
+    name: str | torch.device = "auto", *, key: str | None = None, local_rank: int | None = None
+) -> torch.device:
     """Turn a device name into a :class:`torch.device` of this machine.
 
     Parameters
@@ -71,6 +73,10 @@ def resolve_device(name: str | torch.device = "auto", *, key: str | None = None)
         :class:`torch.device` is checked the same way.
     key : str, optional
         The config key the name came from, for the error message.
+    local_rank : int, optional
+        This process's rank on its machine in data-parallel training (torchrun's
+        ``LOCAL_RANK``): ``auto`` and ``cuda`` then mean ``cuda:<local_rank>``, one GPU per
+        process; ``cuda:N`` is refused, since every process would take the same GPU.
 
     Returns
     -------
@@ -95,13 +101,27 @@ def resolve_device(name: str | torch.device = "auto", *, key: str | None = None)
     except ValueError as exc:
         raise ConfigError(str(exc), key=key) from None
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(text)
+    if local_rank is not None and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(
+                f"device {text!r} with several training processes: each process takes cuda:<LOCAL_RANK>; "
+                "set auto or cuda",
+                key=key,
+            )
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {text!r} requested but CUDA is not available; use cpu or auto", key=key)
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
+            if local_rank is not None:
+                raise ConfigError(
+                    f"process with LOCAL_RANK={local_rank} needs cuda:{local_rank} but this machine has {count} "
+                    f"CUDA device(s); start at most {count} processes per machine",
+                    key=key,
+                )
             raise ConfigError(
                 f"device {text!r} requested but this machine has {count} CUDA device(s); "
                 f"use cuda:0..cuda:{count - 1} or cuda",

@@ -336,6 +336,10 @@ def test_losses_ignore_pixels_and_aux(kind):
     assert total2 == pytest.approx(float(main2 + 0.4 * loss_fn.single(aux, target)), rel=1e-5)
     all_ignored = torch.full((2, 8, 8), 255)
     assert float(loss_fn(logits.detach(), all_ignored)[0]) == 0.0
+    # without labeled pixels the loss is 0 with a zero gradient, not NaN (no host-side `if` decides it)
+    logits.grad = None
+    loss_fn(logits, all_ignored)[0].backward()
+    assert logits.grad is not None and (logits.grad == 0).all()
 
 
 def test_optimizer_state_round_trip_without_pickle(tmp_path):

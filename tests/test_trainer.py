@@ -95,7 +95,8 @@ def test_time_guard_warns_and_keeps_the_schedule(easy_data):  # noqa: F811
     assert res.history[0]["lr"] > 0.9 * cfg.optim.lr
 
 
-def test_a_diverging_loss_is_its_own_error(easy_data):  # noqa: F811
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_a_diverging_loss_is_its_own_error(easy_data, log_every):  # noqa: F811
     calls = {"n": 0}
 
     def poison(module, args, output):
@@ -107,8 +108,9 @@ def test_a_diverging_loss_is_its_own_error(easy_data):  # noqa: F811
 
     handle = torch.nn.modules.module.register_module_forward_hook(poison)
     try:
-        with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 step \d+: the loss is nan; lower"):
-            fit(tiny_config(easy_data, epochs=1, amp=False), easy_data / "nan")
+        # the second step's loss is NaN; read back with the first (log_every=3), it still names step 2
+        with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 step 2: the loss is nan; lower"):
+            fit(tiny_config(easy_data, epochs=1, amp=False, log_every=log_every), easy_data / "nan")
     finally:
         handle.remove()
 
@@ -207,3 +209,141 @@ def test_validation_blocks_are_scored_with_their_context(easy_data):  # noqa: F8
         for r, q in zip(ref[ref != 255].ravel(), p[ref != 255].ravel(), strict=True):
             expect[r, q] += 1
     assert np.array_equal(cm_blocks.counts, expect) and cm_whole.total > cm_blocks.total
+
+
+def _validation_setup(root):
+    from geopsp.model.registry import build_model
+    from geopsp.train.loop import build_spec
+    from geopsp.train.losses import SegmentationLoss
+    from geopsp.train.stats import compute_normalization
+
+    cfg = resolve_paths(tiny_config(root), None)
+    d = prepare_data(cfg)
+    norm = compute_normalization(
+        d.readers, d.train, cfg.normalization, bands=3, window=32, rng=np.random.default_rng(0)
+    )
+    torch.manual_seed(0)
+    model = build_model(build_spec(cfg, in_channels=3, num_classes=3)).to(memory_format=torch.channels_last)
+    return d, norm, model, SegmentationLoss("ce", ignore_index=255)
+
+
+def test_batched_validation_scores_as_one_tile_at_a_time(easy_data):  # noqa: F811
+    from geopsp.train.evaluation import evaluate_regions
+
+    d, norm, model, loss = _validation_setup(easy_data)
+    # a 72 x 80 scene in 32-px tiles: 3 x 3 tiles, the last row and column shifted back
+    kw = {"tile": 32, "device": torch.device("cpu"), "channels_last": True}
+    seen: dict[int, list[tuple[int, int]]] = {}
+    results = {}
+    for size in (1, 2, 4, 9, 64):
+        seen[size] = []
+        results[size] = evaluate_regions(
+            model, d, d.val, norm, loss, batch_size=size, progress=lambda i, n, s=size: seen[s].append((i, n)), **kw
+        )
+    one_loss, one_cm = results[1]
+    assert one_cm.total == int((d.readers[d.val[0].scene].labels() != 255).sum())
+    for size, (batch_loss, cm) in results.items():
+        # the same confusion matrix, hence the same scores, bit for bit
+        assert np.array_equal(cm.counts, one_cm.counts), size
+        # batched convolutions round the last bits of the logits otherwise
+        assert batch_loss == pytest.approx(one_loss, rel=1e-6), size
+        assert seen[size][-1] == (9, 9) and len(seen[size]) == -(-9 // size), size
+
+
+def test_losses_are_read_every_log_every_steps_and_average_to_the_epoch_loss(easy_data):  # noqa: F811
+    def train(log_every):
+        events = []
+        cfg = tiny_config(easy_data, amp=False, log_every=log_every, sampling={"windows_per_epoch": 14})
+        res = fit(cfg, easy_data / f"every{log_every}", progress=events.append)
+        return res, [e for e in events if e.phase == "train"]
+
+    each, steps = train(1)
+    sparse, reports = train(3)
+    losses = [e.loss for e in steps]
+    assert [e.step for e in steps] == list(range(1, 8))
+    # seven steps, read back at 3, 6 and at the end of the epoch; each report the mean of its steps
+    assert [e.step for e in reports] == [3, 6, 7] and all(e.steps == 7 for e in reports)
+    assert [e.loss for e in reports] == [sum(losses[:3]) / 3, sum(losses[3:6]) / 3, losses[6]]
+    # the epoch's loss is the mean of its steps' losses, however often they are read
+    assert each.history[0]["train_loss"] == sparse.history[0]["train_loss"] == sum(losses) / 7
+    assert _same(each.last, sparse.last)  # reading less often changes nothing else
+    summary = json.loads((sparse.out_dir / "train_summary.json").read_text())
+    assert summary["log_every"] == 3 and summary["ranks"] == 1 and summary["val_batch_size"] == 2
+
+
+def _cuda_or_skip() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+
+
+@pytest.mark.gpu
+def test_a_cuda_training_step_does_not_wait_for_the_gpu(easy_data):  # noqa: F811
+    import warnings
+
+    _cuda_or_skip()
+    marks: list[tuple[int, int]] = []
+    cfg = tiny_config(easy_data, device="cuda", amp=True, log_every=8, sampling={"windows_per_epoch": 32})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def progress(event):
+            if event.phase == "train":
+                marks.append((event.step, len(caught)))
+
+        torch.cuda.set_sync_debug_mode("warn")  # every operation that waits for the GPU warns
+        try:
+            res = fit(cfg, easy_data / "cuda", progress=progress)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert [step for step, _ in marks] == [8, 16]
+    # steps 9..16 and the report after step 16: the report's one read of the losses, no more
+    waits = marks[1][1] - marks[0][1]
+    assert waits <= 2, [str(w.message) for w in caught[marks[0][1] : marks[1][1]]]
+    summary = json.loads((res.out_dir / "train_summary.json").read_text())
+    assert summary["amp"]["bf16"] and summary["channels_last"] and summary["loader_workers"] >= 1
+
+
+@pytest.mark.gpu
+def test_cuda_training_resumes_and_validates_in_batches(easy_data):  # noqa: F811
+    from geopsp.train.evaluation import evaluate_regions
+
+    _cuda_or_skip()
+    cfg = tiny_config(easy_data, epochs=2, device="cuda", sampling={"windows_per_epoch": 8})
+    out = easy_data / "interrupted"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(event):
+        if event.phase == "epoch" and event.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(cfg, out, progress=stop)
+    fit(cfg, out, resume=True)
+    straight = fit(cfg, easy_data / "straight")
+    # cuDNN's kernels do not promise bit-identical results from run to run: close, not equal
+    a, b = _weights(out / "last.safetensors"), _weights(straight.last)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=5e-3) for k in a)
+
+    d, norm, model, loss = _validation_setup(easy_data)
+    model = model.cuda()
+    kw = {"tile": 32, "device": torch.device("cuda"), "channels_last": True}
+    _, one = evaluate_regions(model, d, d.val, norm, loss, batch_size=1, **kw)
+    _, nine = evaluate_regions(model, d, d.val, norm, loss, batch_size=9, **kw)
+    assert one.total == nine.total and np.abs(one.counts - nine.counts).sum() <= 0.002 * one.total
+
+
+@pytest.mark.gpu
+def test_cli_trains_on_one_gpu_with_gpus_1(easy_data, tmp_path):  # noqa: F811
+    import yaml
+
+    from geopsp.testing import run_cli
+
+    _cuda_or_skip()
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"train": tiny_config(easy_data).model_dump(mode="json")}))
+    code, out, err = run_cli("train", "--config", cfg, "--out", tmp_path / "run", "--gpus", 1, "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["epochs_run"] == 1
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["ranks"] == 1

@@ -1,4 +1,10 @@
-"""``geopsp train --config FILE [--set ...] [--out DIR] [--encoder-weights PATH] [--resume] [--dry-run]``."""
+"""``geopsp train --config FILE [--set ...] [--out DIR] [--encoder-weights PATH] [--gpus N] [--resume] [--dry-run]``.
+
+Data-parallel training runs either under ``torchrun --nproc-per-node N -m geopsp train ...``
+(any number of machines; each process runs this command, rank 0 alone shows progress and
+prints the summary) or with ``--gpus N``, which starts the N processes on this machine itself,
+as ``torchrun --standalone`` would.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,14 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+
+if TYPE_CHECKING:
+    from geopsp.train.distributed import Ranks
 
 __all__ = ["train"]
 
@@ -40,6 +49,14 @@ __all__ = ["train"]
     help="Names of the bands the model reads, stored in the bundle (STAC items are matched by them) "
     "[default: train.data.band_names, else the scenes' band descriptions, else band_N].",
 )
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Train data-parallel on N GPUs of this machine, one process each (per-GPU batch: "
+    "train.sampling.batch_size; the learning rate is not scaled). For several machines use torchrun.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
 @click.option(
     "--dry-run",
@@ -56,6 +73,7 @@ def train(
     out: str | None,
     encoder_weights: str | None,
     band_names: str | None,
+    gpus: int | None,
     resume: bool,
     dry_run: bool,
     no_progress: bool,
@@ -72,8 +90,13 @@ def train(
     and why), best.safetensors (the best validated weights), last.safetensors with last_state.*
     (for --resume), ema.safetensors (the moving average), metrics.csv, curves.png and the
     resolved config.yaml. Stdout gets a JSON summary; progress goes to stderr.
+
+    On several GPUs (--gpus N, or under torchrun) each process trains on its own share of every
+    epoch's batches with train.sampling.batch_size windows, so a step sees N times as many
+    windows and an epoch takes 1/N of the steps; resume with the same N for the same result.
     """
     from geopsp.errors import ConfigError
+    from geopsp.train.distributed import Ranks
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -87,11 +110,14 @@ def train(
     conf = _with_encoder_weights(conf, encoder_weights, base_dir, resume=resume)
 
     from geopsp.train.loop import dry_run as run_dry
-    from geopsp.train.loop import fit
 
+    ranks = Ranks.current()
+    if gpus is not None:
+        _check_gpus(gpus, conf.train.device, ranks)
     if dry_run:
         checked = run_dry(conf.train, base_dir=base_dir)
-        click.echo(json.dumps({"dry_run": True, **checked}, indent=2))
+        if ranks.main:
+            click.echo(json.dumps({"dry_run": True, **checked}, indent=2))
         return
     if out is None:
         if conf.train.out is not None:
@@ -103,8 +129,68 @@ def train(
         out_dir = Path(out).resolve()
     obj = ctx.find_root().obj
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
-    with _progress(enabled=not no_progress and verbosity >= 0) as progress:
-        result = fit(conf.train, out_dir, base_dir=base_dir, resume=resume, overwrite=overwrite, progress=progress)
+    args = (conf.train, out_dir, base_dir, resume, overwrite, not no_progress, verbosity)
+    if gpus is not None and gpus > 1:
+        from geopsp.train.distributed import launch
+
+        if verbosity < 1:
+            _quiet_launcher()
+        summary = launch(gpus, _train_rank, *args)[0]
+    else:
+        summary = _train_rank(*args)
+        if not ranks.main:
+            return  # under torchrun rank 0 alone reports
+    click.echo(f"kept {summary['kept']} as {Path(summary['model']).name}: {summary['reason']}", err=True)
+    click.echo(json.dumps(summary, indent=2))
+
+
+def _quiet_launcher() -> None:
+    """Keep torch's launcher to its errors' one line (its loggers print a failed rank's traceback; -v shows it)."""
+    import logging
+
+    import torch.distributed.launcher.api  # noqa: F401 - creates the launcher's loggers, each with its own level
+
+    for name, log in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("torch.distributed.elastic") and isinstance(log, logging.Logger):
+            log.setLevel(logging.CRITICAL)
+
+
+def _check_gpus(gpus: int, device: str, ranks: Ranks) -> None:
+    """Refuse ``--gpus N`` beyond the visible GPUs, with a device other than CUDA, or under torchrun."""
+    import os
+
+    import torch
+
+    if ranks.parallel:
+        raise click.UsageError("--gpus starts its own processes; under torchrun leave it out")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > visible:
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={mask})" if mask is not None else ""
+        fix = f"give at most {visible}" if visible else "torch sees no CUDA GPU here; train without --gpus"
+        raise click.BadParameter(f"{gpus} GPUs asked for, {visible} visible{where}; {fix}", param_hint="--gpus")
+    if device not in ("auto", "cuda"):
+        raise click.BadParameter(f"trains on CUDA; train.device is {device!r} (set auto or cuda)", param_hint="--gpus")
+
+
+def _train_rank(
+    train_config: Any, out_dir: Path, base_dir: Path, resume: bool, overwrite: bool, progress: bool, verbosity: int
+) -> dict[str, Any]:
+    """Train as this process's rank (or the only process); return the JSON summary.
+
+    Module-level so that ``--gpus`` can start it in new processes (which set up logging anew):
+    rank 0 logs and draws progress as a lone run does, the other ranks only log errors.
+    """
+    from geopsp.cli.main import configure_logging
+    from geopsp.train.distributed import Ranks
+    from geopsp.train.loop import fit
+
+    ranks = Ranks.current()
+    main = ranks.main
+    if ranks.parallel:  # a process that --gpus started has no logging set up yet
+        configure_logging(verbosity if main else min(verbosity, -1))
+    with _progress(enabled=progress and main and verbosity >= 0) as bar:
+        result = fit(train_config, out_dir, base_dir=base_dir, resume=resume, overwrite=overwrite, progress=bar)
     scores = result.scores
     summary: dict[str, Any] = {
         "out": str(result.out_dir),
@@ -131,8 +217,7 @@ def train(
             "f1": {c.name: _none(c.f1) for c in present},
             "iou": {c.name: _none(c.iou) for c in present},
         }
-    click.echo(f"kept {result.kept} as {result.model.name}: {result.reason}", err=True)
-    click.echo(json.dumps(summary, indent=2))
+    return summary
 
 
 def _with_encoder_weights(conf: Any, option: str | None, base_dir: Path, *, resume: bool) -> Any:

@@ -495,8 +495,22 @@ class TrainConfig(_Section):
         description="Processes that build batches ahead of the model (0: in the main process; default: up to 4 "
         "with CUDA; on a CPU 1 when a core is left over by train.threads, else 0).",
     )
+    log_every: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Read the training loss back from the device, check it and report progress every this many "
+        "optimizer steps (and at each epoch's end); each read waits for the device (default: 1 on a CPU, 20 on CUDA).",
+    )
     val_every: int = Field(1, ge=1, description="Validate every this many epochs (and after the last).")
     val_tile: int = Field(512, ge=32, le=8192, description="Tile edge used to run validation scenes.")
+    val_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Validation tiles per forward pass (default: sampling.batch_size; 1: one at a time). Each tile "
+        "is still scored on its own; batching only rounds the last bits of the logits otherwise.",
+    )
     seed: int = Field(0, ge=0, description="Seeds sampling, augmentation and weight initialization.")
     device: DeviceName = Field("auto", description="Where the model trains (auto, cpu, cuda or cuda:N).")
     amp: bool | Literal["auto"] | None = Field(

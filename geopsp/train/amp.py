@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["MIN_SPEEDUP", "AmpChoice", "choose_amp"]
+__all__ = ["MIN_SPEEDUP", "AmpChoice", "choose_amp", "training_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,23 @@ class AmpChoice:
             "step_seconds": dict(self.seconds),
             "speedup": self.speedup,
         }
+
+
+def training_step(loss_fn: Callable[[Any, torch.Tensor], Any], x: torch.Tensor, y: torch.Tensor) -> StepFn:
+    """Return the step :func:`choose_amp` times: one optimizer step on the batch ``(x, y)``, waited for."""
+
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer, amp: bool) -> None:
+        model.train()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        total, _ = loss_fn(out, y)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    return step
 
 
 def _timed(

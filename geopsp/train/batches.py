@@ -77,15 +77,16 @@ class BatchSource(torch.utils.data.Dataset[Batch]):
         )
 
 
-def default_workers(device: torch.device, threads: int | None = None) -> int:
+def default_workers(device: torch.device, threads: int | None = None, *, processes: int = 1) -> int:
     """Batch-building processes when ``train.loader_workers`` is not set.
 
-    With CUDA, up to 4 (half the CPUs). On a CPU, 1 only when a core is left over by the torch
-    threads: on 2 cores with 2 threads a worker competes with the model (measured:
-    ``bench/train_speed.py``, 11.7 vs 10.5-11.8 s per epoch, no gain), and a batch costs 4 % of a
-    step there anyway.
+    With CUDA, up to 4 (half the CPUs, shared among the ``processes`` training on this machine:
+    one per GPU in data-parallel training), so that two or more batches are always built ahead
+    of the GPU. On a CPU, 1 only when a core is left over by the torch threads: on 2 cores with 2
+    threads a worker competes with the model (measured: ``bench/train_speed.py``, 11.7 vs
+    10.5-11.8 s per epoch, no gain), and a batch costs 4 % of a step there anyway.
     """
-    cpus = cpu_count()
+    cpus = max(1, cpu_count() // max(processes, 1))
     if device.type == "cuda":
         return min(4, max(1, cpus // 2))
     return 1 if cpus > (threads if threads is not None else torch.get_num_threads()) else 0
@@ -98,8 +99,10 @@ def _worker_init(_: int) -> None:
 def batch_loader(source: BatchSource, steps: range, *, workers: int, pin_memory: bool = False) -> Iterator[Batch]:
     """Yield the batches of ``steps`` in order, built by ``workers`` processes ahead of use (0: inline).
 
-    With workers the batches of the next steps are built while the model trains on this one;
-    on CUDA ``pin_memory`` lets the copy to the device overlap too.
+    With workers the batches of the next steps are built while the model trains on this one,
+    ``2 * workers`` of them in flight; on CUDA ``pin_memory`` lets the copy to the device run
+    without the host waiting for it (``non_blocking``). ``steps`` may stride (data-parallel
+    ranks take every ``world``-th batch).
     """
     if workers == 0:
         for g in steps:

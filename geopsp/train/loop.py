@@ -14,6 +14,10 @@ Outputs in the run folder (all written atomically)::
     train_summary.json      which weights were kept and why, their validation scores (written last)
 
 The library never prints: progress goes to an optional callback.
+
+Under ``torchrun`` (or :func:`~geopsp.train.distributed.launch`) each process is one rank of a
+data-parallel run (see :mod:`geopsp.train.trainer`); rank 0 alone writes these files, and
+:func:`fit` returns on every rank once they are complete.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 import yaml
 
 from geopsp.config.schema import GeopspConfig, TrainConfig
+from geopsp.device import cpu_count
 from geopsp.errors import ConfigError, OutputExistsError
 from geopsp.eval.metrics import Scores
 from geopsp.io.atomic import atomic_output
@@ -41,6 +46,7 @@ from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
 from geopsp.train.augment import augment_pair
 from geopsp.train.checks import check_training_data, class_pixel_counts
 from geopsp.train.datasets import Region, TrainingData, prepare_data, resolve_paths
+from geopsp.train.distributed import Ranks, barrier, join_process_group
 from geopsp.train.losses import SegmentationLoss
 from geopsp.train.sampling import read_region_window
 from geopsp.train.stats import compute_normalization, normalize_window
@@ -69,8 +75,10 @@ OUTPUT_NAMES = (
 class TrainEvent:
     """A progress report from :func:`fit`.
 
-    ``phase`` is ``"train"`` after each optimizer step, ``"val"`` after each validation tile
-    and ``"epoch"`` when an epoch's scores are known.
+    ``phase`` is ``"train"`` every ``train.log_every`` optimizer steps and after an epoch's last
+    one (``loss`` is then the mean main-head loss of the steps since the previous report, over
+    all ranks), ``"val"`` after each batch of validation tiles (``step`` of ``steps`` tiles of
+    this rank) and ``"epoch"`` when an epoch's scores are known and its files written.
     """
 
     phase: Literal["train", "val", "epoch"]
@@ -210,13 +218,16 @@ def _bundle_meta(
     )
 
 
-def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_out(out: Path, *, resume: bool, overwrite: bool, writer: bool = True) -> None:
+    """Refuse a folder holding a run unless resuming or overwriting; prepare it (``writer``: rank 0 only)."""
     existing = [] if resume else [n for n in OUTPUT_NAMES if (out / n).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
             f"{out}: already holds a training run ({', '.join(existing)}); pass --resume to continue it "
             "or --overwrite to start again"
         )
+    if not writer:
+        return
     ensure_output_dir(out)
     if overwrite:
         for n in existing:
@@ -224,11 +235,18 @@ def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def _threads(config: TrainConfig) -> Iterator[None]:
-    """Use ``config.threads`` torch threads inside the block, then restore the previous count."""
+def _threads(config: TrainConfig, ranks: Ranks) -> Iterator[None]:
+    """Use ``config.threads`` torch threads inside the block, then restore the previous count.
+
+    Unset (and without ``OMP_NUM_THREADS``, which torchrun sets), several training processes on
+    one machine share its CPUs.
+    """
     previous = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads = config.threads
+    if threads is None and ranks.local_world > 1 and not os.environ.get("OMP_NUM_THREADS"):
+        threads = max(1, cpu_count() // ranks.local_world)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -263,7 +281,8 @@ def fit(
     overwrite : bool, default False
         Replace an existing run in ``out``.
     progress : callable, optional
-        Called with a :class:`TrainEvent` after every step, validation tile and epoch.
+        Called with a :class:`TrainEvent` every ``train.log_every`` steps, after each batch of
+        validation tiles and after each epoch (on every rank of a data-parallel run).
 
     Returns
     -------
@@ -277,9 +296,16 @@ def fit(
         If ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set.
     CheckpointError
         If ``resume`` finds no usable state.
+
+    Notes
+    -----
+    In a process started by ``torchrun`` (``WORLD_SIZE`` > 1) ``fit`` trains as one rank of a
+    data-parallel run: it joins the process group (NCCL on ``cuda:LOCAL_RANK``, gloo on the
+    CPU) unless one exists, and keeps it for the process's later runs.
     """
-    with _threads(_train_section(config)):
-        return _fit(config, out, base_dir=base_dir, resume=resume, overwrite=overwrite, progress=progress)
+    ranks = Ranks.current()
+    with _threads(_train_section(config), ranks):
+        return _fit(config, out, base_dir=base_dir, resume=resume, overwrite=overwrite, progress=progress, ranks=ranks)
 
 
 def _fit(
@@ -290,12 +316,12 @@ def _fit(
     resume: bool,
     overwrite: bool,
     progress: ProgressFn | None,
+    ranks: Ranks,
 ) -> TrainResult:
     cfg = resolve_paths(_train_section(config), base_dir)
     if out is None and cfg.out is None:
         raise ConfigError("no output folder; pass out= (--out) or set train.out", key="train.out")
     out_dir = Path(out if out is not None else str(cfg.out)).resolve()
-    _check_out(out_dir, resume=resume, overwrite=overwrite)
     started = time.monotonic()
 
     def event(phase: Literal["train", "val", "epoch"], epoch: int, step: int, steps: int, **values: Any) -> None:
@@ -310,11 +336,16 @@ def _fit(
         make_loss=lambda data, spec: _loss(cfg, data, spec, data.train),
         make_optimizer=lambda model: _optimizer(cfg, model),
         event=event,
+        ranks=ranks,
     )
+    config_path = out_dir / "config.yaml"
+    join_process_group(ranks, trainer.device)
+    _check_out(out_dir, resume=resume, overwrite=overwrite, writer=ranks.main)
+    barrier(ranks, trainer.device)
     trainer.setup(resume=resume)
     start_epoch = trainer.state.epoch
-    config_path = out_dir / "config.yaml"
-    _write_config(config_path, cfg)
+    if ranks.main:
+        _write_config(config_path, cfg)
     trainer.run()
     summary = trainer.finish()
     st = trainer.state
@@ -376,7 +407,7 @@ def dry_run(
     ConfigError, InputRasterError, InputVectorError, ModelError
         Whatever a real run would raise at start.
     """
-    with _threads(_train_section(config)):
+    with _threads(_train_section(config), Ranks()):
         return _dry_run(config, base_dir=base_dir, window=window, batch_size=batch_size)
 
 

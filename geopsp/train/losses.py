@@ -3,6 +3,10 @@
 The paper's loss is cross-entropy on the main output plus 0.4 times cross-entropy on the
 auxiliary head. Dice and focal losses are selectable for imbalanced classes; all of them give
 ignored pixels (unlabeled, nodata, padding) no weight.
+
+None of them reads a value back to the host (no ``bool(tensor)``, no boolean-mask indexing): a
+training step on a GPU queues its kernels without waiting for them. A batch without labeled
+pixels gets the loss 0 through :func:`torch.where`, not through a Python ``if``.
 """
 
 from __future__ import annotations
@@ -36,15 +40,12 @@ def focal_loss(
     """
     logp = F.log_softmax(logits.float(), dim=1)
     valid = target != ignore_index
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
     t = torch.where(valid, target, torch.zeros_like(target))
     logp_t = logp.gather(1, t[:, None]).squeeze(1)
     loss = -((1.0 - logp_t.exp()) ** gamma) * logp_t
-    if weight is not None:
-        w = weight[t]
-        return (loss * w)[valid].sum() / w[valid].sum().clamp_min(1e-12)
-    return loss[valid].mean()
+    w = valid.float() if weight is None else weight[t] * valid
+    mean = (loss * w).sum() / w.sum().clamp_min(1e-12)
+    return torch.where(valid.any(), mean, logits.sum() * 0.0)
 
 
 def dice_loss(logits: Tensor, target: Tensor, *, ignore_index: int, eps: float = 1.0) -> Tensor:
@@ -69,9 +70,9 @@ def dice_loss(logits: Tensor, target: Tensor, *, ignore_index: int, eps: float =
     denom = prob.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + eps) / (denom + eps)
     present = onehot.sum(dims) > 0
-    if not bool(present.any()):
-        return logits.sum() * 0.0
-    return 1.0 - dice[present].mean()
+    n = present.sum()
+    mean = torch.where(present, dice, torch.zeros_like(dice)).sum() / n.clamp_min(1)
+    return torch.where(n > 0, 1.0 - mean, logits.sum() * 0.0)
 
 
 class SegmentationLoss(nn.Module):
@@ -123,16 +124,15 @@ class SegmentationLoss(nn.Module):
         """Return the main loss of one output."""
         weight = self.weight if isinstance(self.weight, Tensor) else None
         if self.kind in ("ce", "ce+dice"):
-            if not bool((target != self.ignore_index).any()):
-                loss = logits.sum() * 0.0
-            else:
-                loss = F.cross_entropy(
-                    logits.float(),
-                    target,
-                    weight=weight,
-                    ignore_index=self.ignore_index,
-                    label_smoothing=self.label_smoothing,
-                )
+            ce = F.cross_entropy(
+                logits.float(),
+                target,
+                weight=weight,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+            )
+            # NaN (0 / 0) without labeled pixels; where() keeps it out of the value and the gradient
+            loss = torch.where((target != self.ignore_index).any(), ce, logits.sum() * 0.0)
             if self.kind == "ce+dice":
                 loss = loss + dice_loss(logits, target, ignore_index=self.ignore_index)
             return loss

@@ -14,12 +14,28 @@ from typing import Any, Literal
 from geopsp.eval.metrics import Scores
 from geopsp.train.state import TrainState, Weights
 
-__all__ = ["Candidate", "choose_weights", "finite_or_none", "history_summary", "scores_summary"]
+__all__ = ["Candidate", "choose_weights", "finite_or_none", "history_summary", "row_scores", "scores_summary"]
 
 
 def finite_or_none(v: float | None) -> float | None:
     """Return ``v`` as a float, or None when it is None, NaN or infinite (JSON-ready)."""
     return None if v is None or not math.isfinite(v) else float(v)
+
+
+def row_scores(prefix: str, loss: float, scores: Scores) -> dict[str, Any]:
+    """Return the columns of one validation in a ``metrics.csv`` row: ``<prefix>_loss``, ``_miou``, ...
+
+    ``prefix`` is ``val`` (the raw weights) or ``ema_val`` (their moving average).
+    """
+    return {
+        f"{prefix}_loss": finite_or_none(loss),
+        f"{prefix}_miou": finite_or_none(scores.miou_reference_classes),
+        f"{prefix}_oa": finite_or_none(scores.overall_accuracy),
+        f"{prefix}_mean_f1": finite_or_none(scores.mean_f1_reference_classes),
+        f"{prefix}_kappa": finite_or_none(scores.kappa),
+        f"{prefix}_iou": {c.name: finite_or_none(c.iou) for c in scores.classes},
+        f"{prefix}_f1": {c.name: finite_or_none(c.f1) for c in scores.classes},
+    }
 
 
 @dataclass(frozen=True, slots=True)

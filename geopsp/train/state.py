@@ -12,17 +12,24 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from geopsp.errors import CheckpointError
 from geopsp.io.atomic import atomic_output
 
+if TYPE_CHECKING:
+    from geopsp.model.bundle import Bundle
+
 __all__ = [
+    "ResumedRun",
     "TrainState",
     "Weights",
+    "load_run",
     "load_training_state",
+    "match_param_layout",
+    "restore_optimizer",
     "optimizer_from_flat",
     "optimizer_to_flat",
     "save_training_state",
@@ -48,6 +55,8 @@ class TrainState:
     best_loss: float | None = None
     amp: dict[str, Any] | None = None
     ema_updates: int = 0
+    ranks: int = 1
+    """Processes that trained the run data-parallel (1: one)."""
 
     def to_info(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -175,3 +184,89 @@ def load_training_state(folder: str | os.PathLike[str], *, name: str = "last") -
         raise CheckpointError(f"{t_path}: damaged training state ({exc}); train again without --resume") from exc
     info["torch_rng"] = tensors.pop("rng.torch", None)
     return info, optimizer_from_flat(tensors, info.pop("optimizer"))
+
+
+@dataclass
+class ResumedRun:
+    """What ``--resume`` reads back from a run folder (:func:`load_run`)."""
+
+    state: TrainState
+    optimizer: dict[str, Any]
+    """The optimizer's ``state_dict``."""
+    bundle: Bundle
+    """``last.safetensors``: the raw weights of the last finished epoch (on the CPU)."""
+    average: dict[str, torch.Tensor] | None
+    """``ema.safetensors``' ``state_dict`` (None for a run without EMA)."""
+
+
+def load_run(
+    folder: Path,
+    *,
+    epochs: int,
+    classes: list[int],
+    bands: tuple[int, ...],
+    ema: float | None,
+) -> ResumedRun:
+    """Read a run to continue: its training state, last weights and their moving average.
+
+    Raises
+    ------
+    CheckpointError
+        When the run already trained ``epochs`` epochs, its files disagree on the epoch (it was
+        stopped while saving), it was trained with other ``classes`` or ``bands``, or the average
+        is missing though ``ema`` (the decay) asks for one.
+    """
+    from geopsp.model.bundle import load_bundle
+
+    info, opt_state = load_training_state(folder)
+    state = TrainState.from_info(info)
+    if state.epoch >= epochs:
+        raise CheckpointError(
+            f"{folder}: the run already finished {state.epoch} epochs; raise train.epochs "
+            "(--set train.epochs=N) to continue it"
+        )
+    bundle = load_bundle(folder / "last.safetensors", device="cpu")
+    if int(bundle.meta.provenance.get("epochs", -1)) != state.epoch:
+        raise CheckpointError(
+            f"{folder}: last.safetensors (epoch {bundle.meta.provenance.get('epochs')}) and "
+            f"last_state.json (epoch {state.epoch}) disagree; the run was interrupted while saving, start again"
+        )
+    if bundle.meta.classes.ids != classes or bundle.meta.bands != bands:
+        raise CheckpointError(f"{folder}: the run was trained with other classes or bands; start again")
+    average = None
+    if ema is not None:
+        ema_path = folder / "ema.safetensors"
+        if not ema_path.exists():
+            raise CheckpointError(f"{ema_path}: missing; the run was trained without EMA, start again")
+        average = load_bundle(ema_path, device="cpu").model.state_dict()
+    return ResumedRun(state, opt_state, bundle, average)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], *, folder: Path) -> None:
+    """Load ``state_dict`` (of the run in ``folder``) into ``optimizer``, in its parameters' memory layout.
+
+    Raises
+    ------
+    CheckpointError
+        When the state does not fit the optimizer.
+    """
+    try:
+        optimizer.load_state_dict(state_dict)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{folder}: optimizer state does not fit ({exc}); start again without --resume") from exc
+    match_param_layout(optimizer)
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state the memory layout of its parameters (channels-last ones included).
+
+    A fresh run creates its moment buffers with ``zeros_like(param)``; state read back from a
+    file is contiguous. Elementwise kernels take other code paths for other layouts, so a resumed
+    run would drift from an uninterrupted one by rounding.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p).copy_(value)

@@ -1,23 +1,30 @@
 """The training loop: a :class:`Trainer` that moves a :class:`TrainState` forward one epoch at a time.
 
 The config is read once, in :meth:`Trainer.__init__`; the parts below it get plain values. An
-epoch is ``windows_per_epoch / batch_size`` optimizer steps on batches built ahead of the model
+epoch is ``windows_per_epoch / batch_size`` batches built ahead of the model
 (:mod:`geopsp.train.batches`), then (every ``val_every`` epochs) a validation of the raw weights
 and of their moving average (:mod:`geopsp.train.ema`), then the checkpoints. Which weights a run
 keeps as ``model.safetensors`` is ``train.select``; the reason is logged and written to the run
 summary.
+
+A step reads nothing back from the device: its loss waits on the device until the next report
+(:mod:`geopsp.train.meter`, every ``train.log_every`` steps).
+
+Data-parallel (:mod:`geopsp.train.distributed`, under ``torchrun``): the model is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel`; at optimizer step ``s`` rank ``r`` of
+``world`` trains on batch ``s * world + r``, so an epoch's batches are shared out and each rank
+takes ``1 / world`` of the steps; gradients are averaged over the ranks. At the end of an epoch
+rank 0's batch-norm statistics (of the model and of its average) are given to every rank, the
+ranks share the validation tiles, and rank 0 alone writes files while the others wait.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +33,22 @@ import torch
 
 from geopsp.config.schema import TrainConfig
 from geopsp.device import resolve_device
-from geopsp.errors import CheckpointError, TrainingDivergedError, TrainingWarning
-from geopsp.eval.metrics import Scores
-from geopsp.io.atomic import atomic_output
+from geopsp.errors import TrainingDivergedError, TrainingWarning
 from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
-from geopsp.train.amp import AmpChoice, choose_amp
+from geopsp.train.amp import AmpChoice, choose_amp, training_step
 from geopsp.train.batches import BatchSource, batch_loader, default_workers
 from geopsp.train.checks import check_training_data
 from geopsp.train.datasets import TrainingData, prepare_data
+from geopsp.train.distributed import Ranks, barrier, broadcast_
 from geopsp.train.ema import WeightAverage
 from geopsp.train.evaluation import evaluate_regions
 from geopsp.train.losses import SegmentationLoss
-from geopsp.train.report import write_curves, write_metrics_csv
+from geopsp.train.meter import StepLosses
+from geopsp.train.records import RunFolder
 from geopsp.train.sampling import WindowSampler
 from geopsp.train.schedule import Schedule
-from geopsp.train.selection import Candidate, choose_weights, finite_or_none, history_summary, scores_summary
-from geopsp.train.state import TrainState, Weights, load_training_state, save_training_state
+from geopsp.train.selection import Candidate, choose_weights, history_summary, row_scores, scores_summary
+from geopsp.train.state import TrainState, Weights, load_run, restore_optimizer
 from geopsp.train.stats import compute_normalization
 
 __all__ = ["SUMMARY_NAME", "Trainer"]
@@ -54,18 +61,6 @@ SUMMARY_NAME = "train_summary.json"
 EventFn = Callable[..., None]
 
 
-def _row_scores(prefix: str, loss: float, scores: Scores) -> dict[str, Any]:
-    return {
-        f"{prefix}_loss": finite_or_none(loss),
-        f"{prefix}_miou": finite_or_none(scores.miou_reference_classes),
-        f"{prefix}_oa": finite_or_none(scores.overall_accuracy),
-        f"{prefix}_mean_f1": finite_or_none(scores.mean_f1_reference_classes),
-        f"{prefix}_kappa": finite_or_none(scores.kappa),
-        f"{prefix}_iou": {c.name: finite_or_none(c.iou) for c in scores.classes},
-        f"{prefix}_f1": {c.name: finite_or_none(c.f1) for c in scores.classes},
-    }
-
-
 class Trainer:
     """One training run of a path-resolved config into ``out_dir``.
 
@@ -76,9 +71,11 @@ class Trainer:
     out_dir : Path
         The run folder (checked by the caller).
     event : callable, optional
-        ``event(phase, epoch, step, steps, **values)`` progress callback.
+        ``event(phase, epoch, step, steps, **values)`` progress callback (called on every rank).
     build_meta : callable
         ``build_meta(data, spec, norm, provenance) -> BundleMeta``.
+    ranks : Ranks, optional
+        This process's place in a data-parallel run (default: the only process).
     """
 
     def __init__(
@@ -91,6 +88,7 @@ class Trainer:
         make_loss: Callable[[TrainingData, ModelSpec], SegmentationLoss],
         make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
         event: EventFn | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.config = config
         self.out_dir = out_dir
@@ -100,13 +98,19 @@ class Trainer:
         self._make_optimizer = make_optimizer
         self._event = event
         c = config
-        self.device = resolve_device(c.device, key="train.device")
+        self.ranks = ranks = ranks if ranks is not None else Ranks()
+        self.device = resolve_device(
+            c.device, key="train.device", local_rank=ranks.local_rank if ranks.parallel else None
+        )
         self.epochs = c.epochs
         self.window = c.sampling.window
         self.batch_size = c.sampling.batch_size
-        self.steps_per_epoch = math.ceil(c.sampling.windows_per_epoch / c.sampling.batch_size)
+        batches_per_epoch = math.ceil(c.sampling.windows_per_epoch / c.sampling.batch_size)
+        self.steps_per_epoch = math.ceil(batches_per_epoch / ranks.world)
+        self.log_every = c.log_every if c.log_every is not None else (20 if self.device.type == "cuda" else 1)
         self.val_every = c.val_every
         self.val_tile = c.val_tile
+        self.val_batch_size = c.val_batch_size if c.val_batch_size is not None else c.sampling.batch_size
         self.seed = c.seed
         self.budget_s = c.max_minutes * 60.0 if c.max_minutes is not None else None
         self.select = c.select if c.ema_decay is not None or c.select != "ema" else "last"
@@ -114,10 +118,14 @@ class Trainer:
         self.min_epochs = c.min_epochs if c.min_epochs is not None else max(1, math.ceil(c.epochs / 4))
         self.ema_decay = c.ema_decay
         self.channels_last = c.channels_last
-        self.workers = c.loader_workers if c.loader_workers is not None else default_workers(self.device, c.threads)
+        self.workers = (
+            c.loader_workers
+            if c.loader_workers is not None
+            else default_workers(self.device, c.threads, processes=ranks.local_world)
+        )
         self.grad_clip = c.optim.grad_clip
         self.schedule = Schedule.of(c, self.steps_per_epoch * c.epochs)
-        self.state = TrainState()
+        self.state = TrainState(ranks=ranks.world)
         self.stopped_early = False
         self.amp = AmpChoice(False, "not decided")
         self.best: Candidate | None = None
@@ -127,7 +135,6 @@ class Trainer:
 
     def setup(self, *, resume: bool) -> None:
         """Read the data; build or restore the model, optimizer, average and state."""
-        from geopsp.model.bundle import load_bundle
         from geopsp.model.pretrained import pretrained_provenance
         from geopsp.model.registry import build_model
 
@@ -136,29 +143,14 @@ class Trainer:
         opt_state: dict[str, Any] | None = None
         ema_state: dict[str, torch.Tensor] | None = None
         if resume:
-            info, opt_state = load_training_state(self.out_dir)
-            self.state = TrainState.from_info(info)
-            if self.state.epoch >= c.epochs:
-                raise CheckpointError(
-                    f"{self.out_dir}: the run already finished {self.state.epoch} epochs; raise train.epochs "
-                    "(--set train.epochs=N) to continue it"
-                )
-            bundle = load_bundle(self.out_dir / "last.safetensors", device="cpu")
-            if int(bundle.meta.provenance.get("epochs", -1)) != self.state.epoch:
-                raise CheckpointError(
-                    f"{self.out_dir}: last.safetensors (epoch {bundle.meta.provenance.get('epochs')}) and "
-                    f"last_state.json (epoch {self.state.epoch}) disagree; the run was interrupted while saving, "
-                    "start again"
-                )
-            if bundle.meta.classes.ids != data.classes.ids or bundle.meta.bands != data.bands:
-                raise CheckpointError(f"{self.out_dir}: the run was trained with other classes or bands; start again")
+            run = load_run(
+                self.out_dir, epochs=c.epochs, classes=data.classes.ids, bands=data.bands, ema=self.ema_decay
+            )
+            self.state, opt_state, ema_state = run.state, run.optimizer, run.average
+            self._continue_with_other_ranks()
+            bundle = run.bundle
             self.spec, self.norm, model = bundle.meta.spec, bundle.meta.normalization, bundle.model
             self.init_weights = bundle.meta.provenance.get("encoder_weights")  # the first session's record
-            if self.ema_decay is not None:
-                ema_path = self.out_dir / "ema.safetensors"
-                if not ema_path.exists():
-                    raise CheckpointError(f"{ema_path}: missing; the run was trained without EMA, start again")
-                ema_state = load_bundle(ema_path, device="cpu").model.state_dict()
         else:
             self.norm = compute_normalization(
                 data.readers,
@@ -175,17 +167,12 @@ class Trainer:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # the training windows all have one size
         self.model = model
         self.optimizer = self._make_optimizer(model)
         if opt_state is not None:
-            try:
-                self.optimizer.load_state_dict(opt_state)
-            except (ValueError, KeyError, RuntimeError) as exc:
-                raise CheckpointError(
-                    f"{self.out_dir}: optimizer state does not fit ({exc}); start again without --resume"
-                ) from exc
-        if self.channels_last:
-            _match_param_layout(self.optimizer)
+            restore_optimizer(self.optimizer, opt_state, folder=self.out_dir)
         self.ema = WeightAverage(model, self.ema_decay) if self.ema_decay is not None else None
         if self.ema is not None and ema_state is not None:
             self.ema.load(ema_state, self.state.ema_updates)
@@ -205,41 +192,69 @@ class Trainer:
         self.data_report = check_training_data(data)
         self.loss_fn = self._make_loss(data, self.spec).to(self.device)
         self.amp = self._decide_amp()
+        self.net: torch.nn.Module = model
+        if self.ranks.parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = self.device.type == "cuda"
+            self.net = DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
         self.describe = data.describe()
+        self.folder = RunFolder(
+            self.out_dir,
+            c,
+            writer=self.ranks.main,
+            build_meta=lambda prov: self._build_meta(data, self.spec, self.norm, prov),
+            describe=self.describe,
+            init_weights=self.init_weights,
+            class_names=data.classes.names,
+            title=f"{self.spec.arch} / {self.spec.encoder}",
+        )
         logger.info(
-            "training %s/%s on %d train and %d val regions (%s, %s, %d loader workers), %d classes, %d bands",
+            "training %s/%s on %d train and %d val regions (%s%s, %s, %d loader workers), %d classes, %d bands",
             self.spec.arch,
             self.spec.encoder,
             len(data.train),
             len(data.val),
             self.device,
+            f", rank {self.ranks.rank} of {self.ranks.world}" if self.ranks.parallel else "",
             "bf16" if self.amp.enabled else "fp32",
             self.workers,
             len(data.classes),
             len(data.bands),
         )
 
+    def _continue_with_other_ranks(self) -> None:
+        """Let a run go on with another number of processes than it was trained with (warning that it differs)."""
+        st, world = self.state, self.ranks.world
+        if st.ranks == world:
+            return
+        warnings.warn(
+            f"{self.out_dir}: the run was trained by {st.ranks} process(es) and continues with {world}; from epoch "
+            f"{st.epoch + 1} on it differs from a run trained by either number throughout",
+            TrainingWarning,
+            stacklevel=3,
+        )
+        st.step, st.ranks = st.epoch * self.steps_per_epoch, world
+
     def _decide_amp(self) -> AmpChoice:
         if self.state.amp is not None:  # a resumed run keeps its precision
             return AmpChoice(bool(self.state.amp["bf16"]), "kept from the run being resumed")
-        x, y = self._to_device(*self.source[0])
-
-        def step(model: torch.nn.Module, opt: torch.optim.Optimizer, amp: bool) -> None:
-            model.train()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x)
-            total, _ = self.loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-
-        choice = choose_amp(
-            self.config.amp, self.device, model=self.model, make_optimizer=self._make_optimizer, step=step
-        )
+        choice = AmpChoice(False, "not decided")
+        if self.ranks.main:
+            choice = self._measure_amp()
+        if self.ranks.parallel:  # a CPU measurement may come out otherwise on another rank: rank 0's holds
+            flag = torch.tensor([int(choice.enabled)], device=self.device)
+            broadcast_(self.ranks, [flag])
+            if not self.ranks.main:
+                choice = AmpChoice(bool(flag.item()), "rank 0's choice")
         self.state.amp = choice.as_dict()
         return choice
+
+    def _measure_amp(self) -> AmpChoice:
+        step = training_step(self.loss_fn, *self._to_device(*self.source[0]))
+        return choose_amp(
+            self.config.amp, self.device, model=self.model, make_optimizer=self._make_optimizer, step=step
+        )
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -253,16 +268,28 @@ class Trainer:
         """Seconds of training, over all sessions of a resumed run."""
         return self._elapsed_before + time.monotonic() - self._started
 
+    def _clock(self) -> float:
+        """Seconds of training as the schedule and the time budget see them: rank 0's at the last report."""
+        return self.elapsed() if not self.ranks.parallel else self._agreed_s
+
+    def _over_budget(self) -> bool:
+        return self.budget_s is not None and self._clock() >= self.budget_s
+
     def run(self) -> None:
         """Train from ``state.epoch + 1`` to ``epochs`` (or until the time cap)."""
-        self._elapsed_before = self.state.elapsed_s
+        self._elapsed_before = self._agreed_s = self.state.elapsed_s
         self._started = time.monotonic()
-        first = self.state.step
-        steps = range(first, self.steps_per_epoch * self.epochs)
+        world, rank = self.ranks.world, self.ranks.rank
+        # this rank's batches: batch s * world + rank at optimizer step s
+        steps = range(self.state.step * world + rank, self.steps_per_epoch * self.epochs * world, world)
         batches = batch_loader(self.source, steps, workers=self.workers, pin_memory=self.device.type == "cuda")
         try:
             for epoch in range(self.state.epoch + 1, self.epochs + 1):
                 train_loss, lr = self._train_epoch(epoch, batches)
+                if self.ranks.parallel:  # rank 0's batch-norm statistics, which it validates and saves
+                    broadcast_(self.ranks, self.model.buffers())
+                    if self.ema is not None:
+                        broadcast_(self.ranks, self.ema.module.buffers())
                 row = self._validate(epoch, train_loss, lr)
                 self._checkpoint(epoch, row)
                 if self.stopped_early and self.config.budget == "guard":
@@ -282,18 +309,19 @@ class Trainer:
                 close()
 
     def _train_epoch(self, epoch: int, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-        model, optimizer = self.model, self.optimizer
-        model.train()
-        torch.manual_seed(self.seed * 100003 + epoch)
+        model, net, optimizer, steps = self.model, self.net, self.optimizer, self.steps_per_epoch
+        net.train()
+        torch.manual_seed((self.seed * 100003 + epoch) * self.ranks.world + self.ranks.rank)  # dropout
+        losses = StepLosses(self.ranks, self.device)
         loss_sum, loss_n = 0.0, 0
         lr = self.schedule.base
-        for step in range(1, self.steps_per_epoch + 1):
+        for step in range(1, steps + 1):
             x, y = self._to_device(*next(batches))
-            lr = self.schedule.lr(self.state.step, self.elapsed())
+            lr = self.schedule.lr(self.state.step, self._clock())
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp.enabled):
-                output = model(x)
+                output = net(x)
             total, main = self.loss_fn(output, y)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -303,16 +331,23 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(model)
             self.state.step += 1
-            value = float(main.detach())
-            if not math.isfinite(value):
-                raise TrainingDivergedError(
-                    f"training diverged at epoch {epoch} step {step}: the loss is {value}; lower train.optim.lr "
-                    f"(now {self.schedule.base:g}), set train.optim.grad_clip, or train with train.amp=false"
-                )
-            loss_sum += value
-            loss_n += 1
-            self._emit("train", epoch, step, self.steps_per_epoch, loss=value, lr=lr)
-            if self.budget_s is not None and self.elapsed() >= self.budget_s:
+            losses.add(main)
+            # one process checks its clock every step (no device read); ranks agree on it at reports
+            over = not self.ranks.parallel and self._over_budget()
+            if step % self.log_every and step < steps and not over:
+                continue
+            values, self._agreed_s = losses.read(self.elapsed())
+            for i, value in enumerate(values):
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"training diverged at epoch {epoch} step {step - len(values) + 1 + i}: the loss is {value}; "
+                        f"lower train.optim.lr (now {self.schedule.base:g}), set train.optim.grad_clip, or train "
+                        "with train.amp=false"
+                    )
+                loss_sum += value
+                loss_n += 1
+            self._emit("train", epoch, step, steps, loss=sum(values) / len(values), lr=lr)
+            if self._over_budget():
                 self.stopped_early = True
                 break
         return loss_sum / max(loss_n, 1), lr
@@ -342,13 +377,15 @@ class Trainer:
                     self.loss_fn,
                     tile=self.val_tile,
                     device=self.device,
+                    batch_size=self.val_batch_size,
                     amp=self.amp.enabled,
                     channels_last=self.channels_last,
                     progress=val_progress,
+                    ranks=self.ranks if self.ranks.parallel else None,
                 )
                 cand = Candidate(name, epoch, cm.scores(data.classes), loss)
                 self.last[name] = cand
-                row.update(_row_scores("val" if name == "raw" else "ema_val", loss, cand.scores))
+                row.update(row_scores("val" if name == "raw" else "ema_val", loss, cand.scores))
                 score = cand.score(self.select_metric)
                 best = st.best_score if st.best_score is not None else -math.inf
                 if epoch >= self.min_epochs and score > best:
@@ -363,56 +400,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
 
-    def _provenance(self, epoch: int, row: dict[str, Any], weights: Weights) -> dict[str, Any]:
-        from geopsp import __version__
-
-        c = self.config
-        prefix = "val" if weights == "raw" else "ema_val"
-        metrics = {
-            "train_loss": row["train_loss"] if math.isfinite(row["train_loss"]) else None,
-            **{f"val_{k}": row.get(f"{prefix}_{k}") for k in ("loss", "miou", "oa", "mean_f1", "kappa", "iou", "f1")},
-        }
-        return {
-            "geopsp_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "data": {
-                "root": c.data.root,
-                "layout": c.data.layout,
-                "train_scenes": self.describe["train_scenes"],
-                "val_scenes": self.describe["val_scenes"],
-            },
-            "epochs": epoch,
-            "steps": self.state.step,
-            "seed": c.seed,
-            "preset": c.model.preset,
-            "encoder_weights": self.init_weights,
-            "weights": "moving average (EMA)" if weights == "ema" else "raw",
-            "metrics": metrics,
-            "train_config": c.model_dump(mode="json"),
-        }
-
-    def _save(self, model: torch.nn.Module, name: str, epoch: int, row: dict[str, Any], weights: Weights) -> None:
-        from geopsp.model.bundle import save_bundle
-
-        meta = self._build_meta(self.data, self.spec, self.norm, self._provenance(epoch, row, weights))
-        save_bundle(model, meta, self.out_dir / name, overwrite=True)
-
     def _checkpoint(self, epoch: int, row: dict[str, Any]) -> None:
         st = self.state
         improved = row.pop("improved")
         st.history.append(row)
         st.epoch = epoch
-        if improved:
-            best_model = self.model if improved == "raw" or self.ema is None else self.ema.module
-            self._save(best_model, "best.safetensors", epoch, row, improved)
-        self._save(self.model, "last.safetensors", epoch, row, "raw")
         if self.ema is not None:
-            self._save(self.ema.module, "ema.safetensors", epoch, row, "ema")
             st.ema_updates = self.ema.updates
         st.elapsed_s = self.elapsed()
-        save_training_state(self.out_dir, optimizer=self.optimizer, info=st.to_info())
-        write_metrics_csv(self.out_dir / "metrics.csv", st.history, self.data.classes.names)
-        write_curves(self.out_dir / "curves.png", st.history, title=f"{self.spec.arch} / {self.spec.encoder}")
+        self.folder.save_epoch(
+            st,
+            row,
+            improved=improved or None,
+            model=self.model,
+            average=self.ema.module if self.ema is not None else None,
+            optimizer=self.optimizer,
+        )
+        barrier(self.ranks, self.device)  # the epoch's files are complete before any rank goes on
         self._emit(
             "epoch",
             epoch,
@@ -447,9 +451,7 @@ class Trainer:
             ema_decay=self.ema_decay,
             configured=self.config.select,
         )
-        model_path = self.out_dir / "model.safetensors"
-        with atomic_output(model_path, overwrite=True) as tmp:
-            shutil.copyfile(path, tmp)
+        model_path = self.folder.keep(path)
         kept: Candidate | None
         if kind == "best":
             kept = self.best
@@ -472,6 +474,10 @@ class Trainer:
             "amp": self.amp.as_dict(),
             "loader_workers": self.workers,
             "channels_last": self.channels_last,
+            "ranks": self.ranks.world,
+            "batch_size": {"per_rank": self.batch_size, "effective": self.batch_size * self.ranks.world},
+            "log_every": self.log_every,
+            "val_batch_size": self.val_batch_size,
             "best_epoch": self.state.best_epoch,
             "best_score": self.state.best_score,
             "select_metric": self.select_metric,
@@ -479,29 +485,14 @@ class Trainer:
             "validation_epoch": (kept.epoch if kept is not None else epoch) if validation else None,
             "data": self.data_report.as_dict(),
         }
-        with atomic_output(self.out_dir / SUMMARY_NAME, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+        self.folder.write_summary(SUMMARY_NAME, summary)
+        barrier(self.ranks, self.device)
         self.kept = kept
         return summary
 
     def _emit(self, phase: str, epoch: int, step: int, steps: int, **values: Any) -> None:
         if self._event is not None:
             self._event(phase, epoch, step, steps, **values)
-
-
-def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give restored optimizer state the memory layout of its parameters (channels-last ones included).
-
-    A fresh run creates its moment buffers with ``zeros_like(param)``; state read back from a
-    file is contiguous. Elementwise kernels take other code paths for other layouts, so a resumed
-    run would drift from an uninterrupted one by rounding.
-    """
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
-                    state[key] = torch.empty_like(p).copy_(value)
 
 
 def _fmt(v: Any) -> str:
