@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -39,13 +40,13 @@ from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE, encode_probab
 from geopsp.errors import GeopspError, OutputError
 from geopsp.io.atomic import StagedOutputs, check_output_path, temp_prefix
 from geopsp.io.class_metadata import CLASSES_TAG, pam_xml, read_class_table
-from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs, to_cog
+from geopsp.io.cog import output_error, refuse_inputs
+from geopsp.io.cog_stage import CogSpec, CogStage
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 from geopsp.style.raster import qml_path_for, raster_qml
 
 if TYPE_CHECKING:
     import affine
-    import rasterio
 
 __all__ = [
     "CLASSES_TAG",
@@ -176,16 +177,25 @@ class ClassRasterWriter:
         self._rows = np.zeros(self.height, dtype=np.bool_)
         self._state: Literal["open", "closed", "aborted"] = "open"
         self._final: list[Path] = []
-        self._dst: rasterio.io.DatasetWriter | None = None
-        self._pdst: rasterio.io.DatasetWriter | None = None
+        self.write_seconds = 0.0
+        """Seconds spent in :meth:`write_rows` (staging, compressing and reducing rows)."""
+        self.finish_seconds = 0.0
+        """Seconds :meth:`close` took (assembling the COGs, writing the sidecars, committing)."""
+        self._stage: CogStage | None = None
+        self._pstage: CogStage | None = None
         try:
-            self._dst = self._open_stage(self.path, dtype, nodata, colormap=True, description="class")
+            cmap = {c.id: (*c.color, 255) for c in classes}
+            cmap[nodata] = (0, 0, 0, 0)
+            self._stage = CogStage(
+                self._spec(dtype, nodata, "MODE", colormap=cmap, description="class"),
+                lambda tag: self._temp(self.path, tag),
+            )
             if self.probability_path is not None:
-                self._pdst = self._open_stage(
-                    self.probability_path, "uint8", PROBABILITY_NODATA, colormap=False, description="probability"
+                prob_path = self.probability_path
+                self._pstage = CogStage(
+                    self._spec("uint8", PROBABILITY_NODATA, "AVERAGE", description="probability", scale=True),
+                    lambda tag: self._temp(prob_path, tag),
                 )
-                self._pdst.scales = (1.0 / PROBABILITY_SCALE,)
-                self._pdst.offsets = (0.0,)
         except BaseException as exc:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
@@ -198,41 +208,32 @@ class ClassRasterWriter:
     def _temp(self, final: Path, tag: str = "") -> Path:
         return final.with_name(f"{self._prefix}{tag}{final.name}")
 
-    def _open_stage(
-        self, final: Path, dtype: str, nodata: int, *, colormap: bool, description: str
-    ) -> rasterio.io.DatasetWriter:
-        import rasterio
-
-        profile: dict[str, Any] = {
-            "driver": "GTiff",
-            "width": self.width,
-            "height": self.height,
-            "count": 1,
-            "dtype": dtype,
-            "nodata": nodata,
-            "tiled": True,
-            "blockxsize": self.blocksize,
-            "blockysize": self.blocksize,
-            # Fast, light compression: the staging file is read once and deleted.
-            "compress": "zstd",
-            "zstd_level": 1,
-            # Blocks never written read back as nodata.
-            "sparse_ok": True,
-            "bigtiff": "IF_SAFER",
-        }
-        if self._crs is not None:
-            profile["crs"] = self._crs
-        if self._transform is not None:
-            profile["transform"] = self._transform
-        with quiet_rasterio():
-            dst = rasterio.open(self._temp(final, "stage-"), "w", **profile)
-        if colormap:
-            cmap = {c.id: (*c.color, 255) for c in self.classes}
-            cmap[nodata] = (0, 0, 0, 0)
-            dst.write_colormap(1, cmap)
-        dst.set_band_description(1, description)
-        dst.update_tags(**self._tags)
-        return dst
+    def _spec(
+        self,
+        dtype: str,
+        nodata: int,
+        resampling: Literal["MODE", "AVERAGE"],
+        *,
+        description: str,
+        colormap: dict[int, tuple[int, int, int, int]] | None = None,
+        scale: bool = False,
+    ) -> CogSpec:
+        return CogSpec(
+            width=self.width,
+            height=self.height,
+            dtype=dtype,
+            nodata=nodata,
+            blocksize=self.blocksize,
+            compress=self.compress,
+            resampling=resampling,
+            crs=self._crs,
+            transform=self._transform,
+            colormap=colormap,
+            description=description,
+            tags=self._tags,
+            scale=1.0 / PROBABILITY_SCALE if scale else None,
+            offset=0.0 if scale else None,
+        )
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -264,9 +265,9 @@ class ClassRasterWriter:
             If the write fails (``"disk full"`` when the disk is full).
         """
         from rasterio.errors import RasterioError
-        from rasterio.windows import Window
 
-        if self._state != "open" or self._dst is None:
+        t0 = time.perf_counter()
+        if self._state != "open" or self._stage is None:
             raise OutputError(f"{self.path}: the writer is already {self._state}; open a new one")
         arr = np.asarray(class_rows)
         if arr.ndim != 2 or arr.shape[1] != self.width:
@@ -277,7 +278,7 @@ class ClassRasterWriter:
         arr = self._as_dtype(arr)
         prob = None
         if probability_rows is not None:
-            if self._pdst is None:
+            if self._pstage is None:
                 raise ValueError("probabilities were given but the writer has no probability_path")
             prob = np.asarray(probability_rows)
             if prob.shape != arr.shape:
@@ -288,15 +289,14 @@ class ClassRasterWriter:
                 prob = encode_probability(prob, invalid=arr == self.nodata)
             else:
                 raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
-        window = Window(0, row_off, self.width, h)
         try:
-            # a (1, h, W) view with a list of indexes: rasterio copies a 2-D array given an int
-            self._dst.write(arr[np.newaxis], [1], window=window)
-            if prob is not None and self._pdst is not None:
-                self._pdst.write(prob[np.newaxis], [1], window=window)
+            self._stage.write(row_off, arr)
+            if prob is not None and self._pstage is not None:
+                self._pstage.write(row_off, prob)
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
         self._rows[row_off : row_off + h] = True
+        self.write_seconds += time.perf_counter() - t0
 
     def _as_dtype(self, arr: NDArray[Any]) -> NDArray[Any]:
         if arr.dtype == np.dtype(self.dtype):
@@ -339,6 +339,7 @@ class ClassRasterWriter:
             return list(self._final)
         if self._state == "aborted":
             raise OutputError(f"{self.path}: the writer was aborted; nothing was written")
+        t0 = time.perf_counter()
         try:
             missing = np.flatnonzero(~self._rows)
             if missing.size:
@@ -346,15 +347,17 @@ class ClassRasterWriter:
                     f"{self.path}: rows {missing[0]}-{missing[-1]} ({missing.size} rows) were never written; "
                     f"the output is incomplete and was not saved"
                 )
-            self._close_stages()
             moves = self._finish()
             self._commit(moves, outputs)
         except BaseException as exc:
+            # judged before the temporaries go: their removal frees the disk a full one had
+            error = None if isinstance(exc, GeopspError) else output_error(self.path, exc, "finishing the output")
             self.abort()
-            if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
+            if error is None or not isinstance(exc, Exception):
                 raise
-            raise output_error(self.path, exc, "finishing the output") from exc
+            raise error from exc
         self._state = "closed"
+        self.finish_seconds = time.perf_counter() - t0
         self._final = [final for _, final in moves]
         order = [self.path, self.probability_path, self.qml_path, self.aux_path]
         self._final = [p for p in order if p is not None and p in self._final]
@@ -364,39 +367,21 @@ class ClassRasterWriter:
             logger.debug("finished %s; it is committed with its set", self.path)
         return list(self._final)
 
-    def _close_stages(self) -> None:
-        for name in ("_dst", "_pdst"):
-            dst = getattr(self, name)
-            if dst is not None:
-                setattr(self, name, None)
-                dst.close()
-
     def _finish(self) -> list[tuple[Path, Path]]:
         """Build every output under a temporary name; return (temporary, final) pairs, main file last."""
+        assert self._stage is not None
         moves: list[tuple[Path, Path]] = []
         qml_tmp = self._temp(self.qml_path)
         qml_tmp.write_text(raster_qml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((qml_tmp, self.qml_path))
         cog_tmp = self._temp(self.path)
-        to_cog(
-            self._temp(self.path, "stage-"),
-            cog_tmp,
-            compress=self.compress,
-            blocksize=self.blocksize,
-            resampling="MODE",
-        )
+        self._stage.finish(cog_tmp)
         aux_tmp = Path(f"{cog_tmp}.aux.xml")
         aux_tmp.write_text(pam_xml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((aux_tmp, self.aux_path))
-        if self.probability_path is not None:
+        if self.probability_path is not None and self._pstage is not None:
             prob_tmp = self._temp(self.probability_path)
-            to_cog(
-                self._temp(self.probability_path, "stage-"),
-                prob_tmp,
-                compress=self.compress,
-                blocksize=self.blocksize,
-                resampling="AVERAGE",
-            )
+            self._pstage.finish(prob_tmp)
             moves.append((prob_tmp, self.probability_path))
         moves.append((cog_tmp, self.path))
         return moves
@@ -425,12 +410,12 @@ class ClassRasterWriter:
         if self._state == "closed":
             return
         self._state = "aborted"
-        for name in ("_dst", "_pdst"):
-            dst = getattr(self, name, None)
-            if dst is not None:
+        for name in ("_stage", "_pstage"):
+            stage = getattr(self, name, None)
+            if stage is not None:
                 setattr(self, name, None)
                 with contextlib.suppress(Exception):
-                    dst.close()
+                    stage.abort()
         folders = {self.path.parent}
         if self.probability_path is not None:
             folders.add(self.probability_path.parent)
