@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
 from pathlib import Path
@@ -187,3 +188,66 @@ def test_gdal_copy_of_the_staged_levels_has_the_same_pixels(tmp_path):
         for k in range(n):
             w, h = a.width // 2 ** (k + 1), a.height // 2 ** (k + 1)
             assert np.array_equal(a.read(out_shape=(1, h, w)), b.read(out_shape=(1, h, w)))
+
+
+def strips_of(tmp_path: Path, arr: np.ndarray, prob: np.ndarray, bounds: list[int], blocksize: int) -> list:
+    """Strip rasters of ``arr`` as a strip run writes them (transform shifted to the first row)."""
+    parts = []
+    for r0, r1 in itertools.pairwise(bounds):
+        folder = tmp_path / f"strip{r0}"
+        write_class_raster(
+            folder / "c.tif",
+            arr[r0:r1],
+            crs="EPSG:32633",
+            transform=TRANSFORM @ Affine.translation(0, r0),
+            classes=CLASSES,
+            nodata=NODATA,
+            probability=prob[r0:r1],
+            probability_path=folder / "p.tif",
+            blocksize=blocksize,
+        )
+        parts.append((r0, folder / "c.tif", folder / "p.tif"))
+    return parts
+
+
+@pytest.mark.parametrize(
+    ("height", "bounds", "copied"),
+    [
+        (1100, [0, 512, 768, 1100], True),  # on block rows: the strips' tiles are copied
+        (1024, [0, 256, 1024], True),  # an even scene
+        (1100, [0, 300, 700, 1100], False),  # off block rows: their pixels are written again
+    ],
+)
+def test_strips_stitch_to_the_whole_raster(tmp_path, height, bounds, copied):
+    arr, prob = scene(height, 700)
+    opts = {"crs": "EPSG:32633", "transform": TRANSFORM, "classes": CLASSES, "nodata": NODATA, "blocksize": 256}
+    whole = write_class_raster(
+        tmp_path / "whole" / "c.tif", arr, probability=prob, probability_path=tmp_path / "whole" / "p.tif", **opts
+    )
+    out = tmp_path / "stitched" / "c.tif"
+    with ClassRasterWriter(out, width=700, height=height, probability_path=out.with_name("p.tif"), **opts) as w:
+        for r0, c, p in strips_of(tmp_path, arr, prob, bounds, 256):
+            w.write_strip(r0, c, p)
+    for name in ("c.tif", "p.tif"):
+        a, b = out.with_name(name), whole.with_name(name)
+        if copied:  # pixels, overviews, header: all of it
+            assert a.read_bytes() == b.read_bytes()
+        else:  # tiles filled by parts pad their right edge differently; every pixel is the same
+            assert read_layout(a) == read_layout(b)
+            with rasterio.open(a) as x, rasterio.open(b) as y:
+                assert np.array_equal(x.read(), y.read())
+                levels = len(x.overviews(1))
+            for k in range(levels):
+                with rasterio.open(a, overview_level=k) as x, rasterio.open(b, overview_level=k) as y:
+                    assert np.array_equal(x.read(), y.read())
+
+
+def test_a_strip_that_does_not_fit_is_refused(tmp_path):
+    arr, prob = scene(600, 300)
+    (_, c, _), *_ = strips_of(tmp_path, arr, prob, [0, 300, 600], 128)
+    w = ClassRasterWriter(
+        tmp_path / "o.tif", width=301, height=600, crs=None, transform=None, classes=CLASSES, nodata=NODATA
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        w.write_strip(0, c)
+    w.abort()

@@ -1,13 +1,13 @@
 """Split big scenes into row strips predicted in parallel, and stitch the strips back.
 
-Strip boundaries sit on tile-grid row offsets, so each boundary costs one extra tile row of
-compute. Because :func:`geopsp.pipeline.segment_raster` computes a strip's rows with the
-scene's global tile grid, the stitched raster equals a single whole-scene run bit for bit.
+Strip boundaries sit on the output's block rows, so the stitch copies the strips' compressed
+tiles; each boundary costs about one extra tile row of compute. Because
+:func:`geopsp.pipeline.segment_raster` computes a strip's rows with the scene's global tile
+grid, the stitched raster equals a single whole-scene run bit for bit, overviews included.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import itertools
 import logging
@@ -29,8 +29,15 @@ __all__ = ["plan_strips", "stitch_strips", "vectorize_outputs"]
 logger = logging.getLogger(__name__)
 
 
-def plan_strips(height: int, width: int, tile_size: int, overlap: int, max_pixels: int) -> list[tuple[int, int]]:
+def plan_strips(
+    height: int, width: int, tile_size: int, overlap: int, max_pixels: int, *, block_rows: int = 512
+) -> list[tuple[int, int]]:
     """Row ranges ``[r0, r1)`` covering a scene, each at most about ``max_pixels`` pixels.
+
+    Boundaries sit on the class raster's block rows (multiples of ``block_rows``, the
+    :class:`~geopsp.io.raster.ClassRasterWriter` block size), so the stitch copies the strips'
+    compressed tiles as they are. A boundary costs one extra tile row of compute (two when it
+    falls inside a tile overlap). A scene of at most one block row is cut on tile-grid offsets.
 
     Parameters
     ----------
@@ -39,24 +46,31 @@ def plan_strips(height: int, width: int, tile_size: int, overlap: int, max_pixel
     tile_size, overlap : int
         The prediction tile grid.
     max_pixels : int
-        Largest strip (``rows * width``) wanted; a strip is never thinner than one grid step.
+        Largest strip (``rows * width``) wanted; a strip is never thinner than one block row
+        (one grid step when cut on grid offsets).
+    block_rows : int, default 512
+        The output's block size.
 
     Returns
     -------
     list of (int, int)
         Consecutive row ranges from 0 to ``height``; a single ``(0, height)`` when the scene
-        is small enough or has only one tile row.
+        is small enough or cannot be cut.
 
     Examples
     --------
     >>> plan_strips(1000, 100, 256, 32, 10**6)
     [(0, 1000)]
-    >>> plan_strips(1000, 100, 256, 32, 50_000)
-    [(0, 448), (448, 744), (744, 1000)]
+    >>> plan_strips(1000, 100, 256, 32, 50_000, block_rows=128)
+    [(0, 384), (384, 768), (768, 1000)]
+    >>> plan_strips(400, 1000, 256, 32, 100_000)  # under one block row: on the tile grid
+    [(0, 144), (144, 400)]
     """
     if height * width <= max_pixels:
         return [(0, height)]
-    cuts = [o for o in axis_offsets(height, tile_size, overlap) if o > 0]
+    cuts = list(range(block_rows, height, block_rows))
+    if not cuts:
+        cuts = [o for o in axis_offsets(height, tile_size, overlap) if o > 0]
     target = max(1, max_pixels // max(1, width))
     bounds = [0]
     while height - bounds[-1] > target:
@@ -77,14 +91,15 @@ def stitch_strips(
     *,
     model: str | os.PathLike[str],
     predict: PredictConfig,
-    block_rows: int = 512,
     locate: Callable[[Path], str] | None = None,
 ) -> list[Path]:
     """Stitch strip class rasters (and probability rasters) into the scene's outputs.
 
-    Strips are read window by window and written through
-    :class:`~geopsp.io.raster.ClassRasterWriter` with the same georeferencing, classes and
-    tags as a whole-scene run, so colour table, RAT and QML are identical and so are pixels.
+    Strips go through :class:`~geopsp.io.raster.ClassRasterWriter` with the same
+    georeferencing, classes and tags as a whole-scene run, so colour table, RAT and QML are
+    identical and so are pixels and overviews. Strips on block rows (:func:`plan_strips`) lend
+    their compressed tiles as they are (:meth:`~geopsp.io.raster.ClassRasterWriter.write_strip`):
+    only the overviews are computed and encoded again.
 
     Parameters
     ----------
@@ -99,8 +114,6 @@ def stitch_strips(
         The bundle (only its metadata is read).
     predict : PredictConfig
         The settings the strips were made with.
-    block_rows : int, default 512
-        Rows copied at a time.
     locate : callable, optional
         How the summary names each output (``locate(path)``: its ``s3://`` URI when the set is
         staged for S3); default: its path.
@@ -118,7 +131,6 @@ def stitch_strips(
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
-    from rasterio.windows import Window
 
     from geopsp.inference.runtime import model_meta
     from geopsp.io.grid import scene_as_read
@@ -157,22 +169,14 @@ def stitch_strips(
     ):
         for part, (r0, r1) in zip(ordered, rows, strict=True):
             strip = _strip_outputs(part)
-            with contextlib.ExitStack() as stack:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RioNotGeoreferenced)  # the scene's own warning was given
-                    src = stack.enter_context(rasterio.open(strip.classes))
-                    psrc = (
-                        stack.enter_context(rasterio.open(strip.probability))
-                        if planned.probability is not None and strip.probability is not None
-                        else None
-                    )
-                if (src.height, src.width) != (r1 - r0, info.width):
-                    raise OutputError(f"{strip.classes}: strip is {src.height}x{src.width}, expected rows {r0}-{r1}")
-                for off in range(0, r1 - r0, block_rows):
-                    win = Window(0, off, info.width, min(block_rows, r1 - r0 - off))
-                    cls = src.read(1, window=win)
-                    prob = psrc.read(1, window=win) if psrc is not None else None
-                    writer.write_rows(r0 + off, cls, prob)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RioNotGeoreferenced)  # the scene's own warning was given
+                with rasterio.open(strip.classes) as src:
+                    shape = (src.height, src.width)
+            if shape != (r1 - r0, info.width):
+                raise OutputError(f"{strip.classes}: strip is {shape[0]}x{shape[1]}, expected rows {r0}-{r1}")
+            probability = strip.probability if planned.probability is not None else None
+            writer.write_strip(r0, strip.classes, probability)
         written = writer.close(staged)
         names = {**planned.written([Path(p) for p in written]), "summary": planned.summary}
         named = names if locate is None else {k: locate(v) for k, v in names.items()}

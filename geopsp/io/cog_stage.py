@@ -245,6 +245,31 @@ class CogStage:
         """Pass the pixels of rows whose tiles :meth:`copy_tiles` took to the overview levels."""
         self._overview_rows(row_off, rows)
 
+    def write_strip(self, row_off: int, path: Path) -> bool:
+        """Write the rows of a strip raster at ``row_off``: its tiles copied if they fit, else its pixels.
+
+        The strip's pixels are read once either way (for the overview levels, or to be
+        written), one block row at a time.
+
+        Returns
+        -------
+        bool
+            Whether its compressed tiles were copied.
+        """
+        import rasterio
+        from rasterio.windows import Window
+
+        copied = self.copy_tiles(row_off, path)
+        bs = self.spec.blocksize
+        with quiet_rasterio(), rasterio.open(path) as src:
+            for r in range(0, src.height, bs):
+                rows = src.read(1, window=Window(0, r, src.width, min(bs, src.height - r)))
+                if copied:
+                    self.overview_rows(row_off + r, rows)
+                else:
+                    self.write(row_off + r, rows)
+        return copied
+
     # -- finishing ----------------------------------------------------------------------------
 
     def _write_templates(self) -> list[Path]:

@@ -40,7 +40,7 @@ from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE, encode_probab
 from geopsp.errors import GeopspError, OutputError
 from geopsp.io.atomic import StagedOutputs, check_output_path, temp_prefix
 from geopsp.io.class_metadata import CLASSES_TAG, pam_xml, read_class_table
-from geopsp.io.cog import output_error, refuse_inputs
+from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs
 from geopsp.io.cog_stage import CogSpec, CogStage
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 from geopsp.style.raster import qml_path_for, raster_qml
@@ -186,16 +186,12 @@ class ClassRasterWriter:
         try:
             cmap = {c.id: (*c.color, 255) for c in classes}
             cmap[nodata] = (0, 0, 0, 0)
-            self._stage = CogStage(
-                self._spec(dtype, nodata, "MODE", colormap=cmap, description="class"),
-                lambda tag: self._temp(self.path, tag),
-            )
-            if self.probability_path is not None:
-                prob_path = self.probability_path
-                self._pstage = CogStage(
-                    self._spec("uint8", PROBABILITY_NODATA, "AVERAGE", description="probability", scale=True),
-                    lambda tag: self._temp(prob_path, tag),
-                )
+            spec = self._spec(dtype, nodata, "MODE", colormap=cmap, description="class")
+            self._stage = CogStage(spec, lambda tag: self._temp(self.path, tag))
+            if (prob_path := self.probability_path) is not None:
+                scale = {"scale": 1.0 / PROBABILITY_SCALE, "offset": 0.0}
+                spec = self._spec("uint8", PROBABILITY_NODATA, "AVERAGE", description="probability", **scale)
+                self._pstage = CogStage(spec, lambda tag: self._temp(prob_path, tag))
         except BaseException as exc:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
@@ -208,32 +204,11 @@ class ClassRasterWriter:
     def _temp(self, final: Path, tag: str = "") -> Path:
         return final.with_name(f"{self._prefix}{tag}{final.name}")
 
-    def _spec(
-        self,
-        dtype: str,
-        nodata: int,
-        resampling: Literal["MODE", "AVERAGE"],
-        *,
-        description: str,
-        colormap: dict[int, tuple[int, int, int, int]] | None = None,
-        scale: bool = False,
-    ) -> CogSpec:
+    def _spec(self, dtype: str, nodata: int, resampling: Literal["MODE", "AVERAGE"], **kw: Any) -> CogSpec:
         return CogSpec(
-            width=self.width,
-            height=self.height,
-            dtype=dtype,
-            nodata=nodata,
-            blocksize=self.blocksize,
-            compress=self.compress,
-            resampling=resampling,
-            crs=self._crs,
-            transform=self._transform,
-            colormap=colormap,
-            description=description,
-            tags=self._tags,
-            scale=1.0 / PROBABILITY_SCALE if scale else None,
-            offset=0.0 if scale else None,
-        )
+            self.width, self.height, dtype, nodata, self.blocksize, self.compress, resampling,
+            crs=self._crs, transform=self._transform, tags=self._tags, **kw,
+        )  # fmt: skip
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -295,6 +270,46 @@ class ClassRasterWriter:
                 self._pstage.write(row_off, prob)
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
+        self._rows[row_off : row_off + h] = True
+        self.write_seconds += time.perf_counter() - t0
+
+    def write_strip(
+        self, row_off: int, classes: str | os.PathLike[str], probability: str | os.PathLike[str] | None = None
+    ) -> None:
+        """Write rows ``row_off ..`` from a strip's class raster (and probability raster).
+
+        A strip is a raster of consecutive rows made by a writer of the same settings
+        (:func:`geopsp.batch.strips.stitch_strips`). Its compressed tiles are copied as they are
+        when they fit (same compression and block size, starting on a block row and ending on
+        one or at the end), and its pixels read once for the overviews; otherwise its rows are
+        read and written as by :meth:`write_rows`.
+
+        Raises
+        ------
+        ValueError
+            If the strip's size or pixel type does not fit this raster.
+        OutputError
+            If a strip cannot be read or a write fails.
+        """
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        t0 = time.perf_counter()
+        if self._state != "open" or self._stage is None:
+            raise OutputError(f"{self.path}: the writer is already {self._state}; open a new one")
+        if probability is not None and self._pstage is None:
+            raise ValueError("a probability strip was given but the writer has no probability_path")
+        sources = [(self._stage, Path(classes), self.dtype), (self._pstage, probability, "uint8")]
+        h = 0
+        try:
+            for stage, path, dtype in [(st, Path(p), d) for st, p, d in sources if st is not None and p is not None]:
+                with quiet_rasterio(), rasterio.open(path) as src:
+                    h, shape = src.height, (src.height, src.width, src.dtypes[0])
+                if shape[1:] != (self.width, dtype) or not 0 <= row_off <= self.height - h:
+                    raise ValueError(f"{path}: {shape} does not fit rows {row_off}.. of {self.height} x {self.width}")
+                stage.write_strip(row_off, path)
+        except (RasterioError, OSError) as exc:
+            raise output_error(self.path, exc, f"writing the strip {classes}") from exc
         self._rows[row_off : row_off + h] = True
         self.write_seconds += time.perf_counter() - t0
 
