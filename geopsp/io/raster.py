@@ -1,10 +1,12 @@
 """Class rasters (outputs): streamed, atomic, Cloud-Optimized GeoTIFFs that open styled in QGIS.
 
 :class:`ClassRasterWriter` takes full-width row strips in any order and keeps memory
-independent of the scene's height: rows go into a tiled staging GeoTIFF, and :meth:`close`
-turns it into a COG (internal overviews built by MODE resampling, so every overview pixel is
-a class id) next to the final path and commits its files together, the class raster last
-(:class:`~geopsp.io.atomic.StagedOutputs`; or stages them in the caller's set of outputs).
+independent of the scene's height: rows are compressed into a tiled staging GeoTIFF as they
+come, and reduced to the overview levels as well when they come in order (MODE, so every
+overview pixel is a class id; :mod:`geopsp.io.cog_stage`). :meth:`close` copies the compressed
+tiles into the COG next to the final path, decoding nothing, and commits its files together,
+the class raster last (:class:`~geopsp.io.atomic.StagedOutputs`; or stages them in the
+caller's set of outputs).
 
 Each class raster carries:
 
