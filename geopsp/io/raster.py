@@ -114,6 +114,15 @@ class ClassRasterWriter:
     ValueError
         If sizes, dtype, nodata, class ids, compression or blocksize are invalid.
 
+    Attributes
+    ----------
+    write_seconds : float
+        Time spent in :meth:`write_rows` and :meth:`write_strip`: compressing the rows and
+        reducing them to the overview levels (in the caller's thread: the writer thread of a run).
+    finish_seconds : float
+        Time :meth:`close` took, after the last row: copying the compressed tiles into the
+        COG(s), the sidecars, the commit.
+
     Notes
     -----
     Use it as a context manager: leaving the block normally calls :meth:`close`, leaving it
@@ -180,9 +189,7 @@ class ClassRasterWriter:
         self._state: Literal["open", "closed", "aborted"] = "open"
         self._final: list[Path] = []
         self.write_seconds = 0.0
-        """Seconds spent in :meth:`write_rows` (staging, compressing and reducing rows)."""
         self.finish_seconds = 0.0
-        """Seconds :meth:`close` took (assembling the COGs, writing the sidecars, committing)."""
         self._stage: CogStage | None = None
         self._pstage: CogStage | None = None
         try:
