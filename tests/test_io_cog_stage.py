@@ -234,12 +234,7 @@ def test_strips_stitch_to_the_whole_raster(tmp_path, height, bounds, copied):
             assert a.read_bytes() == b.read_bytes()
         else:  # tiles filled by parts pad their right edge differently; every pixel is the same
             assert read_layout(a) == read_layout(b)
-            with rasterio.open(a) as x, rasterio.open(b) as y:
-                assert np.array_equal(x.read(), y.read())
-                levels = len(x.overviews(1))
-            for k in range(levels):
-                with rasterio.open(a, overview_level=k) as x, rasterio.open(b, overview_level=k) as y:
-                    assert np.array_equal(x.read(), y.read())
+            assert same_levels(a, b)
 
 
 def test_a_strip_that_does_not_fit_is_refused(tmp_path):
@@ -251,3 +246,32 @@ def test_a_strip_that_does_not_fit_is_refused(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         w.write_strip(0, c)
     w.abort()
+
+
+def same_levels(a: Path, b: Path) -> bool:
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        if not (np.array_equal(x.read(), y.read()) and x.overviews(1) == y.overviews(1)):
+            return False
+        levels = len(x.overviews(1))
+    for k in range(levels):
+        with rasterio.open(a, overview_level=k) as x, rasterio.open(b, overview_level=k) as y:
+            if not np.array_equal(x.read(), y.read()):
+                return False
+    return True
+
+
+def test_a_strip_without_probabilities_leaves_nodata_there(tmp_path):
+    arr, prob = scene(1100, 600)
+    parts = strips_of(tmp_path, arr, prob, [0, 512, 1100], 256)
+    opts = {"crs": "EPSG:32633", "transform": TRANSFORM, "classes": CLASSES, "nodata": NODATA, "blocksize": 256}
+    expected = prob.copy()
+    expected[512:] = 0
+    ref = write_class_raster(
+        tmp_path / "ref" / "c.tif", arr, probability=expected, probability_path=tmp_path / "ref" / "p.tif", **opts
+    )
+    out = tmp_path / "out" / "c.tif"
+    with ClassRasterWriter(out, width=600, height=1100, probability_path=out.with_name("p.tif"), **opts) as w:
+        w.write_strip(parts[0][0], parts[0][1], parts[0][2])
+        w.write_strip(parts[1][0], parts[1][1])  # its probabilities are missing
+    assert out.read_bytes() == ref.read_bytes()
+    assert same_levels(out.with_name("p.tif"), ref.with_name("p.tif"))

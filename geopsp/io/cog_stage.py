@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from geopsp.errors import OutputError
 from geopsp.io.cog import cog_options, quiet_rasterio, to_cog, with_overviews
 from geopsp.io.overviews import OverviewPyramid, overview_sizes, reducer
 from geopsp.io.tiff_layout import LayoutError, TiffLayout, TileRun, assemble_cog, compatible, read_layout, read_tiles
@@ -149,15 +148,22 @@ class CogStage:
         self._strips: dict[int, TileRun] = {}  # first block row -> tiles copied from a strip
         self._skeleton: Path | None = None
         self._skeleton_error: BaseException | None = None
-        with quiet_rasterio():
-            self._dst: rasterio.io.DatasetWriter | None = rasterio.open(self.stage_path, "w", **spec.profile())
-        spec.decorate(self._dst)
-        self._pyramid: OverviewPyramid | None = self._new_pyramid()
-        # The skeleton depends on nothing but the spec: GDAL writes it while the rows come.
-        self._skeleton_job = threading.Thread(
-            target=self._make_skeleton, args=(self._write_templates(),), name="geopsp-cog-skeleton", daemon=True
-        )
-        self._skeleton_job.start()
+        self._dst: rasterio.io.DatasetWriter | None = None
+        self._pyramid: OverviewPyramid | None = None
+        self._skeleton_job: threading.Thread | None = None
+        try:
+            with quiet_rasterio():
+                self._dst = rasterio.open(self.stage_path, "w", **spec.profile())
+            spec.decorate(self._dst)
+            self._pyramid = self._new_pyramid()
+            # The skeleton depends on nothing but the spec: GDAL writes it while the rows come.
+            self._skeleton_job = threading.Thread(
+                target=self._make_skeleton, args=(self._write_templates(),), name="geopsp-cog-skeleton", daemon=True
+            )
+            self._skeleton_job.start()
+        except BaseException:
+            self.abort()
+            raise
 
     # -- rows ---------------------------------------------------------------------------------
 
@@ -306,6 +312,7 @@ class CogStage:
 
     def _skeleton_layout(self) -> TiffLayout:
         """Wait for the skeleton; return its layout."""
+        assert self._skeleton_job is not None
         self._skeleton_job.join()
         if self._skeleton_error is not None:
             raise self._skeleton_error
@@ -347,8 +354,7 @@ class CogStage:
         import rasterio
         from rasterio.windows import Window
 
-        if self._strips:
-            raise OutputError(f"{self.stage_path}: the rows of copied tiles must reach the overviews in order")
+        self._stage_strips()  # rows of copied tiles came out of order too (rare): stage their pixels
         self._fill = [0] * len(self.sizes)
         self._pyramid = self._new_pyramid()
         assert self._pyramid is not None
@@ -399,7 +405,7 @@ class CogStage:
             path.unlink(missing_ok=True)
 
     def _stage_strips(self) -> None:
-        """Write the copied strips' pixels into the staging file (for GDAL's copy)."""
+        """Write the copied strips' pixels into the staging file (for GDAL's copy, or to read the overviews from)."""
         import rasterio
         from rasterio.windows import Window
 
@@ -424,4 +430,5 @@ class CogStage:
                     dst.close()
         self._dst = None
         self._levels = []
-        self._skeleton_job.join()
+        if self._skeleton_job is not None:
+            self._skeleton_job.join()
