@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import struct
 import threading
 from pathlib import Path
@@ -275,3 +276,20 @@ def test_a_strip_without_probabilities_leaves_nodata_there(tmp_path):
         w.write_strip(parts[1][0], parts[1][1])  # its probabilities are missing
     assert out.read_bytes() == ref.read_bytes()
     assert same_levels(out.with_name("p.tif"), ref.with_name("p.tif"))
+
+
+def test_strips_with_fewer_levels_than_the_first_still_stitch(tmp_path, caplog):
+    """The first strip gives 3 levels of its own, a thin one only 1: the overviews are made at the end."""
+    arr, prob = scene(1024, 100)
+    opts = {"crs": "EPSG:32633", "transform": TRANSFORM, "classes": CLASSES, "nodata": NODATA, "blocksize": 64}
+    whole = write_class_raster(tmp_path / "whole" / "c.tif", arr, **opts)
+    out = tmp_path / "out" / "c.tif"
+    parts = strips_of(tmp_path, arr, prob, [0, 512, 576, 1024], 64)
+    with (
+        caplog.at_level(logging.DEBUG, logger="geopsp.io.cog_stage"),
+        ClassRasterWriter(out, width=100, height=1024, **opts) as w,
+    ):
+        for r0, c, _ in parts:
+            w.write_strip(r0, c)
+    assert "too few levels" in caplog.text
+    assert same_levels(out, whole)

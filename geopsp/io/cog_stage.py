@@ -144,6 +144,8 @@ class CogStage:
         self._level_paths = [temp(f"ovr{k + 1}-") for k in range(len(self.sizes))]
         self._buffers: list[NDArray[Any]] = []
         self._fill = [0] * len(self.sizes)
+        self._level_done = [0] * len(self.sizes)  # rows of each level made so far
+        self._root = 0  # the level the pyramid takes its rows at (strips may give it their own levels)
         self._next_row = 0
         self._strips: dict[int, TileRun] = {}  # first block row -> tiles copied from a strip
         self._skeleton: Path | None = None
@@ -167,7 +169,8 @@ class CogStage:
 
     # -- rows ---------------------------------------------------------------------------------
 
-    def _new_pyramid(self) -> OverviewPyramid | None:
+    def _new_pyramid(self, root: int = 0) -> OverviewPyramid | None:
+        """Open the level files (once) and return a pyramid fed at level ``root`` (0: full resolution)."""
         import rasterio
 
         if not self.sizes:
@@ -177,13 +180,15 @@ class CogStage:
                 for (w, h), path in zip(self.sizes, self._level_paths, strict=True):
                     self._levels.append(rasterio.open(path, "w", **self.spec.profile(w, h)))
             self._buffers = [np.empty((min(self.spec.blocksize, h), w), self.spec.dtype) for w, h in self.sizes]
+        self._root = root
+        width, height = (self.spec.width, self.spec.height) if root == 0 else self.sizes[root - 1]
         return OverviewPyramid(
-            self.spec.width,
-            self.spec.height,
-            self.sizes,
+            width,
+            height,
+            self.sizes[root:],
             reduce=reducer(self.spec.resampling),
             nodata=self.spec.nodata,
-            sink=self._level_rows,
+            sink=lambda level, row_off, rows: self._level_rows(level + root, row_off, rows),
         )
 
     def write(self, row_off: int, rows: NDArray[Any]) -> None:
@@ -195,7 +200,7 @@ class CogStage:
         self._overview_rows(row_off, rows)
 
     def _overview_rows(self, row_off: int, rows: NDArray[Any]) -> None:
-        if row_off == self._next_row and self._pyramid is not None:
+        if row_off == self._next_row and self._pyramid is not None and self._root == 0:
             self._pyramid.push(rows)
         elif self._pyramid is not None:
             logger.debug("%s: rows out of order; its overviews are computed at the end", self.stage_path)
@@ -218,6 +223,7 @@ class CogStage:
                 top = row_off + done - self._fill[k]
                 self._levels[k].write(buf[np.newaxis, : self._fill[k]], [1], window=Window(0, top, w, self._fill[k]))
                 self._fill[k] = 0
+        self._level_done[k] = row_off + rows.shape[0]
 
     def copy_tiles(self, row_off: int, path: Path) -> bool:
         """Take the full-resolution tiles of rows ``row_off ..`` from a COG of those rows, if they fit.
@@ -254,8 +260,10 @@ class CogStage:
     def write_strip(self, row_off: int, path: Path) -> bool:
         """Write the rows of a strip raster at ``row_off``: its tiles copied if they fit, else its pixels.
 
-        The strip's pixels are read once either way (for the overview levels, or to be
-        written), one block row at a time.
+        When the tiles are copied, the strip's own overview levels down to :meth:`_strip_root`
+        are this raster's rows there, so those are read (a third of the pixels, or fewer) and
+        the coarser levels computed from them; otherwise its pixels are read, one block row at
+        a time, for the overviews or to be written.
 
         Returns
         -------
@@ -266,15 +274,57 @@ class CogStage:
         from rasterio.windows import Window
 
         copied = self.copy_tiles(row_off, path)
+        root = self._strip_root(row_off, path) if copied else 0
         bs = self.spec.blocksize
-        with quiet_rasterio(), rasterio.open(path) as src:
-            for r in range(0, src.height, bs):
-                rows = src.read(1, window=Window(0, r, src.width, min(bs, src.height - r)))
-                if copied:
-                    self.overview_rows(row_off + r, rows)
-                else:
-                    self.write(row_off + r, rows)
+        with quiet_rasterio():
+            for level in range(1, root + 1):
+                with rasterio.open(path, overview_level=level - 1) as src:
+                    for r in range(0, src.height, bs):
+                        rows = src.read(1, window=Window(0, r, src.width, min(bs, src.height - r)))
+                        self._level_rows(level, (row_off >> level) + r, rows)
+                        if level == root and self._pyramid is not None:
+                            self._pyramid.push(rows)
+            with rasterio.open(path) as src:
+                if root:
+                    self._next_row = row_off + src.height
+                    return True
+                for r in range(0, src.height, bs):
+                    rows = src.read(1, window=Window(0, r, src.width, min(bs, src.height - r)))
+                    if copied:
+                        self.overview_rows(row_off + r, rows)
+                    else:
+                        self.write(row_off + r, rows)
         return copied
+
+    def _strip_root(self, row_off: int, path: Path) -> int:
+        """Return the deepest overview level of a strip that equals this raster's there (0: none).
+
+        A strip on block rows computes its levels from windows aligned with the raster's as
+        long as every level's height is even down to there: levels ``1 .. k`` for ``2**k``
+        dividing both the block size and the raster's height (and as far as the strip has
+        levels). Every strip of a raster is fed at the same level; one that cannot be leaves
+        the overviews to be computed at the end.
+        """
+        import rasterio
+
+        def twos(n: int) -> int:
+            return (n & -n).bit_length() - 1
+
+        if self._pyramid is None or row_off != self._next_row:
+            return 0
+        with quiet_rasterio(), rasterio.open(path) as src:
+            levels = len(src.overviews(1))
+        root = min(twos(self.spec.blocksize), twos(self.spec.height), levels, len(self.sizes))
+        if row_off == 0:  # the first strip: nothing reached the pyramid yet
+            self._pyramid = self._new_pyramid(root)
+            return root
+        if root < self._root:
+            logger.debug(
+                "%s: strip %s has too few levels; the overviews are computed at the end", self.stage_path, path
+            )
+            self._pyramid = None
+            return 0
+        return self._root
 
     # -- finishing ----------------------------------------------------------------------------
 
@@ -322,7 +372,7 @@ class CogStage:
     def finish(self, out: Path) -> None:
         """Write the COG to ``out`` and remove the staging files."""
         self._close_writers()
-        if self.sizes and (self._pyramid is None or not self._pyramid.complete):
+        if self.sizes and (self._pyramid is None or self._level_done != [h for _, h in self.sizes]):
             self._overviews_from_stage()
         skeleton = self._skeleton_layout()
         try:
@@ -356,6 +406,7 @@ class CogStage:
 
         self._stage_strips()  # rows of copied tiles came out of order too (rare): stage their pixels
         self._fill = [0] * len(self.sizes)
+        self._level_done = [0] * len(self.sizes)
         self._pyramid = self._new_pyramid()
         assert self._pyramid is not None
         bs = self.spec.blocksize
