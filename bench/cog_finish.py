@@ -19,9 +19,9 @@ they are the same bytes), and that ``after`` passes GDAL's COG validator when th
 has GDAL's bindings.
 
 It then stitches 4 strips of about 50 MP, as ``geopsp batch`` does: ``before`` decodes them
-and writes their rows through the old writer; ``after`` copies their tiles
-(:meth:`~geopsp.io.raster.ClassRasterWriter.write_strip`). Results go to
-``bench/results/cog_finish.json``.
+and writes their rows through the old writer; ``after`` copies their tiles and builds the
+overview levels from the strips' own (:meth:`~geopsp.io.raster.ClassRasterWriter.write_strip`).
+Results go to ``bench/results/cog_finish.json``.
 
 Usage::
 

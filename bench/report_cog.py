@@ -76,7 +76,7 @@ def section_cog_finish(cf: dict[str, Any] | None) -> str:
             "| stitch | CPU s | CPU ms/MP | wall s |\n|---|--:|--:|--:|\n",
             f"| before: strips decoded, rows written through the old writer | {_f(b['cpu_s'])} | "
             f"{_f(1e3 * b['cpu_s'] / smp)} | {_f(b['wall_s'])} |\n",
-            f"| after: strips' tiles copied, overviews from their pixels | {_f(a['cpu_s'])} | "
+            f"| after: strips' tiles copied, the overview levels from the strips' own | {_f(a['cpu_s'])} | "
             f"{_f(1e3 * a['cpu_s'] / smp)} | {_f(a['wall_s'])} |\n\n",
             "The stitched raster is byte for byte the raster of the whole scene written at once: "
             + ("yes" if st["after_equals_whole_scene_raster_bytes"] else "NO")
