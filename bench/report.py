@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from report_cog import section_cog_finish
 from report_runtime import section_quantize, section_remote, section_runtime
 from report_training import section_lodo, section_training
 
@@ -46,6 +47,7 @@ SCRIPTS = {
     "runtime": "runtime.py",
     "quantize": "quantize.py",
     "host_stages": "host_stages.py",
+    "cog_finish": "cog_finish.py",
 }
 
 
@@ -666,6 +668,7 @@ def write_page() -> Path:
     out += ["## Runtimes\n\n", section_runtime(load("runtime"))]
     out += ["## int8 agreement\n\n", section_quantize(load("quantize"))]
     out += ["## Remote reads\n\n", section_remote(load("remote"))]
+    out += ["## COG finish\n\n", section_cog_finish(load("cog_finish"))]
     out += ["## Vectorize\n\n", section_vectorize(vz)]
     out += ["## Grid dependence\n\n", section_seams(sm)]
     out += ["## Training\n\n", section_training(load("train_speed"))]

@@ -511,6 +511,26 @@ def test_row_range_strips_stitch_to_the_whole_run(tmp_path, tiny_pspnet):
     assert len(np.unique(w_cls)) > 1  # a meaningful comparison
 
 
+def test_rows_reach_the_writer_in_order_so_overviews_stream(tmp_path, tiny_pspnet, caplog):
+    """The writer thread hands rows over in order: overviews are made as they come, not read back at the end."""
+    import logging
+
+    model, meta = tiny_pspnet
+    arr = np.random.default_rng(5).integers(0, 256, size=(3, 700, 260), dtype=np.uint8)
+    scene = write_tif(tmp_path / "s.tif", arr, blocksize=64)
+    with caplog.at_level(logging.DEBUG, logger="geopsp.io.cog_stage"):
+        res = segment_raster(
+            scene, (model, meta), tmp_path / "o", config=cfg(tile_size=96, overlap=16, probabilities=True)
+        )
+    assert "out of order" not in caplog.text
+    assert "cannot be copied" not in caplog.text
+    for path in (res.classes, res.probability):
+        with rasterio.open(path) as ds:
+            assert ds.overviews(1) == [2]
+            assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert res.summary["seconds"]["finalize_output"] >= 0
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path, tiny_pspnet, monkeypatch, fail):
     from geopsp.batch import strips

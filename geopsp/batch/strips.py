@@ -1,13 +1,13 @@
 """Split big scenes into row strips predicted in parallel, and stitch the strips back.
 
-Strip boundaries sit on tile-grid row offsets, so each boundary costs one extra tile row of
-compute. Because :func:`geopsp.pipeline.segment_raster` computes a strip's rows with the
-scene's global tile grid, the stitched raster equals a single whole-scene run bit for bit.
+Strip boundaries sit on the output's block rows, so the stitch copies the strips' compressed
+tiles; each boundary costs about one extra tile row of compute. Because
+:func:`geopsp.pipeline.segment_raster` computes a strip's rows with the scene's global tile
+grid, the stitched raster equals a single whole-scene run bit for bit, overviews included.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import itertools
 import logging
@@ -30,9 +30,21 @@ logger = logging.getLogger(__name__)
 
 
 def plan_strips(
-    height: int, width: int, tile_size: int, overlap: int, max_pixels: int, *, workers: int = 1
+    height: int,
+    width: int,
+    tile_size: int,
+    overlap: int,
+    max_pixels: int,
+    *,
+    block_rows: int = 512,
+    workers: int = 1,
 ) -> list[tuple[int, int]]:
     """Row ranges ``[r0, r1)`` covering a scene, each at most about ``max_pixels`` pixels.
+
+    Boundaries sit on the class raster's block rows (multiples of ``block_rows``, the
+    :class:`~geopsp.io.raster.ClassRasterWriter` block size), so the stitch copies the strips'
+    compressed tiles as they are. A boundary costs one extra tile row of compute (two when it
+    falls inside a tile overlap). A scene of at most one block row is cut on tile-grid offsets.
 
     Parameters
     ----------
@@ -41,33 +53,37 @@ def plan_strips(
     tile_size, overlap : int
         The prediction tile grid.
     max_pixels : int
-        Largest strip (``rows * width``) wanted; a strip is never thinner than one grid step.
+        Largest strip (``rows * width``) wanted; a strip is never thinner than one block row
+        (one grid step when cut on grid offsets).
+    block_rows : int, default 512
+        The output's block size.
     workers : int
         Workers the strips run on at once (e.g. GPU workers). With more than one, a scene
-        that needs splitting is cut into a multiple of ``workers`` strips of as even a tile
-        count as the grid allows (:func:`plan_even_strips`), so that no worker runs a second
-        round while the others wait: 9 strips of a 20000² scene on 8 GPUs take two rounds,
-        8 take one.
+        that needs splitting is cut into a multiple of ``workers`` strips of as even a height
+        as the cuts allow (:func:`plan_even_strips`), so that no worker runs a second round
+        while the others wait: 9 strips of a 20000² scene on 8 GPUs take two rounds, 8 take one.
 
     Returns
     -------
     list of (int, int)
         Consecutive row ranges from 0 to ``height``; a single ``(0, height)`` when the scene
-        is small enough or has only one tile row.
+        is small enough or cannot be cut.
 
     Examples
     --------
     >>> plan_strips(1000, 100, 256, 32, 10**6)
     [(0, 1000)]
-    >>> plan_strips(1000, 100, 256, 32, 50_000)
-    [(0, 448), (448, 744), (744, 1000)]
+    >>> plan_strips(1000, 100, 256, 32, 50_000, block_rows=128)
+    [(0, 384), (384, 768), (768, 1000)]
+    >>> plan_strips(400, 1000, 256, 32, 100_000)  # under one block row: on the tile grid
+    [(0, 144), (144, 400)]
     """
     if height * width <= max_pixels:
         return [(0, height)]
+    cuts = _cuts(height, tile_size, overlap, block_rows)
     if workers > 1:
         count = -(-height * width // max_pixels)
-        return plan_even_strips(height, tile_size, overlap, -(-count // workers) * workers)
-    cuts = [o for o in axis_offsets(height, tile_size, overlap) if o > 0]
+        return _even(height, cuts, -(-count // workers) * workers)
     target = max(1, max_pixels // max(1, width))
     bounds = [0]
     while height - bounds[-1] > target:
@@ -81,23 +97,37 @@ def plan_strips(
     return list(itertools.pairwise(bounds))
 
 
-def plan_even_strips(height: int, tile_size: int, overlap: int, count: int) -> list[tuple[int, int]]:
-    """Cut a scene into ``count`` row strips (fewer if it has fewer tile rows) at tile-grid rows nearest even shares.
+def plan_even_strips(
+    height: int, tile_size: int, overlap: int, count: int, *, block_rows: int = 512
+) -> list[tuple[int, int]]:
+    """Cut a scene into ``count`` row strips of about even height (fewer where it has fewer cuts).
+
+    Strips start on the output's block rows (on tile-grid rows when the scene is at most one
+    block row high), as :func:`plan_strips` cuts, at the ones nearest even shares.
 
     Examples
     --------
     >>> plan_even_strips(20000, 512, 64, 8)[:3]
-    [(0, 2688), (2688, 4928), (4928, 7616)]
+    [(0, 2560), (2560, 5120), (5120, 7680)]
     >>> plan_even_strips(1000, 256, 32, 8)
-    [(0, 224), (224, 448), (448, 672), (672, 744), (744, 1000)]
+    [(0, 512), (512, 1000)]
     """
-    offsets = [o for o in axis_offsets(height, tile_size, overlap) if o > 0]
+    return _even(height, _cuts(height, tile_size, overlap, block_rows), count)
+
+
+def _cuts(height: int, tile_size: int, overlap: int, block_rows: int) -> list[int]:
+    """Rows a strip may start on: the block rows, else (one block row at most) the tile-grid rows."""
+    cuts = list(range(block_rows, height, block_rows))
+    return cuts or [o for o in axis_offsets(height, tile_size, overlap) if o > 0]
+
+
+def _even(height: int, cuts: Sequence[int], count: int) -> list[tuple[int, int]]:
     bounds = [0]
     for k in range(1, max(1, count)):
-        later = [o for o in offsets if o > bounds[-1]]
+        later = [c for c in cuts if c > bounds[-1]]
         if not later:
             break
-        bounds.append(min(later, key=lambda o: abs(o - k * height / count)))
+        bounds.append(min(later, key=lambda c: abs(c - k * height / count)))
     bounds.append(height)
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
@@ -109,14 +139,15 @@ def stitch_strips(
     *,
     model: str | os.PathLike[str],
     predict: PredictConfig,
-    block_rows: int = 512,
     locate: Callable[[Path], str] | None = None,
 ) -> list[Path]:
     """Stitch strip class rasters (and probability rasters) into the scene's outputs.
 
-    Strips are read window by window and written through
-    :class:`~geopsp.io.raster.ClassRasterWriter` with the same georeferencing, classes and
-    tags as a whole-scene run, so colour table, RAT and QML are identical and so are pixels.
+    Strips go through :class:`~geopsp.io.raster.ClassRasterWriter` with the same
+    georeferencing, classes and tags as a whole-scene run, so colour table, RAT and QML are
+    identical and so are pixels and overviews. Strips on block rows (:func:`plan_strips`) lend
+    their compressed tiles as they are (:meth:`~geopsp.io.raster.ClassRasterWriter.write_strip`):
+    only the overviews are computed and encoded again.
 
     Parameters
     ----------
@@ -131,8 +162,6 @@ def stitch_strips(
         The bundle (only its metadata is read).
     predict : PredictConfig
         The settings the strips were made with.
-    block_rows : int, default 512
-        Rows copied at a time.
     locate : callable, optional
         How the summary names each output (``locate(path)``: its ``s3://`` URI when the set is
         staged for S3); default: its path.
@@ -150,7 +179,6 @@ def stitch_strips(
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning as RioNotGeoreferenced
-    from rasterio.windows import Window
 
     from geopsp.inference.runtime import model_meta
     from geopsp.io.grid import scene_as_read
@@ -189,22 +217,14 @@ def stitch_strips(
     ):
         for part, (r0, r1) in zip(ordered, rows, strict=True):
             strip = _strip_outputs(part)
-            with contextlib.ExitStack() as stack:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RioNotGeoreferenced)  # the scene's own warning was given
-                    src = stack.enter_context(rasterio.open(strip.classes))
-                    psrc = (
-                        stack.enter_context(rasterio.open(strip.probability))
-                        if planned.probability is not None and strip.probability is not None
-                        else None
-                    )
-                if (src.height, src.width) != (r1 - r0, info.width):
-                    raise OutputError(f"{strip.classes}: strip is {src.height}x{src.width}, expected rows {r0}-{r1}")
-                for off in range(0, r1 - r0, block_rows):
-                    win = Window(0, off, info.width, min(block_rows, r1 - r0 - off))
-                    cls = src.read(1, window=win)
-                    prob = psrc.read(1, window=win) if psrc is not None else None
-                    writer.write_rows(r0 + off, cls, prob)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RioNotGeoreferenced)  # the scene's own warning was given
+                with rasterio.open(strip.classes) as src:
+                    shape = (src.height, src.width)
+            if shape != (r1 - r0, info.width):
+                raise OutputError(f"{strip.classes}: strip is {shape[0]}x{shape[1]}, expected rows {r0}-{r1}")
+            probability = strip.probability if planned.probability is not None else None
+            writer.write_strip(r0, strip.classes, probability)
         written = writer.close(staged)
         names = {**planned.written([Path(p) for p in written]), "summary": planned.summary}
         named = names if locate is None else {k: locate(v) for k, v in names.items()}

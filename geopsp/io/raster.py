@@ -1,10 +1,12 @@
 """Class rasters (outputs): streamed, atomic, Cloud-Optimized GeoTIFFs that open styled in QGIS.
 
 :class:`ClassRasterWriter` takes full-width row strips in any order and keeps memory
-independent of the scene's height: rows go into a tiled staging GeoTIFF, and :meth:`close`
-turns it into a COG (internal overviews built by MODE resampling, so every overview pixel is
-a class id) next to the final path and commits its files together, the class raster last
-(:class:`~geopsp.io.atomic.StagedOutputs`; or stages them in the caller's set of outputs).
+independent of the scene's height: rows are compressed into a tiled staging GeoTIFF as they
+come, and reduced to the overview levels as well when they come in order (MODE, so every
+overview pixel is a class id; :mod:`geopsp.io.cog_stage`). :meth:`close` copies the compressed
+tiles into the COG next to the final path, decoding nothing, and commits its files together,
+the class raster last (:class:`~geopsp.io.atomic.StagedOutputs`; or stages them in the
+caller's set of outputs).
 
 Each class raster carries:
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -39,13 +42,13 @@ from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE, encode_probab
 from geopsp.errors import GeopspError, OutputError
 from geopsp.io.atomic import StagedOutputs, check_output_path, temp_prefix
 from geopsp.io.class_metadata import CLASSES_TAG, pam_xml, read_class_table
-from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs, to_cog
+from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs
+from geopsp.io.cog_stage import CogSpec, CogStage
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
 from geopsp.style.raster import qml_path_for, raster_qml
 
 if TYPE_CHECKING:
     import affine
-    import rasterio
 
 __all__ = [
     "CLASSES_TAG",
@@ -110,6 +113,15 @@ class ClassRasterWriter:
         If an output equals an input or its folder cannot be written.
     ValueError
         If sizes, dtype, nodata, class ids, compression or blocksize are invalid.
+
+    Attributes
+    ----------
+    write_seconds : float
+        Time spent in :meth:`write_rows` and :meth:`write_strip`: compressing the rows and
+        reducing them to the overview levels (in the caller's thread: the writer thread of a run).
+    finish_seconds : float
+        Time :meth:`close` took, after the last row: copying the compressed tiles into the
+        COG(s), the sidecars, the commit.
 
     Notes
     -----
@@ -176,16 +188,19 @@ class ClassRasterWriter:
         self._rows = np.zeros(self.height, dtype=np.bool_)
         self._state: Literal["open", "closed", "aborted"] = "open"
         self._final: list[Path] = []
-        self._dst: rasterio.io.DatasetWriter | None = None
-        self._pdst: rasterio.io.DatasetWriter | None = None
+        self.write_seconds = 0.0
+        self.finish_seconds = 0.0
+        self._stage: CogStage | None = None
+        self._pstage: CogStage | None = None
         try:
-            self._dst = self._open_stage(self.path, dtype, nodata, colormap=True, description="class")
-            if self.probability_path is not None:
-                self._pdst = self._open_stage(
-                    self.probability_path, "uint8", PROBABILITY_NODATA, colormap=False, description="probability"
-                )
-                self._pdst.scales = (1.0 / PROBABILITY_SCALE,)
-                self._pdst.offsets = (0.0,)
+            cmap = {c.id: (*c.color, 255) for c in classes}
+            cmap[nodata] = (0, 0, 0, 0)
+            spec = self._spec(dtype, nodata, "MODE", colormap=cmap, description="class")
+            self._stage = CogStage(spec, lambda tag: self._temp(self.path, tag))
+            if (prob_path := self.probability_path) is not None:
+                scale = {"scale": 1.0 / PROBABILITY_SCALE, "offset": 0.0}
+                spec = self._spec("uint8", PROBABILITY_NODATA, "AVERAGE", description="probability", **scale)
+                self._pstage = CogStage(spec, lambda tag: self._temp(prob_path, tag))
         except BaseException as exc:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
@@ -198,41 +213,11 @@ class ClassRasterWriter:
     def _temp(self, final: Path, tag: str = "") -> Path:
         return final.with_name(f"{self._prefix}{tag}{final.name}")
 
-    def _open_stage(
-        self, final: Path, dtype: str, nodata: int, *, colormap: bool, description: str
-    ) -> rasterio.io.DatasetWriter:
-        import rasterio
-
-        profile: dict[str, Any] = {
-            "driver": "GTiff",
-            "width": self.width,
-            "height": self.height,
-            "count": 1,
-            "dtype": dtype,
-            "nodata": nodata,
-            "tiled": True,
-            "blockxsize": self.blocksize,
-            "blockysize": self.blocksize,
-            # Fast, light compression: the staging file is read once and deleted.
-            "compress": "zstd",
-            "zstd_level": 1,
-            # Blocks never written read back as nodata.
-            "sparse_ok": True,
-            "bigtiff": "IF_SAFER",
-        }
-        if self._crs is not None:
-            profile["crs"] = self._crs
-        if self._transform is not None:
-            profile["transform"] = self._transform
-        with quiet_rasterio():
-            dst = rasterio.open(self._temp(final, "stage-"), "w", **profile)
-        if colormap:
-            cmap = {c.id: (*c.color, 255) for c in self.classes}
-            cmap[nodata] = (0, 0, 0, 0)
-            dst.write_colormap(1, cmap)
-        dst.set_band_description(1, description)
-        dst.update_tags(**self._tags)
-        return dst
+    def _spec(self, dtype: str, nodata: int, resampling: Literal["MODE", "AVERAGE"], **kw: Any) -> CogSpec:
+        return CogSpec(
+            self.width, self.height, dtype, nodata, self.blocksize, self.compress, resampling,
+            crs=self._crs, transform=self._transform, tags=self._tags, **kw,
+        )  # fmt: skip
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -264,9 +249,9 @@ class ClassRasterWriter:
             If the write fails (``"disk full"`` when the disk is full).
         """
         from rasterio.errors import RasterioError
-        from rasterio.windows import Window
 
-        if self._state != "open" or self._dst is None:
+        t0 = time.perf_counter()
+        if self._state != "open" or self._stage is None:
             raise OutputError(f"{self.path}: the writer is already {self._state}; open a new one")
         arr = np.asarray(class_rows)
         if arr.ndim != 2 or arr.shape[1] != self.width:
@@ -277,7 +262,7 @@ class ClassRasterWriter:
         arr = self._as_dtype(arr)
         prob = None
         if probability_rows is not None:
-            if self._pdst is None:
+            if self._pstage is None:
                 raise ValueError("probabilities were given but the writer has no probability_path")
             prob = np.asarray(probability_rows)
             if prob.shape != arr.shape:
@@ -288,15 +273,54 @@ class ClassRasterWriter:
                 prob = encode_probability(prob, invalid=arr == self.nodata)
             else:
                 raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
-        window = Window(0, row_off, self.width, h)
         try:
-            # a (1, h, W) view with a list of indexes: rasterio copies a 2-D array given an int
-            self._dst.write(arr[np.newaxis], [1], window=window)
-            if prob is not None and self._pdst is not None:
-                self._pdst.write(prob[np.newaxis], [1], window=window)
+            self._stage.write(row_off, arr)
+            if prob is not None and self._pstage is not None:
+                self._pstage.write(row_off, prob)
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
         self._rows[row_off : row_off + h] = True
+        self.write_seconds += time.perf_counter() - t0
+
+    def write_strip(
+        self, row_off: int, classes: str | os.PathLike[str], probability: str | os.PathLike[str] | None = None
+    ) -> None:
+        """Write rows ``row_off ..`` from a strip's class raster (and probability raster).
+
+        A strip is a raster of consecutive rows made by a writer of the same settings
+        (:func:`geopsp.batch.strips.stitch_strips`). Its compressed tiles are copied as they are
+        when they fit (same compression and block size, starting on a block row and ending on
+        one or at the end), and its pixels read once for the overviews; otherwise its rows are
+        read and written as by :meth:`write_rows`.
+
+        Raises
+        ------
+        ValueError
+            If the strip's size or pixel type does not fit this raster.
+        OutputError
+            If a strip cannot be read or a write fails.
+        """
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        t0 = time.perf_counter()
+        if self._state != "open" or self._stage is None:
+            raise OutputError(f"{self.path}: the writer is already {self._state}; open a new one")
+        if probability is not None and self._pstage is None:
+            raise ValueError("a probability strip was given but the writer has no probability_path")
+        sources = [(self._stage, Path(classes), self.dtype), (self._pstage, probability, "uint8")]
+        h = 0
+        try:
+            for stage, path, dtype in [(st, Path(p), d) for st, p, d in sources if st is not None and p is not None]:
+                with quiet_rasterio(), rasterio.open(path) as src:
+                    h, shape = src.height, (src.height, src.width, src.dtypes[0])
+                if shape[1:] != (self.width, dtype) or not 0 <= row_off <= self.height - h:
+                    raise ValueError(f"{path}: {shape} does not fit rows {row_off}.. of {self.height} x {self.width}")
+                stage.write_strip(row_off, path)
+        except (RasterioError, OSError) as exc:
+            raise output_error(self.path, exc, f"writing the strip {classes}") from exc
+        self._rows[row_off : row_off + h] = True
+        self.write_seconds += time.perf_counter() - t0
 
     def _as_dtype(self, arr: NDArray[Any]) -> NDArray[Any]:
         if arr.dtype == np.dtype(self.dtype):
@@ -339,6 +363,7 @@ class ClassRasterWriter:
             return list(self._final)
         if self._state == "aborted":
             raise OutputError(f"{self.path}: the writer was aborted; nothing was written")
+        t0 = time.perf_counter()
         try:
             missing = np.flatnonzero(~self._rows)
             if missing.size:
@@ -346,15 +371,17 @@ class ClassRasterWriter:
                     f"{self.path}: rows {missing[0]}-{missing[-1]} ({missing.size} rows) were never written; "
                     f"the output is incomplete and was not saved"
                 )
-            self._close_stages()
             moves = self._finish()
             self._commit(moves, outputs)
         except BaseException as exc:
+            # judged before the temporaries go: their removal frees the disk a full one had
+            error = None if isinstance(exc, GeopspError) else output_error(self.path, exc, "finishing the output")
             self.abort()
-            if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
+            if error is None or not isinstance(exc, Exception):
                 raise
-            raise output_error(self.path, exc, "finishing the output") from exc
+            raise error from exc
         self._state = "closed"
+        self.finish_seconds = time.perf_counter() - t0
         self._final = [final for _, final in moves]
         order = [self.path, self.probability_path, self.qml_path, self.aux_path]
         self._final = [p for p in order if p is not None and p in self._final]
@@ -364,39 +391,21 @@ class ClassRasterWriter:
             logger.debug("finished %s; it is committed with its set", self.path)
         return list(self._final)
 
-    def _close_stages(self) -> None:
-        for name in ("_dst", "_pdst"):
-            dst = getattr(self, name)
-            if dst is not None:
-                setattr(self, name, None)
-                dst.close()
-
     def _finish(self) -> list[tuple[Path, Path]]:
         """Build every output under a temporary name; return (temporary, final) pairs, main file last."""
+        assert self._stage is not None
         moves: list[tuple[Path, Path]] = []
         qml_tmp = self._temp(self.qml_path)
         qml_tmp.write_text(raster_qml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((qml_tmp, self.qml_path))
         cog_tmp = self._temp(self.path)
-        to_cog(
-            self._temp(self.path, "stage-"),
-            cog_tmp,
-            compress=self.compress,
-            blocksize=self.blocksize,
-            resampling="MODE",
-        )
+        self._stage.finish(cog_tmp)
         aux_tmp = Path(f"{cog_tmp}.aux.xml")
         aux_tmp.write_text(pam_xml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((aux_tmp, self.aux_path))
-        if self.probability_path is not None:
+        if self.probability_path is not None and self._pstage is not None:
             prob_tmp = self._temp(self.probability_path)
-            to_cog(
-                self._temp(self.probability_path, "stage-"),
-                prob_tmp,
-                compress=self.compress,
-                blocksize=self.blocksize,
-                resampling="AVERAGE",
-            )
+            self._pstage.finish(prob_tmp)
             moves.append((prob_tmp, self.probability_path))
         moves.append((cog_tmp, self.path))
         return moves
@@ -425,12 +434,12 @@ class ClassRasterWriter:
         if self._state == "closed":
             return
         self._state = "aborted"
-        for name in ("_dst", "_pdst"):
-            dst = getattr(self, name, None)
-            if dst is not None:
+        for name in ("_stage", "_pstage"):
+            stage = getattr(self, name, None)
+            if stage is not None:
                 setattr(self, name, None)
                 with contextlib.suppress(Exception):
-                    dst.close()
+                    stage.abort()
         folders = {self.path.parent}
         if self.probability_path is not None:
             folders.add(self.probability_path.parent)
