@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["CogSpec", "CogStage"]
 
 logger = logging.getLogger(__name__)
+
+_REDUCING = 2
+"""Block rows whose overviews may be in flight while more rows are written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,10 @@ class CogStage:
         self._dst: rasterio.io.DatasetWriter | None = None
         self._pyramid: OverviewPyramid | None = None
         self._skeleton_job: threading.Thread | None = None
+        # the overviews of rows written in order are reduced in a thread of their own, beside
+        # the encoding of the rows (GDAL and NumPy both release the GIL): two cores, not one
+        self._reducer: ThreadPoolExecutor | None = None
+        self._reducing: deque[Future[None]] = deque()
         try:
             with quiet_rasterio():
                 self._dst = rasterio.open(self.stage_path, "w", **spec.profile())
@@ -197,7 +206,16 @@ class CogStage:
 
         assert self._dst is not None
         self._dst.write(rows[np.newaxis], [1], window=Window(0, row_off, self.spec.width, rows.shape[0]))
-        self._overview_rows(row_off, rows)
+        if self._reducer is None:
+            self._reducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geopsp-overviews")
+        self._reducing.append(self._reducer.submit(self._overview_rows, row_off, rows.copy()))
+        while len(self._reducing) > _REDUCING:  # bounded: a few block rows wait at most
+            self._reducing.popleft().result()
+
+    def _drain(self) -> None:
+        """Wait for the overview rows in flight (raising their error); every other use of the levels calls it first."""
+        while self._reducing:
+            self._reducing.popleft().result()
 
     def _overview_rows(self, row_off: int, rows: NDArray[Any]) -> None:
         if row_off == self._next_row and self._pyramid is not None and self._root == 0:
@@ -237,6 +255,7 @@ class CogStage:
         bool
             Whether the tiles were taken (else write the rows with :meth:`write`).
         """
+        self._drain()
         bs = self.spec.blocksize
         try:
             ifd = read_layout(path).ifds[0]
@@ -255,6 +274,7 @@ class CogStage:
 
     def overview_rows(self, row_off: int, rows: NDArray[Any]) -> None:
         """Pass the pixels of rows whose tiles :meth:`copy_tiles` took to the overview levels."""
+        self._drain()
         self._overview_rows(row_off, rows)
 
     def write_strip(self, row_off: int, path: Path) -> bool:
@@ -371,6 +391,7 @@ class CogStage:
 
     def finish(self, out: Path) -> None:
         """Write the COG to ``out`` and remove the staging files."""
+        self._drain()
         self._close_writers()
         if self.sizes and (self._pyramid is None or self._level_done != [h for _, h in self.sizes]):
             self._overviews_from_stage()
@@ -393,6 +414,9 @@ class CogStage:
                 Path(f"{p}.aux.xml").unlink(missing_ok=True)
 
     def _close_writers(self) -> None:
+        if self._reducer is not None:
+            self._reducer.shutdown(wait=True)
+            self._reducer = None
         for dst in (self._dst, *self._levels):
             if dst is not None:
                 dst.close()
@@ -474,7 +498,12 @@ class CogStage:
         self._strips.clear()
 
     def abort(self) -> None:
-        """Close every file (the caller removes the temporaries); wait for the skeleton thread."""
+        """Close every file (the caller removes the temporaries); wait for the skeleton and overview threads."""
+        for fut in self._reducing:
+            fut.cancel()
+        if self._reducer is not None:
+            self._reducer.shutdown(wait=True)
+        self._reducing.clear()
         for dst in (self._dst, *self._levels):
             if dst is not None:
                 with contextlib.suppress(Exception):
