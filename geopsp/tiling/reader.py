@@ -182,6 +182,17 @@ class TileReader:
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="geopsp-reader", daemon=True)
             self._thread.start()
+        for item, t0 in self._take():
+            if isinstance(item, PreparedTile):
+                self.wait_seconds += time.perf_counter() - t0
+                yield item
+                continue
+            result = item.result()
+            self.wait_seconds += time.perf_counter() - t0
+            yield result
+
+    def _take(self) -> Iterator[tuple[Any, float]]:
+        """Yield what the reader thread queues, with when the wait began, until it is done (raising its error)."""
         while True:
             t0 = time.perf_counter()
             item = self._queue.get()
@@ -190,13 +201,7 @@ class TileReader:
                 return
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item, PreparedTile):
-                self.wait_seconds += time.perf_counter() - t0
-                yield item
-                continue
-            result = item.result()
-            self.wait_seconds += time.perf_counter() - t0
-            yield result
+            yield item, t0
 
     def close(self) -> None:
         """Stop the background threads (safe to call at any time, also mid-iteration)."""
@@ -282,14 +287,7 @@ class TileReader:
             target=self._produce_batches, args=(size, prep), name="geopsp-reader", daemon=True
         )
         self._thread.start()
-        while True:
-            t0 = time.perf_counter()
-            item = self._queue.get()
-            if item is _DONE:
-                self.wait_seconds += time.perf_counter() - t0
-                return
-            if isinstance(item, BaseException):
-                raise item
+        for item, t0 in self._take():
             tiles, skipped, futures, slots = item
             try:
                 for fut in futures:
