@@ -365,7 +365,7 @@ class CogStage:
         """Have GDAL write the COG with no tile in it (runs in a thread; opens nothing with rasterio)."""
         import rasterio.shutil
 
-        vrt = templates[0].with_suffix(".vrt")
+        vrt = templates[0].with_name(templates[0].name + ".vrt")  # keeps the output's name: found as its temporary
         try:
             skeleton = self._temp("skel-")
             rasterio.shutil.copy(
