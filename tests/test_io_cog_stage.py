@@ -293,3 +293,59 @@ def test_strips_with_fewer_levels_than_the_first_still_stitch(tmp_path, caplog):
             w.write_strip(r0, c)
     assert "too few levels" in caplog.text
     assert same_levels(out, whole)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "blocksize"),
+    [
+        (8192, 600, 512),  # strips of 2048 rows: levels 1-2 copied, 3-4 computed from level 2
+        (1024, 700, 64),  # strips of 256 rows: levels 1-2 copied, 3-4 read from the strips
+    ],
+)
+def test_strips_on_level_block_rows_lend_their_level_tiles(tmp_path, monkeypatch, height, width, blocksize):
+    """Strips starting on multiples of ``4 * blocksize`` rows: their level 1-2 tiles go into the COG as they are."""
+    from geopsp.io.cog_stage import CogStage
+
+    arr, prob = scene(height, width)
+    opts = {"crs": "EPSG:32633", "transform": TRANSFORM, "classes": CLASSES, "nodata": NODATA, "blocksize": blocksize}
+    whole = write_class_raster(
+        tmp_path / "whole" / "c.tif", arr, probability=prob, probability_path=tmp_path / "whole" / "p.tif", **opts
+    )
+    parts = strips_of(tmp_path, arr, prob, [0, height // 4, height // 2, 3 * height // 4, height], blocksize)
+    written: list[int] = []
+    level_rows = CogStage._level_rows
+
+    def counted(self, level, row_off, rows):
+        written.append(level)
+        level_rows(self, level, row_off, rows)
+
+    monkeypatch.setattr(CogStage, "_level_rows", counted)
+    out = tmp_path / "stitched" / "c.tif"
+    with ClassRasterWriter(out, width=width, height=height, probability_path=out.with_name("p.tif"), **opts) as w:
+        for r0, c, p in parts:
+            w.write_strip(r0, c, p)
+    assert len(read_layout(out).ifds) == 5  # 4 levels
+    assert sorted(set(written)) == [3, 4]  # levels 1-2: copied, no row of them written again
+    for name in ("c.tif", "p.tif"):
+        assert out.with_name(name).read_bytes() == whole.with_name(name).read_bytes()
+
+
+def test_copied_level_tiles_survive_gdals_fallback_copy(tmp_path, monkeypatch):
+    """If the tiles cannot be assembled, GDAL copies the staged levels, the strips' copied tiles included."""
+    from geopsp.io import cog_stage
+    from geopsp.io.tiff_layout import LayoutError
+
+    def refuse(*args, **kwargs):
+        raise LayoutError("refused")
+
+    arr, prob = scene(2048, 700)
+    opts = {"crs": "EPSG:32633", "transform": TRANSFORM, "classes": CLASSES, "nodata": NODATA, "blocksize": 128}
+    whole = write_class_raster(tmp_path / "whole" / "c.tif", arr, **opts)
+    parts = strips_of(tmp_path, arr, prob, [0, 512, 1024, 1536, 2048], 128)
+    monkeypatch.setattr(cog_stage, "assemble_cog", refuse)
+    out = tmp_path / "stitched" / "c.tif"
+    with ClassRasterWriter(out, width=700, height=2048, **opts) as w:
+        for r0, c, _ in parts:
+            w.write_strip(r0, c)
+    assert same_levels(out, whole)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in whole.parent.iterdir())

@@ -31,7 +31,16 @@ from numpy.typing import NDArray
 
 from geopsp.io.cog import cog_options, quiet_rasterio, to_cog, with_overviews
 from geopsp.io.overviews import OverviewPyramid, overview_sizes, reducer
-from geopsp.io.tiff_layout import LayoutError, TiffLayout, TileRun, assemble_cog, compatible, read_layout, read_tiles
+from geopsp.io.tiff_layout import (
+    LayoutError,
+    TiffLayout,
+    TileRun,
+    assemble_cog,
+    fits_at,
+    read_layout,
+    read_tiles,
+    splice,
+)
 
 if TYPE_CHECKING:
     import rasterio
@@ -152,7 +161,8 @@ class CogStage:
         self._level_done = [0] * len(self.sizes)  # rows of each level made so far
         self._root = 0  # the level the pyramid takes its rows at (strips may give it their own levels)
         self._next_row = 0
-        self._strips: dict[int, TileRun] = {}  # first block row -> tiles copied from a strip
+        # per image (0: full resolution, k: level k), first block row -> tiles copied from a strip
+        self._strips: list[dict[int, TileRun]] = [{} for _ in range(len(self.sizes) + 1)]
         self._skeleton: Path | None = None
         self._skeleton_error: BaseException | None = None
         self._dst: rasterio.io.DatasetWriter | None = None
@@ -259,14 +269,9 @@ class CogStage:
         bs = self.spec.blocksize
         try:
             ifd = read_layout(path).ifds[0]
-            fits = (
-                row_off % bs == 0
-                and ifd.width == self.spec.width
-                and ((row_off + ifd.height) % bs == 0 or row_off + ifd.height == self.spec.height)
-                and compatible(ifd, self._skeleton_layout().ifds[0])
-            )
+            fits = fits_at(ifd, self._skeleton_layout().ifds[0], row_off)
             if fits:
-                self._strips[row_off // bs] = read_tiles(path, ifd)
+                self._strips[0][row_off // bs] = read_tiles(path, ifd)
         except (LayoutError, OSError) as exc:
             logger.debug("%s: its tiles cannot be copied (%s)", path, exc)
             return False
@@ -281,9 +286,11 @@ class CogStage:
         """Write the rows of a strip raster at ``row_off``: its tiles copied if they fit, else its pixels.
 
         When the tiles are copied, the strip's own overview levels down to :meth:`_strip_root`
-        are this raster's rows there, so those are read (a third of the pixels, or fewer) and
-        the coarser levels computed from them; otherwise its pixels are read, one block row at
-        a time, for the overviews or to be written.
+        are this raster's rows there: their tiles are copied too where they lie on the level's
+        block rows (:meth:`_copy_levels`), the other levels are read (a third of the pixels, or
+        fewer) and written again, and the coarser levels are computed from the deepest one.
+        Otherwise its pixels are read, one block row at a time, for the overviews or to be
+        written.
 
         Returns
         -------
@@ -295,14 +302,20 @@ class CogStage:
 
         copied = self.copy_tiles(row_off, path)
         root = self._strip_root(row_off, path) if copied else 0
+        taken = self._copy_levels(row_off, path, root)
+        feed = self._pyramid is not None and root < len(self.sizes)  # coarser levels are computed from root
         bs = self.spec.blocksize
         with quiet_rasterio():
             for level in range(1, root + 1):
+                if level in taken and not (level == root and feed):
+                    continue
                 with rasterio.open(path, overview_level=level - 1) as src:
                     for r in range(0, src.height, bs):
                         rows = src.read(1, window=Window(0, r, src.width, min(bs, src.height - r)))
-                        self._level_rows(level, (row_off >> level) + r, rows)
-                        if level == root and self._pyramid is not None:
+                        if level not in taken:
+                            self._level_rows(level, (row_off >> level) + r, rows)
+                        if level == root and feed:
+                            assert self._pyramid is not None
                             self._pyramid.push(rows)
             with rasterio.open(path) as src:
                 if root:
@@ -315,6 +328,27 @@ class CogStage:
                     else:
                         self.write(row_off + r, rows)
         return copied
+
+    def _copy_levels(self, row_off: int, path: Path, root: int) -> set[int]:
+        """Take a strip's level tiles, for levels ``1 .. root`` whose rows lie on block rows; return those levels.
+
+        Level ``k`` of the strip is this raster's from row ``row_off >> k`` (:meth:`_strip_root`),
+        so its tiles are this raster's where :func:`~geopsp.io.tiff_layout.fits_at` says so.
+        """
+        taken: set[int] = set()
+        if not root:
+            return taken
+        try:
+            ifds, skeleton = read_layout(path).ifds, self._skeleton_layout().ifds
+            for level in range(1, root + 1):
+                top = row_off >> level
+                if self._fill[level - 1] == 0 and fits_at(ifds[level], skeleton[level], top):
+                    self._strips[level][top // self.spec.blocksize] = read_tiles(path, ifds[level])
+                    self._level_done[level - 1] = top + ifds[level].height
+                    taken.add(level)
+        except (LayoutError, OSError, IndexError) as exc:
+            logger.debug("%s: its overview tiles cannot be copied (%s)", path, exc)
+        return taken
 
     def _strip_root(self, row_off: int, path: Path) -> int:
         """Return the deepest overview level of a strip that equals this raster's there (0: none).
@@ -428,7 +462,8 @@ class CogStage:
         import rasterio
         from rasterio.windows import Window
 
-        self._stage_strips()  # rows of copied tiles came out of order too (rare): stage their pixels
+        # rows of copied tiles came out of order too (rare): stage their pixels (the levels are made again)
+        self._stage_strips(levels=False)
         self._fill = [0] * len(self.sizes)
         self._level_done = [0] * len(self.sizes)
         self._pyramid = self._new_pyramid()
@@ -441,23 +476,10 @@ class CogStage:
 
     def _assemble(self, skeleton: TiffLayout, out: Path) -> None:
         assert self._skeleton is not None
-        full = read_tiles(self.stage_path, read_layout(self.stage_path).ifds[0])
-        across = full.ifd.tiles_across
-        block_rows = -(-self.spec.height // self.spec.blocksize)
-        runs: list[TileRun] = []
-        br = 0
-        while br < block_rows:  # staged block rows, and the strips' where their tiles were taken
-            strip = self._strips.get(br)
-            if strip is not None:
-                runs.append(strip)
-                br += strip.counts.size // across
-                continue
-            end = br + 1
-            while end < block_rows and end not in self._strips:
-                end += 1
-            runs.append(full.part(br * across, end * across))
-            br = end
-        images = [runs, *([read_tiles(p, read_layout(p).ifds[0])] for p in self._level_paths)]
+        images = [  # staged block rows, and the strips' where their tiles were taken
+            splice(read_tiles(p, read_layout(p).ifds[0]), taken)
+            for p, taken in zip((self.stage_path, *self._level_paths), self._strips, strict=True)
+        ]
         if len(images) != len(skeleton.ifds):
             raise LayoutError(f"{self._skeleton}: {len(skeleton.ifds)} images where {len(images)} were staged")
         assemble_cog(self._skeleton, images, out, blank=self._blank_tile())
@@ -479,23 +501,28 @@ class CogStage:
         finally:
             path.unlink(missing_ok=True)
 
-    def _stage_strips(self) -> None:
-        """Write the copied strips' pixels into the staging file (for GDAL's copy, or to read the overviews from)."""
+    def _stage_strips(self, levels: bool = True) -> None:
+        """Write the copied strips' pixels into the staging files (for GDAL's copy, or to read the overviews from).
+
+        With ``levels`` False only the full resolution is staged, and the levels' copied tiles
+        are dropped (the levels are to be computed again).
+        """
         import rasterio
         from rasterio.windows import Window
 
-        if not self._strips:
-            return
-        with quiet_rasterio(), rasterio.open(self.stage_path, "r+") as dst:
-            for br, run in sorted(self._strips.items()):
-                with rasterio.open(run.path) as src:
-                    for r in range(0, src.height, self.spec.blocksize):
-                        win = Window(0, r, src.width, min(self.spec.blocksize, src.height - r))
-                        rows = src.read(1, window=win)
-                        dst.write(
-                            rows[np.newaxis], [1], window=Window(0, br * self.spec.blocksize + r, *rows.shape[::-1])
-                        )
-        self._strips.clear()
+        bs, paths = self.spec.blocksize, (self.stage_path, *self._level_paths)
+        with quiet_rasterio():
+            for level, (path, taken) in enumerate(zip(paths, self._strips, strict=True)):
+                if not taken or (level and not levels):
+                    continue
+                with rasterio.open(path, "r+") as dst:
+                    for br, run in sorted(taken.items()):
+                        with rasterio.open(run.path, **({"overview_level": level - 1} if level else {})) as src:
+                            for r in range(0, src.height, bs):
+                                rows = src.read(1, window=Window(0, r, src.width, min(bs, src.height - r)))
+                                dst.write(rows[np.newaxis], [1], window=Window(0, br * bs + r, *rows.shape[::-1]))
+        for taken in self._strips:
+            taken.clear()
 
     def abort(self) -> None:
         """Close every file (the caller removes the temporaries); wait for the skeleton and overview threads."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Ifd", "LayoutError", "TileRun", "TiffLayout", "assemble_cog", "compatible", "read_layout", "read_tiles"]
+__all__ = [
+    "Ifd",
+    "LayoutError",
+    "TileRun",
+    "TiffLayout",
+    "assemble_cog",
+    "compatible",
+    "fits_at",
+    "read_layout",
+    "read_tiles",
+    "splice",
+]
 
 _TYPES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
 _INTS = {3: "H", 4: "I", 16: "Q"}  # the types a tile array may have
@@ -192,6 +203,45 @@ def read_tiles(path: str | os.PathLike[str], ifd: Ifd) -> TileRun:
 def compatible(source: Ifd, target: Ifd) -> bool:
     """Whether ``source``'s tiles decode as ``target``'s: same tiling, compression and pixel type."""
     return source.fields == target.fields and source.tiles_across == target.tiles_across
+
+
+def fits_at(source: Ifd, target: Ifd, row_off: int) -> bool:
+    """Whether ``source``'s tiles can stand for ``target``'s block rows from row ``row_off`` on.
+
+    They can when they decode alike (:func:`compatible`), the images are as wide, and
+    ``source`` starts on a block row of ``target`` and ends on one (or at its end).
+    """
+    end = row_off + source.height
+    return (
+        row_off % target.tile_height == 0
+        and source.width == target.width
+        and (end % target.tile_height == 0 or end == target.height)
+        and end <= target.height
+        and compatible(source, target)
+    )
+
+
+def splice(staged: TileRun, taken: Mapping[int, TileRun]) -> list[TileRun]:
+    """Return an image's tiles as runs: ``staged``'s, but the block rows in ``taken`` from there.
+
+    ``taken`` maps a first block row to the run (whole block rows) that stands for it.
+    """
+    across = staged.ifd.tiles_across
+    block_rows = staged.counts.size // across
+    runs: list[TileRun] = []
+    br = 0
+    while br < block_rows:
+        run = taken.get(br)
+        if run is not None:
+            runs.append(run)
+            br += run.counts.size // across
+            continue
+        end = br + 1
+        while end < block_rows and end not in taken:
+            end += 1
+        runs.append(staged.part(br * across, end * across))
+        br = end
+    return runs
 
 
 def assemble_cog(
