@@ -20,16 +20,16 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.io.cog import cog_options, quiet_rasterio, to_cog, with_overviews
+from geopsp.io.cog_spec import CogSpec
 from geopsp.io.overviews import OverviewPyramid, overview_sizes, reducer
 from geopsp.io.tiff_layout import (
     LayoutError,
@@ -51,88 +51,6 @@ logger = logging.getLogger(__name__)
 
 _REDUCING = 2
 """Block rows whose overviews may be in flight while more rows are written."""
-
-
-@dataclass(frozen=True, slots=True)
-class CogSpec:
-    """What one COG holds besides its pixels.
-
-    Attributes
-    ----------
-    width, height : int
-        Size in pixels.
-    dtype : str
-        ``uint8`` or ``uint16``.
-    nodata : int
-        Nodata value.
-    blocksize : int
-        Tile edge of the COG and its overviews.
-    compress : str
-        ``deflate``, ``zstd`` or ``lzw``.
-    resampling : {"MODE", "AVERAGE"}
-        How the overviews are computed.
-    crs, transform
-        Georeferencing (None for none).
-    colormap : mapping of int to RGBA, optional
-        Colour table.
-    description : str
-        Band description.
-    tags : mapping of str to str
-        Dataset tags.
-    scale, offset : float, optional
-        Band scale and offset.
-    """
-
-    width: int
-    height: int
-    dtype: str
-    nodata: int
-    blocksize: int
-    compress: str
-    resampling: Literal["MODE", "AVERAGE"]
-    crs: Any = None
-    transform: Any = None
-    colormap: Mapping[int, tuple[int, int, int, int]] | None = None
-    description: str = ""
-    tags: Mapping[str, str] = field(default_factory=dict)
-    scale: float | None = None
-    offset: float | None = None
-
-    def profile(self, width: int | None = None, height: int | None = None) -> dict[str, Any]:
-        """Return the rasterio profile of a tiled staging GeoTIFF of this COG (or of a level)."""
-        from geopsp.device import gdal_threads
-
-        profile: dict[str, Any] = {
-            "driver": "GTiff",
-            "width": width or self.width,
-            "height": height or self.height,
-            "count": 1,
-            "dtype": self.dtype,
-            "nodata": self.nodata,
-            "tiled": True,
-            "blockxsize": self.blocksize,
-            "blockysize": self.blocksize,
-            "compress": self.compress,
-            "num_threads": gdal_threads(),
-            # Blocks never written, or of nodata only, are left out; the assembly fills them.
-            "sparse_ok": True,
-            "bigtiff": "IF_SAFER",
-        }
-        if width is None and self.crs is not None:
-            profile["crs"] = self.crs
-        if width is None and self.transform is not None:
-            profile["transform"] = self.transform
-        return profile
-
-    def decorate(self, dst: rasterio.io.DatasetWriter) -> None:
-        """Set the colour table, description, tags, scale and offset on a dataset being written."""
-        if self.colormap is not None:
-            dst.write_colormap(1, dict(self.colormap))
-        dst.set_band_description(1, self.description)
-        dst.update_tags(**dict(self.tags))
-        if self.scale is not None:
-            dst.scales = (self.scale,)
-            dst.offsets = (self.offset or 0.0,)
 
 
 class CogStage:
