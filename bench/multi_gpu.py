@@ -92,6 +92,11 @@ def estimate(
         "plan_without_workers": {"strips": len(old), "makespan_tiles": makespan(old)},
     }
     strip_mp = max(b - a for a, b in new) * side / 1e6
+    share = makespan(new) / total
+    fixed = host["finish_s_per_mp"] * strip_mp + host["stitch_s_per_mp"] * mp
+    # slowest rate at which G GPUs still give 4x: (S/R + F*S) / (share*S/R + fixed) = 4
+    denom = 4 * fixed - host["finish_s_per_mp"] * mp
+    out["rate_for_4x_mpx_per_s"] = round(mp * (1 - 4 * share) / denom, 1) if denom > 0 and share < 0.25 else None
     for preset, rate in rates.items():
         loop = mp / rate
         one = loop + host["finish_s_per_mp"] * mp
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--strip-pixels", type=int, default=50_000_000)
     parser.add_argument("--size", type=int, default=8192, help="edge of the class map the host costs are measured on")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--host-from", type=Path, default=None, help="take the host costs from this script's JSON")
     args = parser.parse_args()
     from geopsp.device import cpu_count, cpu_name
 
@@ -123,8 +129,11 @@ def main() -> None:
         if str(data.get("device", "")).startswith("cuda") and data.get("speed"):
             rates = {p: float(data["speed"][p]["loop_mpx_per_s"]) for p in TARGETS if p in data["speed"]}
             measured = True
-    with tempfile.TemporaryDirectory(prefix="geopsp-multi-gpu-") as tmp:
-        host = measure_host(args.size, Path(tmp))
+    if args.host_from is not None:
+        host = json.loads(args.host_from.read_text())["host"]
+    else:
+        with tempfile.TemporaryDirectory(prefix="geopsp-multi-gpu-") as tmp:
+            host = measure_host(args.size, Path(tmp))
     est = estimate(host, rates, side=args.side, gpus=args.gpus, strip_pixels=args.strip_pixels)
     result = {
         "machine": {"cpu": cpu_name(), "cores": cpu_count(), "loadavg": list(os.getloadavg())},
@@ -153,6 +162,12 @@ def main() -> None:
                 f"{args.gpus} GPUs {e['gpus_s']:.2f} s: **{e['speedup']:.2f}x** "
                 f"({e['speedup_without_stitch']:.2f}x before the stitch)."
             )
+    if est["rate_for_4x_mpx_per_s"] is not None:
+        r4 = est["rate_for_4x_mpx_per_s"]
+        lines.append(
+            f"{args.gpus} GPUs reach 4x on this scene when one GPU's loop runs at {r4:g} Mpx/s or slower, e.g. "
+            f"the paper preset with TTA d4 (8 passes: {TARGETS['paper'] / 8:g} Mpx/s at the target rate)."
+        )
     result["lines"] = lines
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
