@@ -156,7 +156,7 @@ def main() -> None:
     for preset in TARGETS:
         e = est.get(preset)
         if e:
-            kind = "measured" if measured else "assumed (the issue's target)"
+            kind = "measured" if measured else "assumed: the issue's target"
             lines.append(
                 f"{preset}: at {e['rate_mpx_per_s']:g} Mpx/s per GPU ({kind}), one GPU {e['one_gpu_s']:.2f} s, "
                 f"{args.gpus} GPUs {e['gpus_s']:.2f} s: **{e['speedup']:.2f}x** "
