@@ -26,21 +26,6 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 
-class _CudaLike:
-    """What a CUDA predictor asks of the reader: raw tiles cast into the batch buffer."""
-
-    casts_only = True
-
-    def host_dtype(self, dtype: Any) -> Any:
-        return np.dtype(dtype)
-
-    def host_array(self, shape: Any, dtype: Any) -> Any:
-        return np.empty(shape, dtype=dtype)
-
-    def prepare_into(self, tile: Any, raw: Any, valid: Any, out: Any) -> None:
-        np.copyto(out, raw, casting="unsafe")
-
-
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -60,7 +45,9 @@ def run(scene: Path, *, mode: str, tile: int, overlap: int, batch: int, threads:
         c0, t0 = _cpu(), time.perf_counter()
         with reader:
             if mode == "batches":
-                for b in reader.batches(batch, _CudaLike()):
+                from geopsp.tiling.batches import NumpyPreparer  # raw tiles cast into the buffer, as on CUDA
+
+                for b in reader.batches(batch, NumpyPreparer()):
                     n += len(b.tiles)
                     b.release()
             else:

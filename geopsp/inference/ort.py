@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from geopsp.device import cpu_count
 from geopsp.errors import CheckpointError, ConfigError, ModelError, QuantizationWarning
+from geopsp.inference.sizing import CPU_BATCH_SIZE
 from geopsp.model.inputs import model_input
 from geopsp.model.meta import BundleMeta
 from geopsp.model.onnx_meta import AGREEMENT_GATE, OnnxInfo, parse_onnx_metadata
@@ -285,8 +286,6 @@ class OrtPredictor:
 
     def batch_size_for(self, requested: int | None, shape: tuple[int, int]) -> int:
         """Return ``requested``, else :data:`~geopsp.inference.sizing.CPU_BATCH_SIZE`."""
-        from geopsp.inference.sizing import CPU_BATCH_SIZE
-
         return CPU_BATCH_SIZE if requested is None else int(requested)
 
     def copy_done(self) -> None:

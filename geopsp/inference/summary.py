@@ -201,8 +201,8 @@ def summarize_run(
     peak_gpu = None
     device = dict(predictor.settings)
     if predictor.is_cuda:
-        peak_gpu = round(_peak_gpu_bytes(predictor.device) / 2**20, 1)
-        device.update(_gpu_use(predictor.device, stats))
+        peak_gpu, use = _gpu_use(predictor.device, stats)
+        device.update(use)
     return RunSummary(
         scene=str(plan.scene),
         model=bundle_path,
@@ -256,16 +256,11 @@ def summarize_run(
     )
 
 
-def _peak_gpu_bytes(device: Any) -> int:
-    import torch
+def _gpu_use(device: Any, stats: TileLoopStats) -> tuple[float, dict[str, Any]]:
+    """Return the GPU's peak memory (MiB) and how busy it was in the loop.
 
-    return int(torch.cuda.max_memory_allocated(device))
-
-
-def _gpu_use(device: Any, stats: TileLoopStats) -> dict[str, Any]:
-    """How busy the GPU was in the loop: device seconds of copies, model and blend over the loop's wall time.
-
-    Also the driver's utilization sample where NVML is installed (``torch.cuda.utilization``).
+    Busy: device seconds of copies, model and blend over the loop's wall time; also the
+    driver's utilization sample where NVML is installed (``torch.cuda.utilization``).
     """
     busy = stats.transfer + stats.model + stats.blend
     use: dict[str, Any] = {
@@ -279,4 +274,4 @@ def _gpu_use(device: Any, stats: TileLoopStats) -> dict[str, Any]:
         use["gpu_memory_total_mb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**20, 1)
     with contextlib.suppress(Exception):  # needs pynvml
         use["gpu_utilization_percent"] = int(torch.cuda.utilization(device))
-    return use
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), use

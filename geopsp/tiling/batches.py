@@ -159,9 +159,6 @@ class TileBatch:
     _ring: SlotRing | None = field(default=None, repr=False)
     _slots: SlotSet | None = field(default=None, repr=False)
 
-    def __len__(self) -> int:
-        return len(self.tiles)
-
     def release(self, ready: Callable[[], None] | None = None) -> None:
         """Hand the buffer back to the reader; call once the arrays are no longer read.
 
