@@ -1,4 +1,4 @@
-"""How a probability is stored: the one encoding of the probability raster.
+"""How a probability is stored: the one encoding of the probability raster and the QA layers.
 
 The probability raster holds the winning class's probability ``p`` as uint8
 ``round(p * 255)``, at least 1, and 0 (nodata) where there is no probability: the class is
@@ -10,11 +10,23 @@ mosaic's NumPy backend) and torch tensors (the mosaic encodes on the model's dev
 uint8 rows leave it), written once against the array API (``array-api-compat``). This module
 imports neither torch nor any I/O library, so ``io`` and ``inference`` both import it without
 importing each other, and NumPy arrays are encoded without torch.
+
+The QA layers (:data:`QA_LAYERS`) are uint8 rasters of values in 0..1 stored the same way:
+``max(round(x * 255), 1)``, 0 where the class is nodata. So every layer reads back as
+``stored / 255`` (the band's GDAL scale), and 1 stands for anything below 1.5/255:
+
+- ``probability``: the confidence, the blended probability of the winning class;
+- ``margin``: the winning probability minus the runner-up's (0 where two classes tie);
+- ``entropy``: the blended probabilities' entropy over ``ln K`` (0: one class is certain,
+  1: all ``K`` equally likely);
+- ``disagreement``: the fraction of the tiles covering a pixel whose own most probable class
+  is not the blended one (0 where one tile covers it, or all agree; before blending).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import array_api_compat
 import numpy as np
@@ -23,13 +35,55 @@ from numpy.typing import ArrayLike, NDArray
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PROBABILITY_NODATA", "PROBABILITY_SCALE", "encode_probability"]
+__all__ = [
+    "PROBABILITY_NODATA",
+    "PROBABILITY_SCALE",
+    "QA_DESCRIPTIONS",
+    "QA_LAYERS",
+    "QaLayer",
+    "encode_probability",
+    "qa_order",
+]
 
 PROBABILITY_SCALE = 255
 """A probability ``p`` is stored as ``max(round(p * PROBABILITY_SCALE), 1)``."""
 
 PROBABILITY_NODATA = 0
 """Stored where there is no probability (the class is nodata there, or ``p`` is NaN)."""
+
+QaLayer = Literal["probability", "margin", "entropy", "disagreement"]
+"""The name of a QA layer (also its key among a run's outputs)."""
+
+QA_LAYERS: tuple[QaLayer, ...] = ("probability", "margin", "entropy", "disagreement")
+"""Every QA layer, in the order they are computed, written and listed."""
+
+QA_DESCRIPTIONS: dict[str, str] = {
+    "probability": "confidence: blended probability of the winning class",
+    "margin": "winning probability minus the runner-up's",
+    "entropy": "entropy of the blended probabilities over ln K",
+    "disagreement": "fraction of the overlapping tiles whose own class differs",
+}
+"""What each QA layer holds, in words (band descriptions, styles, docs)."""
+
+
+def qa_order(layers: Iterable[str]) -> tuple[QaLayer, ...]:
+    """Return ``layers`` without repeats, in :data:`QA_LAYERS` order.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a QA layer.
+
+    Examples
+    --------
+    >>> qa_order(["entropy", "probability", "entropy"])
+    ('probability', 'entropy')
+    """
+    wanted = set(layers)
+    unknown = sorted(wanted - set(QA_LAYERS))
+    if unknown:
+        raise ValueError(f"unknown QA layer {unknown[0]!r}; choose from {', '.join(QA_LAYERS)}")
+    return tuple(name for name in QA_LAYERS if name in wanted)
 
 
 @overload

@@ -291,7 +291,7 @@ def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> 
         compress=cfg.compress,
         overwrite=overwrite,
         inputs=(plan.scene.local,) if plan.scene.local is not None else (),
-        probability_path=plan.outputs.probability,
+        qa_paths=plan.outputs.qa,
         tags=plan.tags,
     )
 

@@ -221,7 +221,7 @@ def test_fused_argmax_of_the_cuda_path_gives_the_classes_of_the_where_passes(bac
         got = []
         mosaic = Mosaicker(
             grid, class_ids=[3, 1, 7, 5], nodata=0, backend=backend, probabilities=True,
-            sink=lambda r, c, p, got=got: got.append((c, p)),
+            sink=lambda r, c, q, got=got: got.append((c, q["probability"])),
         )  # fmt: skip
         mosaic._fused_argmax = fused
         for t in grid.tiles():

@@ -65,7 +65,7 @@ def _run(
         grid,
         class_ids=class_ids,
         nodata=255,
-        sink=lambda r, c, p: rows.append((r, c, p)),
+        sink=lambda r, c, q: rows.append((r, c, q.get("probability"))),
         kernel=kernel,
         floor=floor,
         row_range=row_range,

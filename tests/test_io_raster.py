@@ -304,7 +304,8 @@ def test_probability_raster(tmp_path):
     with writer(out, arr, probability_path=pout) as w:
         w.write_rows(0, arr[:50], prob[:50])  # floats, encoded by the writer
         w.write_rows(50, arr[50:], encode_probability(prob[50:]))  # already encoded
-    assert w.close() == [out, pout, tmp_path / "c.qml", tmp_path / "c.tif.aux.xml"]
+    assert w.close() == [out, pout, tmp_path / "c.qml", tmp_path / "c.tif.aux.xml", tmp_path / "p.qml"]
+    assert 'type="singlebandpseudocolor"' in (tmp_path / "p.qml").read_text()  # the QA layer's colour ramp
     with rasterio.open(pout) as src:
         stored = src.read(1)
         assert src.nodata == PROBABILITY_NODATA and src.dtypes == ("uint8",)
@@ -318,7 +319,7 @@ def test_probability_raster(tmp_path):
 
 def test_probability_rows_need_a_probability_path(tmp_path):
     arr = class_map(32, 32)
-    with pytest.raises(ValueError, match="no probability_path"), writer(tmp_path / "c.tif", arr) as w:
+    with pytest.raises(ValueError, match="no path for the probability raster"), writer(tmp_path / "c.tif", arr) as w:
         w.write_rows(0, arr, np.ones(arr.shape))
     assert list(tmp_path.iterdir()) == []
 

@@ -39,7 +39,14 @@ def _case(seed, height, width, tile, overlap, k, *, drop=0.2, nan=False):
 
 def _mosaic(grid, tiles, probs, valid, *, backend, device="cpu", batch=3, **kw):
     rows = []
-    m = Mosaicker(grid, sink=lambda r, c, p: rows.append((r, c, p)), backend=backend, device=device, floor=0.01, **kw)
+    m = Mosaicker(
+        grid,
+        sink=lambda r, c, q: rows.append((r, c, q.get("probability"))),
+        backend=backend,
+        device=device,
+        floor=0.01,
+        **kw,
+    )
     wanted = set(grid.tiles(kw.get("row_range")))
     todo = [(n, t) for n, t in enumerate(tiles) if t in wanted]
     for i in range(0, len(todo), batch):
@@ -221,7 +228,7 @@ from geopsp.tiling import TileGrid
 grid = TileGrid(150, 170, 64, 16)
 rows = []
 m = Mosaicker(
-    grid, class_ids=[3, 7, 9], nodata=255, sink=lambda r, c, p: rows.append((c, p)), probabilities=True, backend="numpy"
+    grid, class_ids=[3, 7, 9], nodata=255, sink=lambda r, c, q: rows.append((c, q["probability"])), probabilities=True, backend="numpy"
 )
 rng = np.random.default_rng(0)
 tiles = list(grid.tiles())

@@ -145,21 +145,21 @@ class S3Outputs:
         """Return the outputs of a job whose set is complete in S3 though the manifest has no record of it.
 
         A set is complete when its summary (uploaded last) and every other output this batch
-        asks for (the class raster, the probabilities, the polygons) are objects. That happens
+        asks for (the class raster, the QA layers, the polygons) are objects. That happens
         when the batch stopped before its manifest was uploaded, or when ``geopsp predict``
         wrote the scene into the prefix.
         """
         planned = output_set(
             job.stem,
             PurePosixPath(self.relative(self.scene_out(job))),
-            probabilities=cfg.predict.probabilities,
+            qa=cfg.predict.qa_layers,
             vector=cfg.predict.vector,
             vector_format=cfg.vectorize.format,
         )
         if not all(self._uri(p) in self._s3.objects for p in planned.checked):
             return None
         aux = planned.classes.with_name(planned.classes.name + ".aux.xml")
-        names = [*planned.as_dict().values(), aux]
+        names = [*planned.as_dict().values(), aux, *planned.qa_styles.values()]
         return tuple(PurePosixPath(p).as_posix() for p in names if self._uri(p) in self._s3.objects)
 
     def cleanup(self, jobs: Sequence[Job]) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from geopsp.encoding import QA_LAYERS
 from geopsp.errors import InputRasterError, OutputError
 from geopsp.io.source import is_remote, scene_name
 
@@ -66,7 +67,7 @@ SPACENET_PRODUCTS = re.compile(
 )
 LABEL_DIRS = re.compile(r"(geojson|label|mask|annotation|summarydata|ground.?truth|^gt$|^vectors?$)", re.IGNORECASE)
 LABEL_FILES = re.compile(r"(_mask|_label|_labels|_gt)\.[^.]+$", re.IGNORECASE)
-OUTPUT_FILES = re.compile(r"_(classes|probability|preview)\.[^.]+$")
+OUTPUT_FILES = re.compile(rf"_(classes|{'|'.join(QA_LAYERS)}|preview)\.[^.]+$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,7 @@ def stitch_strips(
     predict: PredictConfig,
     locate: Callable[[Path], str] | None = None,
 ) -> list[Path]:
-    """Stitch strip class rasters (and probability rasters) into the scene's outputs.
+    """Stitch strip class rasters (and their QA rasters) into the scene's outputs.
 
     Strips go through :class:`~geopsp.io.raster.ClassRasterWriter` with the same
     georeferencing, classes and tags as a whole-scene run, so colour table, RAT and QML are
@@ -169,8 +169,8 @@ def stitch_strips(
     Returns
     -------
     list of Path
-        Class raster, probability raster (if any), QGIS style, ``.aux.xml`` (class names, RAT)
-        and summary JSON.
+        Class raster, QA rasters (if any), QGIS style, ``.aux.xml`` (class names, RAT), the QA
+        rasters' styles and summary JSON.
 
     Raises
     ------
@@ -194,7 +194,7 @@ def stitch_strips(
     rows = [(int(p["row_range"][0]), int(p["row_range"][1])) for p in ordered]
     if rows[0][0] != 0 or rows[-1][1] != info.height or any(a[1] != b[0] for a, b in itertools.pairwise(rows)):
         raise OutputError(f"{source}: strips {rows} do not cover rows 0-{info.height}; rerun the scene")
-    planned = output_set(source, out, probabilities=predict.probabilities)
+    planned = output_set(source, out, qa=predict.qa_layers)
     check_output_path(planned.summary, overwrite=True, inputs=local)
     # the class raster, its sidecars and the summary go into place together, the summary last
     with (
@@ -211,7 +211,7 @@ def stitch_strips(
             compress=predict.compress,
             overwrite=True,
             inputs=local,
-            probability_path=planned.probability,
+            qa_paths=planned.qa,
             tags=provenance_tags(source, meta, (0, info.height)),
         ) as writer,
     ):
@@ -223,8 +223,11 @@ def stitch_strips(
                     shape = (src.height, src.width)
             if shape != (r1 - r0, info.width):
                 raise OutputError(f"{strip.classes}: strip is {shape[0]}x{shape[1]}, expected rows {r0}-{r1}")
-            probability = strip.probability if planned.probability is not None else None
-            writer.write_strip(r0, strip.classes, probability)
+            layers = strip.qa
+            missing = [name for name in planned.qa if name not in layers]
+            if missing:
+                raise OutputError(f"{strip.classes}: the strip has no {missing[0]} raster; rerun the scene")
+            writer.write_strip(r0, strip.classes, layers={name: layers[name] for name in planned.qa})
         written = writer.close(staged)
         names = {**planned.written([Path(p) for p in written]), "summary": planned.summary}
         named = names if locate is None else {k: locate(v) for k, v in names.items()}

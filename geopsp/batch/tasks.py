@@ -25,6 +25,7 @@ from distributed import WorkerPlugin
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.device import cpu_count, gdal_threads, set_gdal_threads
+from geopsp.encoding import QA_LAYERS
 from geopsp.errors import (
     CheckpointError,
     ConfigError,
@@ -348,7 +349,7 @@ def _stitch_to_s3(task: SceneTask, parts: Sequence[Mapping[str, Any]]) -> list[s
 
 
 def _download_strips(parts: Sequence[Mapping[str, Any]], folder: Path) -> list[dict[str, Any]]:
-    """Fetch each strip's class (and probability) raster from S3; the parts then name the local copies."""
+    """Fetch each strip's class (and QA) rasters from S3; the parts then name the local copies."""
     from geopsp.io.s3 import download_file
 
     local: list[dict[str, Any]] = []
@@ -357,7 +358,7 @@ def _download_strips(parts: Sequence[Mapping[str, Any]], folder: Path) -> list[d
         named = summary.get("outputs")
         if isinstance(named, Mapping):
             here = {k: folder / f"{i:04d}" / str(uri).rsplit("/", 1)[-1] for k, uri in named.items()}
-            for name in ("classes", "probability"):  # the rasters the stitcher reads; the rest stays in S3
+            for name in ("classes", *QA_LAYERS):  # the rasters the stitcher reads; the rest stays in S3
                 if name in here:
                     here[name].parent.mkdir(parents=True, exist_ok=True)
                     download_file(str(named[name]), here[name])

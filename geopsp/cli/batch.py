@@ -14,6 +14,8 @@ from geopsp.cli.options import (
     input_scale_option,
     load_cli_config,
     overwrite_option,
+    qa_options,
+    qa_overrides,
     runtime_option,
 )
 from geopsp.cli.progress import ProgressBar
@@ -117,6 +119,7 @@ def _parse_gpus(_ctx: click.Context, _param: click.Parameter, value: str | None)
 )
 @click.option("--vector", is_flag=True, default=None, help="Also vectorize each class raster (a separate CPU task).")
 @click.option("--probabilities", is_flag=True, default=None, help="Also write the winning-class probability raster.")
+@qa_options
 @click.option(
     "--strip-pixels",
     type=click.IntRange(min=65_536),
@@ -146,6 +149,8 @@ def batch(
     tls_key: str | None,
     vector: bool | None,
     probabilities: bool | None,
+    qa_all: bool,
+    qa_layers: tuple[str, ...],
     strip_pixels: int | None,
     input_scale: tuple[float, float, float, float] | None,
     resolution: str | None,
@@ -175,6 +180,7 @@ def batch(
             "predict.device": device or ("cuda" if gpu else None),
             "predict.input_scale": list(input_scale) if input_scale is not None else None,
             **grid_overrides(resolution, crs, aoi),
+            **qa_overrides(qa_all, qa_layers),
             "batch.strip_pixels": strip_pixels,
             "batch.retries": retries,
             "batch.gpus": gpus,

@@ -92,6 +92,36 @@ def grid_options(f: F) -> F:
     return f
 
 
+def qa_options(f: F) -> F:
+    """``--qa`` and ``--qa-layer``: the QA layers written beside the class raster (``predict.qa``)."""
+    from geopsp.encoding import QA_LAYERS
+
+    f = click.option(
+        "--qa-layer",
+        "qa_layers",
+        multiple=True,
+        type=click.Choice(QA_LAYERS),
+        help="Write this QA layer (repeatable): probability, margin, entropy or disagreement.",
+    )(f)
+    f = click.option(
+        "--qa",
+        "qa_all",
+        is_flag=True,
+        default=False,
+        help="Write every QA layer: probability, margin, entropy, disagreement (uint8 COGs with QGIS ramps).",
+    )(f)
+    return f
+
+
+def qa_overrides(qa_all: bool, qa_layers: tuple[str, ...]) -> dict[str, object]:
+    """Return the config override of :func:`qa_options` (none when neither was given)."""
+    from geopsp.encoding import QA_LAYERS
+
+    if qa_all:
+        return {"predict.qa": list(QA_LAYERS)}
+    return {"predict.qa": list(qa_layers)} if qa_layers else {}
+
+
 def grid_overrides(resolution: str | None, crs: str | None, aoi: str | None) -> dict[str, object]:
     """Turn :func:`grid_options` into config overrides (a number given as text becomes a float)."""
     res: object = resolution

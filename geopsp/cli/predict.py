@@ -14,6 +14,8 @@ from geopsp.cli.options import (
     input_scale_option,
     load_cli_config,
     overwrite_option,
+    qa_options,
+    qa_overrides,
     runtime_option,
 )
 from geopsp.cli.progress import ProgressBar
@@ -56,6 +58,7 @@ __all__ = ["predict"]
     "--blend", type=click.Choice(["cosine", "uniform", "gaussian"]), default=None, help="Tile blending kernel."
 )
 @click.option("--probabilities/--no-probabilities", default=None, help="Also write the winning class probability.")
+@qa_options
 @click.option(
     "--vector/--no-vector", default=None, help="Also vectorize the classes to polygons (with the vectorize.* settings)."
 )
@@ -82,6 +85,8 @@ def predict(
     tta: str | None,
     blend: str | None,
     probabilities: bool | None,
+    qa_all: bool,
+    qa_layers: tuple[str, ...],
     vector: bool | None,
     preview: bool | None,
     compile_: bool | None,
@@ -98,7 +103,7 @@ def predict(
     """Segment SCENE(s) into georeferenced class rasters.
 
     Per scene, OUT gets <stem>_classes.tif (a styled COG), <stem>_classes.qml,
-    <stem>_summary.json and, if asked, <stem>_probability.tif. Stdout lists the written
+    <stem>_summary.json and, if asked, the QA layers <stem>_<layer>.tif (--qa). Stdout lists the written
     files (or s3:// objects), one per line; progress and messages go to stderr.
     """
     from geopsp.errors import ConfigError, GeopspError
@@ -121,6 +126,7 @@ def predict(
             "predict.compile": compile_,
             "predict.input_scale": list(input_scale) if input_scale is not None else None,
             **grid_overrides(resolution, crs, aoi),
+            **qa_overrides(qa_all, qa_layers),
         },
     )
     cfg = conf.predict

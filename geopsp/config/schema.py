@@ -29,6 +29,7 @@ from geopsp.config.train_schema import (
     TrainConfig,
     TrainModelConfig,
 )
+from geopsp.encoding import QaLayer, qa_order
 
 __all__ = [
     "AugmentConfig",
@@ -98,7 +99,15 @@ class PredictConfig(_Section):
         "so the convolutions' zero padding falls outside the kept pixels (0: off); costs "
         "((tile + 2 margin) / tile)^2 model time.",
     )
-    probabilities: bool = Field(False, description="Also write the winning class probability as a uint8 raster.")
+    probabilities: bool = Field(
+        False, description="Also write the winning class probability as a uint8 raster (the QA layer 'probability')."
+    )
+    qa: list[QaLayer] = Field(
+        default_factory=list,
+        description="QA layers to write beside the class raster, each a uint8 COG of stored = round(255 x) (0: "
+        "nodata) with a QGIS style: probability (the winning class's), margin (top-1 minus top-2), entropy "
+        "(normalized by ln K), disagreement (fraction of overlapping tiles whose own class differs).",
+    )
     reader_threads: int | None = Field(
         None,
         ge=1,
@@ -168,6 +177,17 @@ class PredictConfig(_Section):
                 f"use at most {self.tile_size // 2 - 1}"
             )
         return self
+
+    @property
+    def qa_layers(self) -> tuple[QaLayer, ...]:
+        """The QA layers this run writes (``qa``, and ``probability`` when ``probabilities``), in order.
+
+        Examples
+        --------
+        >>> PredictConfig(qa=["entropy"], probabilities=True).qa_layers
+        ('probability', 'entropy')
+        """
+        return qa_order([*self.qa, *(["probability"] if self.probabilities else [])])
 
 
 class VectorizeConfig(_Section):

@@ -17,8 +17,12 @@ complete as soon as the band's tiles start to its right. The :class:`Mosaicker` 
 
 So the float state is about ``overlap x width`` plus a few ``tile x tile`` chunks, and the
 integer row buffer ``stride x width``: peak memory grows with the width and the tile size,
-never with the scene height. Each pixel's sum is accumulated in the same order whether the
-whole scene or a strip of it (``row_range``) is run, so strips stitch together bit for bit.
+never with the scene height. The QA layers (:data:`~geopsp.encoding.QA_LAYERS`) come from the
+same reduction: the winning probability, the margin and the entropy from the blended sums, and
+the disagreement from per-class vote counts of the tiles' own argmax (uint8, a quarter of the
+float state, kept only when that layer is asked for); each is one more uint8 row buffer.
+Each pixel's sum is accumulated in the same order whether the whole scene or a strip of it
+(``row_range``) is run, so strips stitch together bit for bit.
 
 The arithmetic is written once against the Python array API standard (through
 ``array-api-compat``) and runs on torch tensors (``backend="torch"``, CPU or CUDA; only finished
@@ -44,7 +48,7 @@ import array_api_compat
 import numpy as np
 from numpy.typing import NDArray
 
-from geopsp.encoding import PROBABILITY_NODATA, encode_probability
+from geopsp.encoding import PROBABILITY_NODATA, QaLayer, encode_probability, qa_order
 from geopsp.errors import ConfigError
 from geopsp.inference.blend import tile_weights
 from geopsp.tiling.windows import Tile, TileGrid
@@ -59,8 +63,9 @@ Backend: TypeAlias = Literal["torch", "numpy"]
 
 _Array: TypeAlias = Any  # a torch.Tensor or an ndarray, whichever the backend holds
 
-RowSink = Callable[[int, NDArray[np.generic], NDArray[np.uint8] | None], None]
-"""Receives ``(scene_row, class_rows, probability_rows)`` for finished rows, top to bottom."""
+RowSink = Callable[[int, NDArray[np.generic], dict[str, NDArray[np.uint8]]], None]
+"""Receives ``(scene_row, class_rows, qa_rows)`` for finished rows, top to bottom; ``qa_rows``
+maps each QA layer asked for to its encoded uint8 rows (empty when none was)."""
 
 
 @contextlib.contextmanager
@@ -105,6 +110,7 @@ class _Chunk:
     acc: _Array  # (K, rows, width) float32: sum of weight * probability
     wsum: _Array  # (rows, width) float32: sum of weights
     valid: _Array  # (rows, width) bool
+    votes: _Array | None = None  # (K, rows, width) uint8: tiles whose own argmax is each class
 
     @property
     def rows(self) -> int:
@@ -112,7 +118,8 @@ class _Chunk:
 
     @property
     def nbytes(self) -> int:
-        return int(self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes)
+        votes = 0 if self.votes is None else self.votes.nbytes
+        return int(self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes + votes)
 
 
 class Mosaicker:
@@ -138,9 +145,11 @@ class Mosaicker:
     row_range : (int, int), optional
         Emit only scene rows ``[r0, r1)``; add all tiles of ``grid.tiles(row_range)``.
     probabilities : bool
-        Also compute the winning class probability rows, encoded by
-        :func:`~geopsp.encoding.encode_probability` (uint8 ``round(p * PROBABILITY_SCALE)``, at
-        least 1, and :data:`PROBABILITY_NODATA` where the class is nodata or ``p`` is NaN).
+        Also compute the winning class probability rows (the QA layer ``probability``).
+    qa : sequence of str
+        QA layers to compute (:data:`~geopsp.encoding.QA_LAYERS`), each encoded by
+        :func:`~geopsp.encoding.encode_probability` (uint8 ``round(x * PROBABILITY_SCALE)``, at
+        least 1, and :data:`PROBABILITY_NODATA` where the class is nodata or ``x`` is NaN).
     out_dtype : str
         NumPy dtype of the class rows (``uint8`` or ``uint16``).
     backend : {"torch", "numpy"}
@@ -166,6 +175,7 @@ class Mosaicker:
         floor: float = 0.001,
         row_range: tuple[int, int] | None = None,
         probabilities: bool = False,
+        qa: Sequence[str] = (),
         out_dtype: str = "uint8",
         backend: Backend = "torch",
     ) -> None:
@@ -190,7 +200,10 @@ class Mosaicker:
         self.num_classes = len(class_ids)
         self.nodata = int(nodata)
         self.sink = sink
-        self.probabilities = probabilities
+        self.qa: tuple[QaLayer, ...] = qa_order([*qa, *(["probability"] if probabilities else [])])
+        self._votes = "disagreement" in self.qa
+        if self._votes and self.num_classes > 255:
+            raise ConfigError(f"the disagreement layer counts votes of at most 255 classes, not {self.num_classes}")
         self.out_dtype = np.dtype(out_dtype)
         self.r0, self.r1 = grid.check_row_range(row_range)
         self.seconds = 0.0
@@ -211,7 +224,8 @@ class Mosaicker:
         self._done_upto = 0  # chunks [0, _done_upto) are finished for the current band
         self._finished = False
         self._pending_cls: _Array | None = None
-        self._pending_prob: _Array | None = None
+        self._pending_qa: dict[str, _Array] = {}
+        self._log_k = float(np.log(self.num_classes)) if self.num_classes > 1 else 0.0
         # finished rows on their way to the host: on CUDA a band's rows are copied without
         # blocking and handed to the sink one band later, so the host never waits for the GPU
         self._cuda = self.backend == "torch" and getattr(self.device, "type", "cpu") == "cuda"
@@ -219,7 +233,7 @@ class Mosaicker:
         # on CUDA one argmax kernel replaces the K where-passes (4 kernels a class; launches,
         # not arithmetic, bound a GPU here); the probabilities are finite there or the run fails
         self._fused_argmax = self._cuda
-        self._outbox: list[tuple[int, _Array, _Array | None, Any]] = []
+        self._outbox: list[tuple[int, _Array, dict[str, _Array], Any]] = []
         if self._bands:
             self._start_band(0)
 
@@ -312,11 +326,9 @@ class Mosaicker:
         _, _, e0, e1 = self._span()
         w, xp = self.grid.width, self._xp
         self._pending_cls = xp.full((e1 - e0, w), self.nodata, dtype=self._cls_dtype, device=self.device)
-        self._pending_prob = (
-            xp.full((e1 - e0, w), PROBABILITY_NODATA, dtype=xp.uint8, device=self.device)
-            if self.probabilities
-            else None
-        )
+        self._pending_qa = {
+            name: xp.full((e1 - e0, w), PROBABILITY_NODATA, dtype=xp.uint8, device=self.device) for name in self.qa
+        }
         self._track()
 
     def _end_band(self) -> None:
@@ -324,17 +336,16 @@ class Mosaicker:
         self._finish_chunks_before(-(-self.grid.width // self._cw))
         _, _, e0, e1 = self._span()
         if e1 > e0 and self._pending_cls is not None:
-            cls, prob, ready = self._to_host(self._pending_cls), None, None
-            if self._pending_prob is not None:
-                prob = self._to_host(self._pending_prob)
+            cls, ready = self._to_host(self._pending_cls), None
+            qa = {name: self._to_host(rows) for name, rows in self._pending_qa.items()}
             if self._cuda:
                 import torch
 
                 ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 ready.record()
-            self._outbox.append((e0, cls, prob, ready))
+            self._outbox.append((e0, cls, qa, ready))
         self._pending_cls = None
-        self._pending_prob = None
+        self._pending_qa = {}
         self._send(keep=self._lag)
 
     def _to_host(self, x: _Array) -> _Array:
@@ -350,13 +361,13 @@ class Mosaicker:
     def _send(self, *, keep: int) -> None:
         """Hand finished rows to the sink, oldest first, keeping the newest ``keep`` bands in flight."""
         while len(self._outbox) > keep:
-            row, cls_x, prob_x, ready = self._outbox.pop(0)
+            row, cls_x, qa_x, ready = self._outbox.pop(0)
             if ready is not None:
                 ready.synchronize()  # recorded a band ago: normally long done
             cls = _to_numpy(cls_x)
             if cls.dtype != self.out_dtype:
                 cls = cls.astype(self.out_dtype)
-            self.sink(row, cls, None if prob_x is None else _to_numpy(prob_x))
+            self.sink(row, cls, {name: _to_numpy(rows) for name, rows in qa_x.items()})
 
     # -- chunks --------------------------------------------------------------------------------
 
@@ -383,7 +394,8 @@ class Mosaicker:
         if keep > 0:
             s = y_next - y
             copy = self._copy
-            self._chunks[j] = _Chunk(y_next, copy(chunk.acc[:, s:]), copy(chunk.wsum[s:]), copy(chunk.valid[s:]))
+            votes = None if chunk.votes is None else copy(chunk.votes[:, s:])
+            self._chunks[j] = _Chunk(y_next, copy(chunk.acc[:, s:]), copy(chunk.wsum[s:]), copy(chunk.valid[s:]), votes)
         else:
             del self._chunks[j]
 
@@ -399,11 +411,14 @@ class Mosaicker:
             acc = xp.zeros((k, rows, width), dtype=xp.float32, device=self.device)
             wsum = xp.zeros((rows, width), dtype=xp.float32, device=self.device)
             valid = xp.zeros((rows, width), dtype=xp.bool, device=self.device)
+            votes = xp.zeros((k, rows, width), dtype=xp.uint8, device=self.device) if self._votes else None
             if chunk is not None:
                 acc[:, : chunk.rows] = chunk.acc
                 wsum[: chunk.rows] = chunk.wsum
                 valid[: chunk.rows] = chunk.valid
-            chunk = _Chunk(y, acc, wsum, valid)
+                if votes is not None and chunk.votes is not None:
+                    votes[:, : chunk.rows] = chunk.votes
+            chunk = _Chunk(y, acc, wsum, valid, votes)
             self._chunks[j] = chunk
             self._track()
         return chunk
@@ -417,6 +432,7 @@ class Mosaicker:
         x = tile.col
         y0 = tile.row - self._span()[0]
         y1 = y0 + h
+        own = self._xp.argmax(probs[:, :h, :w], axis=0) if self._votes else None  # the tile's own classes
         for j in range(x // self._cw, (x + w - 1) // self._cw + 1):
             c0 = j * self._cw
             lo, hi = max(x, c0), min(x + w, c0 + self._cw)  # scene columns of the tile in chunk j
@@ -431,33 +447,81 @@ class Mosaicker:
             wsum += wt[:, t0:t1]
             hit = chunk.valid[y0:y1, k0:k1]
             hit |= valid[:h, t0:t1]
+            if own is not None and chunk.votes is not None:
+                self._vote(chunk.votes[:, y0:y1, k0:k1], own[:, t0:t1])
+
+    def _vote(self, votes: _Array, own: _Array) -> None:
+        """Count one tile's vote, its own most probable class, into ``votes`` (K, h, w) in place."""
+        xp = self._xp
+        for c in range(self.num_classes):
+            v = votes[c]
+            v += xp.astype(own == c, xp.uint8)
 
     def _reduce_into(self, chunk: _Chunk, lo: int, hi: int, out_row: int, x0: int, width: int) -> None:
-        """Class ids (and probabilities) of chunk rows ``[lo, hi)`` into the row buffer."""
+        """Class ids (and the QA layers) of chunk rows ``[lo, hi)`` into the row buffers."""
         xp = self._xp
         acc = chunk.acc[:, lo:hi]
         wsum = chunk.wsum[lo:hi]
         invalid = ~chunk.valid[lo:hi] | (wsum <= 0)
         best = xp.max(acc, axis=0)
+        votes = None if chunk.votes is None else chunk.votes[:, lo:hi]
+        agree = None  # the votes of the winning class, where the disagreement layer is asked for
         if self._fused_argmax:  # the first maximum, as below for finite sums
             first = xp.argmax(acc, axis=0)
             cls = xp.reshape(xp.take(self._lut, xp.reshape(first, (-1,))), first.shape)
+            if votes is not None:
+                agree = xp.zeros(first.shape, dtype=xp.uint8, device=self.device)
+                for c in range(self.num_classes):
+                    agree = xp.where(first == c, votes[c], agree)
         else:
             # the class of the first maximum, or of the first NaN (NaN wins, as in torch.max and
             # numpy.argmax); on the CPU K where-passes are several times faster than an argmax
             cls = self._nodata
+            if votes is not None:
+                agree = xp.zeros(best.shape, dtype=xp.uint8, device=self.device)
             for c in range(self.num_classes - 1, -1, -1):
                 a = acc[c]
-                cls = xp.where((a == best) | xp.isnan(a), self._lut_of[c], cls)
+                won = (a == best) | xp.isnan(a)
+                cls = xp.where(won, self._lut_of[c], cls)
+                if agree is not None and votes is not None:
+                    agree = xp.where(won, votes[c], agree)
         assert self._pending_cls is not None
-        self._pending_cls[out_row : out_row + hi - lo, x0 : x0 + width] = xp.where(invalid, self._nodata, cls)
-        if self._pending_prob is not None:
-            p = best / xp.clip(wsum, min=1e-12)
-            self._pending_prob[out_row : out_row + hi - lo, x0 : x0 + width] = encode_probability(p, invalid=invalid)
+        rows = (slice(out_row, out_row + hi - lo), slice(x0, x0 + width))
+        self._pending_cls[rows] = xp.where(invalid, self._nodata, cls)
+        if self.qa:
+            for name, value in self._qa_values(acc, wsum, best, votes, agree).items():
+                self._pending_qa[name][rows] = encode_probability(value, invalid=invalid)
+
+    def _qa_values(
+        self, acc: _Array, wsum: _Array, best: _Array, votes: _Array | None, agree: _Array | None
+    ) -> dict[QaLayer, _Array]:
+        """Compute the QA layers asked for, as floats in 0..1 (``encode_probability`` stores them)."""
+        xp = self._xp
+        w = xp.clip(wsum, min=1e-12)
+        out: dict[QaLayer, _Array] = {}
+        for name in self.qa:
+            if name == "probability":
+                out[name] = best / w
+            elif name == "margin":
+                top = acc == best
+                second = xp.max(xp.where(top, -xp.inf, acc), axis=0)  # -inf: every class ties, or K = 1
+                tied = xp.sum(xp.astype(top, xp.int32), axis=0) > 1
+                out[name] = xp.where(tied, 0.0, xp.clip((best - second) / w, max=1.0))
+            elif name == "entropy":
+                h = xp.zeros(best.shape, dtype=xp.float32, device=self.device)
+                for c in range(self.num_classes):
+                    p = acc[c] / w
+                    h -= xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.0)), 0.0)
+                out[name] = h / self._log_k if self._log_k > 0 else h * 0.0
+            elif name == "disagreement":
+                assert votes is not None and agree is not None
+                n = xp.sum(xp.astype(votes, xp.float32), axis=0)
+                out[name] = 1.0 - xp.astype(agree, xp.float32) / xp.clip(n, min=1.0)
+        return out
 
     def _track(self) -> None:
         held = sum(c.nbytes for c in self._chunks.values())
-        for t in (self._pending_cls, self._pending_prob):
+        for t in (self._pending_cls, *self._pending_qa.values()):
             if t is not None:
                 held += int(t.nbytes)
         self.peak_bytes = max(self.peak_bytes, held)

@@ -21,12 +21,13 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
+from geopsp.encoding import QA_LAYERS, qa_order
 from geopsp.errors import InputRasterError, NotGeoreferencedWarning, RemoteReadWarning, TilingError
 from geopsp.inference.cast import InputCast, InputScale
 from geopsp.io.atomic import check_output_path
@@ -67,14 +68,19 @@ class OutputSet:
         Its QGIS style.
     summary : Path
         The run summary (JSON), committed last: the marker of a complete set.
-    probability, vector, vector_qml, preview : Path or None
-        The probability raster, the polygons and their style, the preview PNG.
+    probability, margin, entropy, disagreement : Path or None
+        The QA layers (:data:`~geopsp.encoding.QA_LAYERS`; ``probability`` is the confidence).
+    vector, vector_qml, preview : Path or None
+        The polygons and their style, the preview PNG.
     """
 
     classes: Path
     qml: Path
     summary: Path
     probability: Path | None = None
+    margin: Path | None = None
+    entropy: Path | None = None
+    disagreement: Path | None = None
     vector: Path | None = None
     vector_qml: Path | None = None
     preview: Path | None = None
@@ -106,15 +112,30 @@ class OutputSet:
         ``staged`` is :meth:`geopsp.io.raster.ClassRasterWriter.close`'s list; the ``aux``
         sidecar (class names and RAT) is the one output the plan cannot know in advance.
         """
-        out: dict[str, Path] = {"classes": self.classes}
-        if self.probability is not None:
-            out["probability"] = self.probability
+        out: dict[str, Path] = {"classes": self.classes, **self.qa}
         if self.qml in staged:
             out["qml"] = self.qml
+        out.update({f"{name}_qml": p for name, p in self.qa_styles.items() if p in staged})
         aux = [p for p in staged if p.name == self.classes.name + ".aux.xml"]
         if aux:
             out["aux"] = aux[0]
         return out
+
+    @property
+    def qa(self) -> dict[str, Path]:
+        """The QA layers this run writes, by name, in :data:`~geopsp.encoding.QA_LAYERS` order.
+
+        Examples
+        --------
+        >>> {k: p.name for k, p in output_set("a/s1.tif", "out", qa=["entropy"], probabilities=True).qa.items()}
+        {'probability': 's1_probability.tif', 'entropy': 's1_entropy.tif'}
+        """
+        return {name: p for name in QA_LAYERS if (p := getattr(self, name)) is not None}
+
+    @property
+    def qa_styles(self) -> dict[str, Path]:
+        """The QGIS style (``.qml``) of each QA layer this run writes, by layer."""
+        return {name: p.with_suffix(".qml") for name, p in self.qa.items()}
 
     def __iter__(self) -> Iterator[Path]:
         """Iterate over the paths of :meth:`as_dict`."""
@@ -136,13 +157,15 @@ def output_set(
     preview: bool = False,
     row_range: tuple[int, int] | None = None,
     vector_format: str = "gpkg",
+    qa: Iterable[str] = (),
 ) -> OutputSet:
     """Name the output files of one scene.
 
     ``out`` is a directory (outputs are ``<stem>_classes.tif`` and friends inside it) or the
     class raster's own path ending in ``.tif`` (the others are named after it: ``x_classes.tif``
     gives ``x_probability.tif``, ``x_classes.qml``, ``x_summary.json``). A strip
-    (``row_range``) run into a directory adds ``_rows<r0>-<r1>`` to the stem.
+    (``row_range``) run into a directory adds ``_rows<r0>-<r1>`` to the stem. The QA layers
+    ``qa`` (and ``probability`` when ``probabilities``) are ``<stem>_<layer>.tif``.
 
     Examples
     --------
@@ -166,11 +189,12 @@ def output_set(
         return base.with_name(base.name + suffix)
 
     polygons = named(f"_polygons.{vector_format}") if vector else None
+    layers = qa_order([*qa, *(["probability"] if probabilities else [])])
     return OutputSet(
         classes=classes,
         qml=classes.with_suffix(".qml"),
         summary=named("_summary.json"),
-        probability=named("_probability.tif") if probabilities else None,
+        **{name: named(f"_{name}.tif") for name in layers},
         vector=polygons,
         vector_qml=polygons.with_suffix(".qml") if polygons is not None else None,
         preview=named("_preview.png") if preview else None,
@@ -282,7 +306,7 @@ def plan_prediction(
     outputs = output_set(
         source,
         out_dir_or_path,
-        probabilities=config.probabilities,
+        qa=config.qa_layers,
         vector=config.vector,
         preview=config.preview,
         row_range=None if row_range is None else (r0, r1),

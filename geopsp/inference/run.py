@@ -112,7 +112,7 @@ def run_tiles(
             kernel=config.blend,
             floor=config.blend_floor,
             row_range=(r0, r1),
-            probabilities=config.probabilities,
+            qa=config.qa_layers,
             out_dtype=meta.output_dtype,
         )
         reader = TileReader(

@@ -19,8 +19,10 @@ Each class raster carries:
 - the class table as JSON in the ``GEOPSP_CLASSES`` dataset tag (:func:`read_class_table`);
 - a QGIS style ``<name>.qml`` (paletted renderer; QGIS loads it as the default style).
 
-The optional probability raster stores the winning class's probability as uint8 (see
-:mod:`geopsp.encoding`); its band scale is ``1/255``, so GDAL and QGIS can show ``p``.
+The optional QA rasters (the probability raster, i.e. the winning class's probability, the
+margin, the entropy, the disagreement) store values in 0..1 as uint8 (see
+:mod:`geopsp.encoding`); their band scale is ``1/255``, so GDAL and QGIS show the values, and
+each has a ``.qml`` colour ramp (:func:`geopsp.style.qa.qa_qml`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,13 +40,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from geopsp.classes import ClassTable
-from geopsp.encoding import PROBABILITY_NODATA, PROBABILITY_SCALE, encode_probability
+from geopsp.encoding import (
+    PROBABILITY_NODATA,
+    PROBABILITY_SCALE,
+    QA_DESCRIPTIONS,
+    encode_probability,
+    qa_order,
+)
 from geopsp.errors import GeopspError, OutputError
 from geopsp.io.atomic import StagedOutputs, check_output_path, temp_prefix
 from geopsp.io.class_metadata import CLASSES_TAG, pam_xml, read_class_table
 from geopsp.io.cog import output_error, quiet_rasterio, refuse_inputs
 from geopsp.io.cog_stage import CogSpec, CogStage
 from geopsp.io.scene import SceneInfo, inspect_scene, open_scene, read_rows
+from geopsp.style.qa import qa_qml
 from geopsp.style.raster import qml_path_for, raster_qml
 
 if TYPE_CHECKING:
@@ -104,6 +113,9 @@ class ClassRasterWriter:
         are multiples of it, are written fastest.
     tags : mapping of str to str, optional
         Extra dataset tags (provenance).
+    qa_paths : mapping of str to path, optional
+        QA rasters to write, by layer (:data:`~geopsp.encoding.QA_LAYERS`); each gets a
+        ``.qml`` colour ramp beside it. ``probability_path`` is the layer ``probability``.
 
     Raises
     ------
@@ -147,6 +159,7 @@ class ClassRasterWriter:
         probability_path: str | os.PathLike[str] | None = None,
         blocksize: int = 512,
         tags: Mapping[str, str] | None = None,
+        qa_paths: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> None:
         if width < 1 or height < 1:
             raise ValueError(f"raster size must be positive, got {width} x {height}")
@@ -170,16 +183,21 @@ class ClassRasterWriter:
         self.compress = compress.lower()
         self.blocksize = int(blocksize)
         self.overwrite = overwrite
-        refuse_inputs([path, *([probability_path] if probability_path is not None else [])], inputs)
+        asked = dict(qa_paths or {})
+        if probability_path is not None:
+            asked["probability"] = probability_path
+        layers = qa_order(asked)
+        refuse_inputs([path, *(asked[name] for name in layers)], inputs)
         self.path = check_output_path(path, overwrite=overwrite, inputs=inputs)
         self.qml_path = qml_path_for(self.path)
         self.aux_path = Path(f"{self.path}.aux.xml")
-        self.probability_path: Path | None = None
-        if probability_path is not None:
-            self.probability_path = check_output_path(probability_path, overwrite=overwrite, inputs=inputs)
-            if self.probability_path.resolve() == self.path.resolve():
-                raise OutputError(f"{self.path}: the probability raster needs a path of its own")
-        for side in (self.qml_path, self.aux_path):
+        self.qa_paths: dict[str, Path] = {}
+        for layer in layers:
+            qa_path = check_output_path(asked[layer], overwrite=overwrite, inputs=inputs)
+            if qa_path.resolve() in {p.resolve() for p in (self.path, *self.qa_paths.values())}:
+                raise OutputError(f"{qa_path}: the {layer} raster needs a path of its own")
+            self.qa_paths[layer] = qa_path
+        for side in (self.qml_path, self.aux_path, *map(qml_path_for, self.qa_paths.values())):
             check_output_path(side, overwrite=overwrite, inputs=inputs)
         self._crs = crs
         self._transform = None if transform is None or transform.is_identity else transform
@@ -191,16 +209,18 @@ class ClassRasterWriter:
         self.write_seconds = 0.0
         self.finish_seconds = 0.0
         self._stage: CogStage | None = None
-        self._pstage: CogStage | None = None
+        self._qa_stages: dict[str, CogStage] = {}
         try:
             cmap = {c.id: (*c.color, 255) for c in classes}
             cmap[nodata] = (0, 0, 0, 0)
             spec = self._spec(dtype, nodata, "MODE", colormap=cmap, description="class")
             self._stage = CogStage(spec, lambda tag: self._temp(self.path, tag))
-            if (prob_path := self.probability_path) is not None:
-                scale = {"scale": 1.0 / PROBABILITY_SCALE, "offset": 0.0}
-                spec = self._spec("uint8", PROBABILITY_NODATA, "AVERAGE", description="probability", **scale)
-                self._pstage = CogStage(spec, lambda tag: self._temp(prob_path, tag))
+            scale = {"scale": 1.0 / PROBABILITY_SCALE, "offset": 0.0}
+            for name, qa_path in self.qa_paths.items():
+                # probability keeps its band description of old; the others say what they hold
+                about = "probability" if name == "probability" else f"{name}: {QA_DESCRIPTIONS[name]}"
+                spec = self._spec("uint8", PROBABILITY_NODATA, "AVERAGE", description=about, **scale)
+                self._qa_stages[name] = CogStage(spec, self._namer(qa_path))
         except BaseException as exc:
             self.abort()
             if isinstance(exc, GeopspError) or not isinstance(exc, Exception):
@@ -208,7 +228,16 @@ class ClassRasterWriter:
             raise output_error(self.path, exc, "creating the output") from exc
         logger.debug("writing %s (%d x %d %s) via %s*", self.path, width, height, dtype, self._prefix)
 
+    @property
+    def probability_path(self) -> Path | None:
+        """The probability raster (the QA layer ``probability``), if written."""
+        return self.qa_paths.get("probability")
+
     # -- temporaries -------------------------------------------------------------------------
+
+    def _namer(self, final: Path) -> Callable[[str], Path]:
+        """Return ``tag -> temporary name`` of one output (a stage's staging files)."""
+        return lambda tag: self._temp(final, tag)
 
     def _temp(self, final: Path, tag: str = "") -> Path:
         return final.with_name(f"{self._prefix}{tag}{final.name}")
@@ -226,6 +255,8 @@ class ClassRasterWriter:
         row_off: int,
         class_rows: NDArray[np.integer[Any]],
         probability_rows: NDArray[Any] | None = None,
+        *,
+        layers: Mapping[str, NDArray[Any]] | None = None,
     ) -> None:
         """Write full-width rows ``[row_off, row_off + h)``; strips may come in any order.
 
@@ -239,12 +270,14 @@ class ClassRasterWriter:
             ``(h, width)``: uint8 already encoded (see :func:`~geopsp.encoding.encode_probability`;
             0 is nodata) or floats in 0..1 (encoded here; NaN is nodata). Needs
             ``probability_path``. Pixels where the class is nodata are stored as nodata too.
+        layers : mapping of str to ndarray, optional
+            Rows of QA layers by name, each as ``probability_rows`` (which is the layer
+            ``probability``); each needs its path in ``qa_paths``.
 
         Raises
         ------
         ValueError
-            On a wrong shape, an out-of-range row or value, or probabilities without
-            ``probability_path``.
+            On a wrong shape, an out-of-range row or value, or a QA layer without its path.
         OutputError
             If the write fails (``"disk full"`` when the disk is full).
         """
@@ -260,43 +293,55 @@ class ClassRasterWriter:
         if h < 1 or row_off < 0 or row_off + h > self.height:
             raise ValueError(f"rows {row_off}..{row_off + h - 1} are outside the raster's 0..{self.height - 1}")
         arr = self._as_dtype(arr)
-        prob = None
+        given = dict(layers or {})
         if probability_rows is not None:
-            if self._pstage is None:
-                raise ValueError("probabilities were given but the writer has no probability_path")
-            prob = np.asarray(probability_rows)
-            if prob.shape != arr.shape:
-                raise ValueError(f"probability rows must have shape {arr.shape}, got {prob.shape}")
-            if prob.dtype == np.uint8:
-                prob = np.where(arr == self.nodata, np.uint8(PROBABILITY_NODATA), prob)
-            elif prob.dtype.kind == "f":
-                prob = encode_probability(prob, invalid=arr == self.nodata)
-            else:
-                raise ValueError(f"probabilities must be uint8 (encoded) or float in 0..1, got {prob.dtype}")
+            given["probability"] = probability_rows
+        encoded = {name: self._qa_rows(name, rows, arr) for name, rows in given.items()}
         try:
             self._stage.write(row_off, arr)
-            if prob is not None and self._pstage is not None:
-                self._pstage.write(row_off, prob)
+            for name, rows in encoded.items():
+                self._qa_stages[name].write(row_off, rows)
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
         self._rows[row_off : row_off + h] = True
         self.write_seconds += time.perf_counter() - t0
 
+    def _qa_rows(self, name: str, rows: NDArray[Any], classes: NDArray[Any]) -> NDArray[np.uint8]:
+        """Check and encode one QA layer's rows; nodata wherever the class is."""
+        if name not in self._qa_stages:
+            what = "probabilities were" if name == "probability" else f"{name} rows were"
+            raise ValueError(f"{what} given but the writer has no path for the {name} raster")
+        values = np.asarray(rows)
+        if values.shape != classes.shape:
+            raise ValueError(f"{name} rows must have shape {classes.shape}, got {values.shape}")
+        if values.dtype == np.uint8:
+            return np.where(classes == self.nodata, np.uint8(PROBABILITY_NODATA), values)
+        if values.dtype.kind == "f":
+            return encode_probability(values, invalid=classes == self.nodata)
+        raise ValueError(f"{name} rows must be uint8 (encoded) or float in 0..1, got {values.dtype}")
+
     def write_strip(
-        self, row_off: int, classes: str | os.PathLike[str], probability: str | os.PathLike[str] | None = None
+        self,
+        row_off: int,
+        classes: str | os.PathLike[str],
+        probability: str | os.PathLike[str] | None = None,
+        *,
+        layers: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> None:
-        """Write rows ``row_off ..`` from a strip's class raster (and probability raster).
+        """Write rows ``row_off ..`` from a strip's class raster (and its QA rasters).
 
         A strip is a raster of consecutive rows made by a writer of the same settings
         (:func:`geopsp.batch.strips.stitch_strips`). Its compressed tiles are copied as they are
         when they fit (same compression and block size, starting on a block row and ending on
         one or at the end), and its pixels read once for the overviews; otherwise its rows are
-        read and written as by :meth:`write_rows`.
+        read and written as by :meth:`write_rows`. ``probability`` is the QA layer
+        ``probability``; ``layers`` names the strip's QA rasters by layer.
 
         Raises
         ------
         ValueError
-            If the strip's size or pixel type does not fit this raster.
+            If the strip's size or pixel type does not fit this raster, or a QA raster is
+            given whose layer this writer does not write.
         OutputError
             If a strip cannot be read or a write fails.
         """
@@ -306,12 +351,17 @@ class ClassRasterWriter:
         t0 = time.perf_counter()
         if self._state != "open" or self._stage is None:
             raise OutputError(f"{self.path}: the writer is already {self._state}; open a new one")
-        if probability is not None and self._pstage is None:
-            raise ValueError("a probability strip was given but the writer has no probability_path")
-        sources = [(self._stage, Path(classes), self.dtype), (self._pstage, probability, "uint8")]
+        given = dict(layers or {})
+        if probability is not None:
+            given["probability"] = probability
+        for name in given:
+            if name not in self._qa_stages:
+                raise ValueError(f"a {name} strip was given but the writer has no path for the {name} raster")
+        sources = [(self._stage, Path(classes), self.dtype)]
+        sources += [(self._qa_stages[name], Path(p), "uint8") for name, p in given.items()]
         h = 0
         try:
-            for stage, path, dtype in [(st, Path(p), d) for st, p, d in sources if st is not None and p is not None]:
+            for stage, path, dtype in sources:
                 with quiet_rasterio(), rasterio.open(path) as src:
                     h, shape = src.height, (src.height, src.width, src.dtypes[0])
                 if shape[1:] != (self.width, dtype) or not 0 <= row_off <= self.height - h:
@@ -348,8 +398,9 @@ class ClassRasterWriter:
         Returns
         -------
         list of Path
-            The class raster, the probability raster (if any), the ``.qml`` style and the
-            ``.aux.xml`` (category names, RAT), in that order.
+            The class raster, the QA rasters (if any, in :data:`~geopsp.encoding.QA_LAYERS`
+            order), the ``.qml`` style, the ``.aux.xml`` (category names, RAT) and the QA
+            rasters' ``.qml`` styles, in that order.
 
         Raises
         ------
@@ -383,8 +434,9 @@ class ClassRasterWriter:
         self._state = "closed"
         self.finish_seconds = time.perf_counter() - t0
         self._final = [final for _, final in moves]
-        order = [self.path, self.probability_path, self.qml_path, self.aux_path]
-        self._final = [p for p in order if p is not None and p in self._final]
+        qa_styles = [qml_path_for(p) for p in self.qa_paths.values()]
+        order = [self.path, *self.qa_paths.values(), self.qml_path, self.aux_path, *qa_styles]
+        self._final = [p for p in order if p in self._final]
         if outputs is None:
             logger.info("wrote %s", self.path)
         else:
@@ -403,10 +455,13 @@ class ClassRasterWriter:
         aux_tmp = Path(f"{cog_tmp}.aux.xml")
         aux_tmp.write_text(pam_xml(self.classes, nodata=self.nodata), encoding="utf-8")
         moves.append((aux_tmp, self.aux_path))
-        if self.probability_path is not None and self._pstage is not None:
-            prob_tmp = self._temp(self.probability_path)
-            self._pstage.finish(prob_tmp)
-            moves.append((prob_tmp, self.probability_path))
+        for name, qa_path in self.qa_paths.items():
+            qa_tmp = self._temp(qa_path)
+            self._qa_stages[name].finish(qa_tmp)
+            moves.append((qa_tmp, qa_path))
+            style_tmp = self._temp(qml_path_for(qa_path))
+            style_tmp.write_text(qa_qml(name), encoding="utf-8")
+            moves.append((style_tmp, qml_path_for(qa_path)))
         moves.append((cog_tmp, self.path))
         return moves
 
@@ -418,8 +473,8 @@ class ClassRasterWriter:
         if staged.overwrite:
             # Sidecars of a previous output (external overviews, masks, PAM) would apply to the new one.
             finals = [final for _, final in moves]
-            for raster in (self.path, self.probability_path):
-                for suffix in _STALE_SIDECARS if raster is not None else ():
+            for raster in (self.path, *self.qa_paths.values()):
+                for suffix in _STALE_SIDECARS:
                     stale = Path(f"{raster}{suffix}")
                     if stale not in finals:
                         staged.remove(stale)
@@ -434,15 +489,14 @@ class ClassRasterWriter:
         if self._state == "closed":
             return
         self._state = "aborted"
-        for name in ("_stage", "_pstage"):
-            stage = getattr(self, name, None)
+        stages = [getattr(self, "_stage", None), *getattr(self, "_qa_stages", {}).values()]
+        self._stage = None
+        self._qa_stages = {}
+        for stage in stages:
             if stage is not None:
-                setattr(self, name, None)
                 with contextlib.suppress(Exception):
                     stage.abort()
-        folders = {self.path.parent}
-        if self.probability_path is not None:
-            folders.add(self.probability_path.parent)
+        folders = {self.path.parent, *(p.parent for p in getattr(self, "qa_paths", {}).values())}
         for folder in folders:
             for tmp in folder.glob(f"{self._prefix}*"):
                 with contextlib.suppress(OSError):

@@ -6,6 +6,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from geopsp._heap import heap_bounded, trim_heap
@@ -32,18 +33,18 @@ class RowWriterThread:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._cls_buf: Any = None  # block_rows x width, allocated at the first partial block row
-        self._prob_buf: Any = None
+        self._qa_bufs: dict[str, Any] = {}
         self._buf_row = 0  # output row of the buffer's first row
         self._fill = 0  # rows of the buffer in use
         self._thread = threading.Thread(target=self._run, name="geopsp-writer", daemon=True)
         self._thread.start()
 
-    def put(self, scene_row: int, cls: Any, prob: Any) -> None:
-        """Queue finished rows (scene coordinates) for writing."""
+    def put(self, scene_row: int, cls: Any, qa: Mapping[str, Any]) -> None:
+        """Queue finished rows (scene coordinates) and their QA layers' rows for writing."""
         self._check()
         while True:
             try:
-                self._queue.put((scene_row - self.r0, cls, prob), timeout=0.1)
+                self._queue.put((scene_row - self.r0, cls, dict(qa)), timeout=0.1)
                 return
             except queue.Full:
                 self._check()
@@ -67,9 +68,9 @@ class RowWriterThread:
         if self._error is not None:
             raise self._error
 
-    def _write(self, row: int, cls: Any, prob: Any) -> None:
+    def _write(self, row: int, cls: Any, qa: Mapping[str, Any]) -> None:
         t0 = time.perf_counter()
-        self.writer.write_rows(row, cls, prob)
+        self.writer.write_rows(row, cls, layers=qa)
         self.rows += cls.shape[0]
         if heap_bounded():
             trim_heap()
@@ -79,10 +80,9 @@ class RowWriterThread:
         if self._fill:
             n = self._fill
             self._fill = 0
-            prob = None if self._prob_buf is None else self._prob_buf[:n]
-            self._write(self._buf_row, self._cls_buf[:n], prob)
+            self._write(self._buf_row, self._cls_buf[:n], {k: b[:n] for k, b in self._qa_bufs.items()})
 
-    def _take(self, row: int, cls: Any, prob: Any) -> None:
+    def _take(self, row: int, cls: Any, qa: Mapping[str, Any]) -> None:
         import numpy as np
 
         if self._fill and self._buf_row + self._fill != row:
@@ -94,17 +94,16 @@ class RowWriterThread:
             # rows left until the end of the output block row the buffer lies in
             room = (self._buf_row // self.block_rows + 1) * self.block_rows - self._buf_row - self._fill
             k = min(room, n - i)
-            part_prob = None if prob is None else prob[i : i + k]
+            part = {name: rows[i : i + k] for name, rows in qa.items()}
             if not self._fill and k == room:  # a whole block row at once: no copy
-                self._write(row + i, cls[i : i + k], part_prob)
+                self._write(row + i, cls[i : i + k], part)
             else:
-                if self._cls_buf is None:  # one run: the width, dtypes and probabilities never change
+                if self._cls_buf is None:  # one run: the width, dtypes and QA layers never change
                     self._cls_buf = np.empty((self.block_rows, *cls.shape[1:]), cls.dtype)
-                    if prob is not None:
-                        self._prob_buf = np.empty((self.block_rows, *prob.shape[1:]), prob.dtype)
+                    self._qa_bufs = {n: np.empty((self.block_rows, *r.shape[1:]), r.dtype) for n, r in qa.items()}
                 self._cls_buf[self._fill : self._fill + k] = cls[i : i + k]
-                if part_prob is not None:
-                    self._prob_buf[self._fill : self._fill + k] = part_prob
+                for name, rows in part.items():
+                    self._qa_bufs[name][self._fill : self._fill + k] = rows
                 self._fill += k
                 if k == room:
                     self._flush()
@@ -126,4 +125,5 @@ class RowWriterThread:
                 self._flush()
             except BaseException as exc:
                 self._error = exc
-        self._cls_buf = self._prob_buf = None
+        self._cls_buf = None
+        self._qa_bufs = {}

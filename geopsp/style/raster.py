@@ -60,6 +60,25 @@ def raster_qml(classes: ClassTable, *, nodata: int | None, band: int = 1, opacit
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in 0..1, got {opacity}")
+    root, pipe = layer_root()
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        {"type": "paletted", "band": str(band), "opacity": f"{opacity:g}", "alphaBand": "-1", "nodataColor": ""},
+    )
+    transparency = ET.SubElement(renderer, "rasterTransparency")
+    if nodata is not None:
+        pixels = ET.SubElement(transparency, "singleValuePixelList")
+        ET.SubElement(pixels, "pixelListEntry", {"min": str(nodata), "max": str(nodata), "percentTransparent": "100"})
+    min_max_origin(renderer)
+    palette = ET.SubElement(renderer, "colorPalette")
+    for c in sorted(classes, key=lambda c: c.id):
+        ET.SubElement(palette, "paletteEntry", {"value": str(c.id), "color": c.hex, "label": c.name, "alpha": "255"})
+    return finish_qml(root, pipe)
+
+
+def layer_root() -> tuple[ET.Element, ET.Element]:
+    """Return the ``<qgis>`` element of a raster style and its ``<pipe>``, up to the renderer."""
     root = ET.Element(
         "qgis",
         {
@@ -87,15 +106,11 @@ def raster_qml(classes: ClassTable, *, nodata: int | None, band: int = 1, opacit
             "zoomedOutResamplingMethod": "nearestNeighbour",
         },
     )
-    renderer = ET.SubElement(
-        pipe,
-        "rasterrenderer",
-        {"type": "paletted", "band": str(band), "opacity": f"{opacity:g}", "alphaBand": "-1", "nodataColor": ""},
-    )
-    transparency = ET.SubElement(renderer, "rasterTransparency")
-    if nodata is not None:
-        pixels = ET.SubElement(transparency, "singleValuePixelList")
-        ET.SubElement(pixels, "pixelListEntry", {"min": str(nodata), "max": str(nodata), "percentTransparent": "100"})
+    return root, pipe
+
+
+def min_max_origin(renderer: ET.Element) -> None:
+    """Add the renderer's ``<minMaxOrigin>``: fixed limits, no stretch from statistics."""
     minmax = ET.SubElement(renderer, "minMaxOrigin")
     for name, value in (
         ("limits", "None"),
@@ -106,9 +121,10 @@ def raster_qml(classes: ClassTable, *, nodata: int | None, band: int = 1, opacit
         ("stdDevFactor", "2"),
     ):
         ET.SubElement(minmax, name).text = value
-    palette = ET.SubElement(renderer, "colorPalette")
-    for c in sorted(classes, key=lambda c: c.id):
-        ET.SubElement(palette, "paletteEntry", {"value": str(c.id), "color": c.hex, "label": c.name, "alpha": "255"})
+
+
+def finish_qml(root: ET.Element, pipe: ET.Element) -> str:
+    """Add the pipe's stages after the renderer and return the QML text."""
     ET.SubElement(pipe, "brightnesscontrast", {"brightness": "0", "contrast": "0", "gamma": "1"})
     ET.SubElement(
         pipe,
