@@ -39,7 +39,9 @@ def test_nan_probabilities_are_nodata_in_the_mosaic_and_in_the_file(tmp_path):
     probs[0, :, :2] = torch.nan  # a model that produced NaN in the top rows
     probs[0, 1, 2:] = 0.8
     rows = []
-    m = Mosaicker(grid, class_ids=[1, 2], nodata=0, sink=lambda r, c, q: rows.append((c, q["probability"])), probabilities=True)
+    m = Mosaicker(
+        grid, class_ids=[1, 2], nodata=0, sink=lambda r, c, q: rows.append((c, q["probability"])), probabilities=True
+    )
     m.add(list(grid.tiles()), probs, torch.ones((1, 8, 8), dtype=torch.bool))
     m.finish()
     cls, prob = rows[0]

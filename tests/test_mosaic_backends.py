@@ -228,7 +228,8 @@ from geopsp.tiling import TileGrid
 grid = TileGrid(150, 170, 64, 16)
 rows = []
 m = Mosaicker(
-    grid, class_ids=[3, 7, 9], nodata=255, sink=lambda r, c, q: rows.append((c, q["probability"])), probabilities=True, backend="numpy"
+    grid, class_ids=[3, 7, 9], nodata=255, probabilities=True, backend="numpy",
+    sink=lambda r, c, q: rows.append((c, q["probability"])),
 )
 rng = np.random.default_rng(0)
 tiles = list(grid.tiles())

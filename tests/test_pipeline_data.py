@@ -26,6 +26,7 @@ from torch import nn
 
 from geopsp.classes import ClassTable
 from geopsp.config import PredictConfig
+from geopsp.encoding import QA_LAYERS
 from geopsp.errors import InputRasterError, ModelError, NotGeoreferencedWarning, OutputExistsError
 from geopsp.inference.plan import output_set
 from geopsp.io.atomic import TEMP_MARKER
@@ -492,12 +493,12 @@ def test_row_range_strips_stitch_to_the_whole_run(tmp_path, tiny_pspnet):
     arr = np.kron(base, np.ones((1, 8, 8), dtype=np.uint8))[:, :290, :310]  # blocky texture
     arr[:, :15, :40] = 0
     scene = write_tif(tmp_path / "s.tif", arr, nodata=0, blocksize=32)
-    conf = cfg(tile_size=96, overlap=16, batch_size=3, probabilities=True)
+    conf = cfg(tile_size=96, overlap=16, batch_size=3, qa=list(QA_LAYERS))
     whole = segment_raster(scene, (model, meta), tmp_path / "whole", config=conf)
     w_cls, _ = read(whole.classes)
-    w_prob, _ = read(whole.probability)
+    w_qa = {name: read(whole.outputs[name])[0] for name in QA_LAYERS}
     parts = [(0, 101), (101, 290)]
-    cls, prob = [], []
+    cls, qa = [], {name: [] for name in QA_LAYERS}
     for r0, r1 in parts:
         res = segment_raster(scene, (model, meta), tmp_path / "strips", config=conf, row_range=(r0, r1))
         c, prof = read(res.classes)
@@ -505,10 +506,13 @@ def test_row_range_strips_stitch_to_the_whole_run(tmp_path, tiny_pspnet):
         assert prof["transform"] == TRANSFORM @ Affine.translation(0, r0)
         assert res.summary["rows"] == [r0, r1]
         cls.append(c)
-        prob.append(read(res.probability)[0])
+        for name in QA_LAYERS:
+            qa[name].append(read(res.outputs[name])[0])
     np.testing.assert_array_equal(np.concatenate(cls), w_cls)
-    np.testing.assert_array_equal(np.concatenate(prob), w_prob)
+    for name in QA_LAYERS:  # every QA layer stitches bit for bit too, the disagreement votes included
+        np.testing.assert_array_equal(np.concatenate(qa[name]), w_qa[name], err_msg=name)
     assert len(np.unique(w_cls)) > 1  # a meaningful comparison
+    assert all(len(np.unique(w_qa[name])) > 1 for name in ("probability", "margin", "entropy"))
 
 
 def test_rows_reach_the_writer_in_order_so_overviews_stream(tmp_path, tiny_pspnet, caplog):

@@ -123,3 +123,51 @@ def test_qgis_check_fails_on_wrong_expectations(qgis_python, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["ok"] is False
+
+
+_QA_PROBE = """
+import json, sys
+from qgis.core import QgsApplication, QgsPointXY, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+out = {}
+for path in sys.argv[1:]:
+    layer = QgsRasterLayer(path, "qa")
+    r = layer.renderer()
+    shader = r.shader().rasterShaderFunction() if r.type() == "singlebandpseudocolor" else None
+    ext = layer.extent()
+    value, ok = layer.dataProvider().sample(QgsPointXY(ext.xMinimum() + 5, ext.yMaximum() - 5), 1)
+    out[path] = {
+        "valid": layer.isValid(),
+        "renderer": r.type(),
+        "stops": [i.value for i in shader.colorRampItemList()] if shader else [],
+        "corner": value if ok else None,
+    }
+print(json.dumps(out))
+"""
+
+
+def test_qgis_draws_each_qa_layer_with_its_ramp_over_decoded_values(qgis_python, tmp_path):
+    """QGIS applies the band scale (1/255), loads each QA layer's .qml, and reads 0..1 values."""
+    from geopsp.encoding import QA_LAYERS
+    from geopsp.io.raster import ClassRasterWriter
+
+    classes = _landcover(64, 64)
+    classes[classes == 255] = 0
+    paths = {name: tmp_path / f"s_{name}.tif" for name in QA_LAYERS}
+    with ClassRasterWriter(
+        tmp_path / "s_classes.tif", width=64, height=64, crs="EPSG:32633",
+        transform=Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_600_000.0), classes=CLASSES, nodata=255, qa_paths=paths,
+    ) as w:  # fmt: skip
+        w.write_rows(0, classes, layers={name: np.full((64, 64), 0.6) for name in QA_LAYERS})
+    proc = subprocess.run(
+        [str(qgis_python), "-c", _QA_PROBE, *map(str, paths.values())],
+        capture_output=True, text=True, env=_qgis_env(), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for path in paths.values():
+        got = report[str(path)]
+        assert got["valid"] and got["renderer"] == "singlebandpseudocolor", got
+        assert got["stops"][-1] == pytest.approx(1.0) and len(got["stops"]) == 3
+        assert got["corner"] == pytest.approx(153 / 255, abs=1e-6)  # round(0.6 * 255) / 255

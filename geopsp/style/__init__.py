@@ -1,9 +1,11 @@
 """Styles that make geopsp outputs open ready to read in QGIS (``.qml`` sidecars)."""
 
+from geopsp.style.qa import qa_qml
 from geopsp.style.raster import qml_path_for, raster_qml, write_raster_qml
 from geopsp.style.vector import vector_qml, write_gpkg_style, write_vector_qml
 
 __all__ = [
+    "qa_qml",
     "qml_path_for",
     "raster_qml",
     "vector_qml",
