@@ -63,8 +63,8 @@ def _cpu() -> dict[str, Any]:
 # scenes
 
 
-def cheap_scene(path: Path, size: int, *, bands: int = 3, block: int = 512) -> Path:
-    """A size x size uint8 GeoTIFF with a cheap, compressible but not constant pattern."""
+def cheap_scene(path: Path, size: int, *, bands: int = 3, block: int = 512, cell: int = 8) -> Path:
+    """A size x size uint8 GeoTIFF with a cheap, compressible but not constant pattern of ``cell`` px squares."""
     import rasterio
     from affine import Affine
 
@@ -88,7 +88,7 @@ def cheap_scene(path: Path, size: int, *, bands: int = 3, block: int = 512) -> P
     }
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:block, 0:block]
-    base = ((yy // 8 * 7 + xx // 8 * 13) % 200 + 20).astype(np.uint8)
+    base = ((yy // cell * 7 + xx // cell * 13) % 200 + 20).astype(np.uint8)
     with rasterio.open(tmp, "w", **profile) as dst:
         for r in range(0, size, block):
             for c in range(0, size, block):
@@ -247,13 +247,17 @@ def bench_throughput(
 # memory
 
 
-def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
-    """Run in a fresh process: one segment_raster with the stand-in model; print the summary."""
+def memory_child(scene: str, out: str, tile: int, overlap: int, extra: dict[str, Any] | None = None) -> None:
+    """Run in a fresh process: one segment_raster with the stand-in model; print the summary.
+
+    ``extra`` holds more settings: ``predict`` (PredictConfig fields) and ``vectorize``
+    (VectorizeConfig fields), e.g. from ``bench/qa_memory.py``.
+    """
     import torch
     from torch import nn
 
     from geopsp.classes import ClassTable
-    from geopsp.config import PredictConfig
+    from geopsp.config import PredictConfig, VectorizeConfig
     from geopsp.model.meta import BundleMeta, ModelSpec, Normalization
     from geopsp.pipeline import segment_raster
 
@@ -276,7 +280,9 @@ def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
     from geopsp._procfs import peak_rss_mb
 
     rss_before = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's size before exec
-    conf = PredictConfig(tile_size=tile, overlap=overlap, device="cpu")  # the default batch
+    more = extra or {}
+    conf = PredictConfig(tile_size=tile, overlap=overlap, device="cpu", **more.get("predict", {}))  # default batch
+    vconf = VectorizeConfig(**more.get("vectorize", {}))
     proc = psutil.Process()
     samples: list[tuple[float, float]] = []
     done = threading.Event()
@@ -288,7 +294,9 @@ def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    res = segment_raster(scene, (nn.Conv2d(3, classes, 1), meta), out, config=conf, overwrite=True)
+    t_start = time.perf_counter()
+    model = nn.Conv2d(3, classes, 1)
+    res = segment_raster(scene, (model, meta), out, config=conf, vector_config=vconf, overwrite=True)
     t_end = time.perf_counter()
     done.set()
     sampler.join()
@@ -301,6 +309,8 @@ def memory_child(scene: str, out: str, tile: int, overlap: int) -> None:
         json.dumps(
             {
                 "peak_rss_mb": s["peak_rss_mb"],
+                "peak_rss_process_mb": round(peak_rss_mb(), 1),  # VmHWM of the whole run, its extras included
+                "wall_seconds": round(t_end - t_start, 1),
                 "peak_rss_tiles_loop_mb": round(max(loop), 1) if loop else None,
                 "peak_rss_cog_finalize_mb": round(max(fin), 1) if fin else None,
                 "rss_after_imports_mb": round(rss_before, 1),

@@ -135,7 +135,7 @@ def test_predict_uploads_the_set_and_the_classes_equal_a_local_run(s3_server, bu
     res = predict(bundle, scene, f"s3://{bucket}/runs/one/", "--probabilities", "--vector")
     assert res.code == 0, res.stderr
     names = ["s1_classes.qml", "s1_classes.tif", "s1_classes.tif.aux.xml", "s1_polygons.gpkg", "s1_polygons.qml"]
-    names += ["s1_probability.tif", "s1_summary.json"]
+    names += ["s1_probability.qml", "s1_probability.tif", "s1_summary.json"]
     assert keys(s3_server.client(), bucket) == [f"runs/one/{n}" for n in names]
     # stdout lists the objects, class raster first, summary last
     lines = res.stdout.split()
@@ -359,7 +359,7 @@ def test_batch_to_s3_uploads_each_set_and_resumes_from_the_objects(s3_server, bu
     assert report.summary_line() == f"2 scenes: 2 done (see {out}manifest.jsonl)"
     assert {r.id: r.strips for r in report.records} == {"a.tif": 1, "sub/big.tif": 2}
     per_scene = ["classes.qml", "classes.tif", "classes.tif.aux.xml", "polygons.gpkg", "polygons.qml"]
-    per_scene += ["probability.tif", "summary.json"]
+    per_scene += ["probability.qml", "probability.tif", "summary.json"]
     expected = [f"batch/a_{n}" for n in per_scene] + ["batch/manifest.jsonl"]
     expected += [f"batch/sub/big_{n}" for n in per_scene]
     assert keys(s3, bucket) == sorted(expected)  # no strips left under .geopsp-work/
