@@ -544,7 +544,7 @@ def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path
     bundle = save_bundle(model, meta, tmp_path / "m.safetensors")
     arr = np.random.default_rng(3).integers(0, 256, size=(3, 120, 100), dtype=np.uint8)
     scene = write_tif(tmp_path / "s.tif", arr)
-    conf = cfg(tile_size=96, overlap=16)
+    conf = cfg(tile_size=96, overlap=16, qa=["margin", "disagreement"])
     parts = []
     for r0, r1 in [(0, 60), (60, 120)]:
         res = segment_raster(scene, (model, meta), tmp_path / "work", config=conf, row_range=(r0, r1))
@@ -564,7 +564,10 @@ def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path
     else:
         done = strips.stitch_strips(scene, parts, out / "s_classes.tif", model=bundle, predict=conf)
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in done)
-        assert "s_summary.json" in {p.name for p in done}
+        assert {"s_summary.json", "s_margin.tif", "s_margin.qml", "s_disagreement.tif"} <= {p.name for p in done}
+        whole = segment_raster(scene, (model, meta), tmp_path / "whole", config=conf)
+        for name in ("margin", "disagreement"):  # the QA layers stitch like the classes
+            np.testing.assert_array_equal(read(out / f"s_{name}.tif")[0], read(whole.outputs[name])[0])
 
 
 def _change_density(cls, lines, axis):
