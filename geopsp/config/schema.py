@@ -186,10 +186,22 @@ class VectorizeConfig(_Section):
     fill_holes_m2: float = Field(
         0.0, ge=0.0, description="Fill holes smaller than this (m2); the polygons inside are absorbed (0: off)."
     )
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Merge polygons whose mean confidence (conf_mean, 0..1) is below this into the neighbour "
+        "sharing the longest border; needs the confidence raster (None: off).",
+    )
     connectivity: Literal[4, 8] = Field(4, description="Pixel connectivity of polygons.")
     format: Literal["gpkg", "geojson", "fgb", "shp", "parquet"] = Field("gpkg", description="Output vector format.")
     skip_classes: tuple[int, ...] = Field((), description="Class ids that produce no polygons (e.g. background).")
     workers: int = Field(0, ge=0, le=64, description="Processes polygonizing strips (0: one per CPU, at most 8).")
+    style: Literal["classes", "confidence"] = Field(
+        "classes",
+        description="Default QGIS style: colours by class, or a graduated ramp on conf_mean (needs the confidence "
+        "raster); a GeoPackage stores the other one too, by name.",
+    )
 
 
 class TLSConfig(_Section):
