@@ -229,6 +229,7 @@ def _segment_into(
             logger.warning("%s", plan.cast.note)
         if cfg.vector:
             _require_vectorize()
+            _check_vector_confidence(plan.outputs, vcfg)
         if cfg.preview:
             _require_preview()
         r0, r1 = plan.rows
@@ -299,19 +300,48 @@ def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> 
 def _stage_vector(
     staged: StagedOutputs, planned: OutputSet, vcfg: VectorizeConfig, meta: BundleMeta
 ) -> dict[str, Path]:
-    """Vectorize the staged class raster into the set; its style joins the set too."""
+    """Vectorize the staged class raster into the set; its style joins the set too.
+
+    The QA rasters staged in the same set (the probability raster, and the disagreement one
+    when the plan has it) give the polygons their confidence attributes.
+    """
     assert planned.vector is not None and planned.vector_qml is not None
+    disagreement = getattr(planned, "disagreement", None)  # an OutputSet field from the QA layers on
     vec_tmp = staged.temp(planned.vector)
     outputs = {"vector": planned.vector}
     try:
         _require_vectorize().vectorize(
-            staged.staged(planned.classes), vec_tmp, config=vcfg, classes=meta.classes, layer=planned.vector.stem
+            staged.staged(planned.classes),
+            vec_tmp,
+            config=vcfg,
+            classes=meta.classes,
+            layer=planned.vector.stem,
+            confidence=staged.staged(planned.probability) if planned.probability is not None else None,
+            disagreement=staged.staged(disagreement) if disagreement is not None else None,
         )
     finally:  # committed or removed with the set
         if vec_tmp.with_suffix(".qml").is_file():
             staged.add(vec_tmp.with_suffix(".qml"), planned.vector_qml)
             outputs["vector_qml"] = planned.vector_qml
     return outputs
+
+
+def _check_vector_confidence(planned: OutputSet, vcfg: VectorizeConfig) -> None:
+    """Refuse, before any tile runs, vectorize options that need a probability raster the run does not write."""
+    if planned.probability is not None:
+        return
+    if vcfg.min_confidence is not None:
+        raise ConfigError(
+            f"{vcfg.min_confidence} needs the polygons' confidence: predict with --probabilities "
+            "(predict.probabilities=true), or drop it",
+            key="vectorize.min_confidence",
+        )
+    if vcfg.style == "confidence":
+        raise ConfigError(
+            "'confidence' colours polygons by conf_mean: predict with --probabilities "
+            "(predict.probabilities=true), or use the 'classes' style",
+            key="vectorize.style",
+        )
 
 
 def _require_vectorize() -> Any:
