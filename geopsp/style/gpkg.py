@@ -2,9 +2,9 @@
 
 QGIS reads ``layer_styles`` when a GeoPackage layer is added and applies the row marked
 ``useAsDefault``; the other rows of the layer are listed by name under *Layer Properties ▸
-Style ▸ Load Style… ▸ From Database*. The QML itself comes from :mod:`geopsp.style.vector`.
+Style ▸ Load Style… ▸ From database*. The QML itself comes from :mod:`geopsp.style.vector`.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.2
    Split from :mod:`geopsp.style.vector`; :func:`write_gpkg_styles`.
 """
 

@@ -9,7 +9,7 @@ The styles travel two ways, so a layer opens styled however it is loaded:
 * inside the GeoPackage, in QGIS's standard ``layer_styles`` table
   (:func:`geopsp.style.gpkg.write_gpkg_styles`):
   one is the layer's default style, which QGIS applies when the layer is added; the other is
-  stored by name (*Layer Properties ▸ Style ▸ Load Style… ▸ From Database*);
+  stored by name (*Layer Properties ▸ Style ▸ Load Style… ▸ From database*);
 * as a ``<stem>.qml`` sidecar next to any vector file (:func:`write_vector_qml`): the default one.
 
 .. versionadded:: 0.1.0
@@ -219,6 +219,8 @@ def confidence_qml(
     >>> qml = confidence_qml()
     >>> 'type="graduatedSymbol"' in qml and 'attr="conf_mean"' in qml and 'label="0.95 - 1.00"' in qml
     True
+
+    .. versionadded:: 0.2
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in 0..1, got {opacity}")

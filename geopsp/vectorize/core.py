@@ -98,9 +98,6 @@ def vectorize(
     disagreement : str or os.PathLike, optional
         The tile disagreement raster (``<stem>_disagreement.tif``): adds ``disagree_frac``.
 
-        .. versionadded:: 0.2.0
-           ``confidence`` and ``disagreement``.
-
     Returns
     -------
     Path
@@ -146,6 +143,8 @@ def vectorize(
     whole coverage is simplified at once and nothing is pinned.
 
     .. versionadded:: 0.1.0
+    .. versionadded:: 0.2
+       ``confidence``, ``disagreement``, ``config.min_confidence`` and ``config.style``.
     """
     cfg = config if config is not None else VectorizeConfig.model_validate({})
     _need_confidence(cfg, confidence)
