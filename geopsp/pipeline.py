@@ -328,19 +328,12 @@ def _stage_vector(
 
 def _check_vector_confidence(planned: OutputSet, vcfg: VectorizeConfig) -> None:
     """Refuse, before any tile runs, vectorize options that need a probability raster the run does not write."""
-    if planned.probability is not None:
-        return
-    if vcfg.min_confidence is not None:
+    option = vcfg.reads_confidence
+    if planned.probability is None and option is not None:
         raise ConfigError(
-            f"{vcfg.min_confidence} needs the polygons' confidence: predict with --probabilities "
+            f"{getattr(vcfg, option)!r} needs the polygons' confidence: predict with --probabilities "
             "(predict.probabilities=true), or drop it",
-            key="vectorize.min_confidence",
-        )
-    if vcfg.style == "confidence":
-        raise ConfigError(
-            "'confidence' colours polygons by conf_mean: predict with --probabilities "
-            "(predict.probabilities=true), or use the 'classes' style",
-            key="vectorize.style",
+            key=f"vectorize.{option}",
         )
 
 

@@ -203,6 +203,21 @@ class VectorizeConfig(_Section):
         "raster); a GeoPackage stores the other one too, by name.",
     )
 
+    @property
+    def reads_confidence(self) -> str | None:
+        """The option that needs the polygons' ``conf_mean`` (so a confidence raster), or None.
+
+        Examples
+        --------
+        >>> VectorizeConfig(min_confidence=0.5).reads_confidence
+        'min_confidence'
+        >>> VectorizeConfig().reads_confidence is None
+        True
+        """
+        if self.min_confidence is not None:
+            return "min_confidence"
+        return "style" if self.style == "confidence" else None
+
 
 class TLSConfig(_Section):
     """TLS of the dask cluster a batch runs on (PEM files; relative paths are relative to the config file)."""

@@ -105,6 +105,11 @@ class QualityRasters:
                 named[what] = None
                 continue
             source = resolve_scene(path)
+            if source.given == grid.source.given:
+                raise InputRasterError(
+                    f"{source}: the {what} raster is the class raster itself; pass the QA raster written with it "
+                    f"(<stem>_{'probability' if what == 'confidence' else what}.tif)"
+                )
             _check_grid(source, class_raster, grid, what=f"{what} raster")
             named[what] = source.given
         return cls(named["confidence"], named["disagreement"])

@@ -251,19 +251,12 @@ def _output_format(out: Path, cfg: VectorizeConfig) -> VectorFormat:
 
 def _need_confidence(cfg: VectorizeConfig, confidence: str | os.PathLike[str] | None) -> None:
     """Refuse the options that read ``conf_mean`` when no confidence raster is given."""
-    if confidence is not None:
-        return
-    if cfg.min_confidence is not None:
+    option = cfg.reads_confidence
+    if confidence is None and option is not None:
         raise ConfigError(
-            f"{cfg.min_confidence} needs the polygons' confidence: pass --confidence <stem>_probability.tif "
+            f"{getattr(cfg, option)!r} needs the polygons' confidence: pass --confidence <stem>_probability.tif "
             "(or predict with --probabilities), or drop it",
-            key="vectorize.min_confidence",
-        )
-    if cfg.style == "confidence":
-        raise ConfigError(
-            "'confidence' colours polygons by conf_mean: pass --confidence <stem>_probability.tif "
-            "(or predict with --probabilities), or use the 'classes' style",
-            key="vectorize.style",
+            key=f"vectorize.{option}",
         )
 
 
