@@ -229,6 +229,7 @@ def _segment_into(
             logger.warning("%s", plan.cast.note)
         if cfg.vector:
             _require_vectorize()
+            _check_vector_confidence(plan.outputs, vcfg)
         if cfg.preview:
             _require_preview()
         r0, r1 = plan.rows
@@ -299,19 +300,41 @@ def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> 
 def _stage_vector(
     staged: StagedOutputs, planned: OutputSet, vcfg: VectorizeConfig, meta: BundleMeta
 ) -> dict[str, Path]:
-    """Vectorize the staged class raster into the set; its style joins the set too."""
+    """Vectorize the staged class raster into the set; its style joins the set too.
+
+    The QA rasters staged in the same set (the probability raster, and the disagreement one
+    when the plan has it) give the polygons their confidence attributes.
+    """
     assert planned.vector is not None and planned.vector_qml is not None
+    disagreement = planned.disagreement
     vec_tmp = staged.temp(planned.vector)
     outputs = {"vector": planned.vector}
     try:
         _require_vectorize().vectorize(
-            staged.staged(planned.classes), vec_tmp, config=vcfg, classes=meta.classes, layer=planned.vector.stem
+            staged.staged(planned.classes),
+            vec_tmp,
+            config=vcfg,
+            classes=meta.classes,
+            layer=planned.vector.stem,
+            confidence=staged.staged(planned.probability) if planned.probability is not None else None,
+            disagreement=staged.staged(disagreement) if disagreement is not None else None,
         )
     finally:  # committed or removed with the set
         if vec_tmp.with_suffix(".qml").is_file():
             staged.add(vec_tmp.with_suffix(".qml"), planned.vector_qml)
             outputs["vector_qml"] = planned.vector_qml
     return outputs
+
+
+def _check_vector_confidence(planned: OutputSet, vcfg: VectorizeConfig) -> None:
+    """Refuse, before any tile runs, vectorize options that need a probability raster the run does not write."""
+    option = vcfg.reads_confidence
+    if planned.probability is None and option is not None:
+        raise ConfigError(
+            f"{getattr(vcfg, option)!r} needs the polygons' confidence: predict with --probabilities "
+            "or --qa (predict.probabilities=true), or drop it",
+            key=f"vectorize.{option}",
+        )
 
 
 def _require_vectorize() -> Any:

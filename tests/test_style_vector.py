@@ -14,7 +14,7 @@ import shapely
 from geopsp.classes import ClassInfo, ClassTable
 from geopsp.errors import OutputError
 from geopsp.style import vector_qml, write_gpkg_style, write_vector_qml
-from geopsp.style.vector import LAYER_STYLES_COLUMNS
+from geopsp.style.gpkg import LAYER_STYLES_COLUMNS
 
 CLASSES = ClassTable((ClassInfo(1, "forest", (34, 110, 52)), ClassInfo(7, "water & <lakes>", (43, 116, 204))))
 

@@ -34,6 +34,32 @@ _FORMATS = ("gpkg", "geojson", "fgb", "shp", "parquet")
 @click.option("--sieve-px", type=int, default=None, help="Merge regions smaller than this many pixels [0: off].")
 @click.option("--min-area", "min_area_m2", type=float, default=None, help="Merge polygons below this many m2 [0: off].")
 @click.option("--fill-holes", "fill_holes_m2", type=float, default=None, help="Fill holes below this many m2 [0: off].")
+@click.option(
+    "--confidence",
+    "confidence",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Confidence raster of the same run (<stem>_probability.tif): adds conf_mean and conf_min.",
+)
+@click.option(
+    "--disagreement",
+    "disagreement",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Tile disagreement raster of the same run (<stem>_disagreement.tif): adds disagree_frac.",
+)
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Merge polygons whose conf_mean is below this into their longest-border neighbour (needs --confidence).",
+)
+@click.option(
+    "--style",
+    type=click.Choice(["classes", "confidence"]),
+    default=None,
+    help="Default QGIS style: by class, or graduated by conf_mean (needs --confidence) [default: classes].",
+)
 @click.option("--connectivity", type=click.Choice(["4", "8"]), default=None, help="Pixel connectivity [default: 4].")
 @click.option(
     "--skip-class", "skip_classes", type=int, multiple=True, help="Class id that makes no polygons (repeatable)."
@@ -62,6 +88,10 @@ def vectorize(
     sieve_px: int | None,
     min_area_m2: float | None,
     fill_holes_m2: float | None,
+    confidence: str | None,
+    disagreement: str | None,
+    min_confidence: float | None,
+    style: str | None,
     connectivity: str | None,
     skip_classes: tuple[int, ...],
     workers: int | None,
@@ -77,7 +107,9 @@ def vectorize(
     CLASS_RASTER is a local file, an http(s):// or s3:// URL, or a GDAL /vsi.../ path. Writes
     OUT with class_id, class_name, area_m2, perimeter_m and scene attributes, a QGIS style
     (inside a GeoPackage, and as a .qml sidecar next to OUT), and prints its path. OUT may be
-    an s3://bucket/key: both are uploaded once written, OUT last.
+    an s3://bucket/key: both are uploaded once written, OUT last. With --confidence (and
+    --disagreement), the QA rasters of the same run, each polygon also gets conf_mean,
+    conf_min (and disagree_frac), and a GeoPackage a second, "confidence" style.
     """
     from geopsp.io.s3 import S3Destination, is_s3_uri
     from geopsp.io.source import scene_name
@@ -93,6 +125,8 @@ def vectorize(
             "vectorize.sieve_px": sieve_px,
             "vectorize.min_area_m2": min_area_m2,
             "vectorize.fill_holes_m2": fill_holes_m2,
+            "vectorize.min_confidence": min_confidence,
+            "vectorize.style": style,
             "vectorize.connectivity": int(connectivity) if connectivity else None,
             "vectorize.skip_classes": list(skip_classes) if skip_classes else None,
             "vectorize.workers": workers,
@@ -120,6 +154,8 @@ def vectorize(
                 overwrite=overwrite,
                 progress=bar.callback,
                 layer=layer,
+                confidence=confidence,
+                disagreement=disagreement,
             )
         shown = str(path) if dest is None else dest.upload_all(marker=path)[-1]
     click.echo(shown)

@@ -206,10 +206,37 @@ class VectorizeConfig(_Section):
     fill_holes_m2: float = Field(
         0.0, ge=0.0, description="Fill holes smaller than this (m2); the polygons inside are absorbed (0: off)."
     )
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Merge polygons whose mean confidence (conf_mean, 0..1) is below this into the neighbour "
+        "sharing the longest border; needs the confidence raster (None: off).",
+    )
     connectivity: Literal[4, 8] = Field(4, description="Pixel connectivity of polygons.")
     format: Literal["gpkg", "geojson", "fgb", "shp", "parquet"] = Field("gpkg", description="Output vector format.")
     skip_classes: tuple[int, ...] = Field((), description="Class ids that produce no polygons (e.g. background).")
     workers: int = Field(0, ge=0, le=64, description="Processes polygonizing strips (0: one per CPU, at most 8).")
+    style: Literal["classes", "confidence"] = Field(
+        "classes",
+        description="Default QGIS style: colours by class, or a graduated ramp on conf_mean (needs the confidence "
+        "raster); a GeoPackage stores the other one too, by name.",
+    )
+
+    @property
+    def reads_confidence(self) -> str | None:
+        """The option that needs the polygons' ``conf_mean`` (so a confidence raster), or None.
+
+        Examples
+        --------
+        >>> VectorizeConfig(min_confidence=0.5).reads_confidence
+        'min_confidence'
+        >>> VectorizeConfig().reads_confidence is None
+        True
+        """
+        if self.min_confidence is not None:
+            return "min_confidence"
+        return "style" if self.style == "confidence" else None
 
 
 class TLSConfig(_Section):

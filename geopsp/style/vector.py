@@ -1,64 +1,59 @@
-"""QGIS styles for land-use polygons: a categorized renderer with the class colours and names.
+"""QGIS styles for land-use polygons: categorized by class, or graduated by confidence.
 
-The style travels two ways, so a layer opens styled however it is loaded:
+The class style (:func:`vector_qml`) draws each class in its colour with its name in the
+legend. Polygons with QA attributes also get a confidence style (:func:`confidence_qml`): a
+red-to-green graduated ramp on ``conf_mean``, so unsure polygons stand out.
 
-* inside the GeoPackage, in QGIS's standard ``layer_styles`` table as the layer's default
-  style (:func:`write_gpkg_style`); QGIS applies it when the layer is added;
-* as a ``<stem>.qml`` sidecar next to any vector file (:func:`write_vector_qml`).
+The styles travel two ways, so a layer opens styled however it is loaded:
+
+* inside the GeoPackage, in QGIS's standard ``layer_styles`` table
+  (:func:`geopsp.style.gpkg.write_gpkg_styles`):
+  one is the layer's default style, which QGIS applies when the layer is added; the other is
+  stored by name (*Layer Properties ▸ Style ▸ Load Style… ▸ From database*);
+* as a ``<stem>.qml`` sidecar next to any vector file (:func:`write_vector_qml`): the default one.
 
 .. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Literal
 
 from geopsp.classes import ClassTable
-from geopsp.errors import OutputError
 
-__all__ = ["LAYER_STYLES_COLUMNS", "vector_qml", "write_gpkg_style", "write_vector_qml"]
+__all__ = [
+    "CONFIDENCE_RANGES",
+    "CONFIDENCE_STYLE",
+    "VECTOR_STYLES",
+    "VectorStyle",
+    "confidence_qml",
+    "style_qml",
+    "vector_qml",
+    "write_vector_qml",
+]
+
+VectorStyle = Literal["classes", "confidence"]
+"""What a polygon style colours by: the class, or the mean confidence (``conf_mean``)."""
+
+VECTOR_STYLES: tuple[VectorStyle, ...] = ("classes", "confidence")
+
+CONFIDENCE_STYLE = "confidence"
+"""Name of the confidence style in a GeoPackage's ``layer_styles``."""
+
+CONFIDENCE_RANGES: tuple[tuple[float, float, tuple[int, int, int]], ...] = (
+    (0.0, 0.5, (215, 25, 28)),
+    (0.5, 0.7, (253, 174, 97)),
+    (0.7, 0.85, (255, 255, 191)),
+    (0.85, 0.95, (166, 217, 106)),
+    (0.95, 1.0, (26, 150, 65)),
+)
+"""Classes of the confidence style: ``(lower, upper, colour)`` of ``conf_mean``, red (unsure) to green."""
 
 _QGIS_VERSION = "3.22.0-Białowieża"
 _DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-
-LAYER_STYLES_COLUMNS = (
-    "f_table_catalog",
-    "f_table_schema",
-    "f_table_name",
-    "f_geometry_column",
-    "styleName",
-    "styleQML",
-    "styleSLD",
-    "useAsDefault",
-    "description",
-    "owner",
-    "ui",
-    "update_time",
-)
-"""Columns of QGIS's ``layer_styles`` table (besides its ``id`` key)."""
-
-# The DDL QGIS itself uses (qgsogrprovider.cpp) for GeoPackage style tables.
-_CREATE_LAYER_STYLES = """
-CREATE TABLE IF NOT EXISTS layer_styles (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  f_table_catalog TEXT(256),
-  f_table_schema TEXT(256),
-  f_table_name TEXT(256),
-  f_geometry_column TEXT(256),
-  styleName TEXT(30),
-  styleQML TEXT,
-  styleSLD TEXT,
-  useAsDefault BOOLEAN,
-  description TEXT,
-  owner TEXT(30),
-  ui TEXT(30),
-  update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
-)
-"""
 
 
 def _rgba(color: tuple[int, int, int], alpha: int = 255) -> str:
@@ -95,6 +90,46 @@ def _fill_symbol(parent: ET.Element, name: str, color: tuple[int, int, int], *, 
     # QGIS < 3.26 also reads the older <prop k= v=> form; writing both is what QGIS 3.22 does.
     for key, value in props.items():
         ET.SubElement(layer, "prop", {"k": key, "v": value})
+
+
+def _qgis_root() -> ET.Element:
+    return ET.Element(
+        "qgis",
+        {
+            "version": _QGIS_VERSION,
+            "styleCategories": "Symbology|Fields|Rendering|Legend",
+            "hasScaleBasedVisibilityFlag": "0",
+        },
+    )
+
+
+def _renderer(root: ET.Element, kind: str, field: str, **extra: str) -> ET.Element:
+    return ET.SubElement(
+        root,
+        "renderer-v2",
+        {
+            "type": kind,
+            "attr": field,
+            **extra,
+            "symbollevels": "0",
+            "enableorderby": "0",
+            "forceraster": "0",
+            "referencescale": "-1",
+        },
+    )
+
+
+def _finish(root: ET.Element, renderer: ET.Element, *, opacity: float, label_field: str | None) -> str:
+    ET.SubElement(renderer, "rotation")
+    ET.SubElement(renderer, "sizescale")
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.SubElement(root, "featureBlendMode").text = "0"
+    ET.SubElement(root, "layerOpacity").text = f"{opacity:g}"
+    if label_field:
+        ET.SubElement(root, "previewExpression").text = f'"{label_field}"'
+    ET.SubElement(root, "layerGeometryType").text = "2"
+    ET.indent(root, space="  ")
+    return _DOCTYPE + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def vector_qml(
@@ -134,26 +169,8 @@ def vector_qml(
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in 0..1, got {opacity}")
-    root = ET.Element(
-        "qgis",
-        {
-            "version": _QGIS_VERSION,
-            "styleCategories": "Symbology|Fields|Rendering|Legend",
-            "hasScaleBasedVisibilityFlag": "0",
-        },
-    )
-    renderer = ET.SubElement(
-        root,
-        "renderer-v2",
-        {
-            "type": "categorizedSymbol",
-            "attr": field,
-            "symbollevels": "0",
-            "enableorderby": "0",
-            "forceraster": "0",
-            "referencescale": "-1",
-        },
-    )
+    root = _qgis_root()
+    renderer = _renderer(root, "categorizedSymbol", field)
     cats = ET.SubElement(renderer, "categories")
     for i, c in enumerate(classes):
         ET.SubElement(
@@ -165,16 +182,104 @@ def vector_qml(
         _fill_symbol(symbols, str(i), c.color, outline=outline, opacity=1.0)
     source = ET.SubElement(renderer, "source-symbol")
     _fill_symbol(source, "0", (190, 190, 190), outline=outline, opacity=1.0)
-    ET.SubElement(renderer, "rotation")
-    ET.SubElement(renderer, "sizescale")
-    ET.SubElement(root, "blendMode").text = "0"
-    ET.SubElement(root, "featureBlendMode").text = "0"
-    ET.SubElement(root, "layerOpacity").text = f"{opacity:g}"
-    if label_field:
-        ET.SubElement(root, "previewExpression").text = f'"{label_field}"'
-    ET.SubElement(root, "layerGeometryType").text = "2"
-    ET.indent(root, space="  ")
-    return _DOCTYPE + ET.tostring(root, encoding="unicode") + "\n"
+    return _finish(root, renderer, opacity=opacity, label_field=label_field)
+
+
+def confidence_qml(
+    *,
+    field: str = "conf_mean",
+    opacity: float = 1.0,
+    outline_color: tuple[int, int, int] = (35, 35, 35),
+    label_field: str | None = None,
+) -> str:
+    """Return a QGIS 3 layer style (QML) colouring polygons by their mean confidence.
+
+    A graduated renderer with the :data:`CONFIDENCE_RANGES` of ``field`` (0..1), red where
+    the model was unsure to green where it was sure; polygons without a value (NULL) are
+    not drawn.
+
+    Parameters
+    ----------
+    field : str, default "conf_mean"
+        Attribute holding the confidence.
+    opacity : float, default 1.0
+        Layer opacity in 0..1.
+    outline_color : (int, int, int), default dark grey
+        Colour of the 0.1 mm polygon outlines.
+    label_field : str, optional
+        Field used as the layer's display expression; default: none.
+
+    Returns
+    -------
+    str
+        The QML document.
+
+    Examples
+    --------
+    >>> qml = confidence_qml()
+    >>> 'type="graduatedSymbol"' in qml and 'attr="conf_mean"' in qml and 'label="0.95 - 1.00"' in qml
+    True
+
+    .. versionadded:: 0.2
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in 0..1, got {opacity}")
+    root = _qgis_root()
+    renderer = _renderer(root, "graduatedSymbol", field, graduatedMethod="GraduatedColor")
+    ranges = ET.SubElement(renderer, "ranges")
+    for i, (lo, hi, _) in enumerate(CONFIDENCE_RANGES):
+        ET.SubElement(
+            ranges,
+            "range",
+            {
+                "symbol": str(i),
+                "lower": f"{lo:.15f}",
+                "upper": f"{hi:.15f}",
+                "label": f"{lo:.2f} - {hi:.2f}",
+                "render": "true",
+            },
+        )
+    symbols = ET.SubElement(renderer, "symbols")
+    outline = _rgba(outline_color)
+    for i, (_, _, color) in enumerate(CONFIDENCE_RANGES):
+        _fill_symbol(symbols, str(i), color, outline=outline, opacity=1.0)
+    source = ET.SubElement(renderer, "source-symbol")
+    _fill_symbol(source, "0", (190, 190, 190), outline=outline, opacity=1.0)
+    ramp = ET.SubElement(renderer, "colorramp", {"type": "gradient", "name": "[source]"})
+    first, last = CONFIDENCE_RANGES[0][2], CONFIDENCE_RANGES[-1][2]
+    stops = ":".join(
+        f"{(k + 0.5) / len(CONFIDENCE_RANGES):.2f};{_rgba(c)}" for k, (_, _, c) in enumerate(CONFIDENCE_RANGES[1:-1], 1)
+    )
+    ramp_props = {
+        "color1": _rgba(first),
+        "color2": _rgba(last),
+        "discrete": "0",
+        "rampType": "gradient",
+        "stops": stops,
+    }
+    opts = ET.SubElement(ramp, "Option", {"type": "Map"})
+    for key, value in ramp_props.items():
+        _option(opts, key, value)
+    for key, value in ramp_props.items():
+        ET.SubElement(ramp, "prop", {"k": key, "v": value})
+    return _finish(root, renderer, opacity=opacity, label_field=label_field)
+
+
+def style_qml(
+    style: VectorStyle | str, classes: ClassTable, *, field: str = "class_id", label_field: str | None = "class_name"
+) -> str:
+    """Return the QML of a named style: :func:`vector_qml` for "classes", :func:`confidence_qml` for "confidence".
+
+    Raises
+    ------
+    ValueError
+        An unknown style name (the message lists the valid ones).
+    """
+    if style == "classes":
+        return vector_qml(classes, field=field, label_field=label_field)
+    if style == CONFIDENCE_STYLE:
+        return confidence_qml(label_field=label_field)
+    raise ValueError(f"unknown vector style {style!r}; valid styles: {', '.join(map(repr, VECTOR_STYLES))}")
 
 
 def write_vector_qml(
@@ -183,99 +288,9 @@ def write_vector_qml(
     *,
     field: str = "class_id",
     label_field: str | None = "class_name",
+    style: VectorStyle | str = "classes",
 ) -> Path:
-    """Write :func:`vector_qml` to ``path`` (UTF-8) and return it."""
+    """Write :func:`vector_qml` (or, with ``style="confidence"``, :func:`confidence_qml`) to ``path`` and return it."""
     out = Path(path)
-    out.write_text(vector_qml(classes, field=field, label_field=label_field), encoding="utf-8")
+    out.write_text(style_qml(style, classes, field=field, label_field=label_field), encoding="utf-8")
     return out
-
-
-def write_gpkg_style(
-    gpkg_path: str | os.PathLike[str],
-    layer: str,
-    classes: ClassTable,
-    *,
-    field: str = "class_id",
-    style_name: str | None = None,
-    geometry_column: str | None = None,
-    description: str = "geopsp land-use classes",
-) -> None:
-    """Store the categorized class style as the layer's default style inside a GeoPackage.
-
-    QGIS reads ``layer_styles`` (its standard table, registered in ``gpkg_contents`` as an
-    attributes table) when a GeoPackage layer is added and applies the row marked
-    ``useAsDefault``. An earlier default style of the same layer is replaced.
-
-    Parameters
-    ----------
-    gpkg_path : str or os.PathLike
-        An existing GeoPackage, not open in any other writer.
-    layer : str
-        The layer (table) the style belongs to.
-    classes : ClassTable
-        Classes to draw.
-    field : str, default "class_id"
-        Attribute holding the class id.
-    style_name : str, optional
-        Name shown in QGIS's style manager; default: the layer name.
-    geometry_column : str, optional
-        The layer's geometry column; default: read from ``gpkg_geometry_columns``.
-    description : str
-        Free text stored with the style.
-
-    Raises
-    ------
-    OutputError
-        The file is not a GeoPackage or has no such layer.
-    """
-    p = Path(gpkg_path)
-    qml = vector_qml(classes, field=field, label_field="class_name")
-    try:
-        with contextlib.closing(sqlite3.connect(p)) as con, con:
-            row = con.execute(
-                "SELECT column_name FROM gpkg_geometry_columns WHERE lower(table_name) = lower(?)", (layer,)
-            ).fetchone()
-            if row is None:
-                raise OutputError(f"{p}: GeoPackage has no geometry layer {layer!r}; cannot attach a style")
-            geom_col = geometry_column or str(row[0])
-            con.execute(_CREATE_LAYER_STYLES)
-            con.execute(
-                "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
-                "VALUES ('layer_styles', 'attributes', 'layer_styles', '', strftime('%Y-%m-%dT%H:%M:%fZ','now'))"
-            )
-            con.execute("UPDATE layer_styles SET useAsDefault = 0 WHERE f_table_name = ?", (layer,))
-            con.execute(
-                "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
-                "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
-                "VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, 'geopsp', NULL)",
-                (layer, geom_col, style_name or layer, qml, _sld(layer, classes, field), description),
-            )
-    except sqlite3.DatabaseError as exc:
-        raise OutputError(f"{p}: cannot write the style table ({exc}); is it a GeoPackage?") from exc
-
-
-def _sld(layer: str, classes: ClassTable, field: str) -> str:
-    """Return a minimal SLD 1.1 equivalent of the categorized style (for other SLD readers)."""
-    ns = {
-        "xmlns": "http://www.opengis.net/sld",
-        "xmlns:ogc": "http://www.opengis.net/ogc",
-        "xmlns:se": "http://www.opengis.net/se",
-        "version": "1.1.0",
-    }
-    root = ET.Element("StyledLayerDescriptor", ns)
-    named = ET.SubElement(root, "NamedLayer")
-    ET.SubElement(named, "se:Name").text = layer
-    style = ET.SubElement(ET.SubElement(named, "UserStyle"), "se:FeatureTypeStyle")
-    for c in classes:
-        rule = ET.SubElement(style, "se:Rule")
-        ET.SubElement(rule, "se:Name").text = c.name
-        flt = ET.SubElement(ET.SubElement(rule, "ogc:Filter"), "ogc:PropertyIsEqualTo")
-        ET.SubElement(flt, "ogc:PropertyName").text = field
-        ET.SubElement(flt, "ogc:Literal").text = str(c.id)
-        sym = ET.SubElement(rule, "se:PolygonSymbolizer")
-        fill = ET.SubElement(sym, "se:Fill")
-        ET.SubElement(fill, "se:SvgParameter", {"name": "fill"}).text = c.hex
-        stroke = ET.SubElement(sym, "se:Stroke")
-        ET.SubElement(stroke, "se:SvgParameter", {"name": "stroke"}).text = "#232323"
-        ET.SubElement(stroke, "se:SvgParameter", {"name": "stroke-width"}).text = "0.26"
-    return ET.tostring(root, encoding="unicode")

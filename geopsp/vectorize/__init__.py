@@ -16,11 +16,12 @@ from geopsp import _lazy
 
 if TYPE_CHECKING:
     from geopsp.vectorize._source import RasterSource, inspect_class_raster
-    from geopsp.vectorize.core import FIELDS, vectorize
+    from geopsp.vectorize.core import CONFIDENCE_FIELDS, FIELDS, vectorize
 
-__all__ = ["FIELDS", "RasterSource", "inspect_class_raster", "vectorize"]
+__all__ = ["CONFIDENCE_FIELDS", "FIELDS", "RasterSource", "inspect_class_raster", "vectorize"]
 
 _LAZY = {
+    "CONFIDENCE_FIELDS": "geopsp.vectorize.core",
     "FIELDS": "geopsp.vectorize.core",
     "RasterSource": "geopsp.vectorize._source",
     "inspect_class_raster": "geopsp.vectorize._source",

@@ -16,7 +16,12 @@ raster was cut into strips. The rules, applied once to the regions as polygonize
 5. A hole smaller than ``fill_holes_m2`` is filled: the enclosing polygon absorbs it and the
    polygons inside are dropped. Holes that contain nodata stay.
 
-Nothing leaves a gap: every pixel ends up in exactly one polygon or stays nodata.
+Nothing leaves a gap: every pixel ends up in exactly one polygon or stays nodata. The one
+exception is asked for by the caller: a region marked ``drop_alone`` (low confidence) that has
+no neighbour but nodata is dropped, and its pixels become nodata.
+
+QA counts (:mod:`geopsp.vectorize._confidence`) follow the pixels: a dissolved region adds up
+those of its members, a polygon that fills a hole those of the polygons it absorbs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from geopsp.vectorize._confidence import merge_stats, reduce_stats
+from geopsp.vectorize._stitch import Components
 from geopsp.vectorize._strips import NODATA_VALUE
 
 __all__ = ["eliminate_small", "fill_small_holes"]
@@ -58,30 +65,34 @@ class _UnionFind:
         return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64, count=len(self.parent))
 
 
-def eliminate_small(geoms: Geoms, values: IntArray, small: NDArray[np.bool_]) -> tuple[Geoms, IntArray]:
+def eliminate_small(
+    regions: Components, small: NDArray[np.bool_], *, drop_alone: NDArray[np.bool_] | None = None
+) -> Components:
     """Merge small regions into neighbours (rules 1-4 of the module docstring).
 
     Parameters
     ----------
-    geoms : ndarray of Polygon
+    regions : Components
         Exact regions in pixel coordinates (a full coverage of the raster's valid pixels,
-        with nodata regions carrying :data:`NODATA_VALUE`).
-    values : ndarray of int64
-        Class of each region.
+        with nodata regions carrying :data:`NODATA_VALUE`), their classes and QA counts.
     small : ndarray of bool
-        Which regions are small.
+        Which regions are small (merged into a neighbour).
+    drop_alone : ndarray of bool, optional
+        Which small regions are dropped when they have no neighbour but nodata (instead of
+        staying as they are).
 
     Returns
     -------
-    (geoms, values)
+    Components
         The dissolved regions.
     """
+    geoms, values = regions.geoms, regions.values
     n = len(geoms)
     nodata = values == NODATA_VALUE
     small = small & ~nodata
     cand = np.flatnonzero(small)
     if cand.size == 0:
-        return geoms, values
+        return regions
     npx = shapely.area(geoms)
     bounds = shapely.bounds(geoms)
     tree = shapely.STRtree(geoms)
@@ -109,8 +120,14 @@ def eliminate_small(geoms: Geoms, values: IntArray, small: NDArray[np.bool_]) ->
     for x, y in zip(a[same].tolist(), b[same].tolist(), strict=True):
         uf.union(x, y)
     roots = uf.roots()
-    out_geoms, out_values = _dissolve(geoms, new_values, roots)
-    return out_geoms, out_values
+    keep = np.ones(n, dtype=bool)
+    if drop_alone is not None:
+        # alone: small with no neighbour, so a cluster of its own (nothing points at it either)
+        keep &= ~(drop_alone & small & (ptr == np.arange(n)))
+    if not keep.all():
+        regions = Components(geoms[keep], values[keep], None if regions.stats is None else regions.stats[keep])
+        new_values, roots = new_values[keep], roots[keep]
+    return _dissolve(regions, new_values, roots)
 
 
 def _follow(ptr: IntArray, cand: IntArray, npx: NDArray[np.float64], bounds: NDArray[np.float64]) -> IntArray:
@@ -139,7 +156,8 @@ def _follow(ptr: IntArray, cand: IntArray, npx: NDArray[np.float64], bounds: NDA
     return sink
 
 
-def _dissolve(geoms: Geoms, values: IntArray, roots: IntArray) -> tuple[Geoms, IntArray]:
+def _dissolve(regions: Components, values: IntArray, roots: IntArray) -> Components:
+    geoms = regions.geoms
     order = np.argsort(roots, kind="stable")
     r = roots[order]
     starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
@@ -153,26 +171,28 @@ def _dissolve(geoms: Geoms, values: IntArray, roots: IntArray) -> tuple[Geoms, I
             out[k] = geoms[members[0]]
         else:
             out[k] = shapely.simplify(shapely.union_all(geoms[members]), 0.0)
-    return out, vals
+    stats = None if regions.stats is None else reduce_stats(regions.stats, order, starts)
+    return Components(out, vals, stats)
 
 
-def fill_small_holes(geoms: Geoms, values: IntArray, max_area_m2: float, area_m2: AreaFn) -> tuple[Geoms, IntArray]:
+def fill_small_holes(regions: Components, max_area_m2: float, area_m2: AreaFn) -> Components:
     """Fill holes smaller than ``max_area_m2`` (rule 5): the polygons inside are dropped.
 
     Parameters
     ----------
-    geoms, values
+    regions : Components
         Exact regions (pixel coordinates) covering the raster, nodata included.
     max_area_m2 : float
         Holes with a smaller area are filled.
     area_m2 : callable
         Area in square metres of pixel-space polygons.
     """
+    geoms, values = regions.geoms, regions.values
     n = len(geoms)
     n_holes = shapely.get_num_interior_rings(geoms)
     has = np.flatnonzero((n_holes > 0) & (values != NODATA_VALUE))
     if has.size == 0:
-        return geoms, values
+        return regions
     # Every hole as a polygon, with its owner.
     owner = np.repeat(has, n_holes[has])
     ring_no = np.concatenate([np.arange(k) for k in n_holes[has].tolist()])
@@ -180,7 +200,7 @@ def fill_small_holes(geoms: Geoms, values: IntArray, max_area_m2: float, area_m2
     holes = shapely.polygons(rings)
     fill = area_m2(holes) < max_area_m2
     if not fill.any():
-        return geoms, values
+        return regions
     owner, ring_no, holes = owner[fill], ring_no[fill], holes[fill]
     tree = shapely.STRtree(geoms)
     hi, inside = tree.query(holes, predicate="contains")
@@ -190,17 +210,23 @@ def fill_small_holes(geoms: Geoms, values: IntArray, max_area_m2: float, area_m2
     out = geoms.copy()
     # Largest owners first, so a hole inside a filled hole is simply dropped with it.
     areas = shapely.area(geoms)
-    filled_rings: dict[int, set[int]] = {}
+    filled: dict[int, list[int]] = {}  # owner -> its holes that are filled
     for h in np.argsort(-areas[owner], kind="stable").tolist():
         o = int(owner[h])
         if blocked[h] or dropped[o]:
             continue
-        filled_rings.setdefault(o, set()).add(int(ring_no[h]))
+        filled.setdefault(o, []).append(h)
         dropped[inside[hi == h]] = True
-    for o, ring_set in filled_rings.items():
+    stats = None if regions.stats is None else regions.stats.copy()
+    for o, hole_ids in filled.items():
         if dropped[o]:
             continue
+        ring_set = {int(ring_no[h]) for h in hole_ids}
         poly = geoms[o]
         keep = [r for i, r in enumerate(poly.interiors) if i not in ring_set]
         out[o] = shapely.Polygon(poly.exterior, keep)
-    return out[~dropped], values[~dropped]
+        if stats is not None:
+            # The filled holes of owners that stay are disjoint: each absorbed polygon counts once.
+            absorbed = inside[np.isin(hi, hole_ids)]
+            stats[o] = merge_stats(np.vstack([stats[o][None], stats[absorbed]]))
+    return Components(out[~dropped], values[~dropped], None if stats is None else stats[~dropped])

@@ -6,6 +6,9 @@ strip. Pieces of the next strip that share a run of seam pixels with it (same cl
 A group none of whose pieces reaches the current strip's last row can grow no more: it is
 *closed*, its pieces are unioned into one polygon and handed out at once. Only open groups
 are kept between strips, so memory follows the width of the raster, not its height.
+
+With QA rasters each piece carries its counts (:mod:`geopsp.vectorize._confidence`); a group
+adds up those of its pieces, so a joined region's counts are those of all its pixels.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from geopsp.vectorize._confidence import merge_stats
 from geopsp.vectorize._geometry import drop_collinear
 from geopsp.vectorize._strips import NODATA_VALUE, Strip
 
@@ -26,10 +30,11 @@ IntArray = NDArray[np.int64]
 
 @dataclass
 class Components:
-    """Closed regions: polygons (pixel coordinates) and their class values."""
+    """Closed regions: polygons (pixel coordinates), their class values and QA counts (or None)."""
 
     geoms: NDArray[np.object_]
     values: IntArray
+    stats: IntArray | None = None
 
     def __len__(self) -> int:
         return len(self.geoms)
@@ -41,17 +46,23 @@ class Components:
 
     @classmethod
     def concat(cls, parts: list[Components]) -> Components:
-        """Concatenate several batches."""
+        """Concatenate several batches (all with QA counts, or none)."""
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
-        return cls(np.concatenate([p.geoms for p in parts]), np.concatenate([p.values for p in parts]))
+        stats = None
+        if parts[0].stats is not None:
+            stats = np.concatenate([p.stats for p in parts if p.stats is not None])
+            if len(stats) != sum(len(p) for p in parts):  # pragma: no cover - a programming error
+                raise ValueError("cannot concatenate regions with and without QA counts")
+        return cls(np.concatenate([p.geoms for p in parts]), np.concatenate([p.values for p in parts]), stats)
 
 
 @dataclass
 class _Group:
     value: int
     pieces: list[object] = field(default_factory=list)
+    stats: IntArray | None = None  # QA counts of all its pieces so far
 
 
 def _seam_pairs(above: IntArray, below: IntArray, connectivity: int) -> tuple[IntArray, IntArray]:
@@ -112,7 +123,7 @@ class Stitcher:
 
     def add(self, strip: Strip) -> Components:
         """Add the next strip; return the regions that are now closed."""
-        geoms, values = strip.geoms, strip.values
+        geoms, values, stats = strip.geoms, strip.values, strip.stats
         n = len(geoms)
         kept = values != NODATA_VALUE
         top, bottom = strip.top, strip.bottom
@@ -126,65 +137,65 @@ class Stitcher:
         if len(ia):
             old = self._prev[ia, 2]
             new = top[ib, 2]
-            gid_of_piece, touched = self._link(old, new, values, geoms, gid_of_piece)
+            gid_of_piece, touched = self._link(old, new, values, geoms, stats, gid_of_piece)
         # --- groups that no piece of this strip continued are closed -------------------------
-        closed_geoms: list[object] = []
-        closed_values: list[int] = []
-        for gid in [g for g in self._groups if g not in touched]:
-            group = self._groups.pop(gid)
-            closed_geoms.append(self._union(group.pieces))
-            closed_values.append(group.value)
+        closed: list[_Group] = [self._groups.pop(gid) for gid in [g for g in self._groups if g not in touched]]
         # --- pieces reaching the bottom seam open (or keep open) their group -----------------
         at_bottom = np.zeros(n, dtype=bool)
         at_bottom[bottom[:, 2]] = True
         for p in np.flatnonzero(at_bottom & (gid_of_piece < 0)):
-            gid = self._new_group(int(values[p]), [geoms[p]])
+            gid = self._new_group(int(values[p]), [geoms[p]], None if stats is None else stats[p].copy())
             gid_of_piece[p] = gid
         still_open = set(gid_of_piece[at_bottom].tolist())
-        for gid in touched - still_open:
-            group = self._groups.pop(gid)
-            closed_geoms.append(self._union(group.pieces))
-            closed_values.append(group.value)
+        closed.extend(self._groups.pop(gid) for gid in touched - still_open)
         self._prev = np.column_stack([bottom[:, :2], gid_of_piece[bottom[:, 2]]]) if len(bottom) else bottom
         self._prev_values = values[bottom[:, 2]]
         # --- pieces that touch no seam are whole regions already (the common case) ----------
         alone = kept & (gid_of_piece < 0)
-        batch = [Components(geoms[alone], values[alone])]
-        if closed_geoms:
-            batch.append(self._closed(closed_geoms, closed_values))
+        batch = [Components(geoms[alone], values[alone], None if stats is None else stats[alone])]
+        if closed:
+            batch.append(self._closed(closed))
         return Components.concat(batch)
 
     def finish(self) -> Components:
         """Close every group still open (after the last strip)."""
-        geoms = [self._union(g.pieces) for g in self._groups.values()]
-        values = [g.value for g in self._groups.values()]
+        groups = list(self._groups.values())
         self._groups.clear()
         self._prev = np.zeros((0, 3), dtype=np.int64)
         self._prev_values = np.zeros(0, dtype=np.int64)
-        if not geoms:
+        if not groups:
             return Components.empty()
-        return self._closed(geoms, values)
+        return self._closed(groups)
 
     def _union(self, pieces: list[object]) -> object:
         if len(pieces) == 1:
             return pieces[0]
         return shapely.union_all(np.asarray(pieces, dtype=object))
 
-    def _closed(self, geoms: list[object], values: list[int]) -> Components:
-        arr = np.empty(len(geoms), dtype=object)
-        arr[:] = geoms
+    def _closed(self, groups: list[_Group]) -> Components:
+        arr = np.empty(len(groups), dtype=object)
+        arr[:] = [self._union(g.pieces) for g in groups]
         if self.drop_seam_vertices:
             arr = drop_collinear(arr)
-        return Components(arr, np.asarray(values, dtype=np.int64))
+        stats = None
+        if groups[0].stats is not None:
+            stats = np.stack([g.stats for g in groups if g.stats is not None])
+        return Components(arr, np.asarray([g.value for g in groups], dtype=np.int64), stats)
 
-    def _new_group(self, value: int, pieces: list[object]) -> int:
+    def _new_group(self, value: int, pieces: list[object], stats: IntArray | None) -> int:
         gid = self._next_id
         self._next_id += 1
-        self._groups[gid] = _Group(value, pieces)
+        self._groups[gid] = _Group(value, pieces, stats)
         return gid
 
     def _link(
-        self, old: IntArray, new: IntArray, values: IntArray, geoms: NDArray[np.object_], gid_of_piece: IntArray
+        self,
+        old: IntArray,
+        new: IntArray,
+        values: IntArray,
+        geoms: NDArray[np.object_],
+        stats: IntArray | None,
+        gid_of_piece: IntArray,
     ) -> tuple[IntArray, set[int]]:
         """Union open groups ``old[i]`` with this strip's pieces ``new[i]``; return piece -> group."""
         # Union-find over group ids and pieces (pieces offset past the group ids).
@@ -216,8 +227,13 @@ class Stitcher:
             keep = gids[0]
             group = self._groups[keep]
             for other in gids[1:]:
-                group.pieces.extend(self._groups.pop(other).pieces)
+                merged = self._groups.pop(other)
+                group.pieces.extend(merged.pieces)
+                if group.stats is not None and merged.stats is not None:
+                    group.stats = merge_stats(np.stack([group.stats, merged.stats]))
             group.pieces.extend(geoms[pieces].tolist())
+            if group.stats is not None and stats is not None:
+                group.stats = merge_stats(np.vstack([group.stats[None], stats[pieces]]))
             gid_of_piece[pieces] = keep
             touched.add(keep)
             del root

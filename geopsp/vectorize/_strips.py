@@ -21,6 +21,8 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from geopsp.vectorize._confidence import QualityRasters, open_quality, piece_stats, read_quality
+
 __all__ = [
     "NODATA_VALUE",
     "Strip",
@@ -52,6 +54,9 @@ class Strip:
     top, bottom : ndarray of int64
         Seam intervals on ``y = row0`` and ``y = row1``: ``(n, 3)`` rows of ``(x0, x1, piece)``
         sorted by ``x0``; only pieces with a kept value appear.
+    stats : ndarray of int64 or None
+        ``(n, N_STATS)`` QA counts of each piece (:mod:`geopsp.vectorize._confidence`), when
+        QA rasters are read.
     """
 
     index: int
@@ -61,6 +66,7 @@ class Strip:
     values: IntArray
     top: IntArray = field(repr=False)
     bottom: IntArray = field(repr=False)
+    stats: IntArray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.geoms)
@@ -258,14 +264,18 @@ class StripJob:
     keep_nodata: bool
     skip: tuple[int, ...]
     simplify_px: float = 0.0
+    quality: QualityRasters | None = None
+    """QA rasters whose values are counted under every piece (:func:`piece_stats`)."""
 
 
-def process_strip(src: Any, job: StripJob) -> Strip:
+def process_strip(src: Any, job: StripJob, quality: tuple[Any, Any] = (None, None)) -> Strip:
     """Read, polygonize and (optionally) coverage-simplify one strip of an open dataset.
 
     With simplification the strip is read with one extra row above and below: the columns
     where classes change along those rows are the corners of the neighbouring strips'
     polygons on the seam lines, and inserting them keeps both sides of a seam edge-matched.
+    With ``job.quality``, ``quality`` holds its open datasets (:func:`open_quality`); their
+    rows of the strip are counted under the exact pieces, before any simplification.
     """
     from rasterio.errors import RasterioError
 
@@ -289,6 +299,12 @@ def process_strip(src: Any, job: StripJob) -> Strip:
         keep_nodata=job.keep_nodata,
         skip=job.skip,
     )
+    if job.quality is not None and job.quality.given:
+        try:
+            conf, dis = read_quality(quality, job.row0, job.row1)
+        except RasterioError as exc:
+            raise read_failure(job.path, exc, rows=(job.row0, job.row1 - 1)) from exc
+        strip.stats = piece_stats(strip.geoms, job.row0, conf, dis)
     if job.simplify_px > 0 and len(strip):
         arr, _ = _prepare(data, valid, keep_nodata=True, skip=())
         extra = []
@@ -327,14 +343,17 @@ def open_quietly(path: str | os.PathLike[str]) -> Iterator[Any]:
         yield src
 
 
-def strip_task(job: StripJob) -> tuple[int, int, int, bytes, IntArray, IntArray, IntArray]:
+StripResult = tuple[int, int, int, bytes, IntArray, IntArray, IntArray, IntArray | None]
+
+
+def strip_task(job: StripJob) -> StripResult:
     """Process one strip in a worker process; geometries travel back as WKB."""
     import rasterio
 
     with rasterio.Env(GDAL_NUM_THREADS="1"), open_quietly(job.path) as src:
-        with rasterio.Env(GDAL_CACHEMAX=cache_mb(src)):
-            strip = process_strip(src, job)
-    return (job.index, job.row0, job.row1, _pack(strip.geoms), strip.values, strip.top, strip.bottom)
+        with rasterio.Env(GDAL_CACHEMAX=cache_mb(src)), open_quality(job.quality or QualityRasters()) as quality:
+            strip = process_strip(src, job, quality)
+    return (job.index, job.row0, job.row1, _pack(strip.geoms), strip.values, strip.top, strip.bottom, strip.stats)
 
 
 def _pack(geoms: NDArray[np.object_]) -> bytes:
@@ -343,10 +362,10 @@ def _pack(geoms: NDArray[np.object_]) -> bytes:
     return pickle.dumps(shapely.to_wkb(geoms), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def unpack(result: tuple[int, int, int, bytes, IntArray, IntArray, IntArray]) -> Strip:
+def unpack(result: StripResult) -> Strip:
     """Rebuild a :class:`Strip` from :func:`strip_task`'s result."""
     import pickle
 
-    index, row0, row1, blob, values, top, bottom = result
+    index, row0, row1, blob, values, top, bottom, stats = result
     geoms = shapely.from_wkb(pickle.loads(blob))
-    return Strip(index, row0, row1, np.asarray(geoms, dtype=object), values, top, bottom)
+    return Strip(index, row0, row1, np.asarray(geoms, dtype=object), values, top, bottom, stats)

@@ -9,20 +9,22 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from geopsp.classes import ClassTable, complete_classes
+from geopsp.classes import ClassTable
 from geopsp.config.schema import VectorizeConfig
 from geopsp.errors import ConfigError, NotGeoreferencedWarning, OutputError
 from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.source import resolve_scene
 from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, write_vector
+from geopsp.vectorize._confidence import QualityRasters, conf_mean, empty_stats, open_quality
 from geopsp.vectorize._eliminate import eliminate_small, fill_small_holes
+from geopsp.vectorize._frame import CONFIDENCE_FIELDS, FIELDS, Framer
 from geopsp.vectorize._geometry import simplify_coverage
-from geopsp.vectorize._measure import Measurer
 from geopsp.vectorize._source import RasterSource, inspect_class_raster
 from geopsp.vectorize._stitch import Components, Stitcher
 from geopsp.vectorize._strips import (
@@ -36,19 +38,11 @@ from geopsp.vectorize._strips import (
     unpack,
 )
 
-if TYPE_CHECKING:
-    import geopandas as gpd
-
-__all__ = ["FIELDS", "vectorize"]
+__all__ = ["CONFIDENCE_FIELDS", "FIELDS", "vectorize"]
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m", "scene")
-"""Attribute columns of every polygon layer, in order (Shapefiles: ``perim_m``, for dBASE's 10 characters)."""
-
 Progress = Callable[[int, int], None]
-
-_CHUNK_FEATURES = 5_000  # features per append to the output file (bounds the writer's memory)
 
 
 def vectorize(
@@ -61,6 +55,8 @@ def vectorize(
     overwrite: bool = False,
     progress: Progress | None = None,
     layer: str | None = None,
+    confidence: str | os.PathLike[str] | None = None,
+    disagreement: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Turn a class raster into land-use polygons, one polygon per connected region.
 
@@ -80,8 +76,9 @@ def vectorize(
         Output vector file. Its suffix picks the format (``.gpkg``, ``.geojson``, ``.fgb``,
         ``.shp``, ``.parquet``); an unknown suffix uses ``config.format``.
     config : VectorizeConfig, optional
-        Options (strip height, sieve, simplification, minimum area, hole filling,
-        connectivity, skipped classes, worker processes); default: ``VectorizeConfig()``.
+        Options (strip height, sieve, simplification, minimum area, minimum confidence, hole
+        filling, connectivity, skipped classes, worker processes, style); default:
+        ``VectorizeConfig()``.
     classes : ClassTable, optional
         Class names and colours; default: the table stored in the raster by geopsp, else its
         colour table, else ``class_<id>`` names.
@@ -94,6 +91,12 @@ def vectorize(
         Called as ``progress(rows_done, rows_total)``.
     layer : str, optional
         Layer name; default: the output's stem.
+    confidence : str or os.PathLike, optional
+        The confidence raster written with the class raster (``<stem>_probability.tif``,
+        uint8, :mod:`geopsp.encoding`): adds ``conf_mean`` and ``conf_min``, and is needed by
+        ``config.min_confidence`` and ``config.style = "confidence"``.
+    disagreement : str or os.PathLike, optional
+        The tile disagreement raster (``<stem>_disagreement.tif``): adds ``disagree_frac``.
 
     Returns
     -------
@@ -104,9 +107,11 @@ def vectorize(
     Raises
     ------
     InputRasterError
-        The raster is missing, unreachable, unreadable or not integer.
+        The raster is missing, unreachable, unreadable or not integer; a QA raster is
+        missing, not uint8 or on another grid.
     ConfigError
-        Unknown format, or an option out of range.
+        Unknown format, an option out of range, or ``min_confidence`` (or the confidence
+        style) without a confidence raster.
     OutputExistsError
         ``out`` (or its ``.qml``) exists and ``overwrite`` is False.
 
@@ -114,10 +119,17 @@ def vectorize(
     -----
     Attributes: ``class_id``, ``class_name``, ``area_m2`` and ``perimeter_m`` (true metres,
     also for geographic CRSs, see :mod:`geopsp.vectorize._measure`) and ``scene``. The layer
-    CRS is the raster's.
+    CRS is the raster's. With QA rasters: ``conf_mean`` and ``conf_min`` (decoded 0..1 over the
+    polygon's pixels, nodata pixels excluded) and ``disagree_frac`` (share of its pixels where
+    some covering tile predicted another class), read strip by strip like the classes and
+    exact whatever the strips: counts of joined, merged and filled regions add up.
 
-    Memory: without ``sieve_px``, ``min_area_m2`` and ``fill_holes_m2`` everything streams
-    (one strip plus the regions still open at the current seam). Those three options need
+    ``min_confidence``: regions whose ``conf_mean`` is below it are merged into the neighbour
+    they share the longest border with, by the same rules as small regions
+    (:mod:`geopsp.vectorize._eliminate`); one with no neighbour but nodata is dropped.
+
+    Memory: without ``sieve_px``, ``min_area_m2``, ``min_confidence`` and ``fill_holes_m2``
+    everything streams (one strip plus the regions still open at the current seam). Those need
     whole regions and their neighbours, so the polygons (never the raster) are collected
     first; simplification then runs over the whole coverage at once.
 
@@ -131,15 +143,20 @@ def vectorize(
     whole coverage is simplified at once and nothing is pinned.
 
     .. versionadded:: 0.1.0
+    .. versionadded:: 0.2
+       ``confidence``, ``disagreement``, ``config.min_confidence`` and ``config.style``.
     """
     cfg = config if config is not None else VectorizeConfig.model_validate({})
+    _need_confidence(cfg, confidence)
     src = inspect_class_raster(class_raster)
+    quality = QualityRasters.check(str(src.source), src, confidence=confidence, disagreement=disagreement)
     out_path = Path(out)
     fmt = _output_format(out_path, cfg)
     own_qml = out_path.with_suffix(".qml")
     qml_path: Path | None = own_qml
     local = src.source.local
     inputs = [local] if local is not None else []
+    inputs += [qa for p in (confidence, disagreement) if p is not None and (qa := resolve_scene(p).local) is not None]
     # only a local raster can have a style sidecar the output's would replace
     if local is not None and own_qml.absolute() == local.with_suffix(".qml").absolute() and own_qml.exists():
         # QGIS finds styles by file stem: <stem>.qml already styles the class raster.
@@ -167,17 +184,27 @@ def vectorize(
         warnings.warn(f"{src.source}: class raster has {what}", NotGeoreferencedWarning, stacklevel=2)
     pixel = math.sqrt(abs(src.transform.determinant)) or 1.0
     simplify_px = cfg.simplify / pixel
-    eliminate = cfg.sieve_px > 0 or cfg.min_area_m2 > 0 or cfg.fill_holes_m2 > 0
-    frames = _Framer(src, table, scene_name, cfg.skip_classes, short_names=fmt == "shp")
+    eliminate = cfg.sieve_px > 0 or cfg.min_area_m2 > 0 or cfg.fill_holes_m2 > 0 or bool(cfg.min_confidence)
+    frames = Framer(
+        src,
+        table,
+        scene_name,
+        cfg.skip_classes,
+        short_names=fmt == "shp",
+        confidence=quality.confidence is not None,
+        disagreement=quality.disagreement is not None,
+    )
     logger.info(
         "vectorizing %s (%d x %d) in strips of %d rows%s",
         src.source,
         src.width,
         src.height,
         cfg.block_rows,
-        " (collecting regions: sieve/min-area/holes)" if eliminate else "",
+        " (collecting regions: sieve/min-area/min-confidence/holes)" if eliminate else "",
     )
-    strips = _strips(src, cfg, keep_nodata=eliminate or simplify_px > 0, simplify_px=0.0 if eliminate else simplify_px)
+    strips = _strips(
+        src, cfg, quality, keep_nodata=eliminate or simplify_px > 0, simplify_px=0.0 if eliminate else simplify_px
+    )
     if eliminate:
         batches = _eliminated(strips, src, cfg, frames, simplify_px, progress)
     else:
@@ -188,9 +215,9 @@ def vectorize(
 
     def finalize(tmp: Path, name: str) -> None:
         if fmt == "gpkg":
-            from geopsp.style.vector import write_gpkg_style
+            from geopsp.style.gpkg import write_gpkg_styles
 
-            write_gpkg_style(tmp, name, frames.class_table())
+            write_gpkg_styles(tmp, name, frames.class_table(), default=cfg.style, confidence=frames.confidence)
 
     result = write_vector(
         chunks,
@@ -203,7 +230,7 @@ def vectorize(
         inputs=inputs,
     )
     if qml_path is not None:
-        _write_qml(qml_path, frames.class_table(), overwrite=overwrite)
+        _write_qml(qml_path, frames.class_table(), style=cfg.style, overwrite=overwrite)
     logger.info("%s: %d polygons", result, frames.count)
     return result
 
@@ -222,17 +249,30 @@ def _output_format(out: Path, cfg: VectorizeConfig) -> VectorFormat:
     return cfg.format
 
 
-def _write_qml(path: Path, classes: ClassTable, *, overwrite: bool) -> None:
+def _need_confidence(cfg: VectorizeConfig, confidence: str | os.PathLike[str] | None) -> None:
+    """Refuse the options that read ``conf_mean`` when no confidence raster is given."""
+    option = cfg.reads_confidence
+    if confidence is None and option is not None:
+        raise ConfigError(
+            f"{getattr(cfg, option)!r} needs the polygons' confidence: pass --confidence <stem>_probability.tif "
+            "(or predict with --probabilities), or drop it",
+            key=f"vectorize.{option}",
+        )
+
+
+def _write_qml(path: Path, classes: ClassTable, *, style: str, overwrite: bool) -> None:
     from geopsp.style.vector import write_vector_qml
 
     with atomic_output(path, overwrite=overwrite) as tmp:
-        write_vector_qml(tmp, classes)
+        write_vector_qml(tmp, classes, style=style)
 
 
 # --- strips ---------------------------------------------------------------------------------
 
 
-def _jobs(src: RasterSource, cfg: VectorizeConfig, keep_nodata: bool, simplify_px: float) -> list[StripJob]:
+def _jobs(
+    src: RasterSource, cfg: VectorizeConfig, quality: QualityRasters, keep_nodata: bool, simplify_px: float
+) -> list[StripJob]:
     rows = cfg.block_rows
     return [
         StripJob(
@@ -245,6 +285,7 @@ def _jobs(src: RasterSource, cfg: VectorizeConfig, keep_nodata: bool, simplify_p
             keep_nodata=keep_nodata,
             skip=tuple(cfg.skip_classes),
             simplify_px=simplify_px,
+            quality=quality if quality.given else None,
         )
         for i, r0 in enumerate(range(0, src.height, rows))
     ]
@@ -257,16 +298,19 @@ def _workers(cfg: VectorizeConfig, n_jobs: int) -> int:
     return max(1, min(workers, n_jobs))
 
 
-def _strips(src: RasterSource, cfg: VectorizeConfig, *, keep_nodata: bool, simplify_px: float) -> Iterator[Strip]:
+def _strips(
+    src: RasterSource, cfg: VectorizeConfig, quality: QualityRasters, *, keep_nodata: bool, simplify_px: float
+) -> Iterator[Strip]:
     """Polygonized strips in order, from this process or a pool of worker processes."""
-    jobs = _jobs(src, cfg, keep_nodata, simplify_px)
+    jobs = _jobs(src, cfg, quality, keep_nodata, simplify_px)
     workers = _workers(cfg, len(jobs))
     if workers == 1:
         import rasterio
 
         with open_quietly(src.source.given) as ds, rasterio.Env(GDAL_CACHEMAX=cache_mb(ds)):
-            for job in jobs:
-                yield process_strip(ds, job)
+            with open_quality(quality) as qa:
+                for job in jobs:
+                    yield process_strip(ds, job, qa)
         return
     import multiprocessing
 
@@ -302,11 +346,11 @@ def _eliminated(
     strips: Iterator[Strip],
     src: RasterSource,
     cfg: VectorizeConfig,
-    frames: _Framer,
+    frames: Framer,
     simplify_px: float,
     progress: Progress | None,
 ) -> Iterator[Components]:
-    """Collect whole regions, remove small ones, fill holes, then simplify everything at once."""
+    """Collect whole regions, remove small (and unsure) ones, fill holes, then simplify everything at once."""
     nodata_parts: list[NDArray[np.object_]] = []
 
     def tap(it: Iterator[Strip]) -> Iterator[Strip]:
@@ -316,124 +360,29 @@ def _eliminated(
 
     comps = Components.concat(list(_streamed(tap(strips), cfg.connectivity, src.height, progress)))
     nodata = np.concatenate(nodata_parts) if nodata_parts else np.empty(0, dtype=object)
-    geoms = np.concatenate([comps.geoms, nodata])
-    values = np.concatenate([comps.values, np.full(len(nodata), NODATA_VALUE, dtype=np.int64)])
+    n_nodata = len(nodata)
+    regions = Components(
+        np.concatenate([comps.geoms, nodata]),
+        np.concatenate([comps.values, np.full(n_nodata, NODATA_VALUE, dtype=np.int64)]),
+        None if comps.stats is None else np.concatenate([comps.stats, empty_stats(n_nodata)]),
+    )
+    if regions.stats is None and (frames.confidence or frames.disagreement):  # no region at all
+        regions.stats = empty_stats(len(regions))
+    geoms = regions.geoms
     small = np.zeros(len(geoms), dtype=bool)
     if cfg.sieve_px > 0:
         small |= shapely.area(geoms) < cfg.sieve_px
     if cfg.min_area_m2 > 0:
         small |= frames.area_m2(geoms) < cfg.min_area_m2
+    unsure = None
+    if cfg.min_confidence and regions.stats is not None:
+        unsure = conf_mean(regions.stats) < cfg.min_confidence  # NaN (no confidence pixels): kept
+        small |= unsure
     n0 = len(geoms)
-    geoms, values = eliminate_small(geoms, values, small)
+    regions = eliminate_small(regions, small, drop_alone=unsure)
     if cfg.fill_holes_m2 > 0:
-        geoms, values = fill_small_holes(geoms, values, cfg.fill_holes_m2, frames.area_m2)
-    logger.info("small regions and holes: %d -> %d polygons", n0, len(geoms))
+        regions = fill_small_holes(regions, cfg.fill_holes_m2, frames.area_m2)
+    logger.info("small regions, unsure regions and holes: %d -> %d polygons", n0, len(regions))
     if simplify_px > 0:
-        geoms = simplify_coverage(geoms, simplify_px)
-    yield Components(geoms, values)
-
-
-# --- attributes -----------------------------------------------------------------------------
-
-
-class _Framer:
-    """Turn pixel-space regions into GeoDataFrame chunks with the output attributes."""
-
-    def __init__(
-        self, src: RasterSource, classes: ClassTable | None, scene: str, skip: tuple[int, ...], *, short_names: bool
-    ) -> None:
-        self.src = src
-        # Shapefile (dBASE) field names have at most 10 characters.
-        self.perimeter_field = "perim_m" if short_names else "perimeter_m"
-        self.table = classes
-        self.scene = scene
-        self.skip = np.asarray(sorted(skip), dtype=np.int64)
-        self.count = 0
-        self._seen: set[int] = set()
-        self._names = {c.id: c.name for c in classes} if classes is not None else {}
-        self._measure = Measurer(src.crs, src.center)
-        t = src.transform
-        self._identity = t.is_identity
-        crs = src.crs
-        self.crs: Any = None
-        if crs is not None:
-            epsg = crs.to_epsg()
-            self.crs = f"EPSG:{epsg}" if epsg else crs.to_wkt()
-
-    def to_map(self, geoms: NDArray[np.object_]) -> NDArray[np.object_]:
-        """Pixel coordinates -> map coordinates (the raster's affine transform)."""
-        if self._identity or len(geoms) == 0:
-            return geoms
-        t = self.src.transform
-
-        def affine(xy: NDArray[np.float64]) -> NDArray[np.float64]:
-            x, y = xy[:, 0], xy[:, 1]
-            out = np.empty_like(xy)
-            if t.b == 0 and t.d == 0:  # north-up: two fused multiply-adds, no matrix product
-                np.multiply(x, t.a, out=out[:, 0])
-                out[:, 0] += t.c
-                np.multiply(y, t.e, out=out[:, 1])
-                out[:, 1] += t.f
-            else:
-                out[:, 0] = t.a * x + t.b * y + t.c
-                out[:, 1] = t.d * x + t.e * y + t.f
-            return out
-
-        return np.asarray(shapely.transform(geoms, affine), dtype=object)
-
-    def area_m2(self, pixel_geoms: NDArray[np.object_]) -> NDArray[np.float64]:
-        """Area in square metres of pixel-space polygons."""
-        return self._measure(self.to_map(pixel_geoms))[0]
-
-    def class_table(self) -> ClassTable:
-        """Return the classes seen so far, completed with defaults for ids the table lacks."""
-        values = np.asarray(sorted(self._seen), dtype=np.int64)
-        if self.table is not None and not len(values):
-            return self.table
-        if self.table is None and not len(values):
-            return ClassTable.default(1)
-        return complete_classes(self.table, values)
-
-    def frame(self, comps: Components) -> gpd.GeoDataFrame:
-        """One GeoDataFrame of regions (nodata and skipped classes left out)."""
-        import geopandas as gpd
-
-        keep = comps.values != NODATA_VALUE
-        if len(self.skip):
-            keep &= ~np.isin(comps.values, self.skip)
-        values = comps.values[keep]
-        geoms = self.to_map(comps.geoms[keep])
-        area, perimeter = self._measure(geoms)
-        uniq = np.unique(values)
-        self._seen.update(int(v) for v in uniq)
-        names = np.array([self._names.get(int(v), f"class_{int(v)}") for v in uniq], dtype=object)
-        class_name = names[np.searchsorted(uniq, values)] if len(values) else np.empty(0, dtype=object)
-        self.count += len(values)
-        return gpd.GeoDataFrame(
-            {
-                "class_id": values.astype(np.int32),
-                "class_name": class_name,
-                "area_m2": area,
-                self.perimeter_field: perimeter,
-                "scene": np.full(len(values), self.scene, dtype=object),
-            },
-            geometry=gpd.GeoSeries(geoms, crs=self.crs),
-            crs=self.crs,
-        )
-
-    def chunks(self, batches: Iterator[Components]) -> Iterator[gpd.GeoDataFrame]:
-        """Group batches into chunks of about ``_CHUNK_FEATURES`` features; at least one chunk."""
-        buf: list[Components] = []
-        size = 0
-        emitted = False
-        for batch in batches:
-            if not len(batch):
-                continue
-            buf.append(batch)
-            size += len(batch)
-            if size >= _CHUNK_FEATURES:
-                yield self.frame(Components.concat(buf))
-                emitted = True
-                buf, size = [], 0
-        if buf or not emitted:
-            yield self.frame(Components.concat(buf))
+        regions.geoms = simplify_coverage(regions.geoms, simplify_px)
+    yield regions
