@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(300)]
@@ -330,7 +331,9 @@ def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundl
     from geopsp.batch import run_batch
     from geopsp.config.schema import BatchConfig, GeopspConfig, PredictConfig
 
-    cfg = GeopspConfig(predict=PredictConfig(vector=True), batch=BatchConfig(strip_pixels=65_536))
+    cfg = GeopspConfig(
+        predict=PredictConfig(vector=True, qa=["probability", "disagreement"]), batch=BatchConfig(strip_pixels=65_536)
+    )
     out = tmp_path / "out"
     seen: list[tuple[int, int]] = []
     report = run_batch([scenes], bundle, out, config=cfg, progress=lambda d, t: seen.append((d, t)))
@@ -344,6 +347,9 @@ def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundl
         if rec.status == "done":
             vector = next(o for o in rec.outputs if o.endswith("_polygons.gpkg"))
             assert (out / vector).is_file()
+            # the polygons carry the confidence of the scene's (stitched) QA rasters
+            fields = set(pyogrio.read_info(out / vector, layer=Path(vector).stem)["fields"])
+            assert {"conf_mean", "conf_min", "disagree_frac"} <= fields, fields
     big = next(r for r in report.records if r.id == BIG[0])
     assert big.strips == 2
     # The stitched raster is styled like a single run: colour table, tags, RAT (aux.xml), QML.

@@ -254,7 +254,9 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     Parameters
     ----------
     outputs : sequence of Path
-        The scene's outputs; the one named ``*_classes.tif`` is vectorized.
+        The scene's outputs; the one named ``*_classes.tif`` is vectorized, with the
+        confidence attributes of its probability (and disagreement) raster when they are among
+        them.
     config : VectorizeConfig
         Vectorizing options; ``config.format`` picks the file type.
 
@@ -267,8 +269,15 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
     if classes is None:
         raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
-    target = output_set(classes, classes, vector=True, vector_format=config.format).vector
+    named = output_set(classes, classes, vector=True, vector_format=config.format, qa=("probability", "disagreement"))
+    target = named.vector
     assert target is not None
-    path = Path(vec.vectorize(classes, target, config=config, overwrite=True))
+    present = set(outputs)
+    # the scene's QA rasters, when it has them, give the polygons their confidence attributes
+    confidence = named.probability if named.probability in present else None
+    disagreement = named.disagreement if named.disagreement in present else None
+    path = Path(
+        vec.vectorize(classes, target, config=config, overwrite=True, confidence=confidence, disagreement=disagreement)
+    )
     style = path.with_suffix(".qml")
     return [path, style] if style.is_file() and style != classes.with_suffix(".qml") else [path]
