@@ -169,8 +169,8 @@ def stitch_strips(
     Returns
     -------
     list of Path
-        Class raster, probability raster (if any), QGIS style, ``.aux.xml`` (class names, RAT)
-        and summary JSON.
+        Every file committed: the class raster first, the summary JSON last, and between them
+        the QGIS style, the ``.aux.xml`` (class names, RAT) and the probability raster (if any).
 
     Raises
     ------
@@ -230,8 +230,7 @@ def stitch_strips(
         named = names if locate is None else {k: locate(v) for k, v in names.items()}
         summary = merge_strip_summaries(ordered, width=info.width, height=info.height, outputs=named)
         write_summary(staged.temp(planned.summary, marker=True), planned.summary, summary)
-        staged.commit()
-    outputs = [*map(Path, written), planned.summary]
+        outputs = sorted(staged.commit(), key=lambda p: p != planned.classes)  # stable: the summary stays last
     logger.info("%s: stitched %d strips -> %s", source.name, len(ordered), planned.classes)
     return outputs
 
@@ -258,7 +257,8 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     Returns
     -------
     list of Path
-        The vector file (``<stem>_polygons.<format>``) and its ``.qml`` style when written.
+        Every file written, as committed: the vector file (``<stem>_polygons.<format>``) first,
+        then a Shapefile's companions and the ``.qml`` style.
     """
     vec = importlib.import_module("geopsp.vectorize")
     classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
@@ -266,6 +266,6 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
         raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
     target = output_set(classes, classes, vector=True, vector_format=config.format).vector
     assert target is not None
-    path = Path(vec.vectorize(classes, target, config=config, overwrite=True))
-    style = path.with_suffix(".qml")
-    return [path, style] if style.is_file() and style != classes.with_suffix(".qml") else [path]
+    with StagedOutputs(overwrite=True) as staged:
+        vec.vectorize(classes, target, config=config, outputs=staged)
+        return sorted(staged.commit(), key=lambda p: p != target)

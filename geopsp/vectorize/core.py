@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,8 +19,8 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable, complete_classes
 from geopsp.config.schema import VectorizeConfig
 from geopsp.errors import ConfigError, NotGeoreferencedWarning, OutputError
-from geopsp.io.atomic import atomic_output, check_output_path
-from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, write_vector
+from geopsp.io.atomic import StagedOutputs, check_output_path, temp_name
+from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, vector_files, write_vector
 from geopsp.vectorize._eliminate import eliminate_small, fill_small_holes
 from geopsp.vectorize._geometry import simplify_coverage
 from geopsp.vectorize._measure import Measurer
@@ -61,6 +62,7 @@ def vectorize(
     overwrite: bool = False,
     progress: Progress | None = None,
     layer: str | None = None,
+    outputs: StagedOutputs | None = None,
 ) -> Path:
     """Turn a class raster into land-use polygons, one polygon per connected region.
 
@@ -89,17 +91,25 @@ def vectorize(
         Value of the ``scene`` attribute; default: the raster's ``GEOPSP_SCENE`` tag, else
         its file stem.
     overwrite : bool, default False
-        Replace an existing output.
+        Replace an existing output (with ``outputs``: the set's ``overwrite`` applies).
     progress : callable, optional
         Called as ``progress(rows_done, rows_total)``.
     layer : str, optional
         Layer name; default: the output's stem.
+    outputs : StagedOutputs, optional
+        Stage every file written (the vector file, a Shapefile's companions, the ``.qml``) in
+        this set instead of committing them: they reach their final names when the caller
+        commits the set, whose :meth:`~geopsp.io.atomic.StagedOutputs.commit` lists them.
+        Default: a set of their own, committed at the end, so the files appear together.
+
+        .. versionadded:: 0.2
 
     Returns
     -------
     Path
         The output file. A GeoPackage carries its QGIS style in ``layer_styles``; every
-        format gets a ``<stem>.qml`` sidecar.
+        format gets a ``<stem>.qml`` sidecar (a Shapefile also its ``.shx``, ``.dbf``,
+        ``.prj`` and ``.cpg``: :func:`geopsp.io.vector.vector_files`).
 
     Raises
     ------
@@ -133,6 +143,8 @@ def vectorize(
     .. versionadded:: 0.1.0
     """
     cfg = config if config is not None else VectorizeConfig.model_validate({})
+    if outputs is not None:
+        overwrite = outputs.overwrite
     src = inspect_class_raster(class_raster)
     out_path = Path(out)
     fmt = _output_format(out_path, cfg)
@@ -154,7 +166,8 @@ def vectorize(
             own_qml.name,
         )
         qml_path = None
-    check_output_path(out_path, overwrite=overwrite, inputs=inputs)
+    for part in vector_files(out_path, existing=False):
+        check_output_path(part, overwrite=overwrite, inputs=inputs)
     if qml_path is not None:
         check_output_path(qml_path, overwrite=overwrite, inputs=inputs)
     table = classes if classes is not None else src.classes
@@ -192,20 +205,25 @@ def vectorize(
 
             write_gpkg_style(tmp, name, frames.class_table())
 
-    result = write_vector(
-        chunks,
-        out_path,
-        format=fmt,
-        layer=layer_name,
-        overwrite=overwrite,
-        geometry_type=geometry_type,
-        finalize=finalize,
-        inputs=inputs,
-    )
-    if qml_path is not None:
-        _write_qml(qml_path, frames.class_table(), overwrite=overwrite)
-    logger.info("%s: %d polygons", result, frames.count)
-    return result
+    with contextlib.ExitStack() as stack:
+        staged = outputs if outputs is not None else stack.enter_context(StagedOutputs(overwrite=overwrite))
+        tmp = temp_name(out_path)
+        try:
+            write_vector(
+                chunks, tmp, format=fmt, layer=layer_name, geometry_type=geometry_type, finalize=finalize, inputs=inputs
+            )
+        finally:  # whatever was written joins the set: committed with it, or removed with it
+            for part in vector_files(tmp):
+                if part.is_file():
+                    staged.add(part, out_path.with_suffix(part.suffix) if part != tmp else out_path)
+        if qml_path is not None:
+            from geopsp.style.vector import write_vector_qml
+
+            write_vector_qml(staged.temp(qml_path), frames.class_table())
+        if outputs is None:
+            staged.commit()
+    logger.info("%s: %d polygons", out_path, frames.count)
+    return out_path
 
 
 def _output_format(out: Path, cfg: VectorizeConfig) -> VectorFormat:
@@ -220,13 +238,6 @@ def _output_format(out: Path, cfg: VectorizeConfig) -> VectorFormat:
     if cfg.format not in VECTOR_FORMATS:  # pragma: no cover - the schema restricts it
         raise ConfigError(f"unknown vector format {cfg.format!r}")
     return cfg.format
-
-
-def _write_qml(path: Path, classes: ClassTable, *, overwrite: bool) -> None:
-    from geopsp.style.vector import write_vector_qml
-
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        write_vector_qml(tmp, classes)
 
 
 # --- strips ---------------------------------------------------------------------------------
