@@ -19,6 +19,10 @@ from geopsp.errors import ConfigError
 
 __all__ = ["ClassInfo", "ClassTable", "complete_classes", "default_palette"]
 
+# Class names (lowercased, letters and digits only) that mean "no real class here": the
+# background of a building model, unlabeled or void pixels. Previews paint no colour over them.
+_BACKGROUND_NAMES = frozenset({"background", "nodata", "unlabeled", "unlabelled", "void", "unknown"})
+
 # A qualitative palette (Tableau 20, reordered) that stays readable on imagery.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -127,6 +131,25 @@ class ClassTable:
         """Largest class id."""
         return max(self.ids)
 
+    @property
+    def background_ids(self) -> list[int]:
+        """Ids of the background classes, found by name.
+
+        A class is background when its name is ``background``, ``nodata``, ``unlabeled``,
+        ``void`` or ``unknown``, compared lowercased with everything but letters and digits
+        removed: ``Background``, ``no-data``, ``No_Data`` and ``unlabelled`` count,
+        ``background_trees`` does not. A preview paints no colour over these classes, so the
+        scene shows through (:func:`geopsp.preview.render_preview`).
+
+        .. versionadded:: 0.2
+
+        Examples
+        --------
+        >>> ClassTable.from_names(["Background", "building", "no-data"]).background_ids
+        [0, 2]
+        """
+        return [c.id for c in self.classes if _squeezed(c.name) in _BACKGROUND_NAMES]
+
     def by_id(self, class_id: int) -> ClassInfo:
         """Return the class with this id.
 
@@ -232,6 +255,11 @@ def complete_classes(table: ClassTable | None, ids: Iterable[Any]) -> ClassTable
             name += "_"
         extra.append(ClassInfo(v, name, color))
     return ClassTable(tuple(base + extra))
+
+
+def _squeezed(name: str) -> str:
+    """Lowercase ``name`` and keep only its letters and digits (``"No-Data"`` -> ``"nodata"``)."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 def _parse_color(value: Any, fallback: tuple[int, int, int]) -> tuple[int, int, int]:

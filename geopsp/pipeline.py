@@ -64,12 +64,20 @@ class PredictResult:
         other output, so its presence marks a complete set.
     uris : dict of str to str
         For an ``s3://`` destination: each output's ``s3://`` URI, same names; else empty.
+    files : tuple of Path
+        Every file the run committed, class raster first, summary last: the outputs' files and
+        those that go with them (a Shapefile's ``.shx``, ``.dbf``, ``.prj``, ``.cpg``). For an
+        ``s3://`` destination these were in the staging folder.
+    file_uris : tuple of str
+        For an ``s3://`` destination: the objects uploaded, in the order of ``files``; else empty.
     """
 
     scene: SceneSource
     outputs: dict[str, Path]
     summary: dict[str, Any] = field(repr=False)
     uris: dict[str, str] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+    file_uris: tuple[str, ...] = ()
 
     @property
     def classes(self) -> Path:
@@ -93,13 +101,13 @@ class PredictResult:
 
     @property
     def paths(self) -> list[Path]:
-        """Every output path, class raster first."""
-        return list(self.outputs.values())
+        """Every file written (:attr:`files`), class raster first."""
+        return list(self.files) if self.files else list(self.outputs.values())
 
     @property
     def locations(self) -> list[str]:
-        """Where every output is, class raster first: its ``s3://`` URI, else its path."""
-        return list(self.uris.values()) if self.uris else [str(p) for p in self.outputs.values()]
+        """Where every file written is, class raster first: its ``s3://`` URI, else its path."""
+        return list(self.file_uris) if self.file_uris else [str(p) for p in self.paths]
 
 
 def segment_raster(
@@ -255,11 +263,12 @@ def _segment_into(
     summary = summarize_run(plan, cfg, predictor, stats, named, bundle_path, t_setup - t_start, t_start)
     summary.device["runtime_reason"] = choice.reason
     write_summary(staged.temp(plan.outputs.summary, marker=True), plan.outputs.summary, summary)
-    staged.commit()
+    files = tuple(sorted(staged.commit(), key=lambda p: p != plan.outputs.classes))  # stable: summary stays last
     uris: dict[str, str] = {}
+    uploaded: tuple[str, ...] = ()
     if destination is not None:
-        members = [p for k, p in outputs.items() if k != "summary"]
-        destination.upload(members, marker=outputs["summary"])
+        members = [p for p in files if p != plan.outputs.summary]
+        uploaded = tuple(destination.upload(members, marker=plan.outputs.summary))
         uris = {k: str(v) for k, v in named.items()}
     logger.info(
         "%s: %d tiles run, %d skipped, %.2f MP/s -> %s",
@@ -269,7 +278,9 @@ def _segment_into(
         summary.megapixels_per_second or 0.0,
         uris.get("classes", plan.outputs.classes),
     )
-    return PredictResult(scene=source, outputs=outputs, summary=summary.to_dict(), uris=uris)
+    return PredictResult(
+        scene=source, outputs=outputs, summary=summary.to_dict(), uris=uris, files=files, file_uris=uploaded
+    )
 
 
 def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> Any:
@@ -300,29 +311,25 @@ def _class_writer(plan: PredictionPlan, cfg: PredictConfig, overwrite: bool) -> 
 def _stage_vector(
     staged: StagedOutputs, planned: OutputSet, vcfg: VectorizeConfig, meta: BundleMeta
 ) -> dict[str, Path]:
-    """Vectorize the staged class raster into the set; its style joins the set too.
+    """Vectorize the staged class raster into the set: the vector file, its companions and its style.
 
     The QA rasters staged in the same set (the probability raster, and the disagreement one
     when the plan has it) give the polygons their confidence attributes.
     """
     assert planned.vector is not None and planned.vector_qml is not None
-    disagreement = planned.disagreement
-    vec_tmp = staged.temp(planned.vector)
+    confidence, disagreement = planned.probability, planned.disagreement
+    _require_vectorize().vectorize(
+        staged.staged(planned.classes),
+        planned.vector,
+        config=vcfg,
+        classes=meta.classes,
+        outputs=staged,
+        confidence=staged.staged(confidence) if confidence is not None else None,
+        disagreement=staged.staged(disagreement) if disagreement is not None else None,
+    )
     outputs = {"vector": planned.vector}
-    try:
-        _require_vectorize().vectorize(
-            staged.staged(planned.classes),
-            vec_tmp,
-            config=vcfg,
-            classes=meta.classes,
-            layer=planned.vector.stem,
-            confidence=staged.staged(planned.probability) if planned.probability is not None else None,
-            disagreement=staged.staged(disagreement) if disagreement is not None else None,
-        )
-    finally:  # committed or removed with the set
-        if vec_tmp.with_suffix(".qml").is_file():
-            staged.add(vec_tmp.with_suffix(".qml"), planned.vector_qml)
-            outputs["vector_qml"] = planned.vector_qml
+    if planned.vector_qml in staged.finals:
+        outputs["vector_qml"] = planned.vector_qml
     return outputs
 
 

@@ -5,6 +5,12 @@ overviews when the files have them), so memory follows the preview's size, never
 scene's. Colours come from the class raster (the table geopsp stores, else its colour
 table) or from a given :class:`~geopsp.classes.ClassTable`.
 
+Background classes get no colour: the scene shows through them, so a building model's
+black ``background`` does not darken the whole picture. By default they are the classes the
+class table names as background (:attr:`~geopsp.classes.ClassTable.background_ids`:
+``background``, ``nodata``, ``unlabeled``, ``void``, ``unknown``); ``background=`` names
+others. The legend lists every class of the table, background ones with an empty swatch.
+
 .. versionadded:: 0.1.0
 """
 
@@ -85,6 +91,7 @@ def render_preview(
     classes: ClassTable | None = None,
     overwrite: bool = False,
     legend: bool = True,
+    background: Sequence[int | str] | None = None,
 ) -> Path:
     """Write a PNG of ``scene`` with the classes of ``class_raster`` blended over it.
 
@@ -103,7 +110,8 @@ def render_preview(
         1-based bands shown as red, green, blue (one band: grey). Default: the bands whose
         colour interpretation or description says red/green/blue, else the first three.
     alpha : float, default 0.45
-        Opacity of the class colours, 0 (scene only) .. 1 (classes only).
+        Opacity of the class colours, 0 (scene only) .. 1 (classes only); background classes
+        are never painted.
     outlines : bool, default False
         Draw the borders between classes (polygon outlines) in dark grey.
     max_size : int, default 2048
@@ -113,7 +121,15 @@ def render_preview(
     overwrite : bool, default False
         Replace an existing PNG.
     legend : bool, default True
-        Add a legend of the classes present, right of the image.
+        Add a legend right of the image: every class of the table (swatch, id, name), background
+        classes with an empty swatch; its text grows with the image.
+    background : sequence of int or str, optional
+        Classes (ids or names) painted with no colour, so the scene shows through them.
+        Default: the classes named as background (``background``, ``nodata``, ``unlabeled``,
+        ``void``, ``unknown``: :attr:`~geopsp.classes.ClassTable.background_ids`); ``[]``
+        paints every class.
+
+        .. versionadded:: 0.2
 
     Returns
     -------
@@ -125,7 +141,8 @@ def render_preview(
     InputRasterError
         A raster is missing or unreadable, or ``bands`` names bands it lacks.
     ConfigError
-        ``alpha``, ``max_size`` or ``bands`` out of range.
+        ``alpha``, ``max_size`` or ``bands`` out of range, or ``background`` names a class the
+        table lacks.
     OutputExistsError
         ``out`` exists and ``overwrite`` is False.
     """
@@ -142,9 +159,9 @@ def render_preview(
         rgb, valid, grid = _read_scene(scene, bands, max_size)
         ids, cvalid = _read_classes(class_source, grid)
         table = _table(class_source, classes, ids[cvalid])
-        img = _compose(rgb, valid, ids, cvalid, table, alpha=alpha, outlines=outlines)
-        present = sorted({int(v) for v in np.unique(ids[cvalid])})
-        image = _with_legend(img, table, present, title=_scene_title(scene)) if legend else _to_pil(img)
+        unpainted = _background_ids(table, background)
+        img = _compose(rgb, valid, ids, cvalid, table, alpha=alpha, outlines=outlines, background=unpainted)
+        image = _with_legend(img, table, unpainted, title=_scene_title(scene)) if legend else _to_pil(img)
         image.save(tmp, format="PNG", optimize=True)
     logger.info("wrote preview %s (%d x %d)", out_path, image.width, image.height)
     return out_path
@@ -280,6 +297,24 @@ def _table(source: SceneSource, classes: ClassTable | None, ids: NDArray[np.int6
     return complete_classes(table, np.unique(ids)) if len(ids) else (table or ClassTable.default(1))
 
 
+def _background_ids(table: ClassTable, background: Sequence[int | str] | None) -> set[int]:
+    """Return the ids of the classes left unpainted: ``background`` (ids or names), else the table's by name."""
+    if background is None:
+        return set(table.background_ids)
+    by_name = {c.name.lower(): c.id for c in table}
+    out = set()
+    for item in background:
+        key = str(item).strip()
+        if key.lower() in by_name:
+            out.add(by_name[key.lower()])
+        elif key.isdigit() and int(key) in table.ids:
+            out.add(int(key))
+        else:
+            known = ", ".join(f"{c.id} ({c.name})" for c in table)
+            raise ConfigError(f"background class {item!r} is not in the class table; use one of {known}")
+    return out
+
+
 # --- drawing --------------------------------------------------------------------------------
 
 
@@ -292,6 +327,7 @@ def _compose(
     *,
     alpha: float,
     outlines: bool,
+    background: set[int],
 ) -> NDArray[np.uint8]:
     lut_ids = np.asarray(table.ids, dtype=np.int64)
     lut = np.asarray([c.color for c in table], dtype=np.float64)
@@ -299,6 +335,8 @@ def _compose(
     pos = np.searchsorted(lut_ids[order], ids)
     pos = np.clip(pos, 0, len(order) - 1)
     known = cvalid & (lut_ids[order][pos] == ids)
+    if background:
+        known &= ~np.isin(ids, np.fromiter(background, dtype=np.int64))
     colors = lut[order][pos]
     out = rgb.astype(np.float64)
     out[~valid] = 255.0  # outside the scene's footprint: white
@@ -321,29 +359,48 @@ def _to_pil(img: NDArray[np.uint8]) -> Any:
     return Image.fromarray(img, mode="RGB")
 
 
-def _with_legend(img: NDArray[np.uint8], table: ClassTable, present: list[int], *, title: str) -> Any:
+def _with_legend(img: NDArray[np.uint8], table: ClassTable, background: set[int], *, title: str) -> Any:
+    """Return the image with a legend of every class right of it: ``[swatch]  id  name`` per row.
+
+    The font grows with the image (11 to 18 px); the panel is as wide as its widest text, so
+    nothing is cut off, and ids are right-aligned in their own column, a gap on either side.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = img.shape[:2]
-    entries = [c for c in table if c.id in set(present)] or list(table)
     size = max(11, min(18, round(max(h, w) / 60)))
     font = ImageFont.load_default(size=size)
     line = math.ceil(size * 1.6)
     swatch = size
     pad = size
-    text_w = max(font.getlength(f"{c.id} {c.name}") for c in entries)
-    title_w = font.getlength(title)
-    legend_w = int(pad * 3 + swatch + max(text_w, title_w - swatch - pad))
-    legend_h = pad * 2 + line * (len(entries) + 1)
+    gap = max(6, round(size * 0.75))  # swatch to id, id to name: "[#]  1  forest", never "1forest"
+    id_w = max(_text_width(font, str(c.id)) for c in table)
+    name_w = max(_text_width(font, c.name) for c in table)
+    row_w = swatch + gap + id_w + gap + name_w
+    legend_w = pad + max(row_w, _text_width(font, title)) + pad
+    legend_h = pad * 2 + line * (len(table) + 1)
     canvas = Image.new("RGB", (w + legend_w, max(h, legend_h)), (255, 255, 255))
     canvas.paste(_to_pil(img), (0, 0))
     draw = ImageDraw.Draw(canvas)
+    ink = (20, 20, 20)
     x0 = w + pad
-    y = pad
-    draw.text((x0, y), title, fill=(20, 20, 20), font=font)
-    y += line
-    for c in entries:
-        draw.rectangle([x0, y + 2, x0 + swatch, y + 2 + swatch], fill=c.color, outline=(40, 40, 40))
-        draw.text((x0 + swatch + pad // 2, y), f"{c.id} {c.name}", fill=(20, 20, 20), font=font)
-        y += line
+    mid = pad + line // 2
+    draw.text((x0, mid), title, fill=ink, font=font, anchor="lm")
+    for c in table:
+        mid += line
+        top = mid - swatch // 2
+        box = (x0, top, x0 + swatch - 1, top + swatch - 1)
+        if c.id in background:  # not painted on the image: an empty, struck-through swatch
+            draw.rectangle(box, fill=(255, 255, 255), outline=(120, 120, 120))
+            draw.line((box[0], box[3], box[2], box[1]), fill=(120, 120, 120))
+        else:
+            draw.rectangle(box, fill=c.color, outline=(40, 40, 40))
+        id_right = x0 + swatch + gap + id_w
+        draw.text((id_right, mid), str(c.id), fill=ink, font=font, anchor="rm")
+        draw.text((id_right + gap, mid), c.name, fill=ink, font=font, anchor="lm")
     return canvas
+
+
+def _text_width(font: Any, text: str) -> int:
+    """Width in pixels of ``text`` drawn from x = 0, ink included (0 for an empty text)."""
+    return math.ceil(font.getbbox(text, anchor="lm")[2]) if text else 0

@@ -279,6 +279,38 @@ def test_cli_evaluate_buildings(tmp_path):
     assert report["overall_accuracy"] == 1.0  # background burnt as class 0
 
 
+def test_cli_evaluate_buildings_prints_object_scores(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import box
+
+    def px_box(r0, c0, r1, c1):
+        return box(500000 + c0 * 10, 5600000 - r1 * 10, 500000 + c1 * 10, 5600000 - r0 * 10)
+
+    pred = np.zeros((40, 40), dtype="uint8")
+    pred[5:15, 5:15] = 1  # the first reference building exactly
+    pred[25:35, 25:35] = 1  # 4 px off the second: IoU 6/14 = 0.43
+    write_geotiff(tmp_path / "pred.tif", pred, transform=TRANSFORM)
+    refs = [px_box(5, 5, 15, 15), px_box(25, 29, 35, 39), px_box(2, 30, 6, 36)]  # the third is missed
+    gpd.GeoDataFrame(geometry=refs, crs="EPSG:32633").to_file(tmp_path / "ref.geojson")
+    args = ["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "ref.geojson"), "--buildings"]
+    for threshold, (tp, fp, fn) in ((0.5, (1, 1, 2)), (0.4, (2, 0, 1))):
+        out = tmp_path / f"eval{threshold}"
+        res = CliRunner().invoke(cli, [*args, "--iou-threshold", str(threshold), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        precision, recall = tp / 2, tp / 3
+        f1 = 2 * tp / 5
+        lines = res.stderr.splitlines()
+        assert lines[0].startswith("mIoU ") and " OA " in lines[0]  # the pixel metrics, as before
+        line = next(ln for ln in lines if ln.startswith("buildings"))
+        assert f"IoU >= {threshold:g}" in line and "class 1" in line
+        assert f"precision {round(precision, 4)}  recall {round(recall, 4)}  F1 {round(f1, 4)}" in line
+        assert f"TP {tp}  FP {fp}  FN {fn}" in line
+        b = json.loads((out / "report.json").read_text())["buildings"]  # the JSON carries the same
+        assert (b["true_positives"], b["false_positives"], b["false_negatives"]) == (tp, fp, fn)
+        assert b["iou_threshold"] == threshold and b["f1"] == pytest.approx(f1)
+        assert b["precision"] == pytest.approx(precision) and b["recall"] == pytest.approx(recall)
+
+
 def test_cli_evaluate_usage_errors(tmp_path):
     runner = CliRunner()
     assert runner.invoke(cli, ["evaluate", "a.tif"]).exit_code == 2

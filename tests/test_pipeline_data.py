@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from geopsp.classes import ClassTable
-from geopsp.config import PredictConfig
+from geopsp.config import PredictConfig, VectorizeConfig
 from geopsp.encoding import QA_LAYERS
 from geopsp.errors import InputRasterError, ModelError, NotGeoreferencedWarning, OutputExistsError
 from geopsp.inference.plan import output_set
@@ -565,9 +565,15 @@ def test_stitched_strips_are_committed_with_their_summary_or_not_at_all(tmp_path
         done = strips.stitch_strips(scene, parts, out / "s_classes.tif", model=bundle, predict=conf)
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in done)
         assert {"s_summary.json", "s_margin.tif", "s_margin.qml", "s_disagreement.tif"} <= {p.name for p in done}
+        assert done[0].name == "s_classes.tif" and done[-1].name == "s_summary.json"
         whole = segment_raster(scene, (model, meta), tmp_path / "whole", config=conf)
         for name in ("margin", "disagreement"):  # the QA layers stitch like the classes
             np.testing.assert_array_equal(read(out / f"s_{name}.tif")[0], read(whole.outputs[name])[0])
+        # the batch's vectorize task lists what it committed too: a Shapefile's companions and the style
+        extra = strips.vectorize_outputs(done, VectorizeConfig(format="shp", workers=1))
+        assert extra[0] == out / "s_polygons.shp"
+        assert sorted(out.iterdir()) == sorted([*done, *extra])
+        assert {p.suffix for p in extra} == {".shp", ".shx", ".dbf", ".prj", ".cpg", ".qml"}
 
 
 def _change_density(cls, lines, axis):
@@ -704,6 +710,32 @@ def test_real_corrupt_tif_cli_one_line_error_and_nothing_left(shared_data, tmp_p
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and "corrupt.tif" in lines[0]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "shp"])
+def test_cli_predict_lists_every_file_it_wrote_and_nothing_else(tmp_path, fmt):
+    from geopsp.testing import run_cli
+
+    rng = np.random.default_rng(4)
+    scene = write_tif(tmp_path / "tiny.tif", rng.integers(0, 256, size=(3, 97, 131), dtype=np.uint8))
+    bundle = _bundle_for(tmp_path, 3, "uint8", "rgb")
+    out = tmp_path / "out"
+    args = ["predict", scene, "-m", bundle, "-o", out, "--vector", "--preview", "--probabilities", "--no-progress"]
+    code, stdout, err = run_cli(*args, "--device", "cpu", "--set", f"vectorize.format={fmt}")
+    assert code == 0, err
+    printed = stdout.splitlines()
+    assert printed[0] == str(out / "tiny_classes.tif") and printed[-1] == str(out / "tiny_summary.json")
+    assert len(set(printed)) == len(printed)
+    # every file in the folder is printed (a Shapefile's companions too), and nothing else: no temporaries left
+    assert sorted(printed) == sorted(str(p) for p in out.iterdir())
+    names = {Path(p).name for p in printed}
+    assert {"tiny_classes.qml", "tiny_classes.tif.aux.xml", "tiny_probability.tif", "tiny_preview.png"} <= names
+    assert {f"tiny_polygons.{fmt}", "tiny_polygons.qml"} <= names
+    if fmt == "shp":
+        assert {f"tiny_polygons{s}" for s in (".shx", ".dbf", ".prj", ".cpg")} <= names
+        assert len(pyogrio.read_dataframe(out / "tiny_polygons.shp")) > 0
+    summary = json.loads((out / "tiny_summary.json").read_text())
+    assert set(summary["outputs"].values()) <= set(printed)
 
 
 @pytest.mark.slow  # two subprocesses that import torch and load a bundle: ~20-50 s on 2 busy cores

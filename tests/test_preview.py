@@ -145,3 +145,138 @@ def test_cli_preview(pair, tmp_path):
         cli, ["preview", str(scene), str(classes), "--out", str(tmp_path / "b.png"), "--bands", "x"]
     )
     assert bad.exit_code == 2
+
+
+BUILDINGS = ClassTable((ClassInfo(0, "background", (0, 0, 0)), ClassInfo(1, "building", (255, 0, 0))))
+
+
+@pytest.fixture
+def buildings(tmp_path):
+    """A grey-ramp scene with one building (class 1) in a black 'background' (class 0)."""
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    scene = np.stack([xx + 40, yy + 60, (xx + yy) // 2 + 50]).astype(np.uint8)
+    ids = np.zeros((h, w), np.uint8)
+    ids[40:80, 60:100] = 1
+    return write(tmp_path / "town.tif", scene), write(tmp_path / "town_classes.tif", ids, nodata=255)
+
+
+def test_background_class_is_not_painted_so_the_scene_shows_through(buildings, tmp_path):
+    scene, classes = buildings
+    kw = {"classes": BUILDINGS, "legend": False}
+    plain = load(render_preview(scene, classes, tmp_path / "plain.png", alpha=0.0, **kw)).astype(int)
+    img = load(render_preview(scene, classes, tmp_path / "b.png", alpha=0.45, **kw)).astype(int)
+    outside = np.ones(plain.shape[:2], bool)
+    outside[40:80, 60:100] = False
+    assert (img[outside] == plain[outside]).all()  # "background" (black) darkens nothing
+    inside = img[40:80, 60:100]
+    expected = np.round(plain[40:80, 60:100] * 0.55 + np.array([255, 0, 0]) * 0.45)
+    assert np.abs(inside - expected).max() <= 1  # the building is blended as before
+    # background=[] paints every class: the black background darkens the scene
+    dark = load(render_preview(scene, classes, tmp_path / "d.png", alpha=0.45, background=[], **kw)).astype(int)
+    assert np.abs(dark[outside] - np.round(plain[outside] * 0.55)).max() <= 1
+    # other classes by name or id; the default rule goes by name
+    only = load(render_preview(scene, classes, tmp_path / "o.png", alpha=0.45, background=["Building", 0], **kw))
+    assert (only.astype(int) == plain).all()
+    renamed = ClassTable((ClassInfo(0, "No-Data", (0, 0, 0)), ClassInfo(1, "roof", (255, 0, 0))))
+    img2 = load(render_preview(scene, classes, tmp_path / "r.png", classes=renamed, legend=False)).astype(int)
+    assert (img2[outside] == plain[outside]).all()
+    with pytest.raises(ConfigError, match=r"background class 'shed'.*0 \(background\), 1 \(building\)"):
+        render_preview(scene, classes, tmp_path / "x.png", background=["shed"], **kw)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_background_ids_of_a_class_table():
+    table = ClassTable.from_names(["Background", "building", "no_data", "background_trees", "Unlabelled", "VOID"])
+    assert table.background_ids == [0, 2, 4, 5]
+    assert CLASSES.background_ids == []
+
+
+def _legend_rows(img: np.ndarray, x_from: int, table: ClassTable) -> list[dict]:
+    """Find each class's swatch (its exact colour) in the legend, and the ink right of it in its row."""
+    legend = img[:, x_from:].astype(int)
+    rows = []
+    for c in table:
+        ys, xs = np.nonzero((legend == c.color).all(axis=-1))
+        assert ys.size, f"no swatch for {c.name}"
+        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+        assert ys.size == (y1 - y0 + 1) * (x1 - x0 + 1), f"{c.name}: its colour is not one filled box"
+        band = legend[y0 : y1 + 1]
+        ink = (band < 150).all(axis=-1).any(axis=0)  # dark text pixels, per column
+        ink[: x1 + 2] = False  # the swatch and its outline
+        cols = np.flatnonzero(ink)
+        steps = np.diff(cols)
+        gaps = (steps[steps > 1] - 1).tolist()  # blank columns between runs of ink
+        rows.append({"box": (y0, y1, x0, x1), "ink": cols, "gaps": gaps})
+    return rows
+
+
+def test_legend_lists_every_class_with_readable_gaps_and_fits(pair, tmp_path):
+    scene, classes = pair  # the raster holds only classes 0 and 1
+    table = ClassTable(
+        (
+            ClassInfo(0, "field", (250, 200, 0)),
+            ClassInfo(1, "water", (0, 0, 255)),
+            ClassInfo(2, "forest", (0, 200, 0)),
+            ClassInfo(7, "quarry", (255, 0, 255)),
+            ClassInfo(12, "settlement_and_industrial_areas", (0, 255, 255)),
+        )
+    )
+    img = load(render_preview(scene, classes, tmp_path / "l.png", classes=table, alpha=0.0))
+    rows = _legend_rows(img, 400, table)
+    assert len(rows) == len(table)  # one row per class of the table, not only the two present
+    tops = [r["box"][0] for r in rows]
+    assert tops == sorted(tops) and len(set(np.diff(tops))) == 1  # evenly stacked, table order
+    side = rows[0]["box"][1] - rows[0]["box"][0] + 1
+    for r in rows:
+        y0, y1, x0, x1 = r["box"]
+        assert y1 - y0 == x1 - x0  # square swatches
+        assert r["ink"].size and r["ink"][0] - x1 >= 0.4 * side  # text starts well clear of the swatch
+        assert r["gaps"] and max(r["gaps"]) >= 0.4 * side  # "7  quarry", not "7quarry"
+    assert {r["box"][2] for r in rows} == {rows[0]["box"][2]}  # swatches in one column
+    # ids right-aligned in their column: every name starts at one x, after the widest gap of its row
+    name_starts = {int(r["ink"][np.argmax(np.diff(r["ink"])) + 1]) for r in rows}
+    assert max(name_starts) - min(name_starts) <= 1
+    # the panel is sized to its text: the longest name ends before the right edge, with a margin
+    right = max(int(r["ink"][-1]) for r in rows) + 400
+    assert img.shape[1] - 1 - right >= 0.5 * side
+    assert (img[:, -3:] == 255).all()
+
+
+def test_legend_grows_with_the_image_and_marks_background_classes(buildings, tmp_path):
+    scene, classes = buildings
+    big_scene = tmp_path / "big.tif"
+    with rasterio.open(scene) as src:
+        data = src.read()
+    write(big_scene, np.repeat(np.repeat(data, 8, axis=1), 8, axis=2))  # 1280 x 960
+    small = load(render_preview(scene, classes, tmp_path / "s.png", classes=BUILDINGS))
+    large = load(render_preview(big_scene, classes, tmp_path / "g.png", classes=BUILDINGS, max_size=1280))
+    (s_building,) = _legend_rows(small, 160, ClassTable(BUILDINGS.classes[1:]))
+    (g_building,) = _legend_rows(large, 1280, ClassTable(BUILDINGS.classes[1:]))
+    s_side = s_building["box"][1] - s_building["box"][0]
+    g_side = g_building["box"][1] - g_building["box"][0]
+    assert g_side > s_side and large.shape[1] - 1280 > small.shape[1] - 160
+    # the background class is listed too, with an empty swatch (no black box: it is not painted)
+    legend = large[:, 1280:].astype(int)
+    assert not (legend == [0, 0, 0]).all(axis=-1).any()
+    above = legend[: g_building["box"][0] - 2, g_building["box"][2] : g_building["box"][3] + 1]
+    assert (above < 150).all(axis=-1).any()  # the empty swatch's outline, one row up
+
+
+def test_cli_preview_background_option(buildings, tmp_path):
+    from geopsp.cli.main import cli
+
+    scene, classes = buildings
+    table = tmp_path / "classes.yaml"
+    table.write_text("- {id: 0, name: background, color: '#000000'}\n- {id: 1, name: building, color: '#ff0000'}\n")
+    base = ["preview", str(scene), str(classes), "--classes", str(table), "--no-legend"]
+    runs = {}
+    for name, extra in {"default": [], "none": ["--background", "none"], "roof": ["--background", "1"]}.items():
+        out = tmp_path / f"{name}.png"
+        result = CliRunner().invoke(cli, [*base, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        runs[name] = load(out).astype(int)
+    corner = (slice(0, 30), slice(0, 30))  # background only
+    assert (runs["none"][corner].sum() < runs["default"][corner].sum()) and (runs["roof"] != runs["default"]).any()
+    bad = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "x.png"), "--background", "shed"])
+    assert bad.exit_code == 1 and "background class 'shed'" in str(bad.exception or bad.output)

@@ -295,7 +295,7 @@ def test_vectorize_uploads_the_polygons_and_their_style(s3_server, bucket, local
     uri = f"s3://{bucket}/v/polys.gpkg"
     res = geopsp("vectorize", str(local_classes), "--out", uri, "--no-progress")
     assert res.code == 0, res.stderr
-    assert res.stdout.split() == [uri]
+    assert res.stdout.split() == [uri, f"s3://{bucket}/v/polys.qml"]  # every object written, OUT first
     s3 = s3_server.client()
     assert keys(s3, bucket) == ["v/polys.gpkg", "v/polys.qml"]
     res = geopsp("vectorize", str(local_classes), "--out", uri, "--no-progress")

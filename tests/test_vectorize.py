@@ -499,13 +499,53 @@ def test_cli_vectorize(raster, tmp_path):
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == str(out)
+    assert result.output.splitlines() == [str(out), str(out.with_suffix(".qml"))]  # every file written, OUT first
     df = read(out)
     assert 0 not in set(df.class_id)
     assert set(df.scene) == {"demo"}
     again = CliRunner().invoke(cli, ["vectorize", str(path), "--out", str(out)])
     assert again.exit_code == 1
     assert isinstance(again.exception, OutputExistsError)
+
+
+@pytest.mark.parametrize("suffix", [".shp", ".gpkg"])
+def test_cli_vectorize_lists_every_file_it_wrote(raster, tmp_path, suffix):
+    from geopsp.cli.main import cli
+
+    path, _ = raster
+    folder = tmp_path / "polygons"
+    out = folder / f"parcels{suffix}"
+    result = CliRunner().invoke(cli, ["vectorize", str(path), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    printed = result.output.splitlines()
+    assert printed[0] == str(out)
+    assert sorted(printed) == sorted(str(p) for p in folder.iterdir())  # all there, nothing else, no temporaries
+    if suffix == ".shp":
+        assert {Path(p).suffix for p in printed} == {".shp", ".shx", ".dbf", ".prj", ".cpg", ".qml"}
+        assert len(read(out)) > 0
+
+
+def test_vectorize_into_a_staged_set_commits_with_it(raster, tmp_path):
+    from geopsp.io.atomic import StagedOutputs
+
+    path, a = raster
+    out = tmp_path / "set" / "parcels.shp"
+    with StagedOutputs() as staged:
+        assert vectorize(path, out, config=cfg(block_rows=40), classes=CLASSES, outputs=staged) == out
+        assert not list(out.parent.glob("parcels.*"))  # nothing under a final name before the commit
+        committed = staged.commit()
+    assert [p.name for p in committed] == [f"parcels{s}" for s in (".shx", ".dbf", ".prj", ".cpg", ".shp", ".qml")]
+    assert sorted(committed) == sorted(out.parent.iterdir())
+    with rasterio.open(path) as src:
+        assert (burn(read(out), a.shape, src.transform) == a).all()
+    # a failure leaves nothing: neither final names nor temporaries
+    with pytest.raises(OutputExistsError), StagedOutputs() as staged:
+        vectorize(path, out, config=cfg(), outputs=staged)
+    bad = tmp_path / "bad"
+    with pytest.raises(ZeroDivisionError), StagedOutputs() as staged:
+        vectorize(path, bad / "p.shp", config=cfg(), outputs=staged)
+        _ = 1 / 0
+    assert list(bad.iterdir()) == []
 
 
 def test_top_level_name_is_callable_after_submodule_import(raster, tmp_path):

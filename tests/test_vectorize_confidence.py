@@ -340,7 +340,7 @@ def test_cli_end_to_end_with_styles(qa_set, tmp_path):
         "--simplify", "2",
     )  # fmt: skip
     assert code == 0, err
-    assert stdout.strip() == str(out)
+    assert stdout.split() == [str(out), str(out.with_suffix(".qml"))]  # every file written, OUT first
     df = read(out)
     plain = read(vectorize(classes, tmp_path / "plain.gpkg", config=cfg(), confidence=prob))
     assert (plain.conf_mean < 0.6).any() and len(df) < len(plain)

@@ -169,8 +169,9 @@ def stitch_strips(
     Returns
     -------
     list of Path
-        Class raster, QA rasters (if any), QGIS style, ``.aux.xml`` (class names, RAT), the QA
-        rasters' styles and summary JSON.
+        Every file committed: the class raster first, the summary JSON last, and between them
+        the QGIS style, the ``.aux.xml`` (class names, RAT), the QA rasters (if any) and their
+        styles.
 
     Raises
     ------
@@ -233,8 +234,7 @@ def stitch_strips(
         named = names if locate is None else {k: locate(v) for k, v in names.items()}
         summary = merge_strip_summaries(ordered, width=info.width, height=info.height, outputs=named)
         write_summary(staged.temp(planned.summary, marker=True), planned.summary, summary)
-        staged.commit()
-    outputs = [*map(Path, written), planned.summary]
+        outputs = sorted(staged.commit(), key=lambda p: p != planned.classes)  # stable: the summary stays last
     logger.info("%s: stitched %d strips -> %s", source.name, len(ordered), planned.classes)
     return outputs
 
@@ -263,7 +263,8 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     Returns
     -------
     list of Path
-        The vector file (``<stem>_polygons.<format>``) and its ``.qml`` style when written.
+        Every file written, as committed: the vector file (``<stem>_polygons.<format>``) first,
+        then a Shapefile's companions and the ``.qml`` style.
     """
     vec = importlib.import_module("geopsp.vectorize")
     classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
@@ -276,8 +277,6 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     # the scene's QA rasters, when it has them, give the polygons their confidence attributes
     confidence = named.probability if named.probability in present else None
     disagreement = named.disagreement if named.disagreement in present else None
-    path = Path(
-        vec.vectorize(classes, target, config=config, overwrite=True, confidence=confidence, disagreement=disagreement)
-    )
-    style = path.with_suffix(".qml")
-    return [path, style] if style.is_file() and style != classes.with_suffix(".qml") else [path]
+    with StagedOutputs(overwrite=True) as staged:
+        vec.vectorize(classes, target, config=config, outputs=staged, confidence=confidence, disagreement=disagreement)
+        return sorted(staged.commit(), key=lambda p: p != target)

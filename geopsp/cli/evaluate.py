@@ -103,7 +103,10 @@ def evaluate(
 
     Reports per-class IoU, F1, producer's and user's accuracy, mIoU, overall accuracy,
     Cohen's kappa and the confusion matrix; unlabeled and nodata pixels are excluded and
-    classes absent from both sides are reported as "absent", not as perfect.
+    classes absent from both sides are reported as "absent", not as perfect. --buildings adds
+    object-level precision, recall and F1 of the footprints (true/false positives, false
+    negatives, the IoU threshold) under "buildings". With --out, stderr summarizes the scores
+    (mIoU, OA and the building scores).
     """
     from geopsp.classes import ClassTable
 
@@ -251,15 +254,26 @@ def _score(
         report["buildings"] = {"class_id": building_id, **bscores.to_dict()}
     if out is not None:
         paths = write_report(out, report, evaluation.scores, overwrite=overwrite)
-        miou = report.get("miou")
-        click.echo(
-            f"mIoU {miou if miou is None else round(miou, 4)}  OA {_r(report.get('overall_accuracy'))}", err=True
-        )
+        for line in _console_lines(report):
+            click.echo(line, err=True)
         return list(paths.values())
     json.dump(report, sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
     return []
 
 
-def _r(v: Any) -> Any:
-    return None if v is None else round(float(v), 4)
+def _console_lines(report: dict[str, Any]) -> list[str]:
+    """Summarize a report for stderr: the pixel scores, then (with ``--buildings``) the footprint scores."""
+    lines = [f"mIoU {_r(report.get('miou'))}  OA {_r(report.get('overall_accuracy'))}"]
+    b = report.get("buildings")
+    if b is not None:
+        lines.append(
+            f"buildings (class {b['class_id']}, objects matched at IoU >= {b['iou_threshold']:g}): "
+            f"precision {_r(b['precision'], 'n/a')}  recall {_r(b['recall'], 'n/a')}  F1 {_r(b['f1'], 'n/a')}  "
+            f"TP {b['true_positives']}  FP {b['false_positives']}  FN {b['false_negatives']}"
+        )
+    return lines
+
+
+def _r(v: Any, missing: Any = None) -> Any:
+    return missing if v is None else round(float(v), 4)

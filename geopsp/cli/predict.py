@@ -102,9 +102,11 @@ def predict(
 ) -> None:
     """Segment SCENE(s) into georeferenced class rasters.
 
-    Per scene, OUT gets <stem>_classes.tif (a styled COG), <stem>_classes.qml,
-    <stem>_summary.json and, if asked, the QA layers <stem>_<layer>.tif (--qa). Stdout lists the written
-    files (or s3:// objects), one per line; progress and messages go to stderr.
+    Per scene, OUT gets <stem>_classes.tif (a styled COG) with its .qml and .aux.xml,
+    <stem>_summary.json and, if asked, the QA layers <stem>_<layer>.tif with their .qml (--qa,
+    --probabilities), the polygons (with their .qml) and <stem>_preview.png. Stdout lists
+    every file written (or s3:// object), one per line, class raster first and summary last,
+    as the run committed them; progress and messages go to stderr.
     """
     from geopsp.errors import ConfigError, GeopspError
 

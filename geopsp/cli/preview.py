@@ -31,6 +31,14 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--max-size", type=click.IntRange(16, 65536), default=2048, show_default=True, help="Longest edge in px.")
 @click.option("--no-legend", is_flag=True, help="Leave out the legend.")
 @click.option(
+    "--background",
+    "background",
+    multiple=True,
+    metavar="CLASS",
+    help="Class (id or name) left unpainted so the scene shows through (repeatable; 'none': paint every class) "
+    "[default: the classes named background, nodata, unlabeled, void or unknown].",
+)
+@click.option(
     "--classes",
     "classes_path",
     type=click.Path(exists=True, dir_okay=False),
@@ -47,6 +55,7 @@ def preview(
     outlines: bool,
     max_size: int,
     no_legend: bool,
+    background: tuple[str, ...],
     classes_path: str | None,
     overwrite: bool,
 ) -> None:
@@ -55,6 +64,10 @@ def preview(
     The scene is stretched between its 2nd and 98th percentiles per band and read decimated,
     so memory stays small for any scene size. SCENE and CLASS_RASTER are local files,
     http(s):// or s3:// URLs, or GDAL /vsi.../ paths.
+
+    Background classes get no colour, so the scene shows through them: by default those
+    named background, nodata, unlabeled, void or unknown (case and - or _ do not matter),
+    else the ones given with --background. The legend lists every class of the table.
     """
     from geopsp.preview import render_preview
 
@@ -74,5 +87,13 @@ def preview(
         classes=classes,
         overwrite=overwrite,
         legend=not no_legend,
+        background=_background(background),
     )
     click.echo(str(path))
+
+
+def _background(values: tuple[str, ...]) -> list[str] | None:
+    """``--background`` values: none given -> the default rule; ``none`` -> no background class."""
+    if not values:
+        return None
+    return [] if [v.strip().lower() for v in values] == ["none"] else list(values)

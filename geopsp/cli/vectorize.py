@@ -106,13 +106,16 @@ def vectorize(
 
     CLASS_RASTER is a local file, an http(s):// or s3:// URL, or a GDAL /vsi.../ path. Writes
     OUT with class_id, class_name, area_m2, perimeter_m and scene attributes, a QGIS style
-    (inside a GeoPackage, and as a .qml sidecar next to OUT), and prints its path. OUT may be
-    an s3://bucket/key: both are uploaded once written, OUT last. With --confidence (and
-    --disagreement), the QA rasters of the same run, each polygon also gets conf_mean,
-    conf_min (and disagree_frac), and a GeoPackage a second, "confidence" style.
+    (inside a GeoPackage, and as a .qml sidecar next to OUT), and a Shapefile's .shx, .dbf,
+    .prj and .cpg. Stdout lists every file written, OUT first, one per line; they appear
+    together. OUT may be an s3://bucket/key: all are uploaded once written, OUT last. With
+    --confidence (and --disagreement), the QA rasters of the same run, each polygon also gets
+    conf_mean, conf_min (and disagree_frac), and a GeoPackage a second, "confidence" style.
     """
+    from geopsp.io.atomic import StagedOutputs
     from geopsp.io.s3 import S3Destination, is_s3_uri
     from geopsp.io.source import scene_name
+    from geopsp.io.vector import vector_files
     from geopsp.vectorize import vectorize as run
 
     cfg = load_cli_config(
@@ -142,23 +145,30 @@ def vectorize(
         dest = None
         if is_s3_uri(out):  # written into a staging folder, uploaded once complete (the .qml first)
             dest = stack.enter_context(S3Destination.staged(out, overwrite=overwrite))
-            dest.check_absent([dest.local, dest.local.with_suffix(".qml")])
+            dest.check_absent([*vector_files(dest.local, existing=False), dest.local.with_suffix(".qml")])
             out, overwrite = str(dest.local), False
-        with _Bar(scene_name(class_raster), enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar:
+        with (
+            _Bar(scene_name(class_raster), enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar,
+            StagedOutputs(overwrite=overwrite) as staged,
+        ):
             path = run(
                 class_raster,
                 out,
                 config=cfg.vectorize,
                 classes=classes,
                 scene=scene,
-                overwrite=overwrite,
                 progress=bar.callback,
                 layer=layer,
                 confidence=confidence,
                 disagreement=disagreement,
+                outputs=staged,
             )
-        shown = str(path) if dest is None else dest.upload_all(marker=path)[-1]
-    click.echo(shown)
+            files = sorted(staged.commit(), key=lambda p: p != path)
+        if dest is not None:  # OUT last: its presence says the rest is there
+            dest.upload(files[1:], marker=path)
+        shown = [str(p) if dest is None else dest.uri_of(p) for p in files]
+    for location in shown:
+        click.echo(location)
 
 
 class _Bar:

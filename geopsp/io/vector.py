@@ -22,7 +22,7 @@ from geopsp.io.atomic import atomic_output
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["VECTOR_FORMATS", "VectorFormat", "format_from_path", "vector_suffix", "write_vector"]
+__all__ = ["VECTOR_FORMATS", "VectorFormat", "format_from_path", "vector_files", "vector_suffix", "write_vector"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,36 @@ def format_from_path(path: str | os.PathLike[str], default: VectorFormat | None 
     raise ConfigError(
         f"cannot tell the vector format of {str(path)!r} from its suffix; use one of {known} or pass format="
     )
+
+
+def vector_files(path: str | os.PathLike[str], *, existing: bool = True) -> list[Path]:
+    """Return the files a vector dataset at ``path`` consists of, ``path`` last.
+
+    A Shapefile is its ``.shp`` and the companions ``.shx``, ``.dbf``, ``.prj`` and ``.cpg``;
+    every other format is one file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The dataset's main file.
+    existing : bool, default True
+        List only the companions that exist (what a writer made); False: every one the format
+        may have (to check for them before writing).
+
+    Examples
+    --------
+    >>> [p.name for p in vector_files("roads.shp", existing=False)]
+    ['roads.shx', 'roads.dbf', 'roads.prj', 'roads.cpg', 'roads.shp']
+    >>> vector_files("roads.gpkg")
+    [PosixPath('roads.gpkg')]
+
+    .. versionadded:: 0.2
+    """
+    main = Path(path)
+    if main.suffix.lower() != ".shp":
+        return [main]
+    parts = [main.with_suffix(suffix) for suffix in _SHP_SIDECARS]
+    return [*(p for p in parts if not existing or p.is_file()), main]
 
 
 def vector_suffix(fmt: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,9 +19,9 @@ from numpy.typing import NDArray
 from geopsp.classes import ClassTable
 from geopsp.config.schema import VectorizeConfig
 from geopsp.errors import ConfigError, NotGeoreferencedWarning, OutputError
-from geopsp.io.atomic import atomic_output, check_output_path
+from geopsp.io.atomic import StagedOutputs, check_output_path, temp_name
 from geopsp.io.source import resolve_scene
-from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, write_vector
+from geopsp.io.vector import VECTOR_FORMATS, VectorFormat, vector_files, write_vector
 from geopsp.vectorize._confidence import QualityRasters, conf_mean, empty_stats, open_quality
 from geopsp.vectorize._eliminate import eliminate_small, fill_small_holes
 from geopsp.vectorize._frame import CONFIDENCE_FIELDS, FIELDS, Framer
@@ -57,6 +58,7 @@ def vectorize(
     layer: str | None = None,
     confidence: str | os.PathLike[str] | None = None,
     disagreement: str | os.PathLike[str] | None = None,
+    outputs: StagedOutputs | None = None,
 ) -> Path:
     """Turn a class raster into land-use polygons, one polygon per connected region.
 
@@ -86,7 +88,7 @@ def vectorize(
         Value of the ``scene`` attribute; default: the raster's ``GEOPSP_SCENE`` tag, else
         its file stem.
     overwrite : bool, default False
-        Replace an existing output.
+        Replace an existing output (with ``outputs``: the set's ``overwrite`` applies).
     progress : callable, optional
         Called as ``progress(rows_done, rows_total)``.
     layer : str, optional
@@ -97,12 +99,20 @@ def vectorize(
         ``config.min_confidence`` and ``config.style = "confidence"``.
     disagreement : str or os.PathLike, optional
         The tile disagreement raster (``<stem>_disagreement.tif``): adds ``disagree_frac``.
+    outputs : StagedOutputs, optional
+        Stage every file written (the vector file, a Shapefile's companions, the ``.qml``) in
+        this set instead of committing them: they reach their final names when the caller
+        commits the set, whose :meth:`~geopsp.io.atomic.StagedOutputs.commit` lists them.
+        Default: a set of their own, committed at the end, so the files appear together.
+
+        .. versionadded:: 0.2
 
     Returns
     -------
     Path
         The output file. A GeoPackage carries its QGIS style in ``layer_styles``; every
-        format gets a ``<stem>.qml`` sidecar.
+        format gets a ``<stem>.qml`` sidecar (a Shapefile also its ``.shx``, ``.dbf``,
+        ``.prj`` and ``.cpg``: :func:`geopsp.io.vector.vector_files`).
 
     Raises
     ------
@@ -148,6 +158,8 @@ def vectorize(
     """
     cfg = config if config is not None else VectorizeConfig.model_validate({})
     _need_confidence(cfg, confidence)
+    if outputs is not None:
+        overwrite = outputs.overwrite
     src = inspect_class_raster(class_raster)
     quality = QualityRasters.check(str(src.source), src, confidence=confidence, disagreement=disagreement)
     out_path = Path(out)
@@ -171,7 +183,8 @@ def vectorize(
             own_qml.name,
         )
         qml_path = None
-    check_output_path(out_path, overwrite=overwrite, inputs=inputs)
+    for part in vector_files(out_path, existing=False):
+        check_output_path(part, overwrite=overwrite, inputs=inputs)
     if qml_path is not None:
         check_output_path(qml_path, overwrite=overwrite, inputs=inputs)
     table = classes if classes is not None else src.classes
@@ -219,20 +232,25 @@ def vectorize(
 
             write_gpkg_styles(tmp, name, frames.class_table(), default=cfg.style, confidence=frames.confidence)
 
-    result = write_vector(
-        chunks,
-        out_path,
-        format=fmt,
-        layer=layer_name,
-        overwrite=overwrite,
-        geometry_type=geometry_type,
-        finalize=finalize,
-        inputs=inputs,
-    )
-    if qml_path is not None:
-        _write_qml(qml_path, frames.class_table(), style=cfg.style, overwrite=overwrite)
-    logger.info("%s: %d polygons", result, frames.count)
-    return result
+    with contextlib.ExitStack() as stack:
+        staged = outputs if outputs is not None else stack.enter_context(StagedOutputs(overwrite=overwrite))
+        tmp = temp_name(out_path)
+        try:
+            write_vector(
+                chunks, tmp, format=fmt, layer=layer_name, geometry_type=geometry_type, finalize=finalize, inputs=inputs
+            )
+        finally:  # whatever was written joins the set: committed with it, or removed with it
+            for part in vector_files(tmp):
+                if part.is_file():
+                    staged.add(part, out_path.with_suffix(part.suffix) if part != tmp else out_path)
+        if qml_path is not None:
+            from geopsp.style.vector import write_vector_qml
+
+            write_vector_qml(staged.temp(qml_path), frames.class_table(), style=cfg.style)
+        if outputs is None:
+            staged.commit()
+    logger.info("%s: %d polygons", out_path, frames.count)
+    return out_path
 
 
 def _output_format(out: Path, cfg: VectorizeConfig) -> VectorFormat:
@@ -255,16 +273,9 @@ def _need_confidence(cfg: VectorizeConfig, confidence: str | os.PathLike[str] | 
     if confidence is None and option is not None:
         raise ConfigError(
             f"{getattr(cfg, option)!r} needs the polygons' confidence: pass --confidence <stem>_probability.tif "
-            "(or predict with --probabilities), or drop it",
+            "(or predict with --probabilities or --qa), or drop it",
             key=f"vectorize.{option}",
         )
-
-
-def _write_qml(path: Path, classes: ClassTable, *, style: str, overwrite: bool) -> None:
-    from geopsp.style.vector import write_vector_qml
-
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        write_vector_qml(tmp, classes, style=style)
 
 
 # --- strips ---------------------------------------------------------------------------------
