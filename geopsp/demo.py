@@ -36,6 +36,7 @@ class DemoResult:
     class_raster: Path
     qml: Path | None
     probability: Path | None
+    qa: dict[str, Path]
     polygons: Path
     preview: Path
     report: Path
@@ -104,6 +105,7 @@ def run_demo(
     DemoResult
     """
     from geopsp.config.schema import PredictConfig, VectorizeConfig
+    from geopsp.encoding import QA_LAYERS
     from geopsp.eval import evaluate_rasters, write_report
     from geopsp.model.onnx_export import export_onnx
     from geopsp.model.stac_mlm import write_mlm_item
@@ -156,18 +158,21 @@ def run_demo(
     write_mlm_item(exported.path, overwrite=overwrite)
     seconds["export"] = time.perf_counter() - t
 
-    say(f"predicting a {predict_size} x {predict_size} scene in ONNX Runtime with the tiler and blending mosaicker")
+    say(
+        f"predicting a {predict_size} x {predict_size} scene in ONNX Runtime with the tiler and blending mosaicker, "
+        "with QA layers"
+    )
     t = time.perf_counter()
     pred = segment_raster(
         scene,
         exported.path,
         out / "predict",
-        config=PredictConfig(tile_size=256, overlap=32, batch_size=8, probabilities=True),
+        config=PredictConfig(tile_size=256, overlap=32, batch_size=8, qa=list(QA_LAYERS)),
         overwrite=overwrite,
     )
     seconds["predict"] = time.perf_counter() - t
 
-    say("vectorizing to land-use polygons (coverage-simplified, styled GeoPackage)")
+    say("vectorizing to land-use polygons (coverage-simplified, styled GeoPackage, with each polygon's confidence)")
     t = time.perf_counter()
     polygons = vectorize(
         pred.classes,
@@ -175,6 +180,8 @@ def run_demo(
         config=VectorizeConfig(simplify=10.0, min_area_m2=2000.0),
         scene=scene.name,
         overwrite=overwrite,
+        confidence=pred.probability,  # conf_mean, conf_min, disagree_frac per polygon
+        disagreement=pred.outputs.get("disagreement"),
     )
     seconds["vectorize"] = time.perf_counter() - t
 
@@ -205,6 +212,7 @@ def run_demo(
         class_raster=pred.classes,
         qml=pred.qml,
         probability=pred.probability,
+        qa={name: pred.outputs[name] for name in QA_LAYERS if name in pred.outputs},
         polygons=polygons,
         preview=preview,
         report=report_files["report"],

@@ -26,6 +26,7 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
         res.class_raster,
         res.qml,
         res.probability,
+        *res.qa.values(),
         res.polygons,
         res.preview,
         res.report,

@@ -64,7 +64,7 @@ def demo(out_dir: str, train_minutes: float, predict_size: int, seed: int, as_js
         f"  training curves   {result.train_curves}",
         f"  class map (COG)   {result.class_raster}",
         f"  QGIS style        {result.qml}",
-        f"  probability       {result.probability}",
+        f"  QA layers         {', '.join(p.name for p in result.qa.values())}   (docs/howto/quality.md)",
         f"  polygons (GPKG)   {result.polygons}   (styled: drag it into QGIS)",
         f"  preview           {result.preview}",
         f"  evaluation        {result.report}",
