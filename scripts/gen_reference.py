@@ -58,6 +58,7 @@ API_MODULES: list[tuple[str, str]] = [
     ("geopsp.eval", "Evaluation metrics and reports."),
     ("geopsp.classes", "Class tables."),
     ("geopsp.errors", "Exceptions and warnings."),
+    ("geopsp.qgis_plugin", "The QGIS Processing plugin and its installer."),
     ("geopsp.testing", "Helpers for tests: tiny GeoTIFFs, synthetic scenes."),
     ("geopsp.synthetic", "Synthetic landscapes."),
     ("geopsp.demo", "The quick start as a function: run_demo."),

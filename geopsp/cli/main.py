@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "sample-scene": "geopsp.cli.sample:sample_scene",
     "config": "geopsp.cli.config:config",
     "demo": "geopsp.cli.demo:demo",
+    "qgis": "geopsp.cli.qgis:qgis",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -44,6 +45,7 @@ SHORT_HELP: dict[str, str] = {
     "sample-scene": "Write a synthetic labelled scene for demos and tests.",
     "config": "Show or validate the resolved configuration.",
     "demo": "Run the whole job on synthetic data (the quick start).",
+    "qgis": "Install the QGIS Processing provider into a QGIS profile.",
 }
 
 logger = logging.getLogger("geopsp")
