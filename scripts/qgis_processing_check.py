@@ -197,12 +197,16 @@ def _screenshot(path: str, params: dict) -> dict:
     from processing.gui.AlgorithmDialog import AlgorithmDialog
     from qgis.core import QgsApplication
     from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtWidgets import QSplitter
 
     alg = QgsApplication.processingRegistry().createAlgorithmById("geopsp:segment")
     dialog = AlgorithmDialog(alg)
     dialog.setParameters(params)
-    dialog.resize(QSize(1000, 620))
     dialog.show()
+    dialog.resize(QSize(980, 660))
+    splitter = dialog.findChild(QSplitter)
+    if splitter is not None:  # the parameters wide enough for their buttons, the help beside them
+        splitter.setSizes([700, 260])
     QgsApplication.processEvents()
     image = dialog.grab()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -138,9 +138,7 @@ class SegmentAlgorithm(GeopspAlgorithm):
             QgsProcessingParameterBoolean("PROBABILITIES", "Also write the winning-class probability", False)
         )
         self.addParameter(
-            QgsProcessingParameterBoolean(
-                "QA", "Also write every QA layer (probability, margin, entropy, disagreement)", False
-            )
+            QgsProcessingParameterBoolean("QA", "Also write the QA layers (margin, entropy, disagreement ...)", False)
         )
         self.addParameter(QgsProcessingParameterEnum("TTA", "Test-time augmentation", options=TTA, defaultValue=0))
         advanced = [
