@@ -58,6 +58,7 @@ API_MODULES: list[tuple[str, str]] = [
     ("geopsp.eval", "Evaluation metrics and reports."),
     ("geopsp.classes", "Class tables."),
     ("geopsp.errors", "Exceptions and warnings."),
+    ("geopsp.qgis_plugin", "The QGIS Processing plugin and its installer."),
     ("geopsp.testing", "Helpers for tests: tiny GeoTIFFs, synthetic scenes."),
     ("geopsp.synthetic", "Synthetic landscapes."),
     ("geopsp.demo", "The quick start as a function: run_demo."),
@@ -220,7 +221,26 @@ def gen_cli() -> str:
                 out.append(
                     "Subcommands: " + ", ".join(f"[`{name} {s}`](#{_anchor(name + ' ' + s)})" for s in subs) + ".\n\n"
                 )
+    out.append(_progress_events())
     return "".join(out).rstrip() + "\n"
+
+
+def _progress_events() -> str:
+    """Return the section on ``--progress json``, from :data:`geopsp.cli.progress.EVENTS`."""
+    from geopsp.cli.progress import EVENTS, PROGRESS_SCHEMA
+
+    rows = "".join(f"| `{name}` | {_cell(text)} |\n" for name, text in EVENTS.items())
+    return (
+        "## Progress as JSON lines\n\n"
+        "With `--progress json` (`predict`, `vectorize`, `evaluate`, `batch`) a command writes one JSON object "
+        f"per line on stderr (schema `{PROGRESS_SCHEMA}`) instead of the progress bar, for programs that drive "
+        "geopsp, such as the QGIS plugin. Log messages and warnings stay plain lines on stderr (they never start "
+        "with `{`) and stdout is unchanged. Every object has an `event` key:\n\n"
+        "| event | fields |\n|---|---|\n" + rows + "\n"
+        "The last event is `done` when the exit status is 0, else `error`; an `error` can come before any "
+        "`start` (bad input is refused before any work). SIGTERM and SIGINT stop a command cleanly: its "
+        "temporary files are removed and nothing is committed (exit status 143 and 130).\n\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

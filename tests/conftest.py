@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from geopsp.testing import sample_data_dir
 from geopsp.testing_servers import MotoS3Server
 
 SHARED_DATA = sample_data_dir()
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+"""Where Debian's python3-qgis lives (QGIS's Python bindings are in the system Python)."""
 
 # One full run writes about 0.45 GB under its basetemp at its peak (measured); ask for room to spare.
 NEEDED_FREE_BYTES = int(float(os.environ.get("GEOPSP_TEST_NEEDED_FREE_GIB", "2")) * 1024**3)
@@ -70,3 +73,25 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert code == 0, err
     return path
+
+
+@pytest.fixture(scope="session")
+def qgis_env() -> dict[str, str]:
+    """The environment for the system Python running QGIS: offscreen, none of this venv's Python variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    return env
+
+
+@pytest.fixture(scope="session")
+def qgis_python(qgis_env: dict[str, str]) -> Path:
+    """``/usr/bin/python3`` when it imports ``qgis.core``; skips the test with the reason otherwise."""
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip("no /usr/bin/python3; QGIS's Python bindings live in the system Python")
+    probe = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, text=True, env=qgis_env, timeout=120
+    )
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+        pytest.skip(f"/usr/bin/python3 cannot import qgis.core ({reason}); run scripts/system-deps.sh")
+    return SYSTEM_PYTHON

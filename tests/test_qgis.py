@@ -7,7 +7,6 @@ reason when that Python cannot import ``qgis.core`` (``scripts/system-deps.sh`` 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.qgis
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "qgis_check.py"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 CLASSES = ClassTable(
     (
         ClassInfo(0, "cropland", (229, 201, 92)),
@@ -32,25 +30,6 @@ CLASSES = ClassTable(
         ClassInfo(3, "urban", (214, 58, 48)),
     )
 )
-
-
-def _qgis_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env["QT_QPA_PLATFORM"] = "offscreen"
-    return env
-
-
-@pytest.fixture(scope="module")
-def qgis_python() -> Path:
-    if not SYSTEM_PYTHON.exists():
-        pytest.skip("no /usr/bin/python3; QGIS's Python bindings live in the system Python")
-    probe = subprocess.run(
-        [str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, text=True, env=_qgis_env(), timeout=120
-    )
-    if probe.returncode != 0:
-        reason = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
-        pytest.skip(f"/usr/bin/python3 cannot import qgis.core ({reason}); run scripts/system-deps.sh")
-    return SYSTEM_PYTHON
 
 
 def _landcover(h: int = 240, w: int = 300) -> np.ndarray:
@@ -63,7 +42,7 @@ def _landcover(h: int = 240, w: int = 300) -> np.ndarray:
     return a
 
 
-def test_qgis_opens_outputs_styled(qgis_python, tmp_path):
+def test_qgis_opens_outputs_styled(qgis_python, qgis_env, tmp_path):
     from geopsp.io.raster import write_class_raster
 
     raster = write_class_raster(
@@ -82,7 +61,7 @@ def test_qgis_opens_outputs_styled(qgis_python, tmp_path):
     proc = subprocess.run(
         [str(qgis_python), str(SCRIPT), "--raster", str(raster), "--vector", str(gpkg), "--expect", str(expect),
          "--screenshot", str(shot)],
-        capture_output=True, text=True, env=_qgis_env(), timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, env=qgis_env, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     report = json.loads(proc.stdout)
@@ -103,7 +82,7 @@ def test_qgis_opens_outputs_styled(qgis_python, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-def test_qgis_check_fails_on_wrong_expectations(qgis_python, tmp_path):
+def test_qgis_check_fails_on_wrong_expectations(qgis_python, qgis_env, tmp_path):
     from geopsp.io.raster import write_class_raster
 
     raster = write_class_raster(
@@ -119,7 +98,7 @@ def test_qgis_check_fails_on_wrong_expectations(qgis_python, tmp_path):
     expect.write_text(json.dumps(wrong), encoding="utf-8")
     proc = subprocess.run(
         [str(qgis_python), str(SCRIPT), "--raster", str(raster), "--expect", str(expect)],
-        capture_output=True, text=True, env=_qgis_env(), timeout=300,
+        capture_output=True, text=True, env=qgis_env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["ok"] is False
@@ -147,7 +126,7 @@ print(json.dumps(out))
 """
 
 
-def test_qgis_draws_each_qa_layer_with_its_ramp_over_decoded_values(qgis_python, tmp_path):
+def test_qgis_draws_each_qa_layer_with_its_ramp_over_decoded_values(qgis_python, qgis_env, tmp_path):
     """QGIS applies the band scale (1/255), loads each QA layer's .qml, and reads 0..1 values."""
     from geopsp.encoding import QA_LAYERS
     from geopsp.io.raster import ClassRasterWriter
@@ -162,7 +141,7 @@ def test_qgis_draws_each_qa_layer_with_its_ramp_over_decoded_values(qgis_python,
         w.write_rows(0, classes, layers={name: np.full((64, 64), 0.6) for name in QA_LAYERS})
     proc = subprocess.run(
         [str(qgis_python), "-c", _QA_PROBE, *map(str, paths.values())],
-        capture_output=True, text=True, env=_qgis_env(), timeout=300,
+        capture_output=True, text=True, env=qgis_env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -18,7 +19,7 @@ from geopsp.cli.options import (
     qa_overrides,
     runtime_option,
 )
-from geopsp.cli.progress import ProgressBar
+from geopsp.cli.progress import Reporter, progress_option
 
 __all__ = ["batch"]
 
@@ -131,6 +132,7 @@ def _parse_gpus(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--retries", type=click.IntRange(min=0), default=None, help="Retries after transient errors.")
 @config_options
 @overwrite_option
+@progress_option("batch")
 @click.pass_context
 def batch(
     ctx: click.Context,
@@ -160,6 +162,7 @@ def batch(
     config_path: str | None,
     set_items: tuple[str, ...],
     overwrite: bool,
+    report: Reporter,
 ) -> None:
     """Segment many scenes: files, directories, glob patterns or list files (.txt/.csv).
 
@@ -191,8 +194,9 @@ def batch(
     )
     from geopsp.batch.runner import run_batch
 
-    with ProgressBar("scenes", enabled=_show_progress(ctx)) as progress:
-        report = run_batch(
+    report.start(" ".join(inputs))
+    with report.bar("scenes", unit="scenes", enabled=_show_progress(ctx)) as progress:
+        outcome = run_batch(
             list(inputs),
             model_path,
             out_dir,
@@ -203,9 +207,24 @@ def batch(
             overwrite=overwrite,
             progress=progress,
         )
-    click.echo(report.summary_line(), err=True)
-    if not report.ok:
+    for record in outcome.records:
+        if record.status == "failed":
+            report.failed(record.error or "failed", scene=record.scene)
+        elif record.status == "done":
+            report.outputs(
+                {Path(rel).name: _joined(outcome.out_dir, rel) for rel in record.outputs}, scene=record.scene
+            )
+    report.outputs({"manifest": outcome.manifest})
+    click.echo(outcome.summary_line(), err=True)
+    if not outcome.ok:
+        report.failed(outcome.summary_line())
         ctx.exit(1)
+
+
+def _joined(out_dir: object, rel: str) -> str:
+    """Return a record's output (relative to the batch's folder or ``s3://`` prefix) as a path or URI."""
+    base = str(out_dir)
+    return f"{base.rstrip('/')}/{rel}" if base.startswith("s3://") else str(Path(base) / rel)
 
 
 def _show_progress(ctx: click.Context) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+from geopsp.cli.progress import Reporter, progress_option
 
 __all__ = ["evaluate"]
 
@@ -75,6 +76,7 @@ __all__ = ["evaluate"]
 @click.option("--block-rows", type=int, default=512, show_default=True, help="Rows scored at a time.")
 @overwrite_option
 @config_options
+@progress_option("evaluate")
 def evaluate(
     inputs: tuple[str, ...],
     model_path: str | None,
@@ -94,6 +96,7 @@ def evaluate(
     overwrite: bool,
     config_path: str | None,
     set_items: tuple[str, ...],
+    report: Reporter,
 ) -> None:
     """Score a class raster against reference labels.
 
@@ -136,22 +139,27 @@ def evaluate(
     from geopsp.eval.report import REPORT_NAMES
     from geopsp.io.s3 import S3Destination, is_s3_uri
 
+    report.start(scene if scene is not None else inputs[0])
     with contextlib.ExitStack() as stack:
         dest = None
         if out is not None and is_s3_uri(out):  # made in a staging folder, uploaded once complete, report.json last
             dest = stack.enter_context(S3Destination.staged(out, overwrite=overwrite))
             dest.check_absent([dest.local / n for n in REPORT_NAMES])
         local_out = str(dest.local) if dest is not None else out
+        predicted: dict[str, Path] = {}
         if model_path is None or scene is None:  # (a model comes with a scene: checked above)
             written = _score(inputs[0], reference, classes, {}, local_out, overwrite and dest is None, opts)
         else:
-            written = _predict_and_score(
-                model_path, scene, reference, classes, out, dest, overwrite, opts, config_path, set_items
+            predicted, written = _predict_and_score(
+                model_path, scene, reference, classes, out, dest, overwrite, opts, config_path, set_items, report
             )
+        files = {**predicted, **{_output_name(p): p for p in written}}
         if dest is not None and written:  # the prediction's set too, the report last
             shown = dest.upload_all(marker=dest.local / "report.json")
+            report.outputs({k: dest.uri_of(p) for k, p in files.items()})
         else:
             shown = [str(p) for p in written]
+            report.outputs(files)
     if shown:
         click.echo(f"wrote {', '.join(shown)}", err=True)
 
@@ -167,15 +175,17 @@ def _predict_and_score(
     opts: dict[str, Any],
     config_path: str | None,
     set_items: tuple[str, ...],
-) -> list[Path]:
+    reporter: Reporter,
+) -> tuple[dict[str, Path], list[Path]]:
     """Segment ``scene`` (into ``out``, the staging folder of ``dest``, or a temporary folder), then score it.
 
-    Returns the report's files, as :func:`_score`.
+    Returns the prediction's outputs (none for a temporary folder) and the report's files, as :func:`_score`.
     """
     import tempfile
 
     from geopsp.inference.plan import check_inputs
     from geopsp.inference.runtime import is_onnx_model, model_meta
+    from geopsp.io.source import scene_name
     from geopsp.pipeline import segment_raster
 
     conf = load_cli_config(config_path, set_items)
@@ -188,15 +198,19 @@ def _predict_and_score(
         bundle = load_bundle(model_path)
     report: dict[str, Any] = {"model": str(model_path), "scene": str(scene)}
     classes = classes or model_meta(bundle).classes
-    if dest is not None:
-        result = segment_raster(scene, bundle, dest.local, config=conf.predict)
-        return _score(str(result.classes), reference, classes, report, str(dest.local), False, opts)
-    if out is not None:
-        result = segment_raster(scene, bundle, out, config=conf.predict, overwrite=overwrite)
-        return _score(str(result.classes), reference, classes, report, out, overwrite, opts)
-    with tempfile.TemporaryDirectory(prefix="geopsp-eval-") as tmp:
-        result = segment_raster(scene, bundle, tmp, config=conf.predict, overwrite=True)
-        return _score(str(result.classes), reference, classes, report, out, overwrite, opts)
+    with contextlib.ExitStack() as stack:
+        if dest is not None:
+            where, replace, report_dir = dest.local, False, str(dest.local)
+        elif out is not None:
+            where, replace, report_dir = Path(out), overwrite, out
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="geopsp-eval-"))
+            where, replace, report_dir = Path(tmp), True, None
+        with reporter.bar(scene_name(scene), unit="tiles", enabled=sys.stderr.isatty()) as progress:
+            result = segment_raster(scene, bundle, where, config=conf.predict, overwrite=replace, progress=progress)
+        reporter.device(result.summary["device"])
+        written = _score(str(result.classes), reference, classes, report, report_dir, overwrite and dest is None, opts)
+        return ({} if report_dir is None else result.outputs), written
 
 
 def _score(
@@ -273,6 +287,11 @@ def _console_lines(report: dict[str, Any]) -> list[str]:
             f"TP {b['true_positives']}  FP {b['false_positives']}  FN {b['false_negatives']}"
         )
     return lines
+
+
+def _output_name(path: Path) -> str:
+    """Name a report file in ``output`` events: ``report``, ``classes_csv``, ``confusion_png`` ..."""
+    return "report" if path.name == "report.json" else path.name.replace(".", "_")
 
 
 def _r(v: Any, missing: Any = None) -> Any:

@@ -17,7 +17,7 @@ import click
 from geopsp import __version__
 from geopsp.errors import GeopspError, GeopspWarning
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "describe_error", "main"]
 
 # name -> "module:attribute". Modules are imported only when the command runs or its help is shown.
 COMMANDS: dict[str, str] = {
@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "sample-scene": "geopsp.cli.sample:sample_scene",
     "config": "geopsp.cli.config:config",
     "demo": "geopsp.cli.demo:demo",
+    "qgis": "geopsp.cli.qgis:qgis",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -44,6 +45,7 @@ SHORT_HELP: dict[str, str] = {
     "sample-scene": "Write a synthetic labelled scene for demos and tests.",
     "config": "Show or validate the resolved configuration.",
     "demo": "Run the whole job on synthetic data (the quick start).",
+    "qgis": "Install the QGIS Processing provider into a QGIS profile.",
 }
 
 logger = logging.getLogger("geopsp")
@@ -195,15 +197,14 @@ def _run(argv: list[str] | None) -> Any:
     except GeopspError as exc:
         if _verbosity() > 0:
             logger.exception("geopsp failed")
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {describe_error(exc)}", err=True)
         sys.exit(1)
     except ModuleNotFoundError as exc:
-        extra = _EXTRAS.get((exc.name or "").split(".")[0])
-        if extra is None:
+        if _missing_extra(exc) is None:
             raise
         if _verbosity() > 0:
             logger.exception("geopsp failed")
-        click.echo(f"Error: {exc.name} is not installed, and this command needs it: {extra}", err=True)
+        click.echo(f"Error: {describe_error(exc)}", err=True)
         sys.exit(1)
 
 
@@ -219,10 +220,36 @@ _EXTRAS = {
 """The install extra that brings each optional module (a missing one is one line, not a traceback)."""
 
 
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    return _EXTRAS.get((exc.name or "").split(".")[0])
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return the one line the CLI prints for ``exc`` (after ``Error:``; ``--progress json``'s message).
+
+    Examples
+    --------
+    >>> from geopsp.errors import ConfigError
+    >>> describe_error(ConfigError("tile_size must be positive"))
+    'tile_size must be positive'
+    >>> describe_error(Terminated())
+    'Terminated; no partial outputs were left under final names.'
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        return f"{what}; no partial outputs were left under final names."
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, ModuleNotFoundError) and (extra := _missing_extra(exc)) is not None:
+        return f"{exc.name} is not installed, and this command needs it: {extra}"
+    if isinstance(exc, GeopspError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _interrupted(exc: BaseException) -> NoReturn:
-    what, code = ("Terminated", 143) if isinstance(exc, Terminated) else ("Interrupted", 130)
-    click.echo(f"{what}; no partial outputs were left under final names.", err=True)
-    sys.exit(code)
+    click.echo(describe_error(exc), err=True)
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def _verbosity() -> int:

@@ -18,7 +18,7 @@ from geopsp.cli.options import (
     qa_overrides,
     runtime_option,
 )
-from geopsp.cli.progress import ProgressBar
+from geopsp.cli.progress import Reporter, progress_option
 
 __all__ = ["predict"]
 
@@ -67,9 +67,9 @@ __all__ = ["predict"]
 @input_scale_option
 @grid_options
 @click.option("--rows", type=(int, int), default=None, metavar="START STOP", help="Compute only rows [START, STOP).")
-@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @overwrite_option
 @config_options
+@progress_option("predict")
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -95,10 +95,10 @@ def predict(
     crs: str | None,
     aoi: str | None,
     rows: tuple[int, int] | None,
-    no_progress: bool,
     overwrite: bool,
     config_path: str | None,
     set_items: tuple[str, ...],
+    report: Reporter,
 ) -> None:
     """Segment SCENE(s) into georeferenced class rasters.
 
@@ -106,7 +106,8 @@ def predict(
     <stem>_summary.json and, if asked, the QA layers <stem>_<layer>.tif with their .qml (--qa,
     --probabilities), the polygons (with their .qml) and <stem>_preview.png. Stdout lists
     every file written (or s3:// object), one per line, class raster first and summary last,
-    as the run committed them; progress and messages go to stderr.
+    as the run committed them; progress and messages go to stderr (--progress json: one JSON
+    object per line).
     """
     from geopsp.errors import ConfigError, GeopspError
 
@@ -142,13 +143,14 @@ def predict(
     meta = model_meta(model_path)
     failed = 0
 
-    def skip(exc: GeopspError) -> None:
+    def skip(exc: GeopspError, scene: object) -> None:
         """One scene: fail with its error. Several: report it, count it, go on with the rest."""
         nonlocal failed
         if len(scenes) == 1:
             raise exc
         failed += 1
         click.echo(f"Error: {exc}", err=True)
+        report.failed(str(exc), scene=scene)
 
     from geopsp.io.source import SceneSource, resolve_scene
 
@@ -160,7 +162,7 @@ def predict(
                 source, meta, out, config=cfg, overwrite=overwrite, row_range=rows, vector_config=conf.vectorize
             )
         except GeopspError as exc:
-            skip(exc)
+            skip(exc, scene)
             continue
         todo.append(source)
     if not todo:
@@ -175,9 +177,9 @@ def predict(
         model = load_bundle(model_path, device="cpu")  # once for all scenes
     obj = ctx.find_root().obj
     verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
-    show = not no_progress and verbosity >= 0
-    for source in todo:
-        with ProgressBar(source.name, unit="tiles", enabled=show) as progress:
+    for index, source in enumerate(todo, start=1):
+        report.start(source, index=index, count=len(todo))
+        with report.bar(source.name, unit="tiles", enabled=verbosity >= 0) as progress:
             try:
                 result = segment_raster(
                     source,
@@ -190,10 +192,13 @@ def predict(
                     vector_config=conf.vectorize,
                 )
             except GeopspError as exc:
-                skip(exc)
+                skip(exc, source)
                 continue
+        report.device(result.summary["device"])
+        report.outputs(result.uris or result.outputs)
         for location in result.locations:
             click.echo(location)
     if failed:
         click.echo(f"Error: {failed} of {len(scenes)} scenes failed", err=True)
+        report.failed(f"{failed} of {len(scenes)} scenes failed")
         sys.exit(1)

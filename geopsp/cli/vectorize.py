@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any
+from pathlib import Path
 
 import click
 
 from geopsp.cli.options import config_options, load_cli_config, overwrite_option
+from geopsp.cli.progress import Reporter, progress_option
 
 __all__ = ["vectorize"]
 
@@ -73,9 +72,9 @@ _FORMATS = ("gpkg", "geojson", "fgb", "shp", "parquet")
     help="Class table (YAML/JSON) [default: the one stored in the raster].",
 )
 @click.option("--scene", default=None, help="Value of the 'scene' attribute [default: from the raster].")
-@click.option("--no-progress", is_flag=True, help="Do not show the progress bar.")
 @overwrite_option
 @config_options
+@progress_option("vectorize")
 @click.pass_context
 def vectorize(
     ctx: click.Context,
@@ -97,10 +96,10 @@ def vectorize(
     workers: int | None,
     classes_path: str | None,
     scene: str | None,
-    no_progress: bool,
     overwrite: bool,
     config_path: str | None,
     set_items: tuple[str, ...],
+    report: Reporter,
 ) -> None:
     """Turn a class raster into land-use polygons (one per connected region, seamless).
 
@@ -147,8 +146,9 @@ def vectorize(
             dest = stack.enter_context(S3Destination.staged(out, overwrite=overwrite))
             dest.check_absent([*vector_files(dest.local, existing=False), dest.local.with_suffix(".qml")])
             out, overwrite = str(dest.local), False
+        report.start(class_raster)
         with (
-            _Bar(scene_name(class_raster), enabled=not no_progress and verbosity >= 0 and sys.stderr.isatty()) as bar,
+            report.bar(scene_name(class_raster), unit="rows", enabled=verbosity >= 0 and sys.stderr.isatty()) as bar,
             StagedOutputs(overwrite=overwrite) as staged,
         ):
             path = run(
@@ -157,7 +157,7 @@ def vectorize(
                 config=cfg.vectorize,
                 classes=classes,
                 scene=scene,
-                progress=bar.callback,
+                progress=bar,
                 layer=layer,
                 confidence=confidence,
                 disagreement=disagreement,
@@ -167,46 +167,11 @@ def vectorize(
         if dest is not None:  # OUT last: its presence says the rest is there
             dest.upload(files[1:], marker=path)
         shown = [str(p) if dest is None else dest.uri_of(p) for p in files]
+        report.outputs({_output_name(p, path): where for p, where in zip(files, shown, strict=True)})
     for location in shown:
         click.echo(location)
 
 
-class _Bar:
-    """A rich progress bar over raster rows on stderr, or nothing."""
-
-    def __init__(self, name: str, *, enabled: bool) -> None:
-        self.name = name
-        self.enabled = enabled
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("rows"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.name, total=None)
-        return self
-
-    @property
-    def callback(self) -> Callable[[int, int], None] | None:
-        """The progress callback to hand to the library (None when disabled)."""
-        return self._update if self._bar is not None else None
-
-    def _update(self, done: int, total: int) -> None:
-        self._bar.update(self._task, completed=done, total=total)
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+def _output_name(file: Path, vector: Path) -> str:
+    """Name a written file in ``output`` events: ``vector``, ``vector_qml``, ``vector_dbf`` ..."""
+    return "vector" if file == vector else f"vector_{file.suffix.lstrip('.')}"
