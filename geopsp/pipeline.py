@@ -328,12 +328,9 @@ def _stage_vector(
 def _stage_class_areas(staged: StagedOutputs, planned: OutputSet, meta: BundleMeta) -> tuple[ClassAreas, Path]:
     """Measure the staged class raster (and count the staged polygons) into the set's class areas CSV."""
     assert planned.class_areas is not None
-    vector = planned.vector
+    vector = planned.vector  # its only layer with geometries (a Shapefile's is named after the staged file)
     areas = class_areas(
-        staged.staged(planned.classes),
-        classes=meta.classes,
-        polygons=staged.staged(vector) if vector is not None else None,
-        polygons_layer=vector.stem if vector is not None else None,
+        staged.staged(planned.classes), classes=meta.classes, polygons=staged.staged(vector) if vector else None
     )
     write_class_areas_csv(areas, staged.temp(planned.class_areas), final=planned.class_areas)
     return areas, planned.class_areas
