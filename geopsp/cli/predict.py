@@ -98,8 +98,9 @@ def predict(
     """Segment SCENE(s) into georeferenced class rasters.
 
     Per scene, OUT gets <stem>_classes.tif (a styled COG), <stem>_classes.qml,
-    <stem>_summary.json and, if asked, <stem>_probability.tif. Stdout lists the written
-    files (or s3:// objects), one per line; progress and messages go to stderr.
+    <stem>_class_areas.csv (pixels, m² and share of each class), <stem>_summary.json and,
+    if asked, <stem>_probability.tif. Stdout lists the written files (or s3:// objects), one
+    per line; progress, messages and the class areas table (unless -q) go to stderr.
     """
     from geopsp.errors import ConfigError, GeopspError
 
@@ -186,6 +187,11 @@ def predict(
                 continue
         for location in result.locations:
             click.echo(location)
+        if verbosity >= 0 and result.class_areas is not None:
+            from geopsp.cli.areas import print_class_areas
+
+            where = result.uris.get("class_areas") or str(result.outputs["class_areas"])
+            print_class_areas(result.class_areas, title=source.name, csv=where)
     if failed:
         click.echo(f"Error: {failed} of {len(scenes)} scenes failed", err=True)
         sys.exit(1)
