@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from geopsp._heap import bound_heap_retention
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import ConfigError
-from geopsp.inference.areas import ClassAreas, class_areas, write_class_areas_csv
+from geopsp.inference.area_table import ClassAreas, write_class_areas_csv
+from geopsp.inference.areas import class_areas
 from geopsp.inference.plan import OutputSet, PredictionPlan, plan_prediction
 from geopsp.inference.summary import summarize_run, write_summary
 from geopsp.io.atomic import StagedOutputs

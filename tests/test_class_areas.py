@@ -15,7 +15,8 @@ from affine import Affine
 import geopsp.inference.areas as areas_module
 from geopsp.classes import ClassTable
 from geopsp.errors import InputRasterError
-from geopsp.inference.areas import ClassArea, ClassAreas, class_areas, sum_class_areas, write_class_areas_csv
+from geopsp.inference.area_table import CSV_COLUMNS, ClassArea, ClassAreas, sum_class_areas, write_class_areas_csv
+from geopsp.inference.areas import class_areas
 from geopsp.testing import run_cli, write_geotiff
 
 NODATA = 255
@@ -274,7 +275,7 @@ def test_predict_writes_lists_summarizes_and_prints_the_table(bundle, tmp_path):
     polygons = out / f"{stem}_polygons.gpkg"
     check_against_raster(table, out / f"{stem}_classes.tif", polygons)
     rows = read_csv(csv_path)
-    assert list(rows[0]) == list(areas_module.CSV_COLUMNS)
+    assert list(rows[0]) == list(CSV_COLUMNS)
     check_against_raster({"rows": rows, "totals": table["totals"]}, out / f"{stem}_classes.tif", polygons)
     # the table went to stderr, stdout stays the file list
     assert f"Class areas: {scene.name}" in stderr and "class_0" in stderr and "class_0" not in stdout

@@ -3,7 +3,7 @@
 After the scenes, the batch client reads the summary of each finished scene of its jobs,
 those computed now and those kept from earlier runs alike (a resumed batch adds up all of
 them), takes the summary's ``class_areas`` and sums them class by class
-(:func:`geopsp.inference.areas.sum_class_areas`): pixels, square metres and polygons,
+(:func:`geopsp.inference.area_table.sum_class_areas`): pixels, square metres and polygons,
 shares computed anew. The table is written into the output folder (or uploaded below the
 ``s3://`` prefix) under :data:`CLASS_AREAS_NAME`, replaced by each run.
 
@@ -22,7 +22,7 @@ from geopsp.batch.destination import BatchOutputs
 from geopsp.batch.jobs import Job
 from geopsp.batch.manifest import SceneRecord
 from geopsp.errors import GeopspError
-from geopsp.inference.areas import ClassAreas, sum_class_areas, write_class_areas_csv
+from geopsp.inference.area_table import ClassAreas, sum_class_areas, write_class_areas_csv
 
 __all__ = ["CLASS_AREAS_NAME", "BatchAreas", "batch_class_areas"]
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
-from geopsp.inference.areas import ClassAreas, class_areas, write_class_areas_csv
+from geopsp.inference.area_table import ClassAreas, write_class_areas_csv
+from geopsp.inference.areas import class_areas
 from geopsp.inference.plan import OutputSet, output_set, provenance_tags
 from geopsp.inference.summary import RunSummary, merge_strip_summaries, write_summary
 from geopsp.io.atomic import StagedOutputs, check_output_path

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from geopsp.inference.areas import ClassArea, ClassAreas
+    from geopsp.inference.area_table import ClassArea, ClassAreas
 
 __all__ = ["print_class_areas"]
 

@@ -70,7 +70,7 @@ class OutputSet:
     probability, vector, vector_qml, preview : Path or None
         The probability raster, the polygons and their style, the preview PNG.
     class_areas : Path or None
-        The class areas table (CSV, :mod:`geopsp.inference.areas`); every run writes one
+        The class areas table (CSV, :mod:`geopsp.inference.area_table`); every run writes one
         (None only in a set read back from a summary of an older geopsp).
     """
 

@@ -69,7 +69,7 @@ class RunSummary:
     strips : list of dict, optional
         Stitched scenes only: the strips' rows, seconds and tiles.
     class_areas : dict, optional
-        The class areas table (:meth:`geopsp.inference.areas.ClassAreas.to_dict`: ``method``,
+        The class areas table (:meth:`geopsp.inference.area_table.ClassAreas.to_dict`: ``method``,
         ``rows`` per class, ``totals``), also written as ``<stem>_class_areas.csv``.
     """
 
@@ -160,7 +160,7 @@ def merge_strip_summaries(
     outputs : mapping of str to path or str
         The stitched scene's outputs (paths, or ``s3://`` URIs).
     class_areas : mapping, optional
-        The stitched raster's class areas table (:meth:`~geopsp.inference.areas.ClassAreas.to_dict`);
+        The stitched raster's class areas table (:meth:`~geopsp.inference.area_table.ClassAreas.to_dict`);
         the strips' own tables are not carried over.
     """
     first = RunSummary.from_dict(parts[0].get("summary") or {}, source=f"strip rows {parts[0].get('row_range')}")
@@ -208,7 +208,7 @@ def summarize_run(
     """Summarize one run of :func:`geopsp.pipeline.segment_raster` (``t_start``: its perf_counter start).
 
     ``outputs`` names each output as the summary records it: its path, or its ``s3://`` URI;
-    ``class_areas`` is the run's table (:meth:`geopsp.inference.areas.ClassAreas.to_dict`).
+    ``class_areas`` is the run's table (:meth:`geopsp.inference.area_table.ClassAreas.to_dict`).
     """
     info, meta = plan.info, plan.meta
     r0, r1 = plan.rows
