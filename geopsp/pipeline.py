@@ -3,7 +3,8 @@
 The wiring, top to bottom: plan the run (:mod:`geopsp.inference.plan`: tiling, the
 scene-vs-model check, output names), open the scene, run the tiles
 (:mod:`geopsp.inference.run`: reader threads, model, mosaic, writer thread), add the polygons
-and the preview, write the summary (:mod:`geopsp.inference.summary`) and commit the set.
+and the preview, measure the classes (:mod:`geopsp.inference.areas`), write the summary
+(:mod:`geopsp.inference.summary`) and commit the set.
 
 Memory is bounded by ``width x tile_size`` (the strip and the row buffer), never by the scene
 height. Every output is written under a temporary name; when all are finished they are
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from geopsp._heap import bound_heap_retention
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import ConfigError
+from geopsp.inference.area_table import ClassAreas, write_class_areas_csv
+from geopsp.inference.areas import class_areas
 from geopsp.inference.plan import OutputSet, PredictionPlan, plan_prediction
 from geopsp.inference.summary import summarize_run, write_summary
 from geopsp.io.atomic import StagedOutputs
@@ -55,8 +58,8 @@ class PredictResult:
     scene : SceneSource
         The input scene (``str(result.scene)`` is what was given).
     outputs : dict of str to Path
-        ``classes`` (always), ``qml``, ``aux`` and ``summary`` (always), ``probability``,
-        ``vector`` (with its style ``vector_qml``) and ``preview`` when asked for. For an
+        ``classes`` (always), ``qml``, ``aux``, ``class_areas`` and ``summary`` (always),
+        ``probability``, ``vector`` (with its style ``vector_qml``) and ``preview`` when asked for. For an
         ``s3://`` destination these are the files of the staging folder, removed after the
         upload; :attr:`uris` says where they went.
     summary : dict
@@ -93,6 +96,12 @@ class PredictResult:
     def qml(self) -> Path | None:
         """The QGIS style of the class raster."""
         return self.outputs.get("qml")
+
+    @property
+    def class_areas(self) -> ClassAreas | None:
+        """The class areas table (also in ``outputs["class_areas"]``, a CSV); None in a summary without one."""
+        table = self.summary.get("class_areas")
+        return None if table is None else ClassAreas.from_dict(table, source=str(self.outputs["summary"]))
 
     @property
     def summary_path(self) -> Path:
@@ -258,9 +267,12 @@ def _segment_into(
             info, staged.staged(plan.outputs.classes), staged.temp(plan.outputs.preview), classes=meta.classes
         )
         outputs["preview"] = plan.outputs.preview
+    areas, outputs["class_areas"] = _stage_class_areas(staged, plan.outputs, meta)
     outputs["summary"] = plan.outputs.summary
     named = outputs if destination is None else {k: destination.uri_of(p) for k, p in outputs.items()}
-    summary = summarize_run(plan, cfg, predictor, stats, named, bundle_path, t_setup - t_start, t_start)
+    summary = summarize_run(
+        plan, cfg, predictor, stats, named, bundle_path, t_setup - t_start, t_start, class_areas=areas.to_dict()
+    )
     summary.device["runtime_reason"] = choice.reason
     write_summary(staged.temp(plan.outputs.summary, marker=True), plan.outputs.summary, summary)
     files = tuple(sorted(staged.commit(), key=lambda p: p != plan.outputs.classes))  # stable: summary stays last
@@ -342,6 +354,17 @@ def _check_vector_confidence(planned: OutputSet, vcfg: VectorizeConfig) -> None:
             "or --qa (predict.probabilities=true), or drop it",
             key=f"vectorize.{option}",
         )
+
+
+def _stage_class_areas(staged: StagedOutputs, planned: OutputSet, meta: BundleMeta) -> tuple[ClassAreas, Path]:
+    """Measure the staged class raster (and count the staged polygons) into the set's class areas CSV."""
+    assert planned.class_areas is not None
+    vector = planned.vector  # its only layer with geometries (a Shapefile's is named after the staged file)
+    areas = class_areas(
+        staged.staged(planned.classes), classes=meta.classes, polygons=staged.staged(vector) if vector else None
+    )
+    write_class_areas_csv(areas, staged.temp(planned.class_areas), final=planned.class_areas)
+    return areas, planned.class_areas
 
 
 def _require_vectorize() -> Any:

@@ -297,6 +297,7 @@ def test_killed_worker_mid_batch_every_healthy_scene_completes_and_rerun_repeats
 ):
     """Runs last on the module's cluster: it kills worker 0 after the first scene completes."""
     from geopsp.batch import run_batch
+    from geopsp.batch.areas import CLASS_AREAS_NAME
 
     out = tmp_path / "out"
     victim = cluster.workers[0]
@@ -316,15 +317,20 @@ def test_killed_worker_mid_batch_every_healthy_scene_completes_and_rerun_repeats
     assert_matches_reference(out, reference, GOOD, flat=True)
     assert_no_temporaries(out)
     # Nothing under a final name is partial: every final file is listed complete in the manifest.
+    # (The manifest and the class areas table belong to the batch: each run rewrites them.)
+    batch_files = {"manifest.jsonl", CLASS_AREAS_NAME}
     listed = {o for r in manifest(out) if r["status"] == "done" for o in r["outputs"]}
-    final = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+    final = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name not in batch_files}
     assert final == listed
+    assert (out / CLASS_AREAS_NAME).is_file() and report.class_areas is not None
+    assert report.class_areas.table.scenes == 6
 
-    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in batch_files}
     again = run_batch([str(scenes / n) for n in GOOD], bundle, out)
     assert (again.done, again.skipped, again.failed) == (0, 6, 0)
     assert [r["status"] for r in manifest(out)[-6:]] == ["skipped"] * 6
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert again.class_areas is not None and again.class_areas.table == report.class_areas.table
 
 
 def test_local_cluster_default_same_results_strips_stitched_and_vectorized(bundle, scenes, reference, tmp_path):
@@ -462,9 +468,15 @@ def test_batch_over_scenes_without_georeferencing_prints_one_warning_each_and_no
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "nogeo_summary.json").read_text())["strips"]  # two strips, stitched
-    # geopsp's one line per scene (not one per strip, no source line), and nothing from rasterio or pyogrio
-    assert proc.stderr.splitlines() == [
+    # geopsp's one line per scene (not one per strip, no source line), and nothing from rasterio or pyogrio;
+    # between them and the last line the batch's class areas table (pixels only: no CRS, no m²)
+    lines = proc.stderr.splitlines()
+    assert lines[:2] == [
         f"Warning: {tif}: has no CRS or geotransform (pixel grid); output will have no CRS",
         f"Warning: {png}: has no CRS or geotransform (pixel grid); output will have no CRS",
-        f"2 scenes: 2 done (see {out / 'manifest.jsonl'})",
     ]
+    assert lines[-1] == f"2 scenes: 2 done (see {out / 'manifest.jsonl'})"
+    table = lines[2:-1]
+    assert "Class areas: 2 scenes" in table[0] and "area m²" not in "".join(table)
+    assert table[-1] == f"class areas table: {out / 'class_areas.csv'}"
+    assert not any("Warning" in line for line in table)

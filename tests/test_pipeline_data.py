@@ -426,7 +426,9 @@ def test_output_file_path_naming(tmp_path):
     p = output_set("a/x.tif", tmp_path / "maps" / "y_classes.tif", probabilities=True)
     assert p.classes.name == "y_classes.tif" and p.probability is not None and p.probability.name == "y_probability.tif"
     assert p.summary.name == "y_summary.json" and p.qml.name == "y_classes.qml"
-    assert p.vector is None and p.preview is None and list(p.as_dict()) == ["classes", "qml", "summary", "probability"]
+    assert p.vector is None and p.preview is None and p.class_areas is not None
+    assert list(p.as_dict()) == ["classes", "qml", "summary", "probability", "class_areas"]
+    assert p.class_areas.name == "y_class_areas.csv"
     p = output_set("a/x.tif", tmp_path, row_range=(0, 10), vector=True, vector_format="fgb")
     assert p.classes.name == "x_rows0-10_classes.tif"
     assert p.vector is not None and p.vector.name == "x_rows0-10_polygons.fgb"

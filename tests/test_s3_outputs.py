@@ -134,8 +134,8 @@ def predict(bundle: Path, scene: Path, out: str, *extra: str) -> Run:
 def test_predict_uploads_the_set_and_the_classes_equal_a_local_run(s3_server, bucket, bundle, scene, local_classes):
     res = predict(bundle, scene, f"s3://{bucket}/runs/one/", "--probabilities", "--vector")
     assert res.code == 0, res.stderr
-    names = ["s1_classes.qml", "s1_classes.tif", "s1_classes.tif.aux.xml", "s1_polygons.gpkg", "s1_polygons.qml"]
-    names += ["s1_probability.qml", "s1_probability.tif", "s1_summary.json"]
+    names = ["s1_class_areas.csv", "s1_classes.qml", "s1_classes.tif", "s1_classes.tif.aux.xml", "s1_polygons.gpkg"]
+    names += ["s1_polygons.qml", "s1_probability.qml", "s1_probability.tif", "s1_summary.json"]
     assert keys(s3_server.client(), bucket) == [f"runs/one/{n}" for n in names]
     # stdout lists the objects, class raster first, summary last
     lines = res.stdout.split()
@@ -152,6 +152,7 @@ def test_predict_to_one_s3_file_names_the_others_after_it(s3_server, bucket, bun
     res = predict(bundle, scene, f"s3://{bucket}/maps/area_classes.tif")
     assert res.code == 0, res.stderr
     assert keys(s3_server.client(), bucket) == [
+        "maps/area_class_areas.csv",
         "maps/area_classes.qml",
         "maps/area_classes.tif",
         "maps/area_classes.tif.aux.xml",
@@ -183,7 +184,7 @@ def test_existing_outputs_are_refused_before_any_work_and_replaced_with_overwrit
     res = predict(bundle, scene, f"s3://{bucket}/p/", "--overwrite")
     assert res.code == 0, res.stderr
     assert json.loads(s3.get_object(Bucket=bucket, Key="p/s1_summary.json")["Body"].read())["schema"]
-    assert len(keys(s3, bucket)) == 4
+    assert len(keys(s3, bucket)) == 5
     # a complete set exists now: the class raster alone refuses the run too
     s3.delete_object(Bucket=bucket, Key="p/s1_summary.json")
     res = predict(bundle, scene, f"s3://{bucket}/p/")
@@ -311,8 +312,8 @@ def test_evaluate_uploads_the_prediction_and_the_report_last(s3_server, bucket, 
     args += ["--ignore-value", "4", "--ignore-value", "5"]  # the synthetic labels have 6 classes, the model 4
     res = geopsp(*args)
     assert res.code == 0, res.stderr
-    names = ["classes.csv", "confusion.csv", "confusion.png", "report.json", "s1_classes.qml", "s1_classes.tif"]
-    names += ["s1_classes.tif.aux.xml", "s1_summary.json"]
+    names = ["classes.csv", "confusion.csv", "confusion.png", "report.json", "s1_class_areas.csv", "s1_classes.qml"]
+    names += ["s1_classes.tif", "s1_classes.tif.aux.xml", "s1_summary.json"]
     assert keys(s3_server.client(), bucket) == [f"ev/{n}" for n in names]
     wrote = next(ln for ln in res.errors if ln.startswith("wrote "))
     assert wrote.endswith(f"{out}report.json")
@@ -358,9 +359,9 @@ def test_batch_to_s3_uploads_each_set_and_resumes_from_the_objects(s3_server, bu
     report = run_batch([batch_scenes], bundle, out, config=cfg)
     assert report.summary_line() == f"2 scenes: 2 done (see {out}manifest.jsonl)"
     assert {r.id: r.strips for r in report.records} == {"a.tif": 1, "sub/big.tif": 2}
-    per_scene = ["classes.qml", "classes.tif", "classes.tif.aux.xml", "polygons.gpkg", "polygons.qml"]
-    per_scene += ["probability.qml", "probability.tif", "summary.json"]
-    expected = [f"batch/a_{n}" for n in per_scene] + ["batch/manifest.jsonl"]
+    per_scene = ["class_areas.csv", "classes.qml", "classes.tif", "classes.tif.aux.xml", "polygons.gpkg"]
+    per_scene += ["polygons.qml", "probability.qml", "probability.tif", "summary.json"]
+    expected = [f"batch/a_{n}" for n in per_scene] + ["batch/class_areas.csv", "batch/manifest.jsonl"]
     expected += [f"batch/sub/big_{n}" for n in per_scene]
     assert keys(s3, bucket) == sorted(expected)  # no strips left under .geopsp-work/
     # the same classes as one in-process run each (one torch thread, as the worker)
@@ -382,6 +383,13 @@ def test_batch_to_s3_uploads_each_set_and_resumes_from_the_objects(s3_server, bu
     assert "sub/big_polygons.gpkg" in big["outputs"] and "sub/big_summary.json" in big["outputs"]
     summary = json.loads(s3.get_object(Bucket=bucket, Key="batch/sub/big_summary.json")["Body"].read())
     assert summary["outputs"]["classes"] == f"{out}sub/big_classes.tif" and len(summary["strips"]) == 2
+    # the stitched scene's class areas have its polygons counted; the batch's table adds up both scenes
+    assert summary["class_areas"]["totals"]["polygon_count"] > 0
+    assert report.class_areas is not None and report.class_areas.path == f"{out}class_areas.csv"
+    table = report.class_areas.table
+    assert table.scenes == 2 and table.pixels + table.nodata_pixels == 96 * 80 + 150 * 600
+    body = s3.get_object(Bucket=bucket, Key="batch/class_areas.csv")["Body"].read().decode()
+    assert body.splitlines()[0] == "class_id,class_name,pixels,area_m2,percent,polygon_count"
 
     # Without the manifest and without a's summary: big is complete (its summary object says so), a is redone.
     s3.delete_objects(
@@ -389,6 +397,7 @@ def test_batch_to_s3_uploads_each_set_and_resumes_from_the_objects(s3_server, bu
     )
     again = run_batch([batch_scenes], bundle, out, config=cfg)
     assert {r.id: r.status for r in again.records} == {"a.tif": "done", "sub/big.tif": "skipped"}
+    assert again.class_areas is not None and again.class_areas.table == report.class_areas.table  # big read back
     assert keys(s3, bucket) == sorted(expected)
     # Everything complete now: nothing to run, no cluster started.
     t0 = time.perf_counter()

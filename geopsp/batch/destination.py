@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 from geopsp.batch.jobs import ITEMS_DIR, Job, output_dir_for
@@ -25,7 +25,7 @@ from geopsp.batch.manifest import Manifest, S3Manifest
 from geopsp.config.schema import GeopspConfig
 from geopsp.errors import GeopspError
 from geopsp.inference.plan import output_set
-from geopsp.io.atomic import TEMP_MARKER
+from geopsp.io.atomic import TEMP_MARKER, atomic_output
 from geopsp.io.outdir import ensure_output_dir
 
 __all__ = ["WORK_DIR", "BatchOutputs", "LocalOutputs", "S3Outputs", "batch_outputs"]
@@ -76,6 +76,21 @@ class LocalOutputs:
     def relative(self, output: str) -> str:
         """Name an output as the manifest records it: relative to the folder."""
         return Path(output).resolve().relative_to(self.root.resolve()).as_posix()
+
+    def summary_of(self, job: Job) -> str:
+        """Name the summary JSON of a job (:func:`~geopsp.inference.plan.output_set`'s name)."""
+        return str(output_set(job.stem, self.scene_out(job)).summary)
+
+    def write_report(self, name: str, write: Callable[[Path, str], object]) -> str:
+        """Write a batch-level file ``name`` in the folder: ``write(tmp, final)`` fills a temporary, renamed into place.
+
+        The file belongs to the batch, not to a scene, and says what the folder holds now, so
+        each run replaces it (as it adds to the manifest).
+        """
+        final = self.root / name
+        with atomic_output(final, overwrite=True) as tmp:
+            write(tmp, str(final))
+        return str(final)
 
     def finished(self, job: Job, cfg: GeopspConfig) -> tuple[str, ...] | None:
         """Find a job complete without a manifest record: never here (the local manifest decides)."""
@@ -140,6 +155,25 @@ class S3Outputs:
     def relative(self, output: str) -> str:
         """Name an output as the manifest records it: its key below the prefix."""
         return output.removeprefix(self.root)
+
+    def summary_of(self, job: Job) -> str:
+        """Name the summary object of a job (:func:`~geopsp.inference.plan.output_set`'s name)."""
+        return self._uri(output_set(job.stem, PurePosixPath(self.relative(self.scene_out(job)))).summary)
+
+    def write_report(self, name: str, write: Callable[[Path, str], object]) -> str:
+        """Upload a batch-level object ``name`` below the prefix, written by ``write(path, uri)`` locally first.
+
+        Each run replaces it, like the manifest object.
+        """
+        import tempfile
+
+        from geopsp.io import s3
+
+        with tempfile.TemporaryDirectory(prefix="geopsp-report-") as folder:
+            local = Path(folder) / name
+            write(local, self._uri(name))
+            s3.upload_file(local, self._uri(name))
+        return self._uri(name)
 
     def finished(self, job: Job, cfg: GeopspConfig) -> tuple[str, ...] | None:
         """Return the outputs of a job whose set is complete in S3 though the manifest has no record of it.

@@ -3,7 +3,8 @@
 The client plans the cluster (:mod:`geopsp.batch.cluster`), discovers jobs, skips scenes the
 manifest says are complete, submits one task per scene (or one per row strip plus a stitch
 task for big scenes, and optionally a vectorize task on a CPU worker), and appends one
-manifest record per scene as results arrive.
+manifest record per scene as results arrive. At the end it adds up the class areas of every
+finished scene into ``class_areas.csv`` (:mod:`geopsp.batch.areas`).
 
 Outputs go to a local (or shared) folder or below an ``s3://`` prefix
 (:mod:`geopsp.batch.destination`); with S3 each worker uploads its scene's set, polygons
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from geopsp.batch.areas import BatchAreas, batch_class_areas
 from geopsp.batch.cluster import ClusterTarget, GpuRequest, connect, plan_cluster
 from geopsp.batch.destination import WORK_DIR, BatchOutputs, batch_outputs
 from geopsp.batch.jobs import Job, discover_jobs
@@ -69,6 +71,9 @@ class BatchReport:
         Wall time of the whole batch.
     dashboard : str or None
         The dask dashboard link, when the cluster serves one.
+    class_areas : BatchAreas or None
+        The class areas of all finished scenes added up, and the CSV they were written to
+        (:mod:`geopsp.batch.areas`); None when no scene finished.
     """
 
     records: tuple[SceneRecord, ...]
@@ -76,6 +81,7 @@ class BatchReport:
     manifest: Path | str
     seconds: float
     dashboard: str | None = None
+    class_areas: BatchAreas | None = None
 
     def count(self, status: str) -> int:
         """Return the number of scenes with this status."""
@@ -280,9 +286,9 @@ def _run_batch(
                     records[rec.id] = rec
         finally:
             outputs.cleanup(todo)
-    report = BatchReport(
-        tuple(records[j.id] for j in jobs), outputs.root, manifest.path, time.perf_counter() - t0, dashboard
-    )
+    outcomes = tuple(records[j.id] for j in jobs)
+    areas = batch_class_areas(jobs, outcomes, outputs)  # the scenes kept from earlier runs too
+    report = BatchReport(outcomes, outputs.root, manifest.path, time.perf_counter() - t0, dashboard, areas)
     logger.debug("%s", report.summary_line())
     return report
 

@@ -19,12 +19,14 @@ from typing import Any
 
 from geopsp.config.schema import PredictConfig, VectorizeConfig
 from geopsp.errors import OutputError
+from geopsp.inference.area_table import ClassAreas, write_class_areas_csv
+from geopsp.inference.areas import class_areas
 from geopsp.inference.plan import OutputSet, output_set, provenance_tags
-from geopsp.inference.summary import merge_strip_summaries, write_summary
+from geopsp.inference.summary import RunSummary, merge_strip_summaries, write_summary
 from geopsp.io.atomic import StagedOutputs, check_output_path
 from geopsp.tiling.windows import axis_offsets
 
-__all__ = ["plan_even_strips", "plan_strips", "stitch_strips", "vectorize_outputs"]
+__all__ = ["count_polygons_into", "plan_even_strips", "plan_strips", "stitch_strips", "vectorize_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +173,7 @@ def stitch_strips(
     list of Path
         Every file committed: the class raster first, the summary JSON last, and between them
         the QGIS style, the ``.aux.xml`` (class names, RAT), the QA rasters (if any) and their
-        styles.
+        styles, and the class areas CSV (measured on the stitched raster).
 
     Raises
     ------
@@ -230,9 +232,18 @@ def stitch_strips(
                 raise OutputError(f"{strip.classes}: the strip has no {missing[0]} raster; rerun the scene")
             writer.write_strip(r0, strip.classes, layers={name: layers[name] for name in planned.qa})
         written = writer.close(staged)
-        names = {**planned.written([Path(p) for p in written]), "summary": planned.summary}
+        assert planned.class_areas is not None
+        areas = class_areas(staged.staged(planned.classes), classes=meta.classes)  # of the stitched raster
+        write_class_areas_csv(areas, staged.temp(planned.class_areas), final=planned.class_areas)
+        names = {
+            **planned.written([Path(p) for p in written]),
+            "class_areas": planned.class_areas,
+            "summary": planned.summary,
+        }
         named = names if locate is None else {k: locate(v) for k, v in names.items()}
-        summary = merge_strip_summaries(ordered, width=info.width, height=info.height, outputs=named)
+        summary = merge_strip_summaries(
+            ordered, width=info.width, height=info.height, outputs=named, class_areas=areas.to_dict()
+        )
         write_summary(staged.temp(planned.summary, marker=True), planned.summary, summary)
         outputs = sorted(staged.commit(), key=lambda p: p != planned.classes)  # stable: the summary stays last
     logger.info("%s: stitched %d strips -> %s", source.name, len(ordered), planned.classes)
@@ -264,19 +275,57 @@ def vectorize_outputs(outputs: Sequence[Path], config: VectorizeConfig) -> list[
     -------
     list of Path
         Every file written, as committed: the vector file (``<stem>_polygons.<format>``) first,
-        then a Shapefile's companions and the ``.qml`` style.
+        then a Shapefile's companions and the ``.qml`` style. The scene's class areas table
+        gets the polygon counts (:func:`count_polygons_into`).
     """
     vec = importlib.import_module("geopsp.vectorize")
     classes = next((p for p in outputs if p.name.endswith("_classes.tif")), None)
     if classes is None:
         raise OutputError(f"no class raster among {list(map(str, outputs))}; cannot vectorize")
-    named = output_set(classes, classes, vector=True, vector_format=config.format, qa=("probability", "disagreement"))
-    target = named.vector
+    planned = output_set(classes, classes, vector=True, vector_format=config.format, qa=("probability", "disagreement"))
+    target = planned.vector
     assert target is not None
     present = set(outputs)
     # the scene's QA rasters, when it has them, give the polygons their confidence attributes
-    confidence = named.probability if named.probability in present else None
-    disagreement = named.disagreement if named.disagreement in present else None
+    confidence = planned.probability if planned.probability in present else None
+    disagreement = planned.disagreement if planned.disagreement in present else None
     with StagedOutputs(overwrite=True) as staged:
         vec.vectorize(classes, target, config=config, outputs=staged, confidence=confidence, disagreement=disagreement)
-        return sorted(staged.commit(), key=lambda p: p != target)
+        files = sorted(staged.commit(), key=lambda p: p != target)
+    count_polygons_into(planned, target)
+    return files
+
+
+def count_polygons_into(planned: OutputSet, polygons: Path) -> None:
+    """Put the polygon counts of a scene vectorized after its set was committed into its class areas table.
+
+    The class areas CSV and the summary are replaced together, the summary last
+    (:class:`~geopsp.io.atomic.StagedOutputs`); a summary without a table (an older geopsp)
+    is left as it is.
+
+    Raises
+    ------
+    OutputError
+        If the summary cannot be read or the files cannot be replaced.
+    InputVectorError
+        If the polygons cannot be read.
+    """
+    import dataclasses
+    import json
+
+    from geopsp.io.vector import count_by_value
+
+    try:
+        data = json.loads(planned.summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{planned.summary}: cannot read the scene's summary ({exc}); rerun the scene") from exc
+    summary = RunSummary.from_dict(data, source=str(planned.summary))
+    if summary.class_areas is None or planned.class_areas is None:
+        return
+    areas = ClassAreas.from_dict(summary.class_areas, source=str(planned.summary))
+    areas = areas.with_polygon_counts(count_by_value(polygons, "class_id"))
+    with StagedOutputs(overwrite=True) as staged:
+        write_class_areas_csv(areas, staged.temp(planned.class_areas), final=planned.class_areas)
+        counted = dataclasses.replace(summary, class_areas=areas.to_dict())
+        write_summary(staged.temp(planned.summary, marker=True), planned.summary, counted)
+        staged.commit()

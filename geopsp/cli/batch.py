@@ -167,7 +167,9 @@ def batch(
     """Segment many scenes: files, directories, glob patterns or list files (.txt/.csv).
 
     Directories are searched recursively (SpaceNet and DeepGlobe layouts recognised); outputs
-    mirror the input names under --out, and --out/manifest.jsonl records every scene.
+    mirror the input names under --out, --out/manifest.jsonl records every scene and
+    --out/class_areas.csv adds up the class areas of every finished scene (also printed,
+    unless -q).
     Scenes already complete are skipped, so a rerun finishes only what is missing. --out
     s3://bucket/prefix/ uploads each scene's outputs once complete, its summary last. Exits 1
     when any scene failed.
@@ -215,6 +217,15 @@ def batch(
                 {Path(rel).name: _joined(outcome.out_dir, rel) for rel in record.outputs}, scene=record.scene
             )
     report.outputs({"manifest": outcome.manifest})
+    if outcome.class_areas is not None:
+        report.outputs({"class_areas": outcome.class_areas.path})
+        if _verbosity(ctx) >= 0:
+            from geopsp.cli.areas import print_class_areas
+
+            n = outcome.class_areas.table.scenes
+            print_class_areas(
+                outcome.class_areas.table, title=f"{n} scene{'s' if n != 1 else ''}", csv=outcome.class_areas.path
+            )
     click.echo(outcome.summary_line(), err=True)
     if not outcome.ok:
         report.failed(outcome.summary_line())
@@ -227,8 +238,11 @@ def _joined(out_dir: object, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}" if base.startswith("s3://") else str(Path(base) / rel)
 
 
+def _verbosity(ctx: click.Context) -> int:
+    obj = ctx.find_root().obj
+    return int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
+
+
 def _show_progress(ctx: click.Context) -> bool:
     """Draw the bar unless -q was given or stderr is not a terminal."""
-    obj = ctx.find_root().obj
-    verbosity = int(obj.get("verbosity", 0)) if isinstance(obj, dict) else 0
-    return verbosity >= 0 and sys.stderr.isatty()
+    return _verbosity(ctx) >= 0 and sys.stderr.isatty()

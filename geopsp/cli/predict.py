@@ -103,11 +103,12 @@ def predict(
     """Segment SCENE(s) into georeferenced class rasters.
 
     Per scene, OUT gets <stem>_classes.tif (a styled COG) with its .qml and .aux.xml,
-    <stem>_summary.json and, if asked, the QA layers <stem>_<layer>.tif with their .qml (--qa,
-    --probabilities), the polygons (with their .qml) and <stem>_preview.png. Stdout lists
-    every file written (or s3:// object), one per line, class raster first and summary last,
-    as the run committed them; progress and messages go to stderr (--progress json: one JSON
-    object per line).
+    <stem>_class_areas.csv (pixels, m² and share of each class), <stem>_summary.json and, if
+    asked, the QA layers <stem>_<layer>.tif with their .qml (--qa, --probabilities), the
+    polygons (with their .qml) and <stem>_preview.png. Stdout lists every file written (or
+    s3:// object), one per line, class raster first and summary last, as the run committed
+    them; progress, messages and the class areas table (unless -q) go to stderr (--progress
+    json: one JSON object per line).
     """
     from geopsp.errors import ConfigError, GeopspError
 
@@ -198,6 +199,11 @@ def predict(
         report.outputs(result.uris or result.outputs)
         for location in result.locations:
             click.echo(location)
+        if verbosity >= 0 and result.class_areas is not None:
+            from geopsp.cli.areas import print_class_areas
+
+            where = result.uris.get("class_areas") or str(result.outputs["class_areas"])
+            print_class_areas(result.class_areas, title=source.name, csv=where)
     if failed:
         click.echo(f"Error: {failed} of {len(scenes)} scenes failed", err=True)
         report.failed(f"{failed} of {len(scenes)} scenes failed")

@@ -2,9 +2,10 @@
 
 Importing :mod:`geopsp.inference.predict` imports torch; :mod:`geopsp.inference.mosaic`
 imports it only when a Mosaicker uses the torch backend (its NumPy backend never does);
-:mod:`geopsp.inference.blend`, :mod:`geopsp.inference.plan` and
-:mod:`geopsp.inference.summary` do not; nor do :mod:`geopsp.inference.ort` (ONNX Runtime) and
-:mod:`geopsp.inference.runtime` (which runtime runs a model).
+:mod:`geopsp.inference.blend`, :mod:`geopsp.inference.plan`, :mod:`geopsp.inference.areas`,
+:mod:`geopsp.inference.area_table` and :mod:`geopsp.inference.summary` do not; nor do
+:mod:`geopsp.inference.ort` (ONNX Runtime) and :mod:`geopsp.inference.runtime` (which
+runtime runs a model).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ _LAZY: dict[str, str] = {
     "plan_prediction": "geopsp.inference.plan",
     "resolve_tiling": "geopsp.inference.plan",
     "RunSummary": "geopsp.inference.summary",
+    "ClassAreas": "geopsp.inference.area_table",
+    "class_areas": "geopsp.inference.areas",
+    "sum_class_areas": "geopsp.inference.area_table",
     "OnnxModel": "geopsp.inference.ort",
     "OrtPredictor": "geopsp.inference.ort",
     "choose_runtime": "geopsp.inference.runtime",
@@ -31,6 +35,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ClassAreas",
     "KERNELS",
     "Mosaicker",
     "OnnxModel",
@@ -41,11 +46,13 @@ __all__ = [
     "RunSummary",
     "check_inputs",
     "choose_runtime",
+    "class_areas",
     "make_predictor",
     "output_set",
     "plan_prediction",
     "resolve_device",
     "resolve_tiling",
+    "sum_class_areas",
     "tile_weights",
 ]
 

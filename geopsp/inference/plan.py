@@ -72,6 +72,9 @@ class OutputSet:
         The QA layers (:data:`~geopsp.encoding.QA_LAYERS`; ``probability`` is the confidence).
     vector, vector_qml, preview : Path or None
         The polygons and their style, the preview PNG.
+    class_areas : Path or None
+        The class areas table (CSV, :mod:`geopsp.inference.area_table`); every run writes one
+        (None only in a set read back from a summary of an older geopsp).
     """
 
     classes: Path
@@ -84,6 +87,7 @@ class OutputSet:
     vector: Path | None = None
     vector_qml: Path | None = None
     preview: Path | None = None
+    class_areas: Path | None = None
 
     def as_dict(self) -> dict[str, Path]:
         """Every output this run writes, by name, class raster first.
@@ -91,7 +95,7 @@ class OutputSet:
         Examples
         --------
         >>> list(output_set("a/s1.tif", "out", preview=True).as_dict())
-        ['classes', 'qml', 'summary', 'preview']
+        ['classes', 'qml', 'summary', 'preview', 'class_areas']
         """
         return {f.name: p for f in fields(self) if (p := getattr(self, f.name)) is not None}
 
@@ -102,7 +106,7 @@ class OutputSet:
         Examples
         --------
         >>> [p.name for p in output_set("a/s1.tif", "out", vector=True).checked]
-        ['s1_classes.tif', 's1_summary.json', 's1_polygons.gpkg']
+        ['s1_classes.tif', 's1_summary.json', 's1_polygons.gpkg', 's1_class_areas.csv']
         """
         return [p for k, p in self.as_dict().items() if k not in ("qml", "vector_qml")]
 
@@ -163,9 +167,9 @@ def output_set(
 
     ``out`` is a directory (outputs are ``<stem>_classes.tif`` and friends inside it) or the
     class raster's own path ending in ``.tif`` (the others are named after it: ``x_classes.tif``
-    gives ``x_probability.tif``, ``x_classes.qml``, ``x_summary.json``). A strip
-    (``row_range``) run into a directory adds ``_rows<r0>-<r1>`` to the stem. The QA layers
-    ``qa`` (and ``probability`` when ``probabilities``) are ``<stem>_<layer>.tif``.
+    gives ``x_probability.tif``, ``x_classes.qml``, ``x_summary.json``, ``x_class_areas.csv``).
+    A strip (``row_range``) run into a directory adds ``_rows<r0>-<r1>`` to the stem. The QA
+    layers ``qa`` (and ``probability`` when ``probabilities``) are ``<stem>_<layer>.tif``.
 
     Examples
     --------
@@ -198,6 +202,7 @@ def output_set(
         vector=polygons,
         vector_qml=polygons.with_suffix(".qml") if polygons is not None else None,
         preview=named("_preview.png") if preview else None,
+        class_areas=named("_class_areas.csv"),
     )
 
 

@@ -30,6 +30,8 @@ __all__ = ["SUMMARY_SCHEMA", "RunSummary", "merge_strip_summaries", "summarize_r
 SUMMARY_SCHEMA = "geopsp.run-summary/1"
 """The version tag every summary carries."""
 
+_OPTIONAL = ("input", "peak_gpu_mb", "strips", "class_areas")  # in a summary only where set
+
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
@@ -66,6 +68,9 @@ class RunSummary:
         On CUDA only.
     strips : list of dict, optional
         Stitched scenes only: the strips' rows, seconds and tiles.
+    class_areas : dict, optional
+        The class areas table (:meth:`geopsp.inference.area_table.ClassAreas.to_dict`: ``method``,
+        ``rows`` per class, ``totals``), also written as ``<stem>_class_areas.csv``.
     """
 
     scene: str
@@ -91,12 +96,13 @@ class RunSummary:
     input: dict[str, Any] | None = None
     peak_gpu_mb: float | None = None
     strips: list[dict[str, Any]] | None = None
+    class_areas: dict[str, Any] | None = None
     schema: str = field(default=SUMMARY_SCHEMA)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the optional fields only where set."""
         out = asdict(self)
-        for key in ("input", "peak_gpu_mb", "strips"):
+        for key in _OPTIONAL:
             if out[key] is None:
                 del out[key]
         return out
@@ -111,7 +117,7 @@ class RunSummary:
             If a required field is missing.
         """
         names = {f.name for f in fields(cls)}
-        required = [f.name for f in fields(cls) if f.name not in ("input", "peak_gpu_mb", "strips", "schema")]
+        required = [f.name for f in fields(cls) if f.name not in (*_OPTIONAL, "schema")]
         missing = [k for k in required if k not in data]
         if missing:
             raise OutputError(f"{source}: not a geopsp run summary (missing {', '.join(missing)}); rerun the scene")
@@ -135,7 +141,12 @@ def write_summary(tmp: Path, final: Path, summary: RunSummary) -> None:
 
 
 def merge_strip_summaries(
-    parts: Sequence[Mapping[str, Any]], *, width: int, height: int, outputs: Mapping[str, str | os.PathLike[str]]
+    parts: Sequence[Mapping[str, Any]],
+    *,
+    width: int,
+    height: int,
+    outputs: Mapping[str, str | os.PathLike[str]],
+    class_areas: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """One summary for a scene stitched from strips: times and tile counts add up.
 
@@ -148,6 +159,9 @@ def merge_strip_summaries(
         The scene's size.
     outputs : mapping of str to path or str
         The stitched scene's outputs (paths, or ``s3://`` URIs).
+    class_areas : mapping, optional
+        The stitched raster's class areas table (:meth:`~geopsp.inference.area_table.ClassAreas.to_dict`);
+        the strips' own tables are not carried over.
     """
     first = RunSummary.from_dict(parts[0].get("summary") or {}, source=f"strip rows {parts[0].get('row_range')}")
     seconds: dict[str, float] = {}
@@ -166,6 +180,7 @@ def merge_strip_summaries(
         rows=[0, height],
         seconds=seconds or first.seconds,
         tiles={**first.tiles, **counts},
+        class_areas=None if class_areas is None else dict(class_areas),
         megapixels_per_second=round(width * height / 1e6 / busy, 4) if busy > 0 else None,
         strips=[
             {
@@ -188,10 +203,12 @@ def summarize_run(
     bundle_path: str | None,
     setup_s: float,
     t_start: float,
+    class_areas: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Summarize one run of :func:`geopsp.pipeline.segment_raster` (``t_start``: its perf_counter start).
 
-    ``outputs`` names each output as the summary records it: its path, or its ``s3://`` URI.
+    ``outputs`` names each output as the summary records it: its path, or its ``s3://`` URI;
+    ``class_areas`` is the run's table (:meth:`geopsp.inference.area_table.ClassAreas.to_dict`).
     """
     info, meta = plan.info, plan.meta
     r0, r1 = plan.rows
@@ -253,6 +270,7 @@ def summarize_run(
         nodata=meta.nodata,
         input=plan.cast.to_dict(),
         peak_gpu_mb=peak_gpu,
+        class_areas=None if class_areas is None else dict(class_areas),
     )
 
 

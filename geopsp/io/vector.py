@@ -1,7 +1,8 @@
-"""Write polygon layers: GeoPackage, GeoJSON, FlatGeobuf, Shapefile or GeoParquet.
+"""Write polygon layers: GeoPackage, GeoJSON, FlatGeobuf, Shapefile or GeoParquet; count their features.
 
 Large layers arrive as a stream of GeoDataFrame chunks; OGR formats append chunk by chunk
-(pyogrio), so the whole layer is never in memory. Everything is written under a temporary
+(pyogrio), so the whole layer is never in memory; :func:`count_by_value` counts features
+without reading a geometry. Everything is written under a temporary
 name and renamed into place when complete (:func:`geopsp.io.atomic.atomic_output`).
 
 .. versionadded:: 0.1.0
@@ -16,13 +17,21 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from geopsp.errors import ConfigError, OutputError
+from geopsp.errors import ConfigError, InputVectorError, OutputError
 from geopsp.io.atomic import atomic_output
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["VECTOR_FORMATS", "VectorFormat", "format_from_path", "vector_files", "vector_suffix", "write_vector"]
+__all__ = [
+    "VECTOR_FORMATS",
+    "VectorFormat",
+    "count_by_value",
+    "format_from_path",
+    "vector_files",
+    "vector_suffix",
+    "write_vector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -302,3 +311,73 @@ def _write_parquet(chunks: Iterator[gpd.GeoDataFrame], tmp: Path) -> int:
     gdf = parts[0] if len(parts) == 1 else gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
     gdf.to_parquet(tmp, index=False)
     return len(gdf)
+
+
+def count_by_value(path: str | os.PathLike[str], column: str, *, layer: str | None = None) -> dict[int, int]:
+    """Count a layer's features per value of an integer column, reading neither geometries nor other columns.
+
+    OGR formats answer one ``GROUP BY`` query (GDAL's SQLite dialect, native in a GeoPackage);
+    GeoParquet is read in batches of that one column. Memory stays small however many
+    features the layer has.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A vector file of a format in :data:`VECTOR_FORMATS` (by its suffix; others are read by OGR).
+    column : str
+        The integer attribute (``"class_id"``); features where it is null are not counted.
+    layer : str, optional
+        Default: the file's first layer with geometries.
+
+    Returns
+    -------
+    dict of int to int
+        Features per value, values in ascending order.
+
+    Raises
+    ------
+    InputVectorError
+        One line naming the file when it cannot be read or has no such column.
+    """
+    p = Path(path)
+    try:
+        if p.suffix.lower() in (".parquet", ".geoparquet"):
+            counts = _count_parquet(p, column)
+        else:
+            counts = _count_ogr(p, column, layer)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        text = str(exc).strip().splitlines()
+        raise InputVectorError(
+            f"{p}: cannot count its features by {column!r} ({text[0] if text else type(exc).__name__}); "
+            "check that it is a polygon file written by geopsp"
+        ) from exc
+    return dict(sorted(counts.items()))
+
+
+def _count_ogr(path: Path, column: str, layer: str | None) -> dict[int, int]:
+    import pyogrio
+
+    if layer is None:
+        layers = [str(name) for name, geom in pyogrio.list_layers(path) if geom is not None]
+        if not layers:
+            raise ValueError("no layer with geometries")
+        layer = layers[0]
+
+    def quoted(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    sql = f"SELECT {quoted(column)} AS v, COUNT(*) AS n FROM {quoted(layer)} GROUP BY {quoted(column)}"
+    table = pyogrio.read_dataframe(path, sql=sql, sql_dialect="SQLITE", read_geometry=False)
+    return {int(v): int(n) for v, n in zip(table["v"], table["n"], strict=True) if v is not None and v == v}
+
+
+def _count_parquet(path: Path, column: str) -> dict[int, int]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    counts: dict[int, int] = {}
+    for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=65_536):
+        values = batch.column(0).drop_null().to_numpy(zero_copy_only=False)
+        for v, n in zip(*np.unique(values, return_counts=True), strict=True):
+            counts[int(v)] = counts.get(int(v), 0) + int(n)
+    return counts

@@ -6,6 +6,8 @@
   centred on the scene, on the CRS's own ellipsoid. Areas there are exact; lengths are off by
   less than 0.1 % within 100 km of the centre.
 * No CRS: pixel-grid units (the caller warns).
+
+Which CRSs go through the ellipsoid is :func:`geopsp.io.units.is_ellipsoidal`'s decision.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ class Measurer:
             return
         from pyproj import CRS, Transformer
 
-        src = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-        if src.is_geographic or _is_mercator(src):
+        from geopsp.io.units import is_ellipsoidal, metres_per_unit, to_pyproj
+
+        src = to_pyproj(crs)
+        if is_ellipsoidal(src):
             to_geo = Transformer.from_crs(src, src.geodetic_crs, always_xy=True)
             lon, lat = to_geo.transform(*center)
             ell = src.ellipsoid
@@ -51,8 +55,7 @@ class Measurer:
             )
             self._transformer = Transformer.from_crs(src, laea, always_xy=True)
         else:
-            unit = src.axis_info[0].unit_conversion_factor if src.axis_info else 1.0
-            self._factor = float(unit)
+            self._factor = metres_per_unit(src)
 
     @property
     def method(self) -> str:
@@ -77,9 +80,3 @@ class Measurer:
         area = shapely.area(g) * self._factor**2
         length = shapely.length(g) * self._factor
         return np.asarray(area, dtype=np.float64), np.asarray(length, dtype=np.float64)
-
-
-def _is_mercator(crs: Any) -> bool:
-    op = crs.coordinate_operation
-    name = (op.method_name if op is not None else "").lower()
-    return "mercator" in name and "transverse" not in name

@@ -164,6 +164,16 @@ def final_outputs(folder: Path) -> list[str]:
     return sorted(str(r) for r in rels if not any(".geopsp-tmp-" in part for part in r.parts))
 
 
+def messages(err: str) -> list[str]:
+    """The non-blank lines of a run's stderr without the class areas table ``predict`` prints at the end."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    start = next((i for i, ln in enumerate(lines) if "Class areas:" in ln), None)
+    if start is None:
+        return lines
+    end = next((i for i, ln in enumerate(lines) if ln.startswith("class areas table:")), len(lines) - 1)
+    return lines[:start] + lines[end + 1 :]
+
+
 def temp_outputs(folder: Path) -> list[str]:
     """Geopsp temporary files left in ``folder`` (recursively)."""
     if not folder.exists():

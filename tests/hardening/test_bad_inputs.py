@@ -20,7 +20,7 @@ from geopsp.errors import InputRasterError, NotGeoreferencedWarning
 from geopsp.io.scene import inspect_scene
 from geopsp.testing import write_geotiff
 
-from .conftest import Result, final_outputs, temp_outputs
+from .conftest import Result, final_outputs, messages, temp_outputs
 
 
 def refused(res: Result, name: str, out: Path, *, fix: str | None = None) -> str:
@@ -127,7 +127,7 @@ def test_other_dtype_whose_values_fit_works(cli, bundle, rgb, tmp_path, seen):
     p = write_geotiff(tmp_path / "u16.tif", rgb.astype("uint16"))
     res = predict(cli, p, bundle, tmp_path / "out")
     assert res.code == 0, res.err
-    lines = [ln for ln in res.err.strip().splitlines() if ln.strip()]
+    lines = messages(res.err)  # the note, and no other line than the class areas table
     assert len(lines) == 1 and "read as uint8, no copy written" in lines[0], res.err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out", "u16.tif"]
     seen("uint16 scene holding 0..255, uint8 bundle (works, read as uint8)", lines[0])
@@ -162,8 +162,8 @@ def test_plain_image_without_georeferencing_works_with_warning(cli, bundle, rgb,
     res = predict(cli, p, bundle, tmp_path / "out")
     assert res.code == 0, res.err
     assert "photo" in res.err and "no CRS" in res.err
-    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1, res.err
-    seen(f"{fmt} without georeferencing (works)", res.err)
+    assert "Traceback" not in res.err and len(messages(res.err)) == 1, res.err
+    seen(f"{fmt} without georeferencing (works)", messages(res.err)[0])
     assert _classes(tmp_path / "out" / "photo_classes.tif").shape == (40, 50)
     with pytest.warns(NotGeoreferencedWarning, match="no CRS"):
         inspect_scene(p)
@@ -173,7 +173,7 @@ def test_raster_without_crs_works_with_warning(cli, bundle, rgb, tmp_path, seen)
     p = write_geotiff(tmp_path / "nocrs.tif", rgb, crs=None, transform=Affine(10, 0, 0, 0, -10, 0))
     res = predict(cli, p, bundle, tmp_path / "out")
     assert res.code == 0, res.err
-    seen("GeoTIFF with a geotransform but no CRS (works)", res.err)
+    seen("GeoTIFF with a geotransform but no CRS (works)", "\n".join(messages(res.err)))
     with rasterio.open(tmp_path / "out" / "nocrs_classes.tif") as src:
         assert src.crs is None and src.transform == Affine(10, 0, 0, 0, -10, 0)
 
@@ -210,7 +210,7 @@ def test_nan_and_inf_in_float_scene(cli, bundle_f32, tmp_path, seen):
     classes = _classes(tmp_path / "out" / "float_classes.tif")
     assert (classes[:14] == 255).all(), "NaN/inf pixels must be nodata"
     assert (classes[14:] != 255).all()
-    seen("NaN and +/-inf in a float scene (nodata there)", "exit 0; " + (res.err.strip() or "no message"))
+    seen("NaN and +/-inf in a float scene (nodata there)", "exit 0; " + ("\n".join(messages(res.err)) or "no message"))
 
 
 @pytest.mark.parametrize(
