@@ -82,8 +82,8 @@ def test_no_unpickling_of_user_files(seen):
 # environment at them (test credentials). No command imports it (checked below).
 TEST_SUPPORT = {"testing_servers.py"}
 # The QGIS plugin's runner exists to start geopsp as a child of QGIS (whose Python has no
-# geopsp): one argument list, never a shell (shell=True is still refused there, below); no
-# geopsp command imports it.
+# geopsp): one argument list, never a shell (shell=True is still refused there, below);
+# `geopsp qgis install` reads only its constants (the config file's name and keys).
 CHILD_RUNNERS = {"qgis_plugin/geopsp_processing/runner.py"}
 
 
