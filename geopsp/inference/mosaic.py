@@ -524,10 +524,12 @@ class Mosaicker:
                 tied = xp.sum(xp.astype(top, xp.int32), axis=0) > 1
                 out[name] = xp.where(tied, 0.0, xp.clip((best - second) / w, max=1.0))
             elif name == "entropy":
-                h = xp.zeros(best.shape, dtype=xp.float32, device=self.device)
+                # -sum p ln p with p = a / w is ln w - (sum a ln a) / w: no division per class
+                s = xp.zeros(best.shape, dtype=xp.float32, device=self.device)
                 for c in range(self.num_classes):
-                    p = acc[c] / w
-                    h -= xp.where(p > 0, p * xp.log(xp.where(p > 0, p, 1.0)), 0.0)
+                    a = acc[c]
+                    s += xp.where(a > 0, a * xp.log(xp.where(a > 0, a, 1.0)), 0.0)
+                h = xp.clip(xp.log(w) - s / w, min=0.0)
                 out[name] = h / self._log_k if self._log_k > 0 else h * 0.0
             elif name == "disagreement":
                 assert votes is not None and agree is not None

@@ -50,6 +50,7 @@ CONF_SUM, CONF_N, CONF_MIN, DIS_HIT, DIS_N = range(5)
 N_STATS = 5
 _NO_MIN = PROBABILITY_SCALE + 1  # the minimum of no pixels: above every stored value
 _DISAGREE = 2  # stored disagreement >= 2: some covering tile's own class differed
+_BLOCK_PIXELS = 1 << 20  # pixels counted at a time (bounds the temporaries of piece_stats)
 
 
 @dataclass(frozen=True)
@@ -214,21 +215,27 @@ def piece_stats(
         fill=-1,
         dtype="int32",
     ).ravel()
-    inside = labels >= 0
+    # counted in row blocks: the temporaries (int64 and float64 copies of the values, masks)
+    # stay a few MB whatever the strip's size, not several times the strip
+    step = max(1, _BLOCK_PIXELS // max(1, shape[1])) * shape[1]
+    low = np.full(n, _NO_MIN, dtype=np.int64)
+    for start in range(0, labels.size, step):
+        lab_all = labels[start : start + step]
+        inside = lab_all >= 0
+        if conf is not None:
+            c = conf.ravel()[start : start + step]
+            ok = inside & (c != PROBABILITY_NODATA)
+            lab, val = lab_all[ok], c[ok]
+            stats[:, CONF_SUM] += np.bincount(lab, weights=val, minlength=n).astype(np.int64)
+            stats[:, CONF_N] += np.bincount(lab, minlength=n)
+            np.minimum.at(low, lab, val.astype(np.int64))
+        if dis is not None:
+            d = dis.ravel()[start : start + step]
+            ok = inside & (d != PROBABILITY_NODATA)
+            stats[:, DIS_N] += np.bincount(lab_all[ok], minlength=n)
+            stats[:, DIS_HIT] += np.bincount(lab_all[ok & (d >= _DISAGREE)], minlength=n)
     if conf is not None:
-        c = conf.ravel()
-        ok = inside & (c != PROBABILITY_NODATA)
-        lab, val = labels[ok], c[ok]
-        stats[:, CONF_SUM] = np.bincount(lab, weights=val, minlength=n).astype(np.int64)
-        stats[:, CONF_N] = np.bincount(lab, minlength=n)
-        low = np.full(n, _NO_MIN, dtype=np.int64)
-        np.minimum.at(low, lab, val.astype(np.int64))
         stats[:, CONF_MIN] = low
-    if dis is not None:
-        d = dis.ravel()
-        ok = inside & (d != PROBABILITY_NODATA)
-        stats[:, DIS_N] = np.bincount(labels[ok], minlength=n)
-        stats[:, DIS_HIT] = np.bincount(labels[ok & (d >= _DISAGREE)], minlength=n)
     return stats
 
 
