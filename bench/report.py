@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from report_cog import section_cog_finish
+from report_qa import section_qa
 from report_runtime import section_quantize, section_remote, section_runtime
 from report_training import section_lodo, section_training
 
@@ -48,6 +49,7 @@ SCRIPTS = {
     "quantize": "quantize.py",
     "host_stages": "host_stages.py",
     "cog_finish": "cog_finish.py",
+    "qa_memory": "qa_memory.py",
 }
 
 
@@ -670,6 +672,7 @@ def write_page() -> Path:
     out += ["## Remote reads\n\n", section_remote(load("remote"))]
     out += ["## COG finish\n\n", section_cog_finish(load("cog_finish"))]
     out += ["## Vectorize\n\n", section_vectorize(vz)]
+    out += ["## Map-judging outputs (QA layers, polygon confidence, class areas)\n\n", section_qa(load("qa_memory"))]
     out += ["## Grid dependence\n\n", section_seams(sm)]
     out += ["## Training\n\n", section_training(load("train_speed"))]
     out += ["## Leave-one-date-out accuracy\n\n", section_lodo(load("lodo"))]

@@ -28,9 +28,12 @@ class RowWriterThread:
         self.block_rows = max(1, int(block_rows))
         self.seconds = 0.0
         self.rows = 0
-        # one band of rows waiting is enough to overlap writing with the model; each is a
-        # full-width band, so a deeper queue costs memory that grows with the width
+        # A band is handed over only once the writer is done with the one before: the writer
+        # writes band n while the mosaic fills band n + 1, and no band waits between them. Each
+        # is a full-width band (with every QA layer's rows), so a band waiting in a queue would
+        # cost memory that grows with the width: 45 MB on a 20000 px wide scene with QA layers.
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._idle = threading.Semaphore(1)
         self._error: BaseException | None = None
         self._cls_buf: Any = None  # block_rows x width, allocated at the first partial block row
         self._qa_bufs: dict[str, Any] = {}
@@ -42,12 +45,9 @@ class RowWriterThread:
     def put(self, scene_row: int, cls: Any, qa: Mapping[str, Any]) -> None:
         """Queue finished rows (scene coordinates) and their QA layers' rows for writing."""
         self._check()
-        while True:
-            try:
-                self._queue.put((scene_row - self.r0, cls, dict(qa)), timeout=0.1)
-                return
-            except queue.Full:
-                self._check()
+        while not self._idle.acquire(timeout=0.1):
+            self._check()
+        self._queue.put((scene_row - self.r0, cls, dict(qa)))  # the writer is free: it takes it at once
 
     def close(self) -> None:
         """Wait until every row is written; re-raise a write error."""
@@ -114,12 +114,14 @@ class RowWriterThread:
             item = self._queue.get()
             if item is None:
                 break
-            if self._error is not None:
-                continue  # keep draining so producers never block
             try:
-                self._take(*item)
+                if self._error is None:  # else keep draining so producers never block
+                    self._take(*item)
             except BaseException as exc:
                 self._error = exc
+            finally:
+                del item  # the band's rows go before the next one is handed over
+                self._idle.release()
         if self._error is None:
             try:
                 self._flush()
