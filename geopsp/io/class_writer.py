@@ -261,29 +261,36 @@ class ClassRasterWriter:
         given = dict(layers or {})
         if probability_rows is not None:
             given["probability"] = probability_rows
-        encoded = {name: self._qa_rows(name, rows, arr) for name, rows in given.items()}
+        for name, rows in given.items():  # every layer checked before anything is written
+            self._check_qa_rows(name, rows, arr.shape)
+        invalid = arr == self.nodata
         try:
             self._stage.write(row_off, arr)
-            for name, rows in encoded.items():
-                self._qa_stages[name].write(row_off, rows)
+            for name, rows in given.items():  # encoded one at a time: one layer's copy held, not all
+                self._qa_stages[name].write(row_off, self._qa_rows(rows, invalid))
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
         self._rows[row_off : row_off + h] = True
         self.write_seconds += time.perf_counter() - t0
 
-    def _qa_rows(self, name: str, rows: NDArray[Any], classes: NDArray[Any]) -> NDArray[np.uint8]:
-        """Check and encode one QA layer's rows; nodata wherever the class is."""
+    def _check_qa_rows(self, name: str, rows: NDArray[Any], shape: tuple[int, ...]) -> None:
+        """Refuse a QA layer this writer has no path for, or rows of another shape or type."""
         if name not in self._qa_stages:
             what = "probabilities were" if name == "probability" else f"{name} rows were"
             raise ValueError(f"{what} given but the writer has no path for the {name} raster")
         values = np.asarray(rows)
-        if values.shape != classes.shape:
-            raise ValueError(f"{name} rows must have shape {classes.shape}, got {values.shape}")
+        if values.shape != shape:
+            raise ValueError(f"{name} rows must have shape {shape}, got {values.shape}")
+        if values.dtype != np.uint8 and values.dtype.kind != "f":
+            raise ValueError(f"{name} rows must be uint8 (encoded) or float in 0..1, got {values.dtype}")
+
+    @staticmethod
+    def _qa_rows(rows: NDArray[Any], invalid: NDArray[np.bool_]) -> NDArray[np.uint8]:
+        """Encode one QA layer's checked rows; nodata wherever the class is."""
+        values = np.asarray(rows)
         if values.dtype == np.uint8:
-            return np.where(classes == self.nodata, np.uint8(PROBABILITY_NODATA), values)
-        if values.dtype.kind == "f":
-            return encode_probability(values, invalid=classes == self.nodata)
-        raise ValueError(f"{name} rows must be uint8 (encoded) or float in 0..1, got {values.dtype}")
+            return np.where(invalid, np.uint8(PROBABILITY_NODATA), values)
+        return encode_probability(values, invalid=invalid)
 
     def write_strip(
         self,
