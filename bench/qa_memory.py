@@ -18,8 +18,10 @@ vector
 everything
     QA layers and polygons with ``conf_mean``, ``conf_min``, ``disagree_frac``.
 
-Targets: peak(qa) <= 1.1 x peak(plain) and peak(everything) <= 1.1 x peak(vector) (polygons
-cost what they cost without confidence too), reported with peak(everything) / peak(plain).
+Target (issue #17): QA layers, polygon confidence and class areas within 1.1 x the peak of a
+plain prediction: peak(qa) and peak(everything) <= 1.1 x peak(plain). everything / vector is
+reported too; note that the vector run's tile loop, the same loop as plain's, peaks lower
+(about 150 MB on this machine, repeatably: heap layout, not understood).
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ memory_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.
 """
 
 
+def judge(results: dict[str, Any]) -> None:
+    """Add the ratios and the verdict of the issue's target to ``results`` (in place)."""
+    peak = {k: v["peak_rss_process_mb"] for k, v in results["runs"].items()}
+    ratios: dict[str, float] = {}
+    for a, b in (("qa", "plain"), ("everything", "plain"), ("everything", "vector"), ("vector", "plain")):
+        if {a, b} <= set(peak):
+            ratios[f"{a}_over_{b}"] = round(peak[a] / peak[b], 3)
+    results["ratios"] = ratios
+    results["target"] = "peak(qa) and peak(everything) <= 1.1 x peak(plain)"
+    results["meets_target"] = bool(
+        ratios.get("qa_over_plain", 9.0) <= 1.1 and ratios.get("everything_over_plain", 9.0) <= 1.1
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=20000)
@@ -89,19 +105,7 @@ def main() -> None:
         res = run(name, scene, args.workdir, tile, overlap)
         results["runs"][name] = res
         print(name, json.dumps({k: res[k] for k in ("peak_rss_process_mb", "wall_seconds")}), flush=True)
-    peak = {k: v["peak_rss_process_mb"] for k, v in results["runs"].items()}
-    ratios: dict[str, float] = {}
-    if {"plain", "qa"} <= set(peak):
-        ratios["qa_over_plain"] = round(peak["qa"] / peak["plain"], 3)
-    if {"vector", "everything"} <= set(peak):
-        ratios["everything_over_vector"] = round(peak["everything"] / peak["vector"], 3)
-    if {"plain", "everything"} <= set(peak):
-        ratios["everything_over_plain"] = round(peak["everything"] / peak["plain"], 3)
-    results["ratios"] = ratios
-    results["target"] = "peak(qa) <= 1.1 x peak(plain), peak(everything) <= 1.1 x peak(vector)"
-    results["meets_target"] = bool(
-        ratios.get("qa_over_plain", 0) <= 1.1 and ratios.get("everything_over_vector", 0) <= 1.1
-    )
+    judge(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")
