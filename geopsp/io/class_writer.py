@@ -263,10 +263,11 @@ class ClassRasterWriter:
             given["probability"] = probability_rows
         for name, rows in given.items():  # every layer checked before anything is written
             self._check_qa_rows(name, rows, arr.shape)
-        invalid = arr == self.nodata
+        invalid = arr == self.nodata if given else None  # the plain class rows' path compares nothing
         try:
             self._stage.write(row_off, arr)
             for name, rows in given.items():  # encoded one at a time: one layer's copy held, not all
+                assert invalid is not None
                 self._qa_stages[name].write(row_off, self._qa_rows(rows, invalid))
         except (RasterioError, OSError) as exc:
             raise output_error(self.path, exc, f"writing rows {row_off}-{row_off + h - 1}") from exc
