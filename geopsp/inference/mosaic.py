@@ -135,7 +135,7 @@ class Mosaicker:
     nodata : int
         Class value where the input is nodata (or no tile covered the pixel).
     sink : callable
-        Called as ``sink(scene_row, class_rows, probability_rows)`` with finished rows.
+        Called as ``sink(scene_row, class_rows, qa_rows)`` with finished rows (:data:`RowSink`).
     device : torch.device or str
         Where the accumulator lives (the model's device); ``"cpu"`` for the NumPy backend.
     kernel : str
